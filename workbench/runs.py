@@ -1,0 +1,301 @@
+"""Run folders and the papermill driver.
+
+A run is `runs/<task>/<NNN>-<YYYYmmdd-HHMMSS>/` holding:
+
+    config.yaml        the fully resolved config, written once
+    provenance.json    git SHA and dirty flag, package versions, parent run, times, stage status
+    notebooks/         the executed stage notebooks
+    artifacts/         tables (parquet), models, figures' data
+    metrics.json       numbers the stages report
+    report/            offline HTML of every stage (code hidden) and index.html
+    report.html        the summary page (99_report) with links to every stage
+
+A finished run is never rewritten. Notebooks read their context through `open_stage`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench.config import RunConfig, dump_config, load_config
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+STAGES = ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter",
+          "05_train", "06_evaluate", "07_gaps", "99_report"]
+PARAMETERS = {"config", "run_dir"}
+_PACKAGES = ["workbench", "torch", "transformers", "sentence-transformers", "openai", "pandas", "scikit-learn",
+             "umap-learn", "hdbscan", "plotly", "papermill", "nbconvert", "trl", "datasets", "pydantic"]
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on; the message names the run, stage or notebook."""
+
+
+def cache_dir() -> Path:
+    """Where LLM calls, embeddings and converted models are cached (WORKBENCH_CACHE overrides)."""
+    return Path(os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file and rename, so `path` never exists half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _git() -> dict:
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def _versions() -> dict:
+    out = {}
+    for p in _PACKAGES:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def new_run(config_path: str | Path, overrides: list[str] | None = None, runs_root: str | Path = ROOT / "runs",
+            parent: str | None = None) -> Path:
+    """Validate the config, then create the next numbered run folder with config and provenance."""
+    cfg, doc = load_config(config_path, overrides)
+    task_dir = Path(runs_root) / cfg.task.name
+    task_dir.mkdir(parents=True, exist_ok=True)
+    while True:  # mkdir is the lock: two runs started at once get distinct folders
+        nums = [int(m.group(1)) for p in task_dir.iterdir() if (m := re.match(r"^(\d{3,})-", p.name))]
+        run = task_dir / f"{max(nums, default=0) + 1:03d}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        try:
+            run.mkdir()
+            break
+        except FileExistsError:
+            time.sleep(0.05)
+    (run / "artifacts").mkdir()
+    write_atomic(run / "config.yaml", dump_config(cfg, doc))
+    prov = {"run": run.name, "task": cfg.task.name, "config_source": str(Path(config_path).resolve()),
+            "overrides": list(overrides or []), "parent": parent, "git": _git(), "packages": _versions(),
+            "started": dt.datetime.now().isoformat(timespec="seconds"), "finished": None, "status": "created",
+            "stages": {}}
+    write_atomic(run / "provenance.json", json.dumps(prov, indent=2))
+    return run
+
+
+def notebook_parameters(path: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def check_notebooks(stages: list[str]) -> None:
+    """Refuse to start unless every stage notebook exists and takes exactly `config` and `run_dir`."""
+    problems = []
+    for s in stages:
+        nb = NOTEBOOKS / f"{s}.ipynb"
+        if not nb.is_file():
+            problems.append(f"{nb}: notebook not found")
+            continue
+        try:
+            found = notebook_parameters(nb)
+        except Exception as e:  # unreadable JSON, no kernelspec, …
+            problems.append(f"{nb}: cannot read its parameters: {type(e).__name__}: {e}")
+            continue
+        if found != PARAMETERS:
+            problems.append(f"{nb}: parameters cell declares {sorted(found)}; expected exactly {sorted(PARAMETERS)}")
+    if problems:
+        raise RunError("stage notebooks are not runnable:\n  " + "\n  ".join(problems))
+
+
+def validate_stages(stages: list[str] | None) -> list[str]:
+    """The stages to run, in pipeline order, after checking names and notebooks."""
+    stages = stages or STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise RunError(f"--stages: unknown stages {unknown}; valid: {', '.join(STAGES)}")
+    stages = [s for s in STAGES if s in stages]
+    check_notebooks(stages)
+    return stages
+
+
+def _update_provenance(run: Path, **changes: Any) -> dict:
+    prov = _read_json(run / "provenance.json")
+    stages = changes.pop("stages", None)
+    prov.update(changes)
+    if stages:
+        for name, status in stages.items():
+            prov["stages"].setdefault(name, {}).update(status)
+    write_atomic(run / "provenance.json", json.dumps(prov, indent=2))
+    return prov
+
+
+def execute(run: Path, stages: list[str] | None = None) -> Path:
+    """Execute the stage notebooks in order; stop at the first failure with its notebook kept."""
+    import papermill
+
+    run = Path(run).resolve()
+    prov = _read_json(run / "provenance.json")
+    if not prov:
+        raise RunError(f"{run}: not a run folder (no provenance.json)")
+    if prov.get("status") == "finished":
+        raise RunError(f"{run}: this run finished at {prov.get('finished')} and is never rewritten; start a new run")
+    stages = validate_stages(stages)
+    _update_provenance(run, status="running")
+    (run / "notebooks").mkdir(exist_ok=True)
+    for s in stages:
+        out = run / "notebooks" / f"{s}.ipynb"
+        t0 = time.time()
+        _update_provenance(run, stages={s: {"status": "running", "started": dt.datetime.now().isoformat(timespec="seconds")}})
+        log.info("stage %s …", s)
+        try:
+            papermill.execute_notebook(str(NOTEBOOKS / f"{s}.ipynb"), str(out),
+                                       parameters={"config": str(run / "config.yaml"), "run_dir": str(run)},
+                                       cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
+                                       log_output=False)
+        except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+            _update_provenance(run, status="failed", stages={s: {"status": "failed", "seconds": round(time.time() - t0, 1),
+                                                                  "error": _short_error(e)}})
+            export_html(run)
+            raise RunError(f"stage {s} failed; the executed notebook is kept at {out}\n{_short_error(e)}") from e
+        _update_provenance(run, stages={s: {"status": "done", "seconds": round(time.time() - t0, 1)}})
+        log.info("stage %s done in %.1f s", s, time.time() - t0)
+    export_html(run)
+    if set(stages) == set(STAGES):
+        _update_provenance(run, status="finished", finished=dt.datetime.now().isoformat(timespec="seconds"))
+    else:
+        _update_provenance(run, status="partial")
+    return run
+
+
+def _short_error(e: Exception) -> str:
+    ename, evalue = getattr(e, "ename", type(e).__name__), getattr(e, "evalue", str(e))
+    return f"{ename}: {evalue}"
+
+
+# ---------------------------------------------------------------- offline HTML
+
+
+def export_html(run: Path) -> Path:
+    """Each executed notebook → report/<stage>.html (code hidden); report.html joins the summary
+    page (99_report) with links to every stage; index.html lists stages with their status."""
+    from nbconvert import HTMLExporter
+
+    run = Path(run)
+    out = run / "report"
+    out.mkdir(exist_ok=True)
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    prov = _read_json(run / "provenance.json")
+    done = []
+    for s in STAGES:
+        nb = run / "notebooks" / f"{s}.ipynb"
+        if nb.is_file():
+            body, _ = exporter.from_filename(str(nb))
+            # the lab template loads require.js and MathJax from a CDN; no page here needs either
+            body = re.sub(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", "", body)
+            write_atomic(out / f"{s}.html", _nav(body, s, run))
+            if s == "99_report":  # the summary page, one level up, its links pointing into report/
+                write_atomic(run / "report.html", _nav(body, s, run, prefix="report/"))
+            done.append(s)
+    rows = "".join(
+        f"<tr><td><a href='{s}.html'>{s}</a></td><td>{prov.get('stages', {}).get(s, {}).get('status', 'not run')}</td>"
+        f"<td>{prov.get('stages', {}).get(s, {}).get('seconds', '')}</td></tr>" if s in done else
+        f"<tr><td>{s}</td><td>{prov.get('stages', {}).get(s, {}).get('status', 'not run')}</td><td></td></tr>"
+        for s in STAGES)
+    index = (f"<!doctype html><meta charset='utf-8'><title>{run.name}</title>"
+             f"<body style='font-family:sans-serif'><h1>Run {run.parent.name}/{run.name}</h1>"
+             f"<p><a href='../report.html'>Summary report</a></p><table border=1 cellpadding=4>"
+             f"<tr><th>stage</th><th>status</th><th>seconds</th></tr>{rows}</table></body>")
+    write_atomic(out / "index.html", index)
+    return run / "report.html"
+
+
+def _nav(body: str, stage: str, run: Path, prefix: str = "") -> str:
+    links = " · ".join(f"<a href='{prefix}{s}.html'>{s}</a>" if s != stage else f"<b>{s}</b>" for s in STAGES)
+    bar = (f"<div style='font-family:sans-serif;padding:8px;border-bottom:1px solid #ccc'>"
+           f"{run.parent.name}/{run.name} — <a href='{prefix}index.html'>index</a> · {links}</div>")
+    return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + bar, body, count=1)
+
+
+# ---------------------------------------------------------------- stage context for notebooks
+
+
+@dataclass
+class Stage:
+    """What a stage notebook needs: the config, its run folder, and artifact helpers."""
+
+    name: str
+    cfg: RunConfig
+    run_dir: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.run_dir / "artifacts"
+
+    def llm(self):
+        from workbench.llm import LLM
+
+        return LLM(self.cfg.llm, cache_dir())
+
+    def save(self, df: pd.DataFrame, name: str) -> Path:
+        path = self.artifacts / f"{name}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, name: str) -> pd.DataFrame:
+        path = self.artifacts / f"{name}.parquet"
+        if not path.is_file():
+            raise RunError(f"{path}: missing; run the stage that writes '{name}' first")
+        return pd.read_parquet(path)
+
+    def record(self, **metrics: Any) -> dict:
+        """Merge this stage's numbers into metrics.json under the stage's name."""
+        path = self.run_dir / "metrics.json"
+        data = _read_json(path)
+        data.setdefault(self.name, {}).update(metrics)
+        write_atomic(path, json.dumps(data, indent=2, default=float))
+        return data
+
+    def metrics(self) -> dict:
+        return _read_json(self.run_dir / "metrics.json")
+
+
+def open_stage(config: str, run_dir: str, name: str) -> Stage:
+    """Context for a notebook. With an empty `run_dir` (Run All in JupyterLab) the stage works in
+    `runs/<task>/scratch/`, a folder that is not a numbered run and may be overwritten."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    cfg, doc = load_config(config)
+    if run_dir:
+        run = Path(run_dir)
+    else:
+        run = ROOT / "runs" / cfg.task.name / "scratch"
+        (run / "artifacts").mkdir(parents=True, exist_ok=True)
+        write_atomic(run / "config.yaml", dump_config(cfg, doc))
+    if not (run / "artifacts").is_dir():
+        raise RunError(f"{run}: not a run folder (no artifacts/)")
+    return Stage(name, cfg, run)
