@@ -1,7 +1,7 @@
 """The `workbench` command.
 
-    workbench run CONFIG [--set key=value …] [--stages 01_prompts,02_responses] [--runs-dir runs]
-    workbench check CONFIG [--set key=value …]
+workbench run CONFIG [--set key=value …] [--stages 01_prompts,02_responses] [--runs-dir runs]
+workbench check CONFIG [--set key=value …]
 """
 
 from __future__ import annotations

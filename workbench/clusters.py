@@ -21,8 +21,14 @@ def default_models(cfg: GapsConfig, n: int):
     import hdbscan
     import umap
 
-    reducer = umap.UMAP(n_neighbors=max(2, min(cfg.umap_neighbors, n - 1)), n_components=2, metric="cosine",
-                        random_state=cfg.random_state, n_jobs=1, init="random" if n < 10 else "spectral")
+    reducer = umap.UMAP(
+        n_neighbors=max(2, min(cfg.umap_neighbors, n - 1)),
+        n_components=2,
+        metric="cosine",
+        random_state=cfg.random_state,
+        n_jobs=1,
+        init="random" if n < 10 else "spectral",
+    )
     clusterer = hdbscan.HDBSCAN(min_cluster_size=min(cfg.min_cluster_size, max(2, n // 2)))
     return reducer, clusterer
 
@@ -42,12 +48,16 @@ def summarize(clustered: pd.DataFrame, exemplars: int = 3) -> pd.DataFrame:
     rows = []
     for c, g in clustered.groupby("cluster", sort=True):
         true, pred = g["label"].value_counts(), g["predicted"].value_counts()
-        rows.append({
-            "cluster": int(c),
-            "name": "noise" if c == -1 else f"{true.index[0]} → {pred.index[0]}",
-            "size": len(g),
-            "dominant_true": true.index[0], "true_share": round(true.iloc[0] / len(g), 2),
-            "dominant_predicted": pred.index[0], "predicted_share": round(pred.iloc[0] / len(g), 2),
-            "exemplars": list(g["text"].head(exemplars)),
-        })
+        rows.append(
+            {
+                "cluster": int(c),
+                "name": "noise" if c == -1 else f"{true.index[0]} → {pred.index[0]}",
+                "size": len(g),
+                "dominant_true": true.index[0],
+                "true_share": round(true.iloc[0] / len(g), 2),
+                "dominant_predicted": pred.index[0],
+                "predicted_share": round(pred.iloc[0] / len(g), 2),
+                "exemplars": list(g["text"].head(exemplars)),
+            }
+        )
     return pd.DataFrame(rows).sort_values(["cluster"]).reset_index(drop=True)

@@ -28,37 +28,47 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    name: str = Field("banking77", pattern=r"^[A-Za-z0-9_.-]+$",
-                      description="Short name; runs go to runs/<name>/.")
+    name: str = Field("banking77", pattern=r"^[A-Za-z0-9_.-]+$", description="Short name; runs go to runs/<name>/.")
     type: Literal["classification"] = Field(
-        "classification", description="Task type. The spine supports single-label classification.")
+        "classification", description="Task type. The spine supports single-label classification."
+    )
     description: str = Field(
         "Classify online-banking customer messages by intent.",
-        min_length=10, description="One or two sentences saying what the fine-tuned model must do.")
-    domain: str = Field("online banking customer support",
-                        description="The domain generated text must stay in.")
+        min_length=10,
+        description="One or two sentences saying what the fine-tuned model must do.",
+    )
+    domain: str = Field("online banking customer support", description="The domain generated text must stay in.")
 
 
 class DataConfig(_Section):
     dataset: str = Field("banking77", description="Folder under data/ with train.csv and test.csv (text,category).")
     labels: list[str] | None = Field(
-        None, description="Labels to use (a subset of the dataset's); null means all of them.")
+        None, description="Labels to use (a subset of the dataset's); null means all of them."
+    )
     seeds_per_label: int = Field(3, ge=1, le=50, description="Real train rows per label shown to the generator.")
-    dev_per_label: int = Field(5, ge=1, le=100,
-                               description="Real train rows per label (disjoint from seeds) for failure analysis.")
+    dev_per_label: int = Field(
+        5, ge=1, le=100, description="Real train rows per label (disjoint from seeds) for failure analysis."
+    )
     test_per_label: int | None = Field(
-        None, ge=1, description="Cap on real test rows per label for 06_evaluate; null means all.")
+        None, ge=1, description="Cap on real test rows per label for 06_evaluate; null means all."
+    )
     seed: int = Field(0, description="Seed for choosing seeds, dev and test samples.")
 
 
 class LLMConfig(_Section):
     provider: Literal["local", "openai"] = Field(
-        "local", description="local: the embedded SmolLM2-135M-Instruct; openai: any OpenAI-compatible endpoint.")
-    model: str = Field("smollm2-135m-instruct",
-                       description="Model name sent to the endpoint; for local, 'smollm2-135m-instruct' or a folder.")
+        "local", description="local: the embedded SmolLM2-135M-Instruct; openai: any OpenAI-compatible endpoint."
+    )
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="Model name sent to the endpoint; for local, 'smollm2-135m-instruct' or a folder.",
+    )
     base_url: str | None = Field(None, description="Endpoint base URL, e.g. http://localhost:8000/v1 (openai only).")
-    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                             description="Name of the environment variable holding the API key (never the key).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the API key (never the key).",
+    )
     max_concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight at once (openai).")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds (openai).")
     max_retries: int = Field(5, ge=0, le=50, description="Retries on 429/5xx/timeouts, honouring Retry-After (openai).")
@@ -83,8 +93,9 @@ class ResponsesConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    min_score: float = Field(0.0, ge=0, le=1,
-                             description="Rows whose judge score (0-1) is below this are rejected as low_score.")
+    min_score: float = Field(
+        0.0, ge=0, le=1, description="Rows whose judge score (0-1) is below this are rejected as low_score."
+    )
     max_tokens: int = Field(8, ge=1, le=1024, description="Cap on tokens of the judge's answer.")
     temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature (0 = greedy).")
 
@@ -93,13 +104,15 @@ class FilterConfig(_Section):
     min_chars: int = Field(10, ge=0, description="Rows shorter than this are rejected as too_short.")
     max_chars: int = Field(300, ge=1, description="Rows longer than this are rejected as too_long.")
     near_dup_threshold: float = Field(
-        0.7, gt=0, le=1, description="Jaccard similarity of character shingles above which rows are near-duplicates.")
+        0.7, gt=0, le=1, description="Jaccard similarity of character shingles above which rows are near-duplicates."
+    )
     shingle_size: int = Field(5, ge=2, le=20, description="Characters per shingle for near-duplicate detection.")
 
 
 class TrainConfig(_Section):
     student: Literal["probe"] = Field(
-        "probe", description="probe: frozen all-MiniLM-L6-v2 encoder + logistic-regression head.")
+        "probe", description="probe: frozen all-MiniLM-L6-v2 encoder + logistic-regression head."
+    )
     C: float = Field(10.0, gt=0, description="Inverse regularisation strength of the logistic-regression head.")
     max_iter: int = Field(2000, ge=10, description="Iterations for the logistic-regression solver.")
 

@@ -53,7 +53,9 @@ def labels(cfg: DataConfig) -> list[str]:
         raise ConfigError(f"data.labels: duplicate labels {dupes}")
     unknown = [x for x in cfg.labels if x not in set(known)]
     if unknown:
-        raise ConfigError(f"data.labels: unknown labels {unknown}; the dataset has {len(known)} labels, e.g. {known[:5]}")
+        raise ConfigError(
+            f"data.labels: unknown labels {unknown}; the dataset has {len(known)} labels, e.g. {known[:5]}"
+        )
     return list(cfg.labels)
 
 
@@ -73,7 +75,9 @@ def _train_samples(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     short = short[short < cfg.seeds_per_label]
     if len(short):
         raise ConfigError(f"data.seeds_per_label={cfg.seeds_per_label}: too few train rows for {dict(short)}")
-    return seeds.sort_values(["label", "id"]).reset_index(drop=True), dev.sort_values(["label", "id"]).reset_index(drop=True)
+    return seeds.sort_values(["label", "id"]).reset_index(drop=True), dev.sort_values(["label", "id"]).reset_index(
+        drop=True
+    )
 
 
 def seeds(cfg: DataConfig) -> pd.DataFrame:

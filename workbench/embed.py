@@ -70,11 +70,17 @@ def embed(texts: list[str], cache_dir: str | Path, batch_size: int = 64) -> np.n
         missing = [i for k, i in first.items() if k not in found]
         if missing:
             log.info("embedding %d texts (%d cached)", len(missing), len(uniq) - len(missing))
-            vecs = encoder().encode([texts[i] for i in missing], batch_size=batch_size,
-                                    normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            vecs = encoder().encode(
+                [texts[i] for i in missing],
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             vecs = vecs.astype(np.float32)
-            db.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)",
-                           [(keys[i], v.tobytes()) for i, v in zip(missing, vecs)])
+            db.executemany(
+                "INSERT OR REPLACE INTO vec VALUES (?, ?)", [(keys[i], v.tobytes()) for i, v in zip(missing, vecs)]
+            )
             found.update({keys[i]: v for i, v in zip(missing, vecs)})
         return np.stack([found[k] for k in keys])
     finally:

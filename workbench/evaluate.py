@@ -41,15 +41,31 @@ def _macro_f1(t: np.ndarray, p: np.ndarray) -> float:
     return float(f1_score(t, p, average="macro", zero_division=0))
 
 
-def score(name: str, y_true, y_pred, bootstrap: int, train_rows: int | None = None,
-          train_seconds: float | None = None, seed: int = 0) -> dict:
+def score(
+    name: str,
+    y_true,
+    y_pred,
+    bootstrap: int,
+    train_rows: int | None = None,
+    train_seconds: float | None = None,
+    seed: int = 0,
+) -> dict:
     t, p = np.asarray(y_true), np.asarray(y_pred)
     acc_lo, acc_hi = bootstrap_ci(t, p, _accuracy, bootstrap, seed)
     # macro-F1's interval costs a full F1 per resample; 200 resamples are plenty for its width
     f1_lo, f1_hi = bootstrap_ci(t, p, _macro_f1, min(bootstrap, 200), seed)
-    return {"model": name, "accuracy": _accuracy(t, p), "accuracy_lo": acc_lo, "accuracy_hi": acc_hi,
-            "macro_f1": _macro_f1(t, p), "macro_f1_lo": f1_lo, "macro_f1_hi": f1_hi,
-            "test_rows": int(len(t)), "train_rows": train_rows, "train_seconds": train_seconds}
+    return {
+        "model": name,
+        "accuracy": _accuracy(t, p),
+        "accuracy_lo": acc_lo,
+        "accuracy_hi": acc_hi,
+        "macro_f1": _macro_f1(t, p),
+        "macro_f1_lo": f1_lo,
+        "macro_f1_hi": f1_hi,
+        "test_rows": int(len(t)),
+        "train_rows": train_rows,
+        "train_seconds": train_seconds,
+    }
 
 
 def per_label(y_true, preds: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -63,4 +79,4 @@ def per_label(y_true, preds: dict[str, np.ndarray]) -> pd.DataFrame:
 def confused_pairs(y_true, y_pred, top: int = 10) -> pd.DataFrame:
     df = pd.DataFrame({"true": np.asarray(y_true), "predicted": np.asarray(y_pred)})
     wrong = df[df["true"] != df["predicted"]]
-    return (wrong.value_counts().rename("count").reset_index().head(top))
+    return wrong.value_counts().rename("count").reset_index().head(top)

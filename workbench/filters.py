@@ -52,8 +52,9 @@ def minhash(sh: set[str], seed: int = 0) -> np.ndarray:
     return ((np.outer(a, h) + b[:, None]) % np.uint64(_PRIME)).min(axis=1)
 
 
-def near_duplicates(texts: list[str], threshold: float, k: int,
-                    reference: list[str] | None = None) -> list[tuple[int | None, float, bool]]:
+def near_duplicates(
+    texts: list[str], threshold: float, k: int, reference: list[str] | None = None
+) -> list[tuple[int | None, float, bool]]:
     """For each text: (index of the earlier kept text or reference it duplicates, similarity,
     whether the match is a reference). (None, 0.0, False) when it is the first of its group."""
     ref = reference or []
@@ -100,8 +101,9 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> pd.D
     cand = out.index[alive & out["reject_reason_filter"].isna()].tolist()
     seen_exact: dict[str, str] = {normalize(t): sid for t, sid in zip(seeds["text"], seeds["id"])}
     seed_exact = set(seen_exact)
-    dups = near_duplicates([out.at[i, "text"] for i in cand], f.near_dup_threshold, f.shingle_size,
-                           reference=list(seeds["text"]))
+    dups = near_duplicates(
+        [out.at[i, "text"] for i in cand], f.near_dup_threshold, f.shingle_size, reference=list(seeds["text"])
+    )
     for i, (j, sim, is_ref) in zip(cand, dups):
         key = normalize(out.at[i, "text"])
         if key in seen_exact:
@@ -121,7 +123,7 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> pd.D
 def verdict(rows: pd.DataFrame) -> pd.DataFrame:
     """`keep` = every keep_<stage> holds; `reject_stage`/`reject_reason` = the first stage that said no."""
     out = rows.copy()
-    stages = [c[len("keep_"):] for c in out.columns if c.startswith("keep_")]
+    stages = [c[len("keep_") :] for c in out.columns if c.startswith("keep_")]
     out["keep"] = out[[f"keep_{s}" for s in stages]].all(axis=1)
     out["reject_stage"] = None
     out["reject_reason"] = None

@@ -23,8 +23,10 @@ from workbench.llm import LLM, Request
 SYSTEM = "You are a strict data-quality reviewer for {domain}."
 # Of the wordings tried on the embedded 135M model, this one gets a parseable score most often
 # (90% of real Banking77 rows); yes/no and JSON wordings were answered with prose.
-USER = ('Rate from 1 to 5 how well this customer message matches the topic "{topic}".\n'
-        'Message: "{text}"\nReply in the form "Rating: N".')
+USER = (
+    'Rate from 1 to 5 how well this customer message matches the topic "{topic}".\n'
+    'Message: "{text}"\nReply in the form "Rating: N".'
+)
 _SCORE = re.compile(r"\b([1-5])\b")
 
 
@@ -38,10 +40,17 @@ def judge_rows(cfg: RunConfig, rows: pd.DataFrame, llm: LLM) -> pd.DataFrame:
     j = cfg.judge
     out = rows.copy()
     todo = out.index[out["keep_prompts"]].tolist()
-    reqs = [Request.chat(SYSTEM.format(domain=cfg.task.domain),
-                         USER.format(text=out.at[i, "text"], topic=describe_label(out.at[i, "label"])),
-                         temperature=j.temperature, top_p=1.0, max_tokens=j.max_tokens, seed=cfg.seed)
-            for i in todo]
+    reqs = [
+        Request.chat(
+            SYSTEM.format(domain=cfg.task.domain),
+            USER.format(text=out.at[i, "text"], topic=describe_label(out.at[i, "label"])),
+            temperature=j.temperature,
+            top_p=1.0,
+            max_tokens=j.max_tokens,
+            seed=cfg.seed,
+        )
+        for i in todo
+    ]
     results = llm.generate(reqs, desc="03 judge")
     out["judge_raw"] = None
     out["judge_score"] = math.nan

@@ -113,9 +113,21 @@ class Cache:
 
 
 def _row(provider: str, model: str, seed: int, candidate: int, text: str, **kw: Any) -> dict:
-    row = {"provider": provider, "model": model, "seed": seed, "candidate": candidate, "text": text,
-           "parsed": None, "prompt_tokens": None, "completion_tokens": None, "latency_s": None,
-           "ttft_s": None, "finish_reason": None, "error": None, "cached": False}
+    row = {
+        "provider": provider,
+        "model": model,
+        "seed": seed,
+        "candidate": candidate,
+        "text": text,
+        "parsed": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "latency_s": None,
+        "ttft_s": None,
+        "finish_reason": None,
+        "error": None,
+        "cached": False,
+    }
     row.update(kw)
     return row
 
@@ -141,9 +153,12 @@ class LLM:
         todo = sorted({k: i for i, k in enumerate(keys) if k not in hits}.values())
         self.stats["calls"] += len(requests)
         self.stats["cached"] += len(requests) - len(todo)
-        log.info("%s: %d requests, %d from cache, %d to call", desc, len(requests), len(requests) - len(todo), len(todo))
+        log.info(
+            "%s: %d requests, %d from cache, %d to call", desc, len(requests), len(requests) - len(todo), len(todo)
+        )
         fresh: dict[str, list[dict]] = {}
         if todo:
+
             def done(i: int, rows: list[dict]) -> None:
                 if all(r["error"] is None for r in rows):
                     self.cache.put(keys[i], rows)
@@ -203,7 +218,8 @@ class _OpenAIRunner:
         if not key:
             raise ConfigError(
                 f"llm.api_key_env: environment variable {cfg.api_key_env} is not set; export it with the "
-                "endpoint's key (any non-empty value for servers that need none)")
+                "endpoint's key (any non-empty value for servers that need none)"
+            )
         if not cfg.base_url:
             raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
         self.cfg, self.stats = cfg, stats
@@ -250,8 +266,15 @@ class _OpenAIRunner:
         return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
     async def _once(self, req: Request) -> list[dict]:
-        kw = dict(model=self.cfg.model, messages=req.openai_messages(), temperature=req.temperature,
-                  top_p=req.top_p, max_tokens=req.max_tokens, seed=req.seed, n=req.n)
+        kw = dict(
+            model=self.cfg.model,
+            messages=req.openai_messages(),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=req.max_tokens,
+            seed=req.seed,
+            n=req.n,
+        )
         t0 = time.perf_counter()
         if not self.cfg.stream:
             resp = await self.client.chat.completions.create(**kw)
@@ -262,7 +285,8 @@ class _OpenAIRunner:
             ttft: dict[int, float] = {}
         else:
             stream = await self.client.chat.completions.create(
-                **kw, stream=True, stream_options={"include_usage": True})
+                **kw, stream=True, stream_options={"include_usage": True}
+            )
             texts, finish, ttft, usage = {}, {}, {}, None
             async for chunk in stream:
                 if chunk.usage is not None:
@@ -278,11 +302,20 @@ class _OpenAIRunner:
         ptok = usage.prompt_tokens if usage else None
         ctok = usage.completion_tokens if usage else None
         return [
-            _row("openai", self.cfg.model, req.seed + i, i, texts.get(i, ""), prompt_tokens=ptok,
-                 # usage counts all n candidates together; each row gets its share
-                 completion_tokens=round(ctok / req.n) if ctok is not None else None,
-                 latency_s=latency, ttft_s=ttft.get(i), finish_reason=finish.get(i),
-                 error=None if i in texts else "endpoint returned fewer choices than n")
+            _row(
+                "openai",
+                self.cfg.model,
+                req.seed + i,
+                i,
+                texts.get(i, ""),
+                prompt_tokens=ptok,
+                # usage counts all n candidates together; each row gets its share
+                completion_tokens=round(ctok / req.n) if ctok is not None else None,
+                latency_s=latency,
+                ttft_s=ttft.get(i),
+                finish_reason=finish.get(i),
+                error=None if i in texts else "endpoint returned fewer choices than n",
+            )
             for i in range(req.n)
         ]
 
@@ -357,7 +390,9 @@ class _LocalModel:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.load_s = time.perf_counter() - t0
         self.cfg = cfg
-        self.stop_ids = {i for i in (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")) if i is not None}
+        self.stop_ids = {
+            i for i in (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")) if i is not None
+        }
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.stop_ids))
 
     def run(self, reqs: list[Request], done: Any, desc: str) -> None:
@@ -385,15 +420,28 @@ class _LocalModel:
                 results[it.req_index].append(it)
                 pending[it.req_index] -= 1
                 if pending[it.req_index] == 0:
-                    done(it.req_index, [self._to_row(x, ttft) for x in sorted(results[it.req_index], key=lambda x: x.candidate)])
+                    done(
+                        it.req_index,
+                        [self._to_row(x, ttft) for x in sorted(results[it.req_index], key=lambda x: x.candidate)],
+                    )
             bar.update(len(batch))
             start = end
         bar.close()
 
     def _to_row(self, it: _Item, ttft: float) -> dict:
         text = self.tok.decode(it.out, skip_special_tokens=True).strip()
-        return _row("local", self.cfg.model, it.seed, it.candidate, text, prompt_tokens=len(it.ids),
-                    completion_tokens=len(it.out), latency_s=it.latency, ttft_s=ttft, finish_reason=it.finish)
+        return _row(
+            "local",
+            self.cfg.model,
+            it.seed,
+            it.candidate,
+            text,
+            prompt_tokens=len(it.ids),
+            completion_tokens=len(it.out),
+            latency_s=it.latency,
+            ttft_s=ttft,
+            finish_reason=it.finish,
+        )
 
     def _generate(self, batch: list[_Item], temperature: float, top_p: float, max_tokens: int) -> float:
         torch = self.torch
@@ -409,8 +457,14 @@ class _LocalModel:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         ttft = 0.0
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                                use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
             for step in range(max_tokens):
                 nxt = _sample(logits, temperature, top_p, [gens[b] for b in active])
                 if step == 0:
@@ -437,8 +491,13 @@ class _LocalModel:
                     active = [active[k] for k in keep]
                 mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
                 pos = pos[:, -1:] + 1
-                logits = self.model(input_ids=torch.tensor(nxt)[:, None], attention_mask=mask, position_ids=pos,
-                                    past_key_values=cache, use_cache=True).logits[:, -1, :]
+                logits = self.model(
+                    input_ids=torch.tensor(nxt)[:, None],
+                    attention_mask=mask,
+                    position_ids=pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits[:, -1, :]
         return ttft
 
 

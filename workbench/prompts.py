@@ -20,8 +20,10 @@ from workbench.data import describe_label
 from workbench.llm import LLM, Request
 
 SYSTEM = "You are a customer of {domain} writing to its support chat."
-USER = ("Topic: {topic}.\nExamples of messages about this topic:\n{examples}\n"
-        "Write one new message about this topic, in your own words. Output only the message.")
+USER = (
+    "Topic: {topic}.\nExamples of messages about this topic:\n{examples}\n"
+    "Write one new message about this topic, in your own words. Output only the message."
+)
 
 _PREAMBLE = re.compile(r"^(sure|here|certainly|okay|ok|one|a new|new|the|this)\b[^\n]{0,80}:\s*$", re.I)
 _LEAD = re.compile(r"^\s*(?:[-*•>]|\d+[.)]|message\s*\d*:|customer\s*\d*:)\s*", re.I)
@@ -55,10 +57,15 @@ def generation_requests(cfg: RunConfig, seeds: pd.DataFrame) -> pd.DataFrame:
             seed = cfg.seed * 1_000_003 + li * 10_007 + k
             rng = np.random.default_rng(seed)
             shown = group.iloc[rng.permutation(len(group))[: p.examples_per_call]]
-            user = USER.format(topic=describe_label(label),
-                               examples="\n".join(f"- {t}" for t in shown["text"]))
-            req = Request.chat(SYSTEM.format(domain=cfg.task.domain), user, temperature=p.temperature,
-                               top_p=p.top_p, max_tokens=p.max_tokens, seed=seed)
+            user = USER.format(topic=describe_label(label), examples="\n".join(f"- {t}" for t in shown["text"]))
+            req = Request.chat(
+                SYSTEM.format(domain=cfg.task.domain),
+                user,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                max_tokens=p.max_tokens,
+                seed=seed,
+            )
             rows.append({"id": f"gen-{label}-{k:04d}", "label": label, "examples": list(shown["id"]), "request": req})
     return pd.DataFrame(rows)
 
@@ -71,10 +78,24 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm: LLM) -> pd.DataFra
         c = cands[0]
         text = clean_text(c["text"]) if c["error"] is None else ""
         reason = "llm_error" if c["error"] else ("empty" if not text else None)
-        out.append({"id": row["id"], "label": row["label"], "text": text, "raw": c["text"],
-                    "examples": row["examples"], "model": c["model"], "seed": c["seed"],
-                    "prompt_tokens": c["prompt_tokens"], "completion_tokens": c["completion_tokens"],
-                    "latency_s": c["latency_s"], "ttft_s": c["ttft_s"], "finish_reason": c["finish_reason"],
-                    "error": c["error"], "cached": c["cached"],
-                    "keep_prompts": reason is None, "reject_reason_prompts": reason})
+        out.append(
+            {
+                "id": row["id"],
+                "label": row["label"],
+                "text": text,
+                "raw": c["text"],
+                "examples": row["examples"],
+                "model": c["model"],
+                "seed": c["seed"],
+                "prompt_tokens": c["prompt_tokens"],
+                "completion_tokens": c["completion_tokens"],
+                "latency_s": c["latency_s"],
+                "ttft_s": c["ttft_s"],
+                "finish_reason": c["finish_reason"],
+                "error": c["error"],
+                "cached": c["cached"],
+                "keep_prompts": reason is None,
+                "reject_reason_prompts": reason,
+            }
+        )
     return pd.DataFrame(out)

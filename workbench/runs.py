@@ -35,11 +35,35 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-STAGES = ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter",
-          "05_train", "06_evaluate", "07_gaps", "99_report"]
+STAGES = [
+    "00_task",
+    "01_prompts",
+    "02_responses",
+    "03_judge",
+    "04_filter",
+    "05_train",
+    "06_evaluate",
+    "07_gaps",
+    "99_report",
+]
 PARAMETERS = {"config", "run_dir"}
-_PACKAGES = ["workbench", "torch", "transformers", "sentence-transformers", "openai", "pandas", "scikit-learn",
-             "umap-learn", "hdbscan", "plotly", "papermill", "nbconvert", "trl", "datasets", "pydantic"]
+_PACKAGES = [
+    "workbench",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "openai",
+    "pandas",
+    "scikit-learn",
+    "umap-learn",
+    "hdbscan",
+    "plotly",
+    "papermill",
+    "nbconvert",
+    "trl",
+    "datasets",
+    "pydantic",
+]
 
 
 class RunError(RuntimeError):
@@ -68,7 +92,10 @@ def _git() -> dict:
         r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""
 
-    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {
+        "sha": git("rev-parse", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
 
 
 def _versions() -> dict:
@@ -81,8 +108,12 @@ def _versions() -> dict:
     return out
 
 
-def new_run(config_path: str | Path, overrides: list[str] | None = None, runs_root: str | Path = ROOT / "runs",
-            parent: str | None = None) -> Path:
+def new_run(
+    config_path: str | Path,
+    overrides: list[str] | None = None,
+    runs_root: str | Path = ROOT / "runs",
+    parent: str | None = None,
+) -> Path:
     """Validate the config, then create the next numbered run folder with config and provenance."""
     cfg, doc = load_config(config_path, overrides)
     task_dir = Path(runs_root) / cfg.task.name
@@ -97,10 +128,19 @@ def new_run(config_path: str | Path, overrides: list[str] | None = None, runs_ro
             time.sleep(0.05)
     (run / "artifacts").mkdir()
     write_atomic(run / "config.yaml", dump_config(cfg, doc))
-    prov = {"run": run.name, "task": cfg.task.name, "config_source": str(Path(config_path).resolve()),
-            "overrides": list(overrides or []), "parent": parent, "git": _git(), "packages": _versions(),
-            "started": dt.datetime.now().isoformat(timespec="seconds"), "finished": None, "status": "created",
-            "stages": {}}
+    prov = {
+        "run": run.name,
+        "task": cfg.task.name,
+        "config_source": str(Path(config_path).resolve()),
+        "overrides": list(overrides or []),
+        "parent": parent,
+        "git": _git(),
+        "packages": _versions(),
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "finished": None,
+        "status": "created",
+        "stages": {},
+    }
     write_atomic(run / "provenance.json", json.dumps(prov, indent=2))
     return run
 
@@ -168,16 +208,26 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
     for s in stages:
         out = run / "notebooks" / f"{s}.ipynb"
         t0 = time.time()
-        _update_provenance(run, stages={s: {"status": "running", "started": dt.datetime.now().isoformat(timespec="seconds")}})
+        _update_provenance(
+            run, stages={s: {"status": "running", "started": dt.datetime.now().isoformat(timespec="seconds")}}
+        )
         log.info("stage %s …", s)
         try:
-            papermill.execute_notebook(str(NOTEBOOKS / f"{s}.ipynb"), str(out),
-                                       parameters={"config": str(run / "config.yaml"), "run_dir": str(run)},
-                                       cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False,
-                                       log_output=False)
+            papermill.execute_notebook(
+                str(NOTEBOOKS / f"{s}.ipynb"),
+                str(out),
+                parameters={"config": str(run / "config.yaml"), "run_dir": str(run)},
+                cwd=str(NOTEBOOKS),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
-            _update_provenance(run, status="failed", stages={s: {"status": "failed", "seconds": round(time.time() - t0, 1),
-                                                                  "error": _short_error(e)}})
+            _update_provenance(
+                run,
+                status="failed",
+                stages={s: {"status": "failed", "seconds": round(time.time() - t0, 1), "error": _short_error(e)}},
+            )
             export_html(run)
             raise RunError(f"stage {s} failed; the executed notebook is kept at {out}\n{_short_error(e)}") from e
         _update_provenance(run, stages={s: {"status": "done", "seconds": round(time.time() - t0, 1)}})
@@ -206,8 +256,9 @@ def export_html(run: Path) -> Path:
     run = Path(run)
     out = run / "report"
     out.mkdir(exist_ok=True)
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
+    exporter = HTMLExporter(
+        template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    )
     prov = _read_json(run / "provenance.json")
     done = []
     for s in STAGES:
@@ -222,21 +273,27 @@ def export_html(run: Path) -> Path:
             done.append(s)
     rows = "".join(
         f"<tr><td><a href='{s}.html'>{s}</a></td><td>{prov.get('stages', {}).get(s, {}).get('status', 'not run')}</td>"
-        f"<td>{prov.get('stages', {}).get(s, {}).get('seconds', '')}</td></tr>" if s in done else
-        f"<tr><td>{s}</td><td>{prov.get('stages', {}).get(s, {}).get('status', 'not run')}</td><td></td></tr>"
-        for s in STAGES)
-    index = (f"<!doctype html><meta charset='utf-8'><title>{run.name}</title>"
-             f"<body style='font-family:sans-serif'><h1>Run {run.parent.name}/{run.name}</h1>"
-             f"<p><a href='../report.html'>Summary report</a></p><table border=1 cellpadding=4>"
-             f"<tr><th>stage</th><th>status</th><th>seconds</th></tr>{rows}</table></body>")
+        f"<td>{prov.get('stages', {}).get(s, {}).get('seconds', '')}</td></tr>"
+        if s in done
+        else f"<tr><td>{s}</td><td>{prov.get('stages', {}).get(s, {}).get('status', 'not run')}</td><td></td></tr>"
+        for s in STAGES
+    )
+    index = (
+        f"<!doctype html><meta charset='utf-8'><title>{run.name}</title>"
+        f"<body style='font-family:sans-serif'><h1>Run {run.parent.name}/{run.name}</h1>"
+        f"<p><a href='../report.html'>Summary report</a></p><table border=1 cellpadding=4>"
+        f"<tr><th>stage</th><th>status</th><th>seconds</th></tr>{rows}</table></body>"
+    )
     write_atomic(out / "index.html", index)
     return run / "report.html"
 
 
 def _nav(body: str, stage: str, run: Path, prefix: str = "") -> str:
     links = " · ".join(f"<a href='{prefix}{s}.html'>{s}</a>" if s != stage else f"<b>{s}</b>" for s in STAGES)
-    bar = (f"<div style='font-family:sans-serif;padding:8px;border-bottom:1px solid #ccc'>"
-           f"{run.parent.name}/{run.name} — <a href='{prefix}index.html'>index</a> · {links}</div>")
+    bar = (
+        f"<div style='font-family:sans-serif;padding:8px;border-bottom:1px solid #ccc'>"
+        f"{run.parent.name}/{run.name} — <a href='{prefix}index.html'>index</a> · {links}</div>"
+    )
     return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + bar, body, count=1)
 
 

@@ -56,8 +56,7 @@ class Probe:
 def training_sets(seeds: pd.DataFrame, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     s = seeds[["text", "label"]].assign(source="seed")
     kept = rows.loc[rows["keep"], ["text", "label"]].assign(source="synthetic")
-    return {"seeds_only": s.reset_index(drop=True),
-            "seeds_synthetic": pd.concat([s, kept], ignore_index=True)}
+    return {"seeds_only": s.reset_index(drop=True), "seeds_synthetic": pd.concat([s, kept], ignore_index=True)}
 
 
 def train_probe(train: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path) -> Probe:
@@ -65,5 +64,10 @@ def train_probe(train: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path) ->
     x = embed(list(train["text"]), cache_dir)
     head = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter)
     head.fit(x, train["label"].to_numpy())
-    return Probe(head, str(cache_dir), train_rows=len(train), train_seconds=time.perf_counter() - t0,
-                 info={"student": "probe", "C": cfg.C})
+    return Probe(
+        head,
+        str(cache_dir),
+        train_rows=len(train),
+        train_seconds=time.perf_counter() - t0,
+        info={"student": "probe", "C": cfg.C},
+    )
