@@ -96,7 +96,7 @@ class JudgeConfig(_Section):
     min_score: float = Field(
         0.0, ge=0, le=1, description="Rows whose judge score (0-1) is below this are rejected as low_score."
     )
-    max_tokens: int = Field(8, ge=1, le=1024, description="Cap on tokens of the judge's answer.")
+    max_tokens: int = Field(16, ge=1, le=1024, description="Cap on tokens of the judge's answer.")
     temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature (0 = greedy).")
 
 

@@ -2,7 +2,8 @@
 
 `zero_shot(texts, labels, cache_dir)` predicts the label whose name is most similar to the text
 (the untrained baseline). `score(name, y_true, y_pred, …)` gives one row of the before/after
-table: accuracy and macro-F1 with 95% bootstrap intervals.
+table: accuracy and macro-F1 with 95% bootstrap intervals. `before_after(test, labels, students, …)`
+scores the zero-shot baseline and every student on the same real test rows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from sklearn.metrics import f1_score
 
 from workbench.data import describe_label
 from workbench.embed import embed
+from workbench.train import Probe
+
+ZERO_SHOT = "zero-shot (label names)"
 
 
 def zero_shot(texts: list[str], labels: list[str], cache_dir: str | Path) -> np.ndarray:
@@ -80,3 +84,34 @@ def confused_pairs(y_true, y_pred, top: int = 10) -> pd.DataFrame:
     df = pd.DataFrame({"true": np.asarray(y_true), "predicted": np.asarray(y_pred)})
     wrong = df[df["true"] != df["predicted"]]
     return wrong.value_counts().rename("count").reset_index().head(top)
+
+
+def predictions(
+    test: pd.DataFrame, labels: list[str], students: dict[str, Probe], cache_dir: str | Path
+) -> dict[str, np.ndarray]:
+    """Predicted labels for the test rows: the zero-shot baseline, then each student ("probe: <name>")."""
+    texts = list(test["text"])
+    preds = {ZERO_SHOT: zero_shot(texts, labels, cache_dir)}
+    preds.update({f"probe: {name}": p.predict(texts) for name, p in students.items()})
+    return preds
+
+
+def before_after(
+    test: pd.DataFrame, preds: dict[str, np.ndarray], students: dict[str, Probe], bootstrap: int, seed: int = 0
+) -> pd.DataFrame:
+    """One row per model: accuracy and macro-F1 with CIs, train rows and seconds."""
+    rows = []
+    for name, pred in preds.items():
+        p = students.get(name.removeprefix("probe: "))
+        rows.append(
+            score(
+                name,
+                test["label"],
+                pred,
+                bootstrap,
+                p.train_rows if p else 0,
+                round(p.train_seconds, 2) if p else 0.0,
+                seed,
+            )
+        )
+    return pd.DataFrame(rows)

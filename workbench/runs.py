@@ -341,6 +341,17 @@ class Stage:
     def metrics(self) -> dict:
         return _read_json(self.run_dir / "metrics.json")
 
+    def provenance(self) -> dict:
+        """The run's provenance; empty in a scratch folder, which is not a numbered run."""
+        return _read_json(self.run_dir / "provenance.json")
+
+    def stage_times(self) -> pd.DataFrame:
+        """Status, start and seconds of each stage so far (empty in a scratch folder)."""
+        stages = self.provenance().get("stages", {})
+        return pd.DataFrame(
+            [{"stage": s, **v} for s, v in stages.items()], columns=["stage", "status", "started", "seconds"]
+        )
+
 
 def open_stage(config: str, run_dir: str, name: str) -> Stage:
     """Context for a notebook. With an empty `run_dir` (Run All in JupyterLab) the stage works in

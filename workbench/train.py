@@ -6,6 +6,8 @@ seconds on a CPU, enough to tell whether synthetic rows help a classifier.
 `training_sets(seeds, rows)` → {'seeds_only': …, 'seeds_synthetic': …}, each with columns
 text, label, source ('seed' or 'synthetic'); only rows with `keep` true are used.
 `train_probe(train, cfg, cache_dir)` → a fitted `Probe`.
+`train_students(seeds, rows, cfg, cache_dir, folder)` trains one probe per training set, saves
+each to `folder/<name>.joblib` and returns a table: student, train_rows, train_seconds, path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from workbench.config import TrainConfig
-from workbench.embed import embed
+from workbench.embed import embed, encoder
 
 
 @dataclass
@@ -71,3 +73,27 @@ def train_probe(train: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path) ->
         train_seconds=time.perf_counter() - t0,
         info={"student": "probe", "C": cfg.C},
     )
+
+
+def train_students(
+    seeds: pd.DataFrame, rows: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path, folder: Path
+) -> pd.DataFrame:
+    encoder()  # load the encoder first, so train_seconds measure training, not loading
+    out = []
+    for name, train in training_sets(seeds, rows).items():
+        probe = train_probe(train, cfg, cache_dir)
+        path = probe.save(Path(folder) / f"{name}.joblib")
+        out.append(
+            {
+                "student": name,
+                "train_rows": probe.train_rows,
+                "train_seconds": round(probe.train_seconds, 2),
+                "path": str(path),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def load_students(folder: Path) -> dict[str, Probe]:
+    """Every saved student in `folder`, by name."""
+    return {p.stem: Probe.load(p) for p in sorted(Path(folder).glob("*.joblib"))}

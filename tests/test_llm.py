@@ -1,0 +1,161 @@
+import pytest
+from fake_openai import FakeOpenAI
+
+from workbench.config import ConfigError, LLMConfig
+from workbench.llm import LLM, Request, cache_key, parse_json
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sk-test")
+
+
+def openai_llm(server: FakeOpenAI, tmp_path, **kw) -> LLM:
+    cfg = LLMConfig(
+        provider="openai",
+        model="fake",
+        base_url=server.base_url,
+        api_key_env="TEST_KEY",
+        max_concurrency=kw.pop("max_concurrency", 4),
+        max_retries=kw.pop("max_retries", 3),
+        **kw,
+    )
+    return LLM(cfg, tmp_path / "cache")
+
+
+def req(text: str, **kw) -> Request:
+    return Request.chat(None, text, **{"temperature": 0.0, "max_tokens": 16, "json": True, **kw})
+
+
+def test_parse_json():
+    assert parse_json('{"a": 1}') == {"a": 1}
+    assert parse_json('Sure! ```json\n{"score": 4, "why": "ok"}\n``` done') == {"score": 4, "why": "ok"}
+    assert parse_json("{not json") is None
+    assert parse_json("[1, 2]") is None
+    assert parse_json("") is None
+
+
+def test_cache_key_covers_everything_that_changes_the_answer():
+    base = req("hi")
+    keys = {
+        cache_key("openai", "m", base),
+        cache_key("local", "m", base),
+        cache_key("openai", "m2", base),
+        cache_key("openai", "m", req("hi", seed=1)),
+        cache_key("openai", "m", req("hi", temperature=0.5)),
+        cache_key("openai", "m", req("hi", n=2)),
+        cache_key("openai", "m", req("hey")),
+    }
+    assert len(keys) == 7
+    assert cache_key("openai", "m", req("hi")) == cache_key("openai", "m", base)
+
+
+def test_rows_carry_metadata_and_parse_json(tmp_path):
+    with FakeOpenAI() as srv:
+        [[row]] = openai_llm(srv, tmp_path).generate([req("hello", seed=7)])
+    assert row["parsed"] == {"echo": "hello", "seed": 7, "i": 0}
+    assert row["model"] == "fake" and row["seed"] == 7 and row["error"] is None
+    assert row["prompt_tokens"] == 1 and row["completion_tokens"] == 5
+    assert row["latency_s"] > 0 and row["ttft_s"] is None and row["cached"] is False
+
+
+def test_malformed_json_is_kept_raw(tmp_path):
+    with FakeOpenAI() as srv:
+        [[row]] = openai_llm(srv, tmp_path).generate([req("[malformed] please")])
+    assert row["text"] == "{not json" and row["parsed"] is None and row["error"] is None
+
+
+def test_n_candidates_and_streaming_ttft(tmp_path):
+    with FakeOpenAI() as srv:
+        [rows] = openai_llm(srv, tmp_path, stream=True).generate([req("many", n=3, seed=10)])
+    assert [r["candidate"] for r in rows] == [0, 1, 2]
+    assert [r["seed"] for r in rows] == [10, 11, 12]
+    assert [r["parsed"]["i"] for r in rows] == [0, 1, 2]
+    assert all(r["ttft_s"] is not None and r["ttft_s"] <= r["latency_s"] for r in rows)
+    assert all(r["finish_reason"] == "stop" for r in rows)
+
+
+def test_retries_honour_retry_after_and_recover(tmp_path):
+    with FakeOpenAI(fail_times=2, retry_after="0.2") as srv:
+        llm = openai_llm(srv, tmp_path)
+        out = llm.generate([req("[429] a"), req("[500] b"), req("plain")])
+        assert [r[0]["error"] for r in out] == [None, None, None]
+        assert srv.attempts["[429] a"] == 3 and srv.attempts["[500] b"] == 3 and srv.attempts["plain"] == 1
+        assert llm.stats["retries"] == 4
+
+
+def test_gives_up_after_max_retries_and_does_not_cache_failures(tmp_path):
+    with FakeOpenAI(fail_times=10) as srv:
+        llm = openai_llm(srv, tmp_path, max_retries=1)
+        [[row]] = llm.generate([req("[500] x")])
+        assert "gave up after 2 attempts" in row["error"] and row["text"] == ""
+        assert len(llm.cache) == 0
+
+
+def test_client_errors_are_not_retried(tmp_path):
+    with FakeOpenAI() as srv:
+        [[row]] = openai_llm(srv, tmp_path).generate([req("[401] x")])
+        assert row["error"].startswith("HTTP 401") and srv.attempts["[401] x"] == 1
+
+
+def test_concurrency_is_bounded(tmp_path):
+    with FakeOpenAI(delay_s=0.05) as srv:
+        openai_llm(srv, tmp_path, max_concurrency=3).generate([req(f"r{i}") for i in range(20)])
+        assert srv.peak <= 3 and srv.requests == 20
+
+
+def test_cache_hit_and_resume(tmp_path):
+    """A re-run is answered from the cache; after a partial failure only the failed calls are repeated."""
+    with FakeOpenAI(fail_times=10) as srv:
+        llm = openai_llm(srv, tmp_path, max_retries=0)
+        reqs = [req(f"ok {i}") for i in range(5)] + [req("[500] flaky")]
+        first = llm.generate(reqs)
+        assert srv.requests == 6 and first[-1][0]["error"]
+        srv.fail_times = 0  # the endpoint recovers; an interrupted run is started again
+        second = openai_llm(srv, tmp_path).generate(reqs)
+        assert srv.requests == 7  # only the failed call went out again
+        assert [r[0]["cached"] for r in second] == [True] * 5 + [False]
+        assert [r[0]["text"] for r in second[:5]] == [r[0]["text"] for r in first[:5]]
+        assert second[-1][0]["error"] is None
+
+
+def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEST_KEY")
+    with FakeOpenAI() as srv:
+        with pytest.raises(ConfigError, match="environment variable TEST_KEY"):
+            openai_llm(srv, tmp_path).generate([req("x")])
+
+
+def test_key_is_not_in_the_cache(tmp_path):
+    with FakeOpenAI() as srv:
+        openai_llm(srv, tmp_path).generate([req("x")])
+    assert b"sk-test" not in (tmp_path / "cache" / "llm.sqlite").read_bytes()
+
+
+def local_rows(reqs: list[Request], batch_size: int) -> list[list[dict]]:
+    """Run the embedded model directly, bypassing the call cache."""
+    from workbench.llm import _LocalModel
+    from workbench.runs import cache_dir
+
+    out: dict[int, list[dict]] = {}
+    _LocalModel(LLMConfig(batch_size=batch_size), cache_dir()).run(reqs, out.__setitem__, "test")
+    return [out[i] for i in range(len(reqs))]
+
+
+@pytest.mark.slow
+def test_local_model_is_seeded_and_batch_independent():
+    """Same request and seed → same text, alone or batched with a longer prompt; other seeds differ."""
+    fruit = [
+        Request.chat(None, "Name a fruit and describe it.", temperature=1.0, top_p=0.95, max_tokens=8, seed=s)
+        for s in range(5)
+    ]
+    alone = local_rows(fruit[:1], batch_size=4)
+    batched = local_rows(
+        [Request.chat(None, "Write a long story about the sea, ships and sailors.", max_tokens=8, seed=1), fruit[0]],
+        batch_size=4,
+    )
+    assert alone[0][0]["text"] == batched[1][0]["text"]
+    assert 0 < alone[0][0]["completion_tokens"] <= 8
+    assert alone[0][0]["latency_s"] >= alone[0][0]["ttft_s"] > 0
+    texts = {rows[0]["text"] for rows in local_rows(fruit, batch_size=8)}
+    assert len(texts) >= 2

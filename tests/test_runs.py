@@ -1,0 +1,81 @@
+import json
+
+import nbformat
+import pytest
+
+from workbench import runs
+from workbench.runs import RunError
+
+
+def make_notebook(path, params: str):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, path)
+
+
+def test_driver_refuses_notebook_with_wrong_parameters(tmp_path, monkeypatch, root):
+    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    make_notebook(tmp_path / "00_task.ipynb", 'config = ""\nrun_dir = ""')
+    make_notebook(tmp_path / "01_prompts.ipynb", 'config = ""\nrun_dir = ""\nlabels = 3')
+    run = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path / "runs")
+    with pytest.raises(RunError) as e:
+        runs.execute(run, ["00_task", "01_prompts"])
+    assert "01_prompts.ipynb: parameters cell declares ['config', 'labels', 'run_dir']" in str(e.value)
+    assert "00_task" not in str(e.value)
+    assert not (run / "notebooks").exists()  # nothing ran
+
+
+def test_missing_broken_notebook_and_unknown_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    with pytest.raises(RunError, match="00_task.ipynb: notebook not found"):
+        runs.validate_stages(["00_task"])
+    (tmp_path / "00_task.ipynb").write_text("{ not a notebook")
+    with pytest.raises(RunError, match="00_task.ipynb: cannot read its parameters"):
+        runs.validate_stages(["00_task"])
+    with pytest.raises(RunError, match=r"unknown stages \['05_trian'\]"):
+        runs.validate_stages(["05_trian"])
+
+
+def test_shipped_notebooks_take_exactly_config_and_run_dir():
+    assert runs.validate_stages(None) == runs.STAGES
+
+
+def test_run_folders_are_numbered_and_hold_config_and_provenance(tmp_path, root):
+    a = runs.new_run(root / "configs" / "smoke.yaml", ["prompts.per_label=2"], runs_root=tmp_path)
+    b = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path)
+    assert a.parent == b.parent == tmp_path / "smoke"
+    assert a.name.startswith("001-") and b.name.startswith("002-")
+    assert "per_label: 2" in (a / "config.yaml").read_text()
+    prov = json.loads((a / "provenance.json").read_text())
+    assert prov["overrides"] == ["prompts.per_label=2"] and prov["status"] == "created"
+    assert prov["packages"]["torch"] and "sha" in prov["git"] and "dirty" in prov["git"]
+
+
+def test_finished_run_is_never_rewritten(tmp_path, root):
+    run = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path)
+    prov = json.loads((run / "provenance.json").read_text())
+    prov.update(status="finished", finished="2026-01-01T00:00:00")
+    (run / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(RunError, match="never rewritten"):
+        runs.execute(run)
+
+
+def test_stage_failure_stops_the_run_and_keeps_the_notebook(tmp_path, monkeypatch, root):
+    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    make_notebook(tmp_path / "00_task.ipynb", 'config = ""\nrun_dir = ""')
+    bad = nbformat.read(tmp_path / "00_task.ipynb", as_version=4)
+    bad.cells.append(nbformat.v4.new_code_cell("raise ValueError('planted failure')"))
+    nbformat.write(bad, tmp_path / "01_prompts.ipynb")
+    make_notebook(tmp_path / "02_responses.ipynb", 'config = ""\nrun_dir = ""')
+    run = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path / "runs")
+    with pytest.raises(RunError, match="(?s)stage 01_prompts failed.*ValueError: planted failure"):
+        runs.execute(run, ["00_task", "01_prompts", "02_responses"])
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "failed"
+    assert prov["stages"]["00_task"]["status"] == "done" and prov["stages"]["01_prompts"]["status"] == "failed"
+    assert "02_responses" not in prov["stages"]
+    assert (run / "notebooks" / "01_prompts.ipynb").is_file()
+    assert "planted failure" in (run / "report" / "01_prompts.html").read_text()

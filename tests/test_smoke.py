@@ -1,0 +1,98 @@
+"""The real chain end to end: `workbench run configs/smoke.yaml` on the embedded model."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+ARTIFACTS = [
+    "seeds",
+    "prompts",
+    "responses",
+    "judged",
+    "dataset",
+    "evaluation",
+    "test_predictions",
+    "failures",
+    "clusters",
+]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, request):
+    root = request.config.rootpath
+    runs_dir = tmp_path_factory.mktemp("runs")
+    cli = [
+        sys.executable,
+        "-m",
+        "workbench.cli",
+        "run",
+        str(root / "configs" / "smoke.yaml"),
+        "--runs-dir",
+        str(runs_dir),
+    ]
+    proc = subprocess.run(cli, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return runs_dir, proc.stdout
+
+
+@pytest.mark.slow
+def test_smoke_run_leaves_every_artifact(smoke_run):
+    runs_dir, stdout = smoke_run
+    [run] = list((runs_dir / "smoke").iterdir())
+    assert f"run folder: {run}" in stdout and f"report:     {run / 'report.html'}" in stdout
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "finished" and prov["finished"]
+    assert [s for s, v in prov["stages"].items() if v["status"] == "done"] == [
+        "00_task",
+        "01_prompts",
+        "02_responses",
+        "03_judge",
+        "04_filter",
+        "05_train",
+        "06_evaluate",
+        "07_gaps",
+        "99_report",
+    ]
+    for name in ARTIFACTS:
+        assert (run / "artifacts" / f"{name}.parquet").is_file(), name
+    for student in ["seeds_only", "seeds_synthetic"]:
+        assert (run / "artifacts" / "students" / f"{student}.joblib").is_file()
+    assert (run / "config.yaml").read_text().startswith("# Smoke config")
+
+    rows = pd.read_parquet(run / "artifacts" / "dataset.parquet")
+    generated = pd.read_parquet(run / "artifacts" / "prompts.parquet")
+    assert len(rows) == len(generated) == 5 * 6  # marks, never drops
+    assert rows.loc[~rows["keep"], "reject_reason"].notna().all()
+    assert {"model", "seed", "prompt_tokens", "completion_tokens", "latency_s", "ttft_s", "raw"} <= set(
+        generated.columns
+    )
+    assert (generated["model"] == "smollm2-135m-instruct").all() and generated["completion_tokens"].gt(0).all()
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    table = pd.DataFrame(metrics["06_evaluate"]["table"])
+    assert list(table["model"]) == ["zero-shot (label names)", "probe: seeds_only", "probe: seeds_synthetic"]
+    assert table["accuracy"].between(0, 1).all() and (table["accuracy_lo"] <= table["accuracy"]).all()
+    assert metrics["06_evaluate"]["test_rows"] == 5 * 20
+    assert metrics["07_gaps"]["dev_rows"] == 5 * 8
+
+
+@pytest.mark.slow
+def test_smoke_report_is_offline_and_complete(smoke_run):
+    runs_dir, _ = smoke_run
+    [run] = list((runs_dir / "smoke").iterdir())
+    html = (run / "report.html").read_text()
+    for heading in ["Before / after on the real test split", "Funnel and reject pile", "Failure clusters"]:
+        assert heading in html
+    assert "probe: seeds_synthetic" in html
+    assert re.search(r"<script[^>]*\bsrc=[\"']https?://", html) is None  # nothing from a CDN
+    assert "plotly.js v" in html  # plotly.js inline
+    assert html.count("Plotly.newPlot") >= 3  # accuracy, funnel, cluster map
+    assert "open_stage(" not in html  # code cells hidden
+    for stage in ["00_task", "01_prompts", "04_filter", "06_evaluate", "07_gaps", "index"]:
+        assert f"href='report/{stage}.html'" in html
+        assert (run / "report" / f"{stage}.html").is_file()
