@@ -7,6 +7,10 @@ plain dicts (one row each):
     prompt_tokens, completion_tokens, latency_s, ttft_s (None when not measured),
     finish_reason, error (None or a message), cached (answered from the on-disk cache)
 
+Latency and time to first token: for an endpoint, per request (TTFT only when `stream` is on);
+for the embedded model, from the start of the row's batch to its first sampled token and to
+its end of message.
+
 Every successful call is stored in an SQLite cache keyed by a hash of (provider, model,
 messages, sampling parameters, seed, n) the moment it completes, so a re-run is free and
 an interrupted run resumes where it stopped. Failed calls are returned with `error` set and
@@ -143,12 +147,13 @@ class LLM:
         self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0}
 
     @property
-    def model_name(self) -> str:
-        return self.cfg.model
+    def identity(self) -> str:
+        """The model as the cache sees it: the local model's dtype changes its answers."""
+        return f"{self.cfg.model}@{self.cfg.dtype}" if self.cfg.provider == "local" else self.cfg.model
 
     def generate(self, requests: list[Request], desc: str = "llm") -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible."""
-        keys = [cache_key(self.cfg.provider, self.cfg.model, r) for r in requests]
+        keys = [cache_key(self.cfg.provider, self.identity, r) for r in requests]
         hits = self.cache.get_many(list(set(keys)))
         todo = sorted({k: i for i, k in enumerate(keys) if k not in hits}.values())
         self.stats["calls"] += len(requests)
@@ -387,7 +392,7 @@ class _LocalModel:
         path = local_model_dir(cfg.model, cache_dir)
         t0 = time.perf_counter()
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype)).eval()
         self.load_s = time.perf_counter() - t0
         self.cfg = cfg
         self.stop_ids = {

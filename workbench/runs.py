@@ -203,6 +203,8 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
     if prov.get("status") == "finished":
         raise RunError(f"{run}: this run finished at {prov.get('finished')} and is never rewritten; start a new run")
     stages = validate_stages(stages)
+    # the "python3" kernel must be this environment's, not one a user registered elsewhere
+    os.environ.setdefault("JUPYTER_PREFER_ENV_PATH", "1")
     _update_provenance(run, status="running")
     (run / "notebooks").mkdir(exist_ok=True)
     for s in stages:
