@@ -359,6 +359,8 @@ def open_stage(config: str, run_dir: str, name: str) -> Stage:
     """Context for a notebook. With an empty `run_dir` (Run All in JupyterLab) the stage works in
     `runs/<task>/scratch/`, a folder that is not a numbered run and may be overwritten."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    pd.set_option("display.max_colwidth", 160)  # reject piles are read for their text
+    pd.set_option("display.max_rows", 60)
     cfg, doc = load_config(config)
     if run_dir:
         run = Path(run_dir)
