@@ -129,7 +129,8 @@ def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
 def test_key_is_not_in_the_cache(tmp_path):
     with FakeOpenAI() as srv:
         openai_llm(srv, tmp_path).generate([req("x")])
-    assert b"sk-test" not in (tmp_path / "cache" / "llm.sqlite").read_bytes()
+    files = list((tmp_path / "cache").glob("llm.sqlite*"))  # the database and its WAL
+    assert files and all(b"sk-test" not in f.read_bytes() for f in files)
 
 
 def local_rows(reqs: list[Request], batch_size: int) -> list[list[dict]]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import sqlite3
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from workbench.cache import Cache
 from workbench.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,37 +51,29 @@ def embed(texts: list[str], cache_dir: str | Path, batch_size: int = 64) -> np.n
     texts = [str(t) for t in texts]
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    path = Path(cache_dir) / "embeddings.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    cache = Cache(Path(cache_dir) / "embeddings.sqlite")
     try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, v BLOB NOT NULL)")
         keys = [_key(t) for t in texts]
-        found: dict[str, np.ndarray] = {}
-        first = {}
+        first: dict[str, int] = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)
-        uniq = list(first)
-        for i in range(0, len(uniq), 500):
-            chunk = uniq[i : i + 500]
-            q = f"SELECT key, v FROM vec WHERE key IN ({','.join('?' * len(chunk))})"
-            found.update({k: np.frombuffer(v, dtype=np.float32) for k, v in db.execute(q, chunk)})
+        found = {k: np.frombuffer(v, dtype=np.float32) for k, v in cache.get_many(list(first)).items()}
         missing = [i for k, i in first.items() if k not in found]
         if missing:
-            log.info("embedding %d texts (%d cached)", len(missing), len(uniq) - len(missing))
-            vecs = encoder().encode(
-                [texts[i] for i in missing],
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
+            log.info("embedding %d texts (%d cached)", len(missing), len(first) - len(missing))
+            vecs = (
+                encoder()
+                .encode(
+                    [texts[i] for i in missing],
+                    batch_size=batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                .astype(np.float32)
             )
-            vecs = vecs.astype(np.float32)
-            db.executemany(
-                "INSERT OR REPLACE INTO vec VALUES (?, ?)", [(keys[i], v.tobytes()) for i, v in zip(missing, vecs)]
-            )
+            cache.put_many([(keys[i], v.tobytes()) for i, v in zip(missing, vecs)])
             found.update({keys[i]: v for i, v in zip(missing, vecs)})
         return np.stack([found[k] for k in keys])
     finally:
-        db.close()
+        cache.close()

@@ -28,8 +28,6 @@ import json
 import logging
 import os
 import random
-import sqlite3
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from workbench.cache import Cache
 from workbench.config import ConfigError, LLMConfig
 
 log = logging.getLogger(__name__)
@@ -87,35 +86,6 @@ def cache_key(provider: str, model: str, req: Request) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class Cache:
-    """SQLite key → JSON store, safe for several threads and processes (WAL, busy timeout)."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL, t REAL)")
-
-    def get_many(self, keys: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        with self._lock:
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
-                q = f"SELECT key, value FROM calls WHERE key IN ({','.join('?' * len(chunk))})"
-                out.update({k: json.loads(v) for k, v in self._db.execute(q, chunk)})
-        return out
-
-    def put(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?)", (key, json.dumps(value), time.time()))
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-
-
 def _row(provider: str, model: str, seed: int, candidate: int, text: str, **kw: Any) -> dict:
     row = {
         "provider": provider,
@@ -154,7 +124,7 @@ class LLM:
     def generate(self, requests: list[Request], desc: str = "llm") -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible."""
         keys = [cache_key(self.cfg.provider, self.identity, r) for r in requests]
-        hits = self.cache.get_many(list(set(keys)))
+        hits = {k: json.loads(v) for k, v in self.cache.get_many(list(set(keys))).items()}
         todo = sorted({k: i for i, k in enumerate(keys) if k not in hits}.values())
         self.stats["calls"] += len(requests)
         self.stats["cached"] += len(requests) - len(todo)
@@ -166,7 +136,7 @@ class LLM:
 
             def done(i: int, rows: list[dict]) -> None:
                 if all(r["error"] is None for r in rows):
-                    self.cache.put(keys[i], rows)
+                    self.cache.put_many([(keys[i], json.dumps(rows).encode())])
                 else:
                     self.stats["errors"] += 1
                 fresh[keys[i]] = rows
