@@ -44,7 +44,10 @@ def _read(path: Path) -> pd.DataFrame:
 
 def labels(cfg: DataConfig) -> list[str]:
     """The run's labels: `data.labels`, checked against the dataset, or all of the train split's."""
-    train = _read(dataset_dir(cfg) / "train.csv")
+    return _labels(cfg, _read(dataset_dir(cfg) / "train.csv"))
+
+
+def _labels(cfg: DataConfig, train: pd.DataFrame) -> list[str]:
     known = sorted(train["label"].unique())
     if cfg.labels is None:
         return known
@@ -66,7 +69,7 @@ def describe_label(label: str) -> str:
 
 def _train_samples(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     train = _read(dataset_dir(cfg) / "train.csv")
-    train = train[train["label"].isin(labels(cfg))]
+    train = train[train["label"].isin(_labels(cfg, train))]
     shuffled = train.sample(frac=1.0, random_state=cfg.seed)
     rank = shuffled.groupby("label").cumcount()
     seeds = shuffled[rank < cfg.seeds_per_label]

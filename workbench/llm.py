@@ -134,19 +134,20 @@ class LLM:
         fresh: dict[str, list[dict]] = {}
         if todo:
 
-            def done(i: int, rows: list[dict]) -> None:
+            def done(j: int, rows: list[dict]) -> None:  # j indexes `reqs`
+                key = keys[todo[j]]
                 if all(r["error"] is None for r in rows):
-                    self.cache.put_many([(keys[i], json.dumps(rows).encode())])
+                    self.cache.put_many([(key, json.dumps(rows).encode())])
                 else:
                     self.stats["errors"] += 1
-                fresh[keys[i]] = rows
+                fresh[key] = rows
 
             reqs = [requests[i] for i in todo]
             if self.cfg.provider == "local":
                 self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
-                self._local.run(reqs, lambda j, rows: done(todo[j], rows), desc)
+                self._local.run(reqs, done, desc)
             else:
-                _run_async(_OpenAIRunner(self.cfg, self.stats).run(reqs, lambda j, rows: done(todo[j], rows), desc))
+                _run_async(_OpenAIRunner(self.cfg, self.stats).run(reqs, done, desc))
         out = []
         for req, k in zip(requests, keys):
             if k in fresh:
@@ -379,7 +380,6 @@ class _LocalModel:
             items += [_Item(j, i, r.seed + i, list(ids)) for i in range(r.n)]
         # group by sampling parameters, then by length, so batches pad little
         items.sort(key=lambda it: (_params(reqs[it.req_index]), len(it.ids)))
-        pending = {j: reqs[j].n for j in range(len(reqs))}
         results: dict[int, list[_Item]] = {j: [] for j in range(len(reqs))}
         bs = self.cfg.batch_size
         bar = tqdm(total=len(items), desc=desc, unit="row")
@@ -393,8 +393,7 @@ class _LocalModel:
             ttft = self._generate(batch, *p)
             for it in batch:
                 results[it.req_index].append(it)
-                pending[it.req_index] -= 1
-                if pending[it.req_index] == 0:
+                if len(results[it.req_index]) == reqs[it.req_index].n:
                     done(
                         it.req_index,
                         [self._to_row(x, ttft) for x in sorted(results[it.req_index], key=lambda x: x.candidate)],

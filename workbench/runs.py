@@ -232,8 +232,9 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
             )
             export_html(run)
             raise RunError(f"stage {s} failed; the executed notebook is kept at {out}\n{_short_error(e)}") from e
-        _update_provenance(run, stages={s: {"status": "done", "seconds": round(time.time() - t0, 1)}})
-        log.info("stage %s done in %.1f s", s, time.time() - t0)
+        seconds = round(time.time() - t0, 1)
+        _update_provenance(run, stages={s: {"status": "done", "seconds": seconds}})
+        log.info("stage %s done in %.1f s", s, seconds)
     export_html(run)
     if set(stages) == set(STAGES):
         _update_provenance(run, status="finished", finished=dt.datetime.now().isoformat(timespec="seconds"))
@@ -273,13 +274,12 @@ def export_html(run: Path) -> Path:
             if s == "99_report":  # the summary page, one level up, its links pointing into report/
                 write_atomic(run / "report.html", _nav(body, s, run, prefix="report/"))
             done.append(s)
-    rows = "".join(
-        f"<tr><td><a href='{s}.html'>{s}</a></td><td>{prov.get('stages', {}).get(s, {}).get('status', 'not run')}</td>"
-        f"<td>{prov.get('stages', {}).get(s, {}).get('seconds', '')}</td></tr>"
-        if s in done
-        else f"<tr><td>{s}</td><td>{prov.get('stages', {}).get(s, {}).get('status', 'not run')}</td><td></td></tr>"
-        for s in STAGES
-    )
+    rows = ""
+    for s in STAGES:
+        info = prov.get("stages", {}).get(s, {})
+        name = f"<a href='{s}.html'>{s}</a>" if s in done else s
+        seconds = info.get("seconds", "") if s in done else ""
+        rows += f"<tr><td>{name}</td><td>{info.get('status', 'not run')}</td><td>{seconds}</td></tr>"
     index = (
         f"<!doctype html><meta charset='utf-8'><title>{run.name}</title>"
         f"<body style='font-family:sans-serif'><h1>Run {run.parent.name}/{run.name}</h1>"
@@ -321,9 +321,7 @@ class Stage:
 
     def save(self, df: pd.DataFrame, name: str) -> Path:
         path = self.artifacts / f"{name}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        write_atomic(path, df.to_parquet(index=False))
         return path
 
     def load(self, name: str) -> pd.DataFrame:
