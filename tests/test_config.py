@@ -16,26 +16,26 @@ def test_shipped_configs_load(root):
 
 
 def test_unknown_key_names_file_line_field_and_valid_keys(tmp_path):
-    p = write(tmp_path, "task:\n  name: x\nprompts:\n  per_label: 3\n  per_labl: 4\n")
+    p = write(tmp_path, "task:\n  name: x\nsampling:\n  rows_per_label: 3\n  rows_per_labl: 4\n")
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)
     assert f"{p}:5" in msg
-    assert "prompts.per_labl" in msg and "unknown key" in msg
-    assert "per_label" in msg and "examples_per_call" in msg  # the valid keys are listed
+    assert "sampling.rows_per_labl" in msg and "unknown key" in msg
+    assert "rows_per_label" in msg and "class_balance" in msg  # the valid keys are listed
 
 
 def test_unknown_section(tmp_path):
-    p = write(tmp_path, "task:\n  name: x\npromts:\n  per_label: 3\n")
-    with pytest.raises(ConfigError, match=rf"{p}:3: field 'promts': unknown key; valid keys here: task, data"):
+    p = write(tmp_path, "task:\n  name: x\nsampling_plan:\n  rows_per_label: 3\n")
+    with pytest.raises(ConfigError, match=rf"{p}:3: field 'sampling_plan': unknown key; valid keys here: task, data"):
         load_config(p)
 
 
 def test_wrong_type_names_value(tmp_path):
-    p = write(tmp_path, "task:\n  name: x\nprompts:\n  per_label: lots\n")
+    p = write(tmp_path, "task:\n  name: x\nsampling:\n  rows_per_label: lots\n")
     with pytest.raises(ConfigError) as e:
         load_config(p)
-    assert f"{p}:4: field 'prompts.per_label'" in str(e.value)
+    assert f"{p}:4: field 'sampling.rows_per_label'" in str(e.value)
     assert "'lots'" in str(e.value)
 
 
@@ -46,7 +46,7 @@ def test_out_of_range(tmp_path):
 
 
 def test_bad_yaml_names_line(tmp_path):
-    p = write(tmp_path, "task:\n  name: x\n  description: [unclosed\nprompts:\n  per_label: 3\n")
+    p = write(tmp_path, "task:\n  name: x\n  description: [unclosed\nsampling:\n  rows_per_label: 3\n")
     with pytest.raises(ConfigError, match=rf"{p}:\d+: YAML syntax error"):
         load_config(p)
 
@@ -63,25 +63,25 @@ def test_missing_file(tmp_path):
 
 def test_set_overrides_and_their_errors(tmp_path):
     p = write(tmp_path, "task:\n  name: x\n")
-    cfg, _ = load_config(p, ["prompts.per_label=9", "llm.stream=true", "data.labels=[a, b]"])
-    assert cfg.prompts.per_label == 9 and cfg.llm.stream is True and cfg.data.labels == ["a", "b"]
-    with pytest.raises(ConfigError, match=r"--set prompts.per_label: field 'prompts.per_label'"):
-        load_config(p, ["prompts.per_label=many"])
+    cfg, _ = load_config(p, ["sampling.rows_per_label=9", "llm.stream=true", "task.labels=[a, b]"])
+    assert cfg.sampling.rows_per_label == 9 and cfg.llm.stream is True and cfg.task.label_names() == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"--set sampling.rows_per_label: field 'sampling.rows_per_label'"):
+        load_config(p, ["sampling.rows_per_label=many"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(p, ["per_label"])
 
 
 def test_dump_keeps_comments_fills_defaults_and_round_trips(tmp_path):
-    p = write(tmp_path, "# my experiment\ntask:\n  name: x  # short name\nprompts:\n  per_label: 7\n")
+    p = write(tmp_path, "# my experiment\ntask:\n  name: x  # short name\nsampling:\n  rows_per_label: 7\n")
     cfg, doc = load_config(p)
     text = dump_config(cfg, doc)
     assert "# my experiment" in text and "# short name" in text
-    assert "# Inputs to generate per label." not in text  # per_label came from the user: no help added
+    assert "# Inputs to generate per label (balanced plan)." not in text  # the user set it: no help added
     assert "# Seed examples shown in each generation call." in text  # a filled-in default is explained
     again = write(tmp_path, text)
     cfg2, _ = load_config(again)
     assert cfg2 == cfg
-    assert cfg2.prompts.per_label == 7
+    assert cfg2.sampling.rows_per_label == 7
 
 
 def test_defaults_are_complete():

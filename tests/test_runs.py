@@ -44,13 +44,13 @@ def test_shipped_notebooks_take_exactly_config_and_run_dir():
 
 
 def test_run_folders_are_numbered_and_hold_config_and_provenance(tmp_path, root):
-    a = runs.new_run(root / "configs" / "smoke.yaml", ["prompts.per_label=2"], runs_root=tmp_path)
+    a = runs.new_run(root / "configs" / "smoke.yaml", ["sampling.rows_per_label=2"], runs_root=tmp_path)
     b = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path)
     assert a.parent == b.parent == tmp_path / "smoke"
     assert a.name.startswith("001-") and b.name.startswith("002-")
-    assert "per_label: 2" in (a / "config.yaml").read_text()
+    assert "rows_per_label: 2" in (a / "config.yaml").read_text()
     prov = json.loads((a / "provenance.json").read_text())
-    assert prov["overrides"] == ["prompts.per_label=2"] and prov["status"] == "created"
+    assert prov["overrides"] == ["sampling.rows_per_label=2"] and prov["status"] == "created"
     assert prov["packages"]["torch"] and "sha" in prov["git"] and "dirty" in prov["git"]
 
 

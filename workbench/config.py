@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
@@ -27,25 +28,179 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+TASK_TYPES = ("classification", "extraction", "summarization", "dialogue")
+
+# What a row is and how it is evaluated, per task type. Shown by `workbench check`, written into
+# drafted configs and shown in 00_task, so a reader knows what the data will look like.
+ROW_SCHEMA: dict[str, dict[str, str]] = {
+    "classification": {
+        "row": "input: str (a user message); label: str, one of task.labels",
+        "evaluated": "accuracy and macro-F1 on the real test split, per-label accuracy, confused pairs",
+    },
+    "classification/multi_label": {
+        "row": "input: str; labels: list[str], a subset of task.labels (possibly empty)",
+        "evaluated": "subset accuracy, micro- and macro-F1 on the real test split",
+    },
+    "extraction": {
+        "row": "input: str (a document or message); target: object with task.fields (name: typed value)",
+        "evaluated": "exact match of the whole object and per-field F1 on held-out rows",
+    },
+    "summarization": {
+        "row": "input: str (a document); target: str (a summary of at most task.summary_max_words words)",
+        "evaluated": "ROUGE-L against reference summaries and judge win-rate against the base model",
+    },
+    "dialogue": {
+        "row": "messages: list of {role: user|assistant|tool, content, tool_calls?} ending in an assistant turn",
+        "evaluated": "judge win-rate against the base model; tool-call accuracy (name and arguments) when tools",
+    },
+}
+
+METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1", "per_label", "confused_pairs"),
+    "classification/multi_label": ("subset_accuracy", "micro_f1", "macro_f1"),
+    "extraction": ("exact_match", "field_f1"),
+    "summarization": ("rouge_l", "judge_win_rate"),
+    "dialogue": ("judge_win_rate", "tool_call_accuracy"),
+}
+
+# Sampling defaults by what the text must be: (temperature, top_p, reason). Inputs are generated
+# creatively whatever the task (they must vary); responses are as deterministic as the task needs.
+SAMPLING: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("prompts", "*"): (0.9, 0.95, "inputs must vary in wording: creative range 0.7-1.0"),
+    ("responses", "classification"): (0.2, 0.9, "a label is a fixed answer: deterministic range 0.1-0.3"),
+    ("responses", "extraction"): (0.1, 0.9, "field values must be copied exactly: deterministic range 0.1-0.3"),
+    ("responses", "summarization"): (0.3, 0.9, "a summary must stay faithful to its source: deterministic 0.1-0.3"),
+    ("responses", "dialogue"): (0.7, 0.95, "conversation benefits from varied replies: creative range 0.7-1.0"),
+    ("responses", "dialogue/tools"): (0.2, 0.9, "tool calls need exact names and arguments: deterministic 0.1-0.3"),
+}
+
+
+def task_kind(task: TaskConfig) -> str:
+    """Key into ROW_SCHEMA and METRICS: the type, with '/multi_label' for multi-label classification."""
+    return "classification/multi_label" if task.type == "classification" and task.multi_label else task.type
+
+
+class LabelSpec(_Section):
+    name: str = Field(min_length=1, max_length=100, description="The label as it appears in the data.")
+    definition: str | None = Field(None, description="One sentence: what belongs under this label.")
+    positive: list[str] = Field([], description="Example inputs that belong under this label.")
+    negative: list[str] = Field([], description="Inputs that look similar but do not belong (near misses).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class FieldSpec(_Section):
+    name: str = Field(pattern=_NAME, description="Field name in the extracted object.")
+    type: Literal["string", "integer", "number", "boolean", "date", "list"] = Field(
+        "string", description="Value type; date is ISO 8601 (YYYY-MM-DD); list is a list of strings."
+    )
+    description: str = Field("", description="What the field holds.")
+    required: bool = Field(True, description="Whether every row must have a value for it.")
+
+
+class ToolSpec(_Section):
+    name: str = Field(pattern=_NAME, description="Function name the assistant calls.")
+    description: str = Field(min_length=1, description="When the assistant should call it.")
+    parameters: dict[str, Literal["string", "integer", "number", "boolean"]] = Field(
+        {}, description="Argument name → type."
+    )
+
+
+class Share(_Section):
+    name: str = Field(min_length=1, description="A persona, tone or entity.")
+    share: float | None = Field(None, ge=0, le=1, description="Target proportion of rows; null = an equal part.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+def _unique(items: list, what: str) -> list:
+    names = [x.name if isinstance(x, BaseModel) else x for x in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what}: {dupes}")
+    return items
+
+
 class TaskConfig(_Section):
     name: str = Field("banking77", pattern=r"^[A-Za-z0-9_.-]+$", description="Short name; runs go to runs/<name>/.")
-    type: Literal["classification"] = Field(
-        "classification", description="Task type. The spine supports single-label classification."
+    type: Literal["classification", "extraction", "summarization", "dialogue"] = Field(
+        "classification", description="Task type; ROW_SCHEMA in workbench/config.py says what a row is per type."
     )
+    multi_label: bool = Field(False, description="Classification only: a row may carry several labels.")
     description: str = Field(
         "Classify online-banking customer messages by intent.",
         min_length=10,
         description="One or two sentences saying what the fine-tuned model must do.",
     )
     domain: str = Field("online banking customer support", description="The domain generated text must stay in.")
+    style: str | None = Field(None, description="Style guidelines for generated text (register, length, spelling).")
+    definitions: dict[str, str] = Field({}, description="Domain terms → definitions, shown to the generator.")
+    labels: list[LabelSpec] | None = Field(
+        None,
+        description="Classification: labels (a name, or name + definition + positive/negative examples). "
+        "null = every label of data.dataset.",
+    )
+    fields: list[FieldSpec] = Field([], description="Extraction: the fields to extract, with types.")
+    summary_max_words: int = Field(60, ge=5, le=2000, description="Summarization: longest acceptable summary.")
+    tools: list[ToolSpec] = Field([], description="Dialogue: tools the assistant may call.")
+    max_turns: int = Field(4, ge=1, le=50, description="Dialogue: most user turns per conversation.")
+    edge_cases: list[str] = Field([], description="Situations the data must include (see diversity.edge_case_share).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, v):
+        if v is not None and not v:
+            raise ValueError("empty label list; list at least two labels, or null for every label of the dataset")
+        return _unique(v, "labels") if v else v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_unique(cls, v):
+        return _unique(v, "field names")
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_unique(cls, v):
+        return _unique(v, "tool names")
+
+    @model_validator(mode="after")
+    def _by_type(self):
+        if self.type == "extraction" and not self.fields:
+            raise ValueError("type extraction needs task.fields: at least one field to extract")
+        if self.multi_label and self.type != "classification":
+            raise ValueError(f"multi_label applies to classification, not {self.type}")
+        if self.type == "classification" and self.labels is not None and len(self.labels) < 2:
+            raise ValueError(f"classification needs at least two labels; got {[x.name for x in self.labels]}")
+        return self
+
+    def label_names(self) -> list[str] | None:
+        return None if self.labels is None else [x.name for x in self.labels]
+
+    def label(self, name: str) -> LabelSpec:
+        """The spec of one label (a bare name when the config does not list it)."""
+        for x in self.labels or []:
+            if x.name == name:
+                return x
+        return LabelSpec(name=name)
 
 
 class DataConfig(_Section):
-    dataset: str = Field("banking77", description="Folder under data/ with train.csv and test.csv (text,category).")
-    labels: list[str] | None = Field(
-        None, description="Labels to use (a subset of the dataset's); null means all of them."
+    dataset: str | None = Field(
+        "banking77",
+        description="Folder under data/ (or a path) with train.csv and test.csv (columns text,category); "
+        "null = no real data (stages 05-07 cannot run).",
     )
-    seeds_per_label: int = Field(3, ge=1, le=50, description="Real train rows per label shown to the generator.")
+    seeds_file: str | None = Field(
+        None, description="CSV (text,label) or JSONL of your own seed examples; null = sample them from the dataset."
+    )
+    seeds_per_label: int = Field(3, ge=1, le=50, description="Real rows per label shown to the generator.")
     dev_per_label: int = Field(
         5, ge=1, le=100, description="Real train rows per label (disjoint from seeds) for failure analysis."
     )
@@ -80,20 +235,85 @@ class LLMConfig(_Section):
         description="Weights and activations of the local model. bfloat16 is 2x faster on CPUs with "
         "AVX512-BF16/AMX (measured: benchmarks in README); use float32 on CPUs without them.",
     )
+    price_input_per_1m: float | None = Field(None, ge=0, description="Price per million prompt tokens (estimate).")
+    price_output_per_1m: float | None = Field(None, ge=0, description="Price per million completion tokens (estimate).")
+
+
+class SamplingConfig(_Section):
+    rows_per_label: int = Field(4, ge=1, le=100000, description="Inputs to generate per label (balanced plan).")
+    total_rows: int | None = Field(
+        None, ge=1, description="Inputs to generate in all, split by class_balance; set this or rows_per_label."
+    )
+    class_balance: Literal["balanced", "proportional"] | dict[str, float] = Field(
+        "balanced",
+        description="balanced: equal rows per label; proportional: as in the dataset's train split; or label → weight.",
+    )
+
+
+class QualityConfig(_Section):
+    min_chars: int = Field(10, ge=0, description="Rows shorter than this are rejected as too_short.")
+    max_chars: int = Field(300, ge=1, description="Rows longer than this are rejected as too_long.")
+    language: str | None = Field(
+        "en", pattern=r"^[a-z]{2}$", description="ISO 639-1 code rows must be written in; null = any."
+    )
+    profanity: Literal["reject", "allow"] = Field("reject", description="reject: rows with profanity are rejected.")
+    pii: Literal["redact", "reject", "allow"] = Field(
+        "redact", description="Emails, phone, card and IBAN numbers, IP addresses: redact, reject the row, or allow."
+    )
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_chars >= self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must be below max_chars ({self.max_chars})")
+        return self
+
+
+class DiversityConfig(_Section):
+    personas: list[Share] = Field([], description="Who writes the inputs, with target shares.")
+    tones: list[Share] = Field([], description="Tones of voice, with target shares.")
+    difficulty: dict[Literal["easy", "medium", "hard"], float] = Field(
+        {}, description="Target shares of easy / medium / hard inputs; {} = not asked for."
+    )
+    sentiment: dict[Literal["negative", "neutral", "positive"], float] = Field(
+        {}, description="Target shares of negative / neutral / positive inputs; {} = not asked for."
+    )
+    entities: list[Share] = Field(
+        [], description="Entities inputs must mention (share = proportion of rows); rows missing theirs are rejected."
+    )
+    edge_case_share: float = Field(
+        0.0, ge=0, le=1, description="Proportion of inputs written as one of task.edge_cases."
+    )
+
+    @field_validator("personas", "tones", "entities")
+    @classmethod
+    def _shares(cls, v, info):
+        _unique(v, info.field_name)
+        given = sum(x.share for x in v if x.share is not None)
+        if given > 1 + 1e-6:
+            raise ValueError(f"shares add up to {given:g}; they must not exceed 1")
+        if info.field_name != "entities" and v and all(x.share is not None for x in v) and abs(given - 1) > 0.01:
+            raise ValueError(f"shares add up to {given:g}; they must add up to 1 (or leave some null)")
+        return v
+
+    @field_validator("difficulty", "sentiment")
+    @classmethod
+    def _proportions(cls, v):
+        if v and (any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1) > 0.01):
+            raise ValueError(f"proportions {dict(v)} must be non-negative and add up to 1")
+        return v
 
 
 class PromptsConfig(_Section):
-    per_label: int = Field(4, ge=1, le=10000, description="Inputs to generate per label.")
     examples_per_call: int = Field(3, ge=1, le=20, description="Seed examples shown in each generation call.")
-    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature; varied inputs need a high one.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null = by task type.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass; null = by task type.")
     max_tokens: int = Field(48, ge=1, le=4096, description="Cap on tokens per generated input.")
 
 
 class ResponsesConfig(_Section):
     candidates: int = Field(1, ge=1, le=16, description="Candidate responses per prompt (generative tasks).")
-    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for responses.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass for responses.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null = by task type.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass; null = by task type.")
     max_tokens: int = Field(128, ge=1, le=8192, description="Cap on tokens per response.")
 
 
@@ -106,8 +326,6 @@ class JudgeConfig(_Section):
 
 
 class FilterConfig(_Section):
-    min_chars: int = Field(10, ge=0, description="Rows shorter than this are rejected as too_short.")
-    max_chars: int = Field(300, ge=1, description="Rows longer than this are rejected as too_long.")
     near_dup_threshold: float = Field(
         0.7, gt=0, le=1, description="Jaccard similarity of character shingles above which rows are near-duplicates."
     )
@@ -124,6 +342,9 @@ class TrainConfig(_Section):
 
 class EvaluateConfig(_Section):
     bootstrap: int = Field(1000, ge=0, le=100000, description="Bootstrap resamples for 95% confidence intervals.")
+    metrics: list[str] | None = Field(
+        None, description="Metrics 06_evaluate reports; null = the task type's (METRICS in workbench/config.py)."
+    )
 
 
 class GapsConfig(_Section):
@@ -133,17 +354,212 @@ class GapsConfig(_Section):
 
 
 class RunConfig(_Section):
-    task: TaskConfig = Field(default_factory=TaskConfig, description="What the model must do.")
-    data: DataConfig = Field(default_factory=DataConfig, description="Real data: seeds, dev and test samples.")
-    llm: LLMConfig = Field(default_factory=LLMConfig, description="The model behind every LLM call.")
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="Stage 01: input generation.")
-    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="Stage 02: responses.")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Stage 03: LLM judge.")
-    filter: FilterConfig = Field(default_factory=FilterConfig, description="Stage 04: final filter.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Stage 05: the student.")
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Stage 06: evaluation.")
-    gaps: GapsConfig = Field(default_factory=GapsConfig, description="Stage 07: failure clusters.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="TASK: what the fine-tuned model must do.")
+    data: DataConfig = Field(default_factory=DataConfig, description="DATA: real seeds, dev and test rows.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="SAMPLING PLAN: how many inputs, per label."
+    )
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="QUALITY CONTROLS: enforced by the 04_filter gates."
+    )
+    diversity: DiversityConfig = Field(
+        default_factory=DiversityConfig, description="DIVERSITY CONTROLS: the 01_prompts generation grid."
+    )
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM: the model behind every LLM call.")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="STAGE 01: input generation.")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="STAGE 02: responses.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="STAGE 03: LLM judge.")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="STAGE 04: final filter (duplicates).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="STAGE 05: the student.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="STAGE 06: evaluation.")
+    gaps: GapsConfig = Field(default_factory=GapsConfig, description="STAGE 07: failure clusters.")
     seed: int = Field(0, description="Seed for every sampled LLM call and split in the run.")
+
+    _reasons: dict[str, str] = PrivateAttr(default_factory=dict)  # why each by-type default was chosen
+
+    def __eq__(self, other: object) -> bool:  # equal values are equal configs, however they were written
+        return isinstance(other, RunConfig) and self.model_dump() == other.model_dump()
+
+    __hash__ = None
+
+    @model_validator(mode="after")
+    def _resolve(self):
+        kind = task_kind(self.task)
+        for section in ("prompts", "responses"):
+            key = self.task.type + ("/tools" if self.task.type == "dialogue" and self.task.tools else "")
+            t, p, why = SAMPLING.get((section, "*")) or SAMPLING[(section, key)]
+            sec = getattr(self, section)
+            for name, value in (("temperature", t), ("top_p", p)):
+                if getattr(sec, name) is None:
+                    sec.__dict__[name] = value  # no re-validation: the table's values are in range
+                    self._reasons[f"{section}.{name}"] = f"{value} chosen for {self.task.type}: {why}; override freely"
+        valid = METRICS[kind]
+        if self.evaluate.metrics is None:
+            self.evaluate.__dict__["metrics"] = list(valid)
+        else:
+            bad = [m for m in self.evaluate.metrics if m not in valid]
+            if bad:
+                raise ValueError(f"evaluate.metrics {bad} do not apply to {kind}; valid: {list(valid)}")
+        s = self.sampling
+        if {"rows_per_label", "total_rows"} <= s.model_fields_set and s.total_rows is not None:
+            raise ValueError("sampling: set rows_per_label or total_rows, not both")
+        if self.diversity.edge_case_share > 0 and not self.task.edge_cases:
+            raise ValueError("diversity.edge_case_share > 0 but task.edge_cases is empty: list the edge cases")
+        names = self.task.label_names()
+        if names is not None:
+            check_plan(self, names)
+        return self
+
+
+def check_plan(cfg: RunConfig, labels: list[str]) -> None:
+    """Contradictions between the sampling plan and the labels (also checked once a dataset's labels are known)."""
+    s = cfg.sampling
+    if isinstance(s.class_balance, dict):
+        unknown = sorted(set(s.class_balance) - set(labels))
+        if unknown:
+            raise ValueError(f"sampling.class_balance names unknown labels {unknown}")
+        if any(w < 0 for w in s.class_balance.values()) or not sum(s.class_balance.values()) > 0:
+            raise ValueError("sampling.class_balance weights must be non-negative with a positive sum")
+    if s.total_rows is not None and s.class_balance == "balanced" and s.total_rows < len(labels):
+        raise ValueError(
+            f"sampling.total_rows={s.total_rows} cannot give each of {len(labels)} labels a row under a "
+            "balanced plan; raise total_rows or use rows_per_label"
+        )
+
+
+def plan_counts(cfg: RunConfig, labels: list[str], train_counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Inputs to generate per label under the sampling plan (largest-remainder rounding)."""
+    s = cfg.sampling
+    if s.total_rows is None and s.class_balance == "balanced":
+        return {x: s.rows_per_label for x in labels}
+    if s.class_balance == "balanced":
+        weights = dict.fromkeys(labels, 1.0)
+    elif s.class_balance == "proportional":
+        if not train_counts:
+            raise ValueError("sampling.class_balance=proportional needs a dataset to take proportions from")
+        weights = {x: float(train_counts.get(x, 0)) for x in labels}
+    else:
+        weights = {x: float(s.class_balance.get(x, 0.0)) for x in labels}
+    total = s.total_rows if s.total_rows is not None else s.rows_per_label * len(labels)
+    return dict(zip(labels, allocate(total, [weights[x] for x in labels])))
+
+
+def allocate(total: int, weights: list[float]) -> list[int]:
+    """Split `total` in proportion to `weights`, rounding by largest remainder (sums exactly to total)."""
+    w = np.asarray(weights, dtype=float)
+    if total <= 0 or w.sum() <= 0:
+        return [0] * len(weights)
+    exact = total * w / w.sum()
+    out = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - out), kind="stable")[: total - out.sum()]:
+        out[i] += 1
+    return out.tolist()
+
+
+# Every field, and what enforces it: (stage, gate, reject reasons it produces, task kinds it applies to).
+# Kinds None = every kind. `check_enforced` makes a set field that nothing enforces a load error, and the
+# report's field → gate table is built from this.
+ALL = None
+ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]] = {
+    "task.name": ("runs", "run folder runs/<name>/", (), ALL),
+    "task.type": ("runs", "ROW_SCHEMA; stages refuse kinds they do not implement", (), ALL),
+    "task.multi_label": ("runs", "ROW_SCHEMA", (), ("classification", "classification/multi_label")),
+    "task.description": ("00_task", "shown in every report; drafts the config", (), ALL),
+    "task.domain": ("01_prompts, 03_judge", "generator and judge system prompts", (), ALL),
+    "task.style": ("01_prompts", "generator system prompt", (), ALL),
+    "task.definitions": ("01_prompts", "generator system prompt", (), ALL),
+    "task.labels": (
+        "00_task, 01_prompts, 03_judge",
+        "labels checked against the data; definitions and examples in generator and judge prompts",
+        (),
+        ("classification", "classification/multi_label"),
+    ),
+    "task.fields": ("01_prompts", "extraction schema", (), ("extraction",)),
+    "task.summary_max_words": ("02_responses", "summary length", (), ("summarization",)),
+    "task.tools": ("01_prompts", "tool-use requests", (), ("dialogue",)),
+    "task.max_turns": ("01_prompts", "conversation length", (), ("dialogue",)),
+    "task.edge_cases": ("01_prompts", "generation grid: edge-case cells", (), ALL),
+    "data.dataset": ("00_task, 06_evaluate, 07_gaps", "real seeds, dev and test rows", (), ALL),
+    "data.seeds_file": ("00_task", "seed examples, labels checked", (), ALL),
+    "data.seeds_per_label": ("00_task", "seed sample", (), ALL),
+    "data.dev_per_label": ("07_gaps", "dev sample", (), ALL),
+    "data.test_per_label": ("06_evaluate", "test sample", (), ALL),
+    "data.seed": ("00_task", "seed, dev and test sampling", (), ALL),
+    "sampling.rows_per_label": ("01_prompts", "generation plan: rows per label", (), ALL),
+    "sampling.total_rows": ("01_prompts", "generation plan: rows in all", (), ALL),
+    "sampling.class_balance": ("01_prompts", "generation plan: rows per label", (), ALL),
+    "quality.min_chars": ("04_filter", "length", ("too_short",), ALL),
+    "quality.max_chars": ("04_filter", "length", ("too_long",), ALL),
+    "quality.language": ("04_filter", "language", ("wrong_language",), ALL),
+    "quality.profanity": ("04_filter", "profanity", ("profanity",), ALL),
+    "quality.pii": ("04_filter", "pii (redact or reject)", ("pii",), ALL),
+    "diversity.personas": ("01_prompts", "generation grid: persona", (), ALL),
+    "diversity.tones": ("01_prompts", "generation grid: tone", (), ALL),
+    "diversity.difficulty": ("01_prompts", "generation grid: difficulty", (), ALL),
+    "diversity.sentiment": ("01_prompts", "generation grid: sentiment", (), ALL),
+    "diversity.entities": ("01_prompts, 04_filter", "generation grid: entity; entity gate", ("entity_missing",), ALL),
+    "diversity.edge_case_share": ("01_prompts", "generation grid: edge-case cells", (), ALL),
+    "llm": ("every LLM call", "provider, sampling transport, cache key", (), ALL),
+    "prompts.examples_per_call": ("01_prompts", "seed examples per call", (), ALL),
+    "prompts.temperature": ("01_prompts", "sampling", (), ALL),
+    "prompts.top_p": ("01_prompts", "sampling", (), ALL),
+    "prompts.max_tokens": ("01_prompts", "sampling", (), ALL),
+    "responses": ("02_responses", "candidates and sampling", (), ("extraction", "summarization", "dialogue")),
+    "judge.min_score": ("03_judge", "judge score", ("low_score", "unparseable", "llm_error"), ALL),
+    "judge.max_tokens": ("03_judge", "sampling", (), ALL),
+    "judge.temperature": ("03_judge", "sampling", (), ALL),
+    "filter.near_dup_threshold": ("04_filter", "near-duplicates", ("near_duplicate", "copy_of_seed", "duplicate"), ALL),
+    "filter.shingle_size": ("04_filter", "near-duplicates", ("near_duplicate", "copy_of_seed", "duplicate"), ALL),
+    "train": ("05_train", "student", (), ("classification",)),
+    "evaluate.bootstrap": ("06_evaluate", "confidence intervals", (), ALL),
+    "evaluate.metrics": ("06_evaluate", "metrics reported", (), ALL),
+    "gaps": ("07_gaps", "failure clusters", (), ALL),
+    "seed": ("every stage", "sampling seeds", (), ALL),
+}
+
+# What `workbench run` can execute today; other kinds validate (`workbench check`, `workbench init`)
+# but are refused by `check_runnable`, so no field of theirs is silently ignored.
+RUNNABLE = ("classification",)
+
+
+def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """Dotted names of every field that holds a value (sections are walked; list items are not)."""
+    model = model or RunConfig
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += leaf_fields(ann, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def enforcer(dotted: str) -> tuple[str, str, tuple[str, ...], tuple[str, ...] | None] | None:
+    """The ENFORCED_BY entry of a field, or of its section when the whole section is enforced as one."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        hit = ENFORCED_BY.get(".".join(parts[:i]))
+        if hit:
+            return hit
+    return None
+
+
+def check_runnable(cfg: RunConfig, stages: list[str] | None = None) -> None:
+    """Refuse a config `workbench run` would not honour in full (for the stages asked for)."""
+    kind = task_kind(cfg.task)
+    if kind not in RUNNABLE:
+        raise ConfigError(
+            f"task.type {kind!r}: the stages implement {', '.join(RUNNABLE)} today; this config is valid "
+            "(`workbench check` prints it) but `workbench run` would ignore what makes it "
+            f"{kind}. Row schema: {ROW_SCHEMA[kind]['row']}"
+        )
+    needs_data = {"05_train", "06_evaluate", "07_gaps", "99_report"}
+    if cfg.data.dataset is None and (stages is None or needs_data & set(stages)):
+        raise ConfigError(
+            "data.dataset is null: 05_train, 06_evaluate and 07_gaps need real labelled rows; set data.dataset "
+            "or run only --stages 00_task,01_prompts,02_responses,03_judge,04_filter"
+        )
 
 
 # ---------------------------------------------------------------- loading
@@ -185,6 +601,9 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 def _describe(err: dict, doc: Any, source: str, overrides: dict[tuple, str]) -> str:
     loc = tuple(err["loc"])
+    if not loc:  # a check across sections: find the first field it names
+        named = [f for f in leaf_fields() if f in err["msg"]]
+        loc = tuple(named[0].split(".")) if named else ()
     dotted = ".".join(str(p) for p in loc)
     where = overrides.get(loc)
     if where is None:
@@ -195,6 +614,8 @@ def _describe(err: dict, doc: Any, source: str, overrides: dict[tuple, str]) -> 
         valid = ", ".join(parent.model_fields) if parent else "?"
         return f"{where}: field '{dotted}': unknown key; valid keys here: {valid}"
     received = err.get("input")
+    if err["type"] == "value_error" and isinstance(received, dict):  # a whole section: the message says it
+        return f"{where}: field '{dotted}': {err['msg'].removeprefix('Value error, ')}"
     return f"{where}: field '{dotted}': {err['msg']} (received {received!r})"
 
 
@@ -248,7 +669,40 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[R
     except ValidationError as e:
         lines = [_describe(err, doc, str(path), where) for err in e.errors()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+    problems = unenforced(cfg, doc, str(path), where)
+    if problems:
+        raise ConfigError("fields that nothing would enforce:\n  " + "\n  ".join(problems))
     return cfg, doc
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def unenforced(cfg: RunConfig, doc: CommentedMap, source: str, overrides: dict[tuple, str]) -> list[str]:
+    """Fields whose value differs from the task type's default but that no stage enforces for this
+    task type: an error, so a setting is never a silent no-op."""
+    kind = task_kind(cfg.task)
+    reset = {}
+    for name, field in TaskConfig.model_fields.items():
+        rule = enforcer(f"task.{name}")
+        if rule and rule[3] is not None and kind not in rule[3]:
+            reset[name] = field.get_default(call_default_factory=True)
+    base = RunConfig(task=cfg.task.model_copy(update=reset))
+    out = []
+    for dotted in leaf_fields():
+        if _get(cfg, dotted) == _get(base, dotted):
+            continue
+        rule = enforcer(dotted)
+        if rule is not None and (rule[3] is None or kind in rule[3]):
+            continue
+        loc = tuple(dotted.split("."))
+        where = overrides.get(loc) or f"{source}:{_line_of(doc, loc) or '?'}"
+        kinds = ", ".join(rule[3]) if rule else "none"
+        out.append(f"{where}: field '{dotted}': set, but no stage enforces it for {kind} (it applies to: {kinds})")
+    return out
 
 
 def _plain(node: Any) -> Any:
@@ -262,30 +716,47 @@ def _plain(node: Any) -> Any:
 # ---------------------------------------------------------------- writing
 
 
-def _merge(model: BaseModel, doc: CommentedMap, indent: int) -> CommentedMap:
+def to_yaml_value(value: Any) -> Any:
+    """Plain YAML data for a field value; a label or share with only a name is written as the bare name."""
+    if isinstance(value, BaseModel):
+        d = value.model_dump()
+        extra = {k: v for k, v in d.items() if k != "name" and v != type(value).model_fields[k].default}
+        return d["name"] if "name" in d and not extra and isinstance(value, LabelSpec | Share) else d
+    if isinstance(value, list):
+        return [to_yaml_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_yaml_value(v) for k, v in value.items()}
+    return value
+
+
+def _merge(model: BaseModel, doc: CommentedMap, indent: int, reasons: dict[str, str], prefix: str) -> CommentedMap:
     """Write every field of `model` into `doc`, keeping existing comments and order;
-    fields the document lacked are added with their help text as a comment."""
+    fields the document lacked are added with their help text (and any default's reason) as a comment."""
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        if isinstance(value, BaseModel):
+        new = name not in doc
+        if isinstance(value, BaseModel) and not isinstance(value, LabelSpec | Share):
             sub = doc.get(name)
             if not isinstance(sub, CommentedMap):
                 sub = CommentedMap()
-            new = name not in doc
-            doc[name] = _merge(value, sub, indent + 2)
+            doc[name] = _merge(value, sub, indent + 2, reasons, f"{prefix}{name}.")
         else:
-            new = name not in doc
-            plain = value
-            if _plain(doc.get(name)) != plain:
+            plain = to_yaml_value(value)
+            if new or _plain(doc.get(name)) != plain:
                 doc[name] = plain
         if new:
-            doc.yaml_set_comment_before_after_key(name, before=field.description or "", indent=indent)
+            note = field.description or ""
+            if f"{prefix}{name}" in reasons:
+                note += f"\n{reasons[prefix + name]}"
+            if indent == 0:
+                note = f"\n{'-' * 100}\n{note}"
+            doc.yaml_set_comment_before_after_key(name, before=note, indent=indent)
     return doc
 
 
 def dump_config(cfg: RunConfig, doc: CommentedMap | None = None) -> str:
     """YAML text of the fully resolved config, comments of `doc` kept, defaults explained."""
-    out = _merge(cfg, doc if doc is not None else CommentedMap(), 0)
+    out = _merge(cfg, doc if doc is not None else CommentedMap(), 0, cfg._reasons, "")
     buf = io.StringIO()
     _yaml().dump(out, buf)
     return buf.getvalue()

@@ -1,65 +1,113 @@
 """Real labelled data: seeds and dev samples from the train split, and the test split.
 
 Columns of every table returned here: `id` (str), `text` (str), `label` (str).
-The test split is read by `test_split()` only, and only `06_evaluate` calls it.
+The test split is read by `test_split()` only, and only `06_evaluate` calls it (and the
+contamination index of later stages, which sees hashes, never text).
+
+Seeds come from `data.seeds_file` when the config names one (CSV with text,label columns, or JSONL
+with text and label keys), else from the dataset's train split.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from workbench.config import ConfigError, DataConfig
+from workbench.config import ConfigError, RunConfig, check_plan
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
-def dataset_dir(cfg: DataConfig) -> Path:
-    p = Path(cfg.dataset)
+def dataset_dir(cfg: RunConfig) -> Path:
+    if cfg.data.dataset is None:
+        raise ConfigError("data.dataset is null: this step needs real labelled data (train.csv and test.csv)")
+    p = Path(cfg.data.dataset)
     d = p if p.is_absolute() or p.parts[0] in (".", "..") else DATA_DIR / p
     if not d.is_dir():
         raise ConfigError(f"data.dataset: folder {d} not found; expected a folder with train.csv and test.csv")
     return d
 
 
-def _read(path: Path) -> pd.DataFrame:
+def read_rows(path: Path, label_key: str = "category") -> pd.DataFrame:
+    """Rows of a CSV (columns text and `label_key`) or JSONL file, as id, text, label.
+    Errors name the file and line."""
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
+    rows = []
     try:
         with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or not {"text", "category"} <= set(reader.fieldnames):
-                raise ConfigError(f"{path}:1: expected columns text,category; found {reader.fieldnames}")
-            rows = []
-            for line, r in enumerate(reader, start=2):
-                if not (r.get("text") or "").strip() or not (r.get("category") or "").strip():
-                    raise ConfigError(f"{path}:{line}: empty text or category")
-                rows.append((f"{path.stem}-{line}", r["text"].strip(), r["category"].strip()))
+            if path.suffix == ".jsonl":
+                for line, raw in enumerate(f, start=1):
+                    if not raw.strip():
+                        continue
+                    try:
+                        r = json.loads(raw)
+                    except json.JSONDecodeError as e:
+                        raise ConfigError(f"{path}:{line}: not JSON ({e.msg})") from None
+                    if not isinstance(r, dict) or not {"text", label_key} <= set(r):
+                        got = sorted(r) if isinstance(r, dict) else type(r).__name__
+                        raise ConfigError(f"{path}:{line}: expected an object with keys text, {label_key}; got {got}")
+                    rows.append((line, str(r["text"]), str(r[label_key])))
+            else:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or not {"text", label_key} <= set(reader.fieldnames):
+                    raise ConfigError(f"{path}:1: expected columns text,{label_key}; found {reader.fieldnames}")
+                rows = [(line, r.get("text") or "", r.get(label_key) or "") for line, r in enumerate(reader, start=2)]
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from e
-    return pd.DataFrame(rows, columns=["id", "text", "label"])
+    for line, text, label in rows:
+        if not text.strip() or not label.strip():
+            raise ConfigError(f"{path}:{line}: empty text or {label_key}")
+    return pd.DataFrame(
+        [(f"{path.stem}-{line}", t.strip(), lab.strip(), line) for line, t, lab in rows],
+        columns=["id", "text", "label", "line"],
+    )
 
 
-def labels(cfg: DataConfig) -> list[str]:
-    """The run's labels: `data.labels`, checked against the dataset, or all of the train split's."""
-    return _labels(cfg, _read(dataset_dir(cfg) / "train.csv"))
+def _read(path: Path) -> pd.DataFrame:
+    return read_rows(path).drop(columns="line")
 
 
-def _labels(cfg: DataConfig, train: pd.DataFrame) -> list[str]:
+def _train(cfg: RunConfig) -> pd.DataFrame:
+    return _read(dataset_dir(cfg) / "train.csv")
+
+
+def labels(cfg: RunConfig) -> list[str]:
+    """The run's labels: `task.labels`, checked against the dataset, or all of the train split's."""
+    names = cfg.task.label_names()
+    if cfg.data.dataset is None:
+        if names is None:
+            raise ConfigError("task.labels is null and data.dataset is null: list the labels in task.labels")
+        return names
+    return _labels(cfg, _train(cfg))
+
+
+def _labels(cfg: RunConfig, train: pd.DataFrame) -> list[str]:
     known = sorted(train["label"].unique())
-    if cfg.labels is None:
-        return known
-    dupes = sorted({x for x in cfg.labels if cfg.labels.count(x) > 1})
-    if dupes:
-        raise ConfigError(f"data.labels: duplicate labels {dupes}")
-    unknown = [x for x in cfg.labels if x not in set(known)]
-    if unknown:
-        raise ConfigError(
-            f"data.labels: unknown labels {unknown}; the dataset has {len(known)} labels, e.g. {known[:5]}"
-        )
-    return list(cfg.labels)
+    names = cfg.task.label_names()
+    if names is None:
+        names = known
+    else:
+        unknown = [x for x in names if x not in set(known)]
+        if unknown:
+            raise ConfigError(
+                f"task.labels: unknown labels {unknown}; data.dataset {cfg.data.dataset!r} has "
+                f"{len(known)} labels, e.g. {known[:5]}"
+            )
+    try:
+        check_plan(cfg, names)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return list(names)
+
+
+def label_counts(cfg: RunConfig) -> dict[str, int]:
+    """Rows per label in the dataset's train split (for a proportional sampling plan)."""
+    return _train(cfg)["label"].value_counts().to_dict() if cfg.data.dataset else {}
 
 
 def describe_label(label: str) -> str:
@@ -67,36 +115,60 @@ def describe_label(label: str) -> str:
     return label.replace("_", " ").replace("-", " ").strip()
 
 
-def _train_samples(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    train = _read(dataset_dir(cfg) / "train.csv")
+def label_topic(cfg: RunConfig, label: str) -> str:
+    """What a label means, for prompts: its name as words, with its definition when the config has one."""
+    definition = cfg.task.label(label).definition
+    return f"{describe_label(label)} ({definition.rstrip('.')})" if definition else describe_label(label)
+
+
+def _train_samples(cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    d = cfg.data
+    train = _train(cfg)
     train = train[train["label"].isin(_labels(cfg, train))]
-    shuffled = train.sample(frac=1.0, random_state=cfg.seed)
+    shuffled = train.sample(frac=1.0, random_state=d.seed)
     rank = shuffled.groupby("label").cumcount()
-    seeds = shuffled[rank < cfg.seeds_per_label]
-    dev = shuffled[(rank >= cfg.seeds_per_label) & (rank < cfg.seeds_per_label + cfg.dev_per_label)]
+    seeds = shuffled[rank < d.seeds_per_label]
+    dev = shuffled[(rank >= d.seeds_per_label) & (rank < d.seeds_per_label + d.dev_per_label)]
     short = seeds.groupby("label").size()
-    short = short[short < cfg.seeds_per_label]
+    short = short[short < d.seeds_per_label]
     if len(short):
-        raise ConfigError(f"data.seeds_per_label={cfg.seeds_per_label}: too few train rows for {dict(short)}")
+        raise ConfigError(f"data.seeds_per_label={d.seeds_per_label}: too few train rows for {dict(short)}")
     return seeds.sort_values(["label", "id"]).reset_index(drop=True), dev.sort_values(["label", "id"]).reset_index(
         drop=True
     )
 
 
-def seeds(cfg: DataConfig) -> pd.DataFrame:
-    """`seeds_per_label` real train rows per label, chosen with `data.seed`."""
+def seeds_from_file(path: str | Path, known: list[str]) -> pd.DataFrame:
+    """Seed examples from a user's file; every label must be one of `known`, named by line."""
+    rows = read_rows(Path(path), label_key="label")
+    bad = rows[~rows["label"].isin(known)]
+    if len(bad):
+        where = ", ".join(f"line {r.line} ({r.label!r})" for r in bad.head(5).itertuples())
+        raise ConfigError(f"{path}: unknown labels at {where}; known labels: {known[:10]}")
+    if rows.empty:
+        raise ConfigError(f"{path}: no seed rows")
+    return rows.drop(columns="line").sort_values(["label", "id"]).reset_index(drop=True)
+
+
+def seeds(cfg: RunConfig) -> pd.DataFrame:
+    """The seed examples: from `data.seeds_file` (at most seeds_per_label per label, chosen with
+    `data.seed`), else `seeds_per_label` real train rows per label."""
+    if cfg.data.seeds_file:
+        rows = seeds_from_file(cfg.data.seeds_file, labels(cfg))
+        rows = rows.sample(frac=1.0, random_state=cfg.data.seed).groupby("label").head(cfg.data.seeds_per_label)
+        return rows.sort_values(["label", "id"]).reset_index(drop=True)
     return _train_samples(cfg)[0]
 
 
-def dev_split(cfg: DataConfig) -> pd.DataFrame:
+def dev_split(cfg: RunConfig) -> pd.DataFrame:
     """`dev_per_label` real train rows per label, disjoint from the seeds: for failure analysis."""
     return _train_samples(cfg)[1]
 
 
-def test_split(cfg: DataConfig) -> pd.DataFrame:
+def test_split(cfg: RunConfig) -> pd.DataFrame:
     """The real test split (capped at `test_per_label` rows per label). Only 06_evaluate reads it."""
     test = _read(dataset_dir(cfg) / "test.csv")
     test = test[test["label"].isin(labels(cfg))]
-    if cfg.test_per_label is not None:
-        test = test.sample(frac=1.0, random_state=cfg.seed).groupby("label").head(cfg.test_per_label)
+    if cfg.data.test_per_label is not None:
+        test = test.sample(frac=1.0, random_state=cfg.data.seed).groupby("label").head(cfg.data.test_per_label)
     return test.sort_values(["label", "id"]).reset_index(drop=True)

@@ -1,0 +1,133 @@
+"""Every field is enforced by a stage; a field nothing enforces is a load error; the field → gate
+table and the pre-run estimate; sampling contradictions; smart defaults."""
+
+import pandas as pd
+import pytest
+
+from workbench import plan
+from workbench.config import ENFORCED_BY, ConfigError, RunConfig, dump_config, enforcer, leaf_fields, load_config
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_every_field_has_an_enforcer_and_no_entry_is_stale():
+    assert [f for f in leaf_fields() if enforcer(f) is None] == []
+    sections = {"llm", "responses", "train", "gaps"}
+    assert set(ENFORCED_BY) <= set(leaf_fields()) | sections
+
+
+@pytest.mark.parametrize(
+    ("yaml", "field", "line"),
+    [
+        ("task:\n  labels: [a, b]\n  tools:\n    - name: f\n      description: call it\n", "task.tools", 3),
+        ("task:\n  labels: [a, b]\nresponses:\n  temperature: 0.5\n", "responses.temperature", 4),
+        ("task:\n  labels: [a, b]\n  summary_max_words: 30\n", "task.summary_max_words", 3),
+    ],
+)
+def test_a_field_no_stage_enforces_for_the_task_type_is_a_load_error(tmp_path, yaml, field, line):
+    p = write(tmp_path, yaml)
+    with pytest.raises(ConfigError, match=rf"{p}:{line}: field '{field}': set, but no stage enforces it for classif"):
+        load_config(p)
+
+
+def test_resolved_defaults_of_the_type_are_not_flagged(tmp_path):
+    cfg, doc = load_config(write(tmp_path, "task:\n  labels: [a, b]\n"))
+    again = write(tmp_path, dump_config(cfg, doc))  # every field written out, incl. responses.*
+    assert load_config(again)[0] == cfg
+
+
+@pytest.mark.parametrize(
+    ("yaml", "message"),
+    [
+        ("task:\n  labels: [a, b, a]\n", r"c.yaml:2: field 'task.labels': Value error, duplicate labels: \['a'\]"),
+        ("task:\n  labels: []\n", r"field 'task.labels': Value error, empty label list"),
+        (
+            "task:\n  labels: [" + ", ".join(f"l{i}" for i in range(20)) + "]\nsampling:\n  total_rows: 10\n",
+            r"c.yaml:4: field 'sampling.total_rows': sampling.total_rows=10 cannot give each of 20 labels a row",
+        ),
+        ("sampling:\n  total_rows: 10\n  rows_per_label: 3\n", r"set rows_per_label or total_rows, not both"),
+        (
+            "diversity:\n  personas:\n    - name: a\n      share: 0.7\n    - name: b\n      share: 0.7\n",
+            r"field 'diversity.personas': Value error, shares add up to 1.4",
+        ),
+        ("diversity:\n  difficulty: {easy: 0.5, hard: 0.2}\n", r"must be non-negative and add up to 1"),
+        ("diversity:\n  edge_case_share: 0.3\n", r"task.edge_cases is empty"),
+        ("quality:\n  min_chars: 50\n  max_chars: 20\n", r"min_chars \(50\) must be below max_chars \(20\)"),
+        ("task:\n  type: extraction\n", r"type extraction needs task.fields"),
+        ("evaluate:\n  metrics: [rouge_l]\n", r"evaluate.metrics \['rouge_l'\] do not apply to classification"),
+        ("task:\n  labels: [a, b]\nsampling:\n  class_balance: {a: 1, c: 2}\n", r"names unknown labels \['c'\]"),
+    ],
+)
+def test_contradictions_and_bad_values(tmp_path, yaml, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, yaml))
+
+
+def test_smart_defaults_by_type_are_overridable_and_explained(tmp_path):
+    cfg, doc = load_config(write(tmp_path, "task:\n  type: extraction\n  fields: [{name: amount, type: number}]\n"))
+    assert (cfg.prompts.temperature, cfg.responses.temperature, cfg.responses.top_p) == (0.9, 0.1, 0.9)
+    text = dump_config(cfg, doc)
+    assert "# 0.1 chosen for extraction: field values must be copied exactly: deterministic range 0.1-0.3" in text
+    cfg2, doc2 = load_config(
+        write(tmp_path, "task:\n  type: extraction\n  fields: [{name: a}]\nresponses:\n  temperature: 0.25\n")
+    )
+    assert cfg2.responses.temperature == 0.25
+    assert "0.25 chosen" not in dump_config(cfg2, doc2)
+
+
+def test_plan_counts_follow_the_class_balance(tmp_path):
+    from workbench.config import plan_counts
+
+    cfg = RunConfig.model_validate({"task": {"labels": ["a", "b", "c"]}, "sampling": {"total_rows": 10}})
+    assert plan_counts(cfg, ["a", "b", "c"]) == {"a": 4, "b": 3, "c": 3}
+    cfg = RunConfig.model_validate(
+        {"task": {"labels": ["a", "b"]}, "sampling": {"class_balance": {"a": 3, "b": 1}, "total_rows": 8}}
+    )
+    assert plan_counts(cfg, ["a", "b"]) == {"a": 6, "b": 2}
+    cfg = RunConfig.model_validate({"sampling": {"class_balance": "proportional", "rows_per_label": 5}})
+    assert plan_counts(cfg, ["a", "b"], {"a": 30, "b": 10}) == {"a": 8, "b": 2}
+
+
+def test_gate_table_counts_rejections_and_grid_cells():
+    cfg = RunConfig.model_validate({"task": {"labels": ["a", "b"]}, "diversity": {"tones": ["calm", "angry"]}})
+    rows = pd.DataFrame(
+        {
+            "label": ["a", "a", "b", "b"],
+            "tone": ["calm", "angry", "calm", "angry"],
+            "reject_reason": [None, "too_short", "near_duplicate", "too_short"],
+            "pii_found": [None, None, "email", None],
+        }
+    )
+    t = plan.gate_table(cfg, rows).set_index("field")
+    assert t.loc["quality.min_chars", "rows_rejected"] == 2 and t.loc["quality.max_chars", "rows_rejected"] == 0
+    assert t.loc["filter.near_dup_threshold", "rows_rejected"] == 1
+    assert t.loc["diversity.tones", "effect"] == "generated: calm 2, angry 2"
+    assert "rows with PII found: 1" in t.loc["quality.pii", "effect"]
+    assert "task.tools" not in t.index and "llm.model" not in t.index  # not for this type; not about the data
+    assert (t["gate"] != "NOT ENFORCED").all()
+
+
+def test_estimate_counts_calls_prices_and_uses_measured_throughput(tmp_path):
+    cfg = RunConfig.model_validate(
+        {
+            "task": {"labels": ["a", "b"]},
+            "sampling": {"rows_per_label": 5},
+            "llm": {"provider": "openai", "price_input_per_1m": 1.0, "price_output_per_1m": 2.0},
+        }
+    )
+    est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
+    assert est.loc["01_prompts", "llm_calls"] == 10 and est.loc["03_judge", "llm_calls"] == 10
+    assert est.loc["00_task (preview)", "llm_calls"] == 6
+    expected = (est.loc["01_prompts", "prompt_tokens"] * 1.0 + est.loc["01_prompts", "completion_tokens"] * 2.0) / 1e6
+    assert est.loc["01_prompts", "cost"] == pytest.approx(expected, rel=1e-3)
+    assert pd.isna(est.loc["01_prompts", "seconds"])  # an endpoint not measured yet: no guess
+    rows = pd.DataFrame({"cached": [False] * 4, "completion_tokens": [10, 20, 30, 40]})
+    plan.record_throughput(cfg, tmp_path, "01_prompts", rows, 2.0)
+    est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
+    assert est.loc["01_prompts", "seconds"] == pytest.approx(10 * 2.0 / 4)
+    assert est.loc["01_prompts", "completion_tokens"] == 10 * 25
+    assert est.loc["01_prompts", "time_basis"] == "measured here: 4 calls in 2.0 s"
