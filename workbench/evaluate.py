@@ -115,3 +115,10 @@ def before_after(
             )
         )
     return pd.DataFrame(rows)
+
+
+def select_metrics(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """The before/after table with only the metric columns `evaluate.metrics` asks for."""
+    scored = ("accuracy", "macro_f1")
+    drop = [c for c in table.columns for m in scored if m not in metrics and (c == m or c.startswith(m + "_"))]
+    return table.drop(columns=drop)

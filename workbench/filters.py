@@ -4,8 +4,9 @@
     in:  rows with id, text and the keep_<stage>/reject_reason_<stage> columns of earlier stages;
          seeds with id, text (real examples the generator saw)
     out: the same rows plus
-         keep_filter, reject_reason_filter (None, 'too_short', 'too_long', 'copy_of_seed',
-         'duplicate', 'near_duplicate'), dup_of (id of the kept row or seed it repeats),
+         keep_filter, reject_reason_filter (None, 'too_short', 'too_long', 'wrong_language',
+         'profanity', 'pii', 'entity_missing', 'copy_of_seed', 'duplicate', 'near_duplicate'),
+         pii_found (kinds redacted or rejected), dup_of (id of the kept row or seed it repeats),
          dup_similarity, and the verdict over all stages: keep, reject_stage, reject_reason
 
 Near-duplicates: MinHash over character shingles, LSH banding for candidates, every candidate
@@ -21,6 +22,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from workbench import quality
 from workbench.config import RunConfig
 
 _PRIME = (1 << 61) - 1
@@ -95,9 +97,7 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> pd.D
     out["reject_reason_filter"] = None
     out["dup_of"] = None
     out["dup_similarity"] = np.nan
-    n = out["text"].fillna("").str.len()
-    out.loc[alive & (n < f.min_chars), "reject_reason_filter"] = "too_short"
-    out.loc[alive & (n > f.max_chars), "reject_reason_filter"] = "too_long"
+    _quality_gates(cfg, out, alive)
     cand = out.index[alive & out["reject_reason_filter"].isna()].tolist()
     seen_exact: dict[str, str] = {normalize(t): sid for t, sid in zip(seeds["text"], seeds["id"])}
     seed_exact = set(seen_exact)
@@ -118,6 +118,37 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> pd.D
             seen_exact[key] = out.at[i, "id"]
     out["keep_filter"] = out["reject_reason_filter"].isna()
     return verdict(out)
+
+
+def _quality_gates(cfg: RunConfig, out: pd.DataFrame, alive: pd.Series) -> None:
+    """Length, language, profanity, PII and entity gates, in that order; the first that fails names
+    the row's reason. PII is redacted in place when `quality.pii` is redact (the kinds found are kept
+    in `pii_found`)."""
+    q = cfg.quality
+    out["pii_found"] = None
+    for i in out.index[alive]:
+        text = str(out.at[i, "text"] or "")
+        reason = None
+        if len(text) < q.min_chars:
+            reason = "too_short"
+        elif len(text) > q.max_chars:
+            reason = "too_long"
+        elif q.language and quality.wrong_language(text, q.language):
+            reason = "wrong_language"
+        elif q.profanity == "reject" and quality.profanity(text):
+            reason = "profanity"
+        if reason is None and q.pii != "allow":
+            redacted, kinds = quality.redact(text)
+            if kinds:
+                out.at[i, "pii_found"] = ",".join(kinds)
+                if q.pii == "reject":
+                    reason = "pii"
+                else:
+                    out.at[i, "text"] = redacted
+        entity = out.at[i, "entity"] if "entity" in out.columns else None
+        if reason is None and isinstance(entity, str) and not quality.mentions(text, entity):
+            reason = "entity_missing"
+        out.at[i, "reject_reason_filter"] = reason
 
 
 def verdict(rows: pd.DataFrame) -> pd.DataFrame:

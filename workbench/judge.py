@@ -3,7 +3,7 @@
 `judge_rows(cfg, rows, llm)`:
     in:  rows with id, label, text, keep_prompts
     out: the same rows plus
-         judge_raw (the judge's reply), judge_score (0-1, NaN when unparseable or not judged),
+         judge_raw (the judge's reply), judge_cached, judge_score (0-1, NaN when unparseable or not judged),
          keep_judge, reject_reason_judge (None, 'unparseable', 'low_score', 'llm_error')
 Rows already rejected upstream are not sent to the judge (judge_score NaN, keep_judge True:
 the judge did not reject them; the earlier stage's reason stands).
@@ -17,7 +17,7 @@ import re
 import pandas as pd
 
 from workbench.config import RunConfig
-from workbench.data import describe_label
+from workbench.data import label_topic
 from workbench.llm import LLM, Request
 
 SYSTEM = "You are a strict data-quality reviewer for {domain}."
@@ -43,7 +43,7 @@ def judge_rows(cfg: RunConfig, rows: pd.DataFrame, llm: LLM) -> pd.DataFrame:
     reqs = [
         Request.chat(
             SYSTEM.format(domain=cfg.task.domain),
-            USER.format(text=out.at[i, "text"], topic=describe_label(out.at[i, "label"])),
+            USER.format(text=out.at[i, "text"], topic=label_topic(cfg, out.at[i, "label"])),
             temperature=j.temperature,
             top_p=1.0,
             max_tokens=j.max_tokens,
@@ -56,8 +56,10 @@ def judge_rows(cfg: RunConfig, rows: pd.DataFrame, llm: LLM) -> pd.DataFrame:
     out["judge_score"] = math.nan
     out["keep_judge"] = True
     out["reject_reason_judge"] = None
+    out["judge_cached"] = False
     for i, cands in zip(todo, results):
         c = cands[0]
+        out.at[i, "judge_cached"] = bool(c["cached"])
         score = parse_score(c["text"])
         out.at[i, "judge_raw"] = c["text"]
         if c["error"]:

@@ -55,6 +55,7 @@ class Request:
     seed: int = 0
     n: int = 1
     json: bool = False  # parse a JSON object out of the reply into `parsed`
+    schema: str | None = None  # JSON schema (as JSON text): endpoints constrain the reply to it
 
     @staticmethod
     def chat(system: str | None, user: str, **kw: Any) -> Request:
@@ -82,7 +83,8 @@ def parse_json(text: str) -> dict | None:
 
 
 def cache_key(provider: str, model: str, req: Request) -> str:
-    payload = {"provider": provider, "model": model, **asdict(req)}
+    fields = {k: v for k, v in asdict(req).items() if not (k == "schema" and v is None)}  # keys predating schema
+    payload = {"provider": provider, "model": model, **fields}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -155,7 +157,7 @@ class LLM:
             else:
                 rows = [dict(r, cached=True) for r in hits[k]]
             for r in rows:
-                r["parsed"] = parse_json(r["text"]) if req.json else None
+                r["parsed"] = parse_json(r["text"]) if req.json or req.schema else None
             out.append(rows)
         return out
 
@@ -251,6 +253,11 @@ class _OpenAIRunner:
             seed=req.seed,
             n=req.n,
         )
+        if req.schema:
+            kw["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "reply", "schema": json.loads(req.schema), "strict": False},
+            }
         t0 = time.perf_counter()
         if not self.cfg.stream:
             resp = await self.client.chat.completions.create(**kw)

@@ -1,0 +1,114 @@
+"""Quality gates of the final filter that read one row at a time: language, profanity, PII, entities.
+
+Each function is pure and cheap; `filters.filter_rows` applies them in the order the config's
+`quality` and `diversity` sections ask for and records one reject reason per row.
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"[A-Za-zÀ-ÿ']+")
+
+
+def language_of(text: str) -> dict[str, float]:
+    """Language probabilities of `text` (langdetect, seeded so the answer is repeatable)."""
+    from langdetect import DetectorFactory, detect_langs
+    from langdetect.lang_detect_exception import LangDetectException
+
+    DetectorFactory.seed = 0
+    try:
+        return {x.lang: x.prob for x in detect_langs(text)}
+    except LangDetectException:  # no letters at all
+        return {}
+
+
+# Frequent function words: a message using none of them is unlikely to be in that language.
+FUNCTION_WORDS = {
+    "en": set(
+        "i me my mine you your we our us he she it its they them their a an the this that these those is are was "
+        "were be been am do does did doing have has had not no can could will would should may might must shall "
+        "to of in on at for from with by about into over after before and or but if so than then there here "
+        "what which who whom whose when where why how all any some".split()
+    ),
+}
+
+
+def wrong_language(text: str, language: str) -> bool:
+    """True when `text` is confidently not in `language`: at least 4 words, none of the language's
+    function words (where we list them) in a fifth of its words, and langdetect gives the language under 0.1.
+    Measured on real Banking77 messages (all English): langdetect alone flags 2.2% of 1,000 test
+    messages; this rule flags 1 of the 3,080 test and 2 of the 10,003 train messages."""
+    words = [w.lower() for w in _WORD.findall(text or "")]
+    if len(words) < 4:
+        return False
+    fw = FUNCTION_WORDS.get(language)
+    if fw is not None and sum(w in fw for w in words) >= 0.2 * len(words):
+        return False
+    probs = language_of(text)
+    return bool(probs) and probs.get(language, 0.0) < 0.1
+
+
+# A short list of unambiguous English profanity and slurs (word-boundary matches, any case).
+# Mild words that occur in ordinary complaints ("damn", "hell") are not on it.
+PROFANITY = (
+    "fuck", "fucking", "fucked", "motherfucker", "shit", "shitty", "bullshit", "asshole", "bitch", "bastard",
+    "cunt", "dickhead", "wanker", "twat", "prick", "slut", "whore", "retard", "faggot", "nigger",
+)  # fmt: skip
+_PROFANITY = re.compile(r"\b(" + "|".join(PROFANITY) + r")\b", re.I)
+
+
+def profanity(text: str) -> list[str]:
+    return sorted({m.lower() for m in _PROFANITY.findall(text or "")})
+
+
+def _luhn(digits: str) -> bool:
+    total, alt = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if alt:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total, alt = total + d, not alt
+    return total % 10 == 0
+
+
+_PII = [
+    ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
+    ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")),
+    ("card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b")),
+    ("ip", re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")),
+    ("phone", re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?(?:[ .-]?\d{2,4}){2,3}\b")),
+]
+
+
+def find_pii(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of each email, IBAN, card number (Luhn-checked), IP address and phone
+    number in `text`, earliest first, non-overlapping."""
+    found: list[tuple[str, int, int]] = []
+    for kind, rx in _PII:
+        for m in rx.finditer(text or ""):
+            if any(s < m.end() and m.start() < e for _, s, e in found):
+                continue
+            digits = re.sub(r"\D", "", m.group())
+            if kind == "card" and not _luhn(digits):
+                continue
+            if kind == "phone" and len(digits) < 7:
+                continue
+            found.append((kind, m.start(), m.end()))
+    return sorted(found, key=lambda x: x[1])
+
+
+def redact(text: str) -> tuple[str, list[str]]:
+    """`text` with each PII span replaced by [KIND], and the kinds found."""
+    spans = find_pii(text)
+    out, last = [], 0
+    for kind, s, e in spans:
+        out += [text[last:s], f"[{kind.upper()}]"]
+        last = e
+    out.append(text[last:])
+    return "".join(out), [k for k, _, _ in spans]
+
+
+def mentions(text: str, entity: str) -> bool:
+    """Whether `text` names `entity` (case-insensitive, word boundaries)."""
+    return re.search(r"\b" + re.escape(entity) + r"\b", text or "", re.I) is not None
