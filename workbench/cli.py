@@ -2,6 +2,8 @@
 
 workbench run CONFIG [--set key=value …] [--stages 01_prompts,02_responses] [--runs-dir runs]
 workbench check CONFIG [--set key=value …]
+workbench init "TASK DESCRIPTION" [-o configs/NAME.yaml] [--labels a,b,c] [--seeds FILE] [--dataset NAME]
+               [--set llm.provider=openai --set llm.base_url=…] [--repair-rounds 2] [--force]
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from workbench.config import ConfigError, dump_config, load_config
+from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
 from workbench.runs import ROOT, STAGES, RunError, execute, new_run, validate_stages
 
 
@@ -25,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     chk = sub.add_parser("check", help="validate a config and print it fully resolved")
     chk.add_argument("config")
     chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ini = sub.add_parser("init", help="draft a commented config from a task description with the LLM")
+    ini.add_argument("description", help='one sentence, e.g. "Classify support tickets by urgency"')
+    ini.add_argument("-o", "--output", help="where to write the YAML (default configs/<name>.yaml)")
+    ini.add_argument("--labels", help="comma-separated labels (classification)")
+    ini.add_argument("--seeds", help="CSV (text,label) or JSONL file of seed examples")
+    ini.add_argument("--dataset", help="folder under data/ with the real train/test split (default: detected)")
+    ini.add_argument("--set", action="append", default=[], metavar="llm.KEY=VALUE", help="the drafting LLM")
+    ini.add_argument("--repair-rounds", type=int, default=2, help="rounds of feeding errors back to the LLM")
+    ini.add_argument("--force", action="store_true", help="replace an existing output file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook paths repeat ours
@@ -33,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "check":
             cfg, doc = load_config(args.config, args.set)
             sys.stdout.write(dump_config(cfg, doc))
+            print_estimate(cfg)
             return 0
+        if args.cmd == "init":
+            return _init(args)
         stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
+        check_runnable(load_config(args.config, args.set)[0], stages)
         run_dir = new_run(args.config, args.set, args.runs_dir)
         print(f"run folder: {run_dir}", flush=True)
         execute(run_dir, stages)
@@ -43,6 +58,48 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError) as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
+
+
+def print_estimate(cfg: RunConfig) -> None:
+    """The pre-run estimate, on stderr so `check`'s stdout stays a loadable YAML file."""
+    from workbench import data, plan
+    from workbench.runs import cache_dir
+
+    try:
+        labels = data.labels(cfg)
+        seeds = data.seeds(cfg) if cfg.data.dataset or cfg.data.seeds_file else None
+        est = plan.estimate(cfg, labels, data.label_counts(cfg), cache_dir(), seeds)
+    except ConfigError as e:
+        print(f"(no estimate: {e})", file=sys.stderr)
+        return
+    print("\npre-run estimate (LLM calls, tokens at ~4 characters each, cost, seconds):", file=sys.stderr)
+    print(est.to_string(index=False, float_format=lambda x: f"{x:,.1f}"), file=sys.stderr)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from workbench import init
+
+    res = init.draft(
+        args.description,
+        labels=args.labels,
+        seeds_file=args.seeds,
+        dataset=args.dataset,
+        llm_overrides=args.set,
+        repair_rounds=args.repair_rounds,
+    )
+    out = args.output or str(ROOT / "configs" / f"{res.cfg.task.name}.yaml")
+    init.write(res, out, force=args.force)
+    cfg, _ = load_config(out)  # what was written loads: the proof that it is usable
+    print(f"wrote {out}  (repair rounds: {res.rounds}; unparseable replies: {res.unparseable}/{len(res.replies)})")
+    for note in res.notes:
+        print(f"  - {note}")
+    print_estimate(cfg)
+    try:
+        check_runnable(cfg)
+        print(f"next: workbench run {out}")
+    except ConfigError as e:
+        print(f"note: {e}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -345,6 +345,27 @@ class Stage:
         """The run's provenance; empty in a scratch folder, which is not a numbered run."""
         return _read_json(self.run_dir / "provenance.json")
 
+    def parent_config(self) -> tuple[str, str] | None:
+        """(name, config text) of the parent run: provenance's `parent`, else the latest earlier
+        numbered run of the same task. None when there is none."""
+        task_dir = self.run_dir.parent
+        parent = self.provenance().get("parent")
+        if parent:
+            p = Path(parent) if Path(parent).is_absolute() else task_dir / parent
+            if (p / "config.yaml").is_file():
+                return p.name, (p / "config.yaml").read_text()
+        here = re.match(r"^(\d{3,})-", self.run_dir.name)
+        limit = int(here.group(1)) if here else None
+        earlier = []
+        for p in task_dir.iterdir() if task_dir.is_dir() else []:
+            m = re.match(r"^(\d{3,})-", p.name)
+            if m and (limit is None or int(m.group(1)) < limit) and (p / "config.yaml").is_file():
+                earlier.append((int(m.group(1)), p))
+        if not earlier:
+            return None
+        p = max(earlier)[1]
+        return p.name, (p / "config.yaml").read_text()
+
     def stage_times(self) -> pd.DataFrame:
         """Status, start and seconds of each stage so far (empty in a scratch folder)."""
         stages = self.provenance().get("stages", {})

@@ -1,0 +1,44 @@
+"""A scripted stand-in for `workbench.llm.LLM`: replies come from a function of the request, and
+every request is kept, so tests can read what the workbench asked (e.g. the repair messages)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from workbench.llm import parse_json
+
+
+class ScriptedLLM:
+    def __init__(self, reply, cache_dir: Path):
+        self.reply = reply  # (request, index of this call) -> str
+        self.cache_dir = Path(cache_dir)
+        self.requests = []
+
+    def generate(self, requests, desc: str = ""):
+        out = []
+        for req in requests:
+            text = self.reply(req, len(self.requests))
+            self.requests.append(req)
+            row = {"text": text, "parsed": parse_json(text) if (req.json or req.schema) else None, "error": None}
+            row.update(model="scripted", seed=req.seed, cached=False, completion_tokens=len(text.split()))
+            out.append([row])
+        return out
+
+
+def draft_reply(**fields) -> str:
+    base = {
+        "name": "ticket_urgency_x",
+        "type": "classification",
+        "multi_label": False,
+        "domain": "IT helpdesk tickets",
+        "style": "terse messages from busy staff",
+        "labels": [],
+        "fields": [],
+        "tools": [],
+        "edge_cases": ["a ticket about two problems at once"],
+        "personas": ["an office worker", "a developer"],
+        "tones": ["calm", "angry"],
+    }
+    base.update(fields)
+    return json.dumps(base)

@@ -1,0 +1,475 @@
+"""`workbench init`: from a one-sentence task description to a validated, commented config.
+
+The LLM drafts the parts only a reader of the description can supply (name, type, domain, style,
+label definitions, fields, tools, edge cases, personas, tones) as JSON against a schema taken from
+pydantic models (endpoints get it as `response_format`; the embedded model sees it in the prompt).
+Each field of the draft is validated on its own; the errors go back to the LLM for at most
+`repair_rounds` rounds; what still fails is filled from documented defaults and listed field by
+field in the report and in the file's header. Nothing is written unless the whole config validates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from workbench.config import (
+    ROW_SCHEMA,
+    ConfigError,
+    LLMConfig,
+    RunConfig,
+    dump_config,
+    parse_overrides,
+    task_kind,
+)
+from workbench.llm import LLM, Request
+
+# ---------------------------------------------------------------- what the LLM drafts
+
+
+class DraftLabel(BaseModel):
+    name: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_ .&/-]+$")
+    definition: str = Field(min_length=10, max_length=300)
+
+
+class DraftField(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: Literal["string", "integer", "number", "boolean", "date", "list"] = "string"
+    description: str = ""
+
+
+class DraftTool(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    description: str = Field(min_length=5)
+    parameters: dict[str, Literal["string", "integer", "number", "boolean"]] = {}
+
+
+_Short = Field(min_length=2, max_length=80)
+
+
+class Draft(BaseModel):
+    """The JSON object the drafting LLM returns."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]{3,40}$", description="snake_case task name")
+    type: Literal["classification", "extraction", "summarization", "dialogue"]
+    multi_label: bool = False
+    domain: str = Field(min_length=3, max_length=120, description="the domain, e.g. 'online banking support'")
+    style: str = Field(min_length=5, max_length=300, description="how users write: register, length")
+    labels: list[DraftLabel] = Field(min_length=2, max_length=200, description="classification only")
+    fields: list[DraftField] = Field(min_length=1, max_length=50, description="extraction only")
+    tools: list[DraftTool] = Field(max_length=20, description="dialogue only")
+    edge_cases: list[str] = Field(min_length=1, max_length=12, description="hard or unusual inputs to include")
+    personas: list[str] = Field(min_length=2, max_length=8, description="who writes the inputs")
+    tones: list[str] = Field(min_length=2, max_length=6, description="tones of voice")
+
+
+EXAMPLE = {
+    "name": "ticket_urgency",
+    "type": "classification",
+    "multi_label": False,
+    "domain": "IT support tickets",
+    "style": "short informal messages, sometimes with typos",
+    "labels": [{"name": "urgent", "definition": "The user cannot work at all and needs help now."}],
+    "fields": [],
+    "tools": [],
+    "edge_cases": ["a ticket that mixes two problems"],
+    "personas": ["a new employee", "a system administrator"],
+    "tones": ["calm", "frustrated"],
+}
+
+SYSTEM = "You write configuration files for a synthetic-data tool. Reply with one JSON object and nothing else."
+USER = (
+    "Task description: {description}\n{labels}"
+    "Write the JSON object for this task. Keys: name, type (classification, extraction, summarization or "
+    "dialogue), multi_label, domain, style, labels (name and definition), fields (extraction), tools "
+    "(dialogue), edge_cases, personas, tones.\nExample for another task:\n{example}\nJSON:"
+)
+REPAIR = "These fields of your JSON are invalid:\n{errors}\nReply with the whole JSON object, corrected."
+DEFINE = 'In one sentence, say which {domain} messages belong to the category "{label}". Output only the sentence.'
+
+# ---------------------------------------------------------------- defaults, each documented
+
+DEFAULT_PERSONAS = ["a first-time customer", "a long-standing customer", "a non-native English speaker"]
+DEFAULT_TONES = ["neutral", "frustrated", "polite"]
+DEFAULT_DIFFICULTY = {"easy": 0.3, "medium": 0.4, "hard": 0.3}
+DEFAULT_STYLE = "Messages as real users type them: short, plain, sometimes with typos."
+
+_TYPE_WORDS = [  # first match wins; the description's own words beat the model's guess
+    ("extraction", r"\bextract|\bpull out\b|\bparse\b|\bfields?\b"),
+    ("summarization", r"\bsummar"),
+    ("dialogue", r"\bdialog|\bconversation|\bchat ?bot|\bassistant\b|\btool calls?\b|\bmulti-turn"),
+    ("classification", r"\bclassif|\bcategori|\blabel|\bintent|\btriage|\broute\b|\brouting|\bdetect|\btag"),
+]
+_MULTI = r"multi-?label|several labels|multiple labels|all (?:labels |tags )?that apply|\btags\b"
+
+
+class InitError(ConfigError):
+    """Bad input to `workbench init`; the message names the argument or file and line."""
+
+
+@dataclass
+class Result:
+    cfg: RunConfig
+    text: str  # the commented YAML
+    notes: list[str] = field(default_factory=list)  # field by field: where each value came from
+    rounds: int = 0  # repair rounds used
+    replies: list[str] = field(default_factory=list)  # the LLM's raw replies, in order
+    unparseable: int = 0
+
+
+def check_description(description: str) -> str:
+    d = " ".join((description or "").split())
+    words = re.findall(r"[A-Za-z]{2,}", d)
+    if len(words) < 3:
+        raise InitError(
+            f"task description: got {description!r} ({len(words)} word{'s' * (len(words) != 1)}); expected a "
+            'sentence saying what the model must do, e.g. "Classify support tickets by urgency"'
+        )
+    return d
+
+
+def parse_labels(raw: str | list[str] | None) -> list[str] | None:
+    if raw is None:
+        return None
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    labels = [x.strip() for x in items]
+    empty = [i + 1 for i, x in enumerate(labels) if not x]
+    if empty:
+        raise InitError(f"--labels: empty label at position {empty}; got {raw!r}")
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        where = {d: [i + 1 for i, x in enumerate(labels) if x == d] for d in dupes}
+        raise InitError(f"--labels: duplicate labels {dupes} (positions {where})")
+    if len(labels) < 2:
+        raise InitError(f"--labels: got {labels}; a classification task needs at least two labels")
+    return labels
+
+
+def guess_type(description: str, labels: list[str] | None) -> tuple[str | None, bool]:
+    d = description.lower()
+    multi = re.search(_MULTI, d) is not None
+    for kind, rx in _TYPE_WORDS:
+        if re.search(rx, d):
+            return kind, multi and kind == "classification"
+    return ("classification", multi) if labels else (None, False)
+
+
+def slug(description: str) -> str:
+    words = [w for w in re.findall(r"[a-z0-9]+", description.lower()) if w not in {"the", "a", "an", "of", "by", "and"}]
+    return "_".join(words[:4])[:40] or "task"
+
+
+def find_dataset(labels: list[str] | None) -> str | None:
+    """The dataset under data/ whose train split has every one of `labels`."""
+    from workbench.data import DATA_DIR, read_rows
+
+    if not labels:
+        return None
+    for d in sorted(DATA_DIR.iterdir()):
+        train = d / "train.csv"
+        if train.is_file():
+            try:
+                known = set(read_rows(train)["label"])
+            except ConfigError:
+                continue
+            if set(labels) <= known:
+                return d.name
+    return None
+
+
+def salvage(text: str) -> dict:
+    """The draft's keys that decode as JSON values, also from a reply cut off mid-object (small
+    models often loop until max_tokens): the first value of each key wins."""
+    dec = json.JSONDecoder()
+    out: dict[str, Any] = {}
+    for name in Draft.model_fields:
+        for m in re.finditer(rf'"{name}"\s*:\s*', text or ""):
+            try:
+                out[name] = dec.raw_decode(text, m.end())[0]
+                break
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _validate_fields(obj: Any) -> tuple[dict, dict[str, str]]:
+    """Valid draft fields, and an error message per invalid or missing field. A value copied from
+    the prompt's example is invalid: it describes another task."""
+    if not isinstance(obj, dict):
+        return {}, dict.fromkeys(Draft.model_fields, "missing (the reply is not a JSON object)")
+    good, bad = {}, {}
+    for name, f in Draft.model_fields.items():
+        if name not in obj:
+            bad[name] = "missing"
+            continue
+        if name not in ("type", "multi_label", "fields", "tools") and obj[name] == EXAMPLE.get(name):
+            bad[name] = f"copied from the example, which is another task (got {json.dumps(obj[name])[:60]})"
+            continue
+        if (
+            name == "labels"
+            and isinstance(obj[name], list)
+            and any(isinstance(x, dict) and x.get("name") == "urgent" for x in obj[name])
+        ):
+            bad[name] = "copied from the example, which is another task"
+            continue
+        try:
+            good[name] = TypeAdapter(f.annotation).validate_python(obj[name])
+            Draft.__pydantic_validator__.validate_assignment(Draft.model_construct(), name, obj[name])
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"] if x != name)
+            bad[name] = f"{first['msg']}{' at ' + loc if loc else ''} (got {json.dumps(obj[name])[:80]})"
+            good.pop(name, None)
+    return good, bad
+
+
+def draft(
+    description: str,
+    labels: str | list[str] | None = None,
+    seeds_file: str | Path | None = None,
+    dataset: str | None = None,
+    llm_overrides: list[str] | None = None,
+    cache_dir: str | Path | None = None,
+    repair_rounds: int = 2,
+    seed: int = 0,
+    llm: LLM | None = None,
+) -> Result:
+    """Draft a config; raise InitError on bad input (nothing is written here)."""
+    from workbench.data import read_rows, seeds_from_file
+    from workbench.runs import cache_dir as default_cache
+
+    description = check_description(description)
+    label_list = parse_labels(labels)
+    seeds = None
+    if seeds_file is not None:
+        known = label_list or sorted(read_rows(Path(seeds_file), label_key="label")["label"].unique())
+        seeds = seeds_from_file(seeds_file, known)
+        label_list = label_list or known
+    llm_cfg = _llm_config(llm_overrides)
+    llm = llm or LLM(llm_cfg, cache_dir or default_cache())
+    notes: list[str] = []
+    rule_type, rule_multi = guess_type(description, label_list)
+
+    # 1. draft + repair rounds
+    label_hint = f"Labels: {', '.join(label_list)}\n" if label_list else ""
+    schema = json.dumps(Draft.model_json_schema())
+    messages: list[tuple[str, str]] = [
+        ("system", SYSTEM),
+        ("user", USER.format(description=description, labels=label_hint, example=json.dumps(EXAMPLE))),
+    ]
+    good: dict[str, Any] = {}
+    bad: dict[str, str] = {}
+    res = Result(cfg=RunConfig(), text="")
+    for round_ in range(repair_rounds + 1):
+        req = Request(messages=tuple(messages), temperature=0.0, top_p=1.0, max_tokens=300, seed=seed, schema=schema)
+        row = llm.generate([req], desc="00 init draft")[0][0]
+        if row["error"]:
+            raise InitError(f"drafting LLM ({llm_cfg.provider}/{llm_cfg.model}) failed: {row['error']}")
+        res.replies.append(row["text"])
+        parsed = row["parsed"]
+        if parsed is None:
+            res.unparseable += 1
+            parsed = salvage(row["text"]) or None
+        got, bad = _validate_fields(parsed)
+        good.update(got)  # a field once valid stays; later rounds may improve others
+        bad = {k: v for k, v in bad.items() if k not in good}
+        if not _needed(bad, rule_type or good.get("type"), label_list):
+            break
+        if round_ < repair_rounds:
+            res.rounds += 1
+            errors = "\n".join(f"- {k}: {v}" for k, v in bad.items())
+            messages += [("assistant", row["text"] or "(empty)"), ("user", REPAIR.format(errors=errors))]
+
+    # 2. assemble, every value's origin noted
+    def take(key: str, default: Any, why: str) -> Any:
+        if key in good:
+            notes.append(f"{key}: from the LLM's draft")
+            return good[key]
+        notes.append(f"{key}: {'draft ' + bad[key] if key in bad else 'not drafted'} → default {why}")
+        return default
+
+    kind = rule_type
+    if kind is not None:
+        if good.get("type") not in (None, kind):
+            notes.append(f"type: the draft said {good['type']!r}; the description's wording says {kind!r}, kept")
+        else:
+            notes.append(f"type: {kind!r} from the description's wording")
+    else:
+        kind = take("type", "classification", "'classification'")
+    multi = rule_multi if kind == "classification" else False
+    name = take("name", slug(description), f"{slug(description)!r} (from the description)")
+    domain = take("domain", _domain(description), f"{_domain(description)!r} (from the description)")
+    style = take("style", DEFAULT_STYLE, "(a generic style line)")
+    task: dict[str, Any] = {
+        "name": name,
+        "type": kind,
+        "multi_label": multi,
+        "description": description,
+        "domain": domain,
+        "style": style,
+    }
+    if kind == "classification":
+        task["labels"] = _labels(label_list, good, bad, notes, llm, domain, seed)
+    if kind == "extraction":
+        task["fields"] = [
+            f.model_dump() for f in take("fields", [DraftField(name="value")], "one string field 'value'")
+        ]
+    if kind == "dialogue":
+        task["tools"] = [t.model_dump() for t in take("tools", [], "no tools")]
+    edge_cases = take("edge_cases", [], "none")
+    task["edge_cases"] = edge_cases
+    personas = take("personas", DEFAULT_PERSONAS, str(DEFAULT_PERSONAS))
+    tones = take("tones", DEFAULT_TONES, str(DEFAULT_TONES))
+    dataset = dataset if dataset is not None else find_dataset(label_list)
+    notes.append(
+        f"data.dataset: {dataset!r}"
+        + (
+            " (its train split has every label)"
+            if dataset
+            else " — no dataset under data/ has these labels: 05-07 cannot run"
+        )
+    )
+    if kind == "classification" and task["labels"] and seeds is not None:
+        _negatives(task["labels"], seeds, llm.cache_dir)
+        notes.append("task.labels[].negative: one seed of the most similar other label (MiniLM), as a near miss")
+    doc = {
+        "task": task,
+        "data": {"dataset": dataset, "seeds_file": str(seeds_file) if seeds_file else None},
+        "diversity": {
+            "personas": personas,
+            "tones": tones,
+            "difficulty": DEFAULT_DIFFICULTY,
+            "edge_case_share": 0.2 if edge_cases else 0.0,
+        },
+        "llm": llm_cfg.model_dump(),
+    }
+    try:
+        cfg = RunConfig.model_validate(doc)
+    except ValidationError as e:  # the defaults above are valid by construction: this is a bug
+        raise InitError(f"drafted config does not validate (a workbench bug): {e}") from e
+    res.cfg, res.notes = cfg, notes
+    res.text = _header(description, cfg, res) + dump_config(cfg)
+    return res
+
+
+def _needed(bad: dict[str, str], kind: str | None, labels: list[str] | None) -> bool:
+    """Whether a repair round could still help: some field this task type uses is invalid."""
+    skip = {"labels"} if labels else set()
+    skip |= {"fields"} if kind != "extraction" else set()
+    skip |= {"tools"} if kind != "dialogue" else set()
+    skip |= {"labels"} if kind not in (None, "classification") else set()
+    return any(k not in skip for k in bad)
+
+
+def _domain(description: str) -> str:
+    words = description.rstrip(".").split()
+    return " ".join(words[1:]) if len(words) > 2 else description
+
+
+def _labels(label_list, good, bad, notes, llm: LLM, domain: str, seed: int) -> list[dict]:
+    drafted = {x.name: x.definition for x in good.get("labels", [])}
+    if label_list is None:
+        if "labels" not in good:
+            raise InitError(
+                f"no labels: the LLM's draft gave none that validate ({bad.get('labels', 'missing')}); "
+                "pass --labels a,b,c or --seeds FILE"
+            )
+        label_list = list(drafted)
+        notes.append(f"task.labels: {len(label_list)} labels from the LLM's draft")
+    else:
+        notes.append(f"task.labels: {len(label_list)} labels from --labels/--seeds")
+    missing = [x for x in label_list if x not in drafted]
+    if missing:  # one short call per label the draft did not define
+        from workbench.data import describe_label
+        from workbench.prompts import clean_text
+
+        reqs = [
+            Request.chat(
+                None,
+                DEFINE.format(domain=domain, label=describe_label(x)),
+                temperature=0.0,
+                top_p=1.0,
+                max_tokens=48,
+                seed=seed,
+            )
+            for x in missing
+        ]
+        for x, rows in zip(missing, llm.generate(reqs, desc="00 init definitions")):
+            text = clean_text(rows[0]["text"]) if not rows[0]["error"] else ""
+            words = set(re.findall(r"[a-z]{3,}", describe_label(x).lower()))
+            try:
+                if words and not words & set(re.findall(r"[a-z]{3,}", text.lower())):
+                    raise ValueError("does not mention the label")
+                drafted[x] = DraftLabel(name=x, definition=text).definition
+            except (ValidationError, ValueError):
+                notes.append(
+                    f"task.labels[{x}].definition: reply {text[:60]!r} unusable → none (the label name is used)"
+                )
+        notes.append(
+            f"task.labels[].definition: {sum(x in drafted for x in missing)} of {len(missing)} written by "
+            "one LLM call per label"
+        )
+    return [{"name": x, "definition": drafted.get(x)} for x in label_list]
+
+
+def _negatives(labels: list[dict], seeds: pd.DataFrame, cache_dir) -> None:
+    from workbench.data import describe_label
+    from workbench.embed import embed
+
+    names = [x["name"] for x in labels]
+    have = [x for x in names if (seeds["label"] == x).any()]
+    if len(have) < 2:
+        return
+    v = embed([describe_label(x) for x in have], cache_dir)
+    sim = v @ v.T
+    np.fill_diagonal(sim, -np.inf)
+    for i, x in enumerate(have):
+        near = have[int(sim[i].argmax())]
+        text = seeds.loc[seeds["label"] == near, "text"].iloc[0]
+        next(lab for lab in labels if lab["name"] == x)["negative"] = [text]
+
+
+def _llm_config(overrides: list[str] | None) -> LLMConfig:
+    values = {}
+    for key, value in parse_overrides(overrides):
+        if not key.startswith("llm."):
+            raise InitError(f"--set {key}: init takes llm.* settings only (edit the written file for the rest)")
+        values[key.removeprefix("llm.")] = value
+    try:
+        return LLMConfig.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InitError(f"--set llm.{err['loc'][0]}: {err['msg']} (received {err.get('input')!r})") from None
+
+
+def _header(description: str, cfg: RunConfig, res: Result) -> str:
+    kind = task_kind(cfg.task)
+    lines = [
+        f"Drafted by `workbench init` on {dt.date.today()} from: {description}",
+        f"LLM: {cfg.llm.provider}/{cfg.llm.model}; repair rounds used: {res.rounds}; unparseable replies: "
+        f"{res.unparseable} of {len(res.replies)}",
+        f"A row ({kind}): {ROW_SCHEMA[kind]['row']}",
+        f"Evaluated by: {ROW_SCHEMA[kind]['evaluated']}",
+        "Where each drafted value came from:",
+        *[f"  - {n}" for n in res.notes],
+        "Every field below is enforced by a stage (`workbench check` lists which); edit freely.",
+    ]
+    return "".join(f"# {x}\n" for x in lines)
+
+
+def write(res: Result, out: str | Path, force: bool = False) -> Path:
+    from workbench.runs import write_atomic
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise InitError(f"{out}: already exists; pass --force to replace it, or -o another path")
+    write_atomic(out, res.text)
+    return out
