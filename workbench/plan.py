@@ -180,7 +180,9 @@ def gate_table(cfg: RunConfig, rows: pd.DataFrame | None = None) -> pd.DataFrame
                 "effect": effect,
             }
         )
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    table["rows_rejected"] = table["rows_rejected"].astype("Int64")  # <NA> where the field rejects nothing
+    return table
 
 
 assert set(ENFORCED_BY) <= {f for f in leaf_fields()} | {"llm", "responses", "train", "gaps"}, "stale ENFORCED_BY"
