@@ -66,6 +66,7 @@ def print_estimate(cfg: RunConfig) -> None:
     from workbench.runs import cache_dir
 
     try:
+        check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter"])
         labels = data.labels(cfg)
         seeds = data.seeds(cfg) if cfg.data.dataset or cfg.data.seeds_file else None
         est = plan.estimate(cfg, labels, data.label_counts(cfg), cache_dir(), seeds)
