@@ -9,13 +9,15 @@ new text, so a bad value is an error in the form and never a half-written file.
 from __future__ import annotations
 
 import difflib
+import io
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from workbench.config import ConfigError, RunConfig, _set_dotted, _yaml, dump_config, load_config
+from workbench.config import ConfigError, RunConfig, _set_dotted, _yaml, dump_config, load_config, to_yaml_value
 
 
 def _shares_text(items) -> str:
@@ -60,8 +62,6 @@ def _to_yaml(key: str, value: Any, cfg: RunConfig) -> Any:
         if not names:
             return None
         specs = {x.name: x for x in cfg.task.labels or []}  # keep definitions and examples of kept labels
-        from workbench.config import to_yaml_value
-
         return [to_yaml_value(specs[n]) if n in specs else n for n in names]
     if key in ("diversity.personas", "diversity.tones"):
         return _parse_shares(str(value))
@@ -83,9 +83,6 @@ def apply_values(path: str | Path, values: dict[str, Any]) -> tuple[RunConfig, s
     changed = [k for k, v in values.items() if before.get(k) != v]
     for key in changed:
         _set_dotted(doc, key, _to_yaml(key, values[key], cfg))
-    import io
-    import tempfile
-
     buf = io.StringIO()
     _yaml().dump(doc, buf)
     with tempfile.TemporaryDirectory() as tmp:  # validate exactly what would be saved

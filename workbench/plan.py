@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.config import ENFORCED_BY, RunConfig, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
+from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 
 CHARS_PER_TOKEN = 4.0  # rough rule for English prompts; the estimate says it is rough
 PREVIEW_PER_LABEL = 3
@@ -124,10 +124,7 @@ def estimate(
 
 
 def _value(cfg: RunConfig, dotted: str):
-    v = cfg
-    for part in dotted.split("."):
-        v = getattr(v, part)
-    v = to_yaml_value(v)
+    v = to_yaml_value(_get(cfg, dotted))
     text = json.dumps(v) if not isinstance(v, str) else v
     return text if len(text) <= 80 else text[:77] + "…"
 
@@ -184,5 +181,3 @@ def gate_table(cfg: RunConfig, rows: pd.DataFrame | None = None) -> pd.DataFrame
     table["rows_rejected"] = table["rows_rejected"].astype("Int64")  # <NA> where the field rejects nothing
     return table
 
-
-assert set(ENFORCED_BY) <= {f for f in leaf_fields()} | {"llm", "responses", "train", "gaps"}, "stale ENFORCED_BY"
