@@ -180,4 +180,3 @@ def gate_table(cfg: RunConfig, rows: pd.DataFrame | None = None) -> pd.DataFrame
     table = pd.DataFrame(out)
     table["rows_rejected"] = table["rows_rejected"].astype("Int64")  # <NA> where the field rejects nothing
     return table
-
