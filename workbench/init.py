@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from workbench.config import (
     ROW_SCHEMA,
@@ -206,7 +206,7 @@ def _validate_fields(obj: Any) -> tuple[dict, dict[str, str]]:
     if not isinstance(obj, dict):
         return {}, dict.fromkeys(Draft.model_fields, "missing (the reply is not a JSON object)")
     good, bad = {}, {}
-    for name, f in Draft.model_fields.items():
+    for name in Draft.model_fields:
         if name not in obj:
             bad[name] = "missing"
             continue
@@ -220,14 +220,13 @@ def _validate_fields(obj: Any) -> tuple[dict, dict[str, str]]:
         ):
             bad[name] = "copied from the example, which is another task"
             continue
-        try:
-            good[name] = TypeAdapter(f.annotation).validate_python(obj[name])
-            Draft.__pydantic_validator__.validate_assignment(Draft.model_construct(), name, obj[name])
+        try:  # type and Field constraints (lengths, patterns) of the one field
+            checked = Draft.__pydantic_validator__.validate_assignment(Draft.model_construct(), name, obj[name])
+            good[name] = getattr(checked, name)
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(x) for x in first["loc"] if x != name)
             bad[name] = f"{first['msg']}{' at ' + loc if loc else ''} (got {json.dumps(obj[name])[:80]})"
-            good.pop(name, None)
     return good, bad
 
 
@@ -243,16 +242,15 @@ def draft(
     llm: LLM | None = None,
 ) -> Result:
     """Draft a config; raise InitError on bad input (nothing is written here)."""
-    from workbench.data import read_rows, seeds_from_file
+    from workbench.data import seeds_from_file
     from workbench.runs import cache_dir as default_cache
 
     description = check_description(description)
     label_list = parse_labels(labels)
     seeds = None
     if seeds_file is not None:
-        known = label_list or sorted(read_rows(Path(seeds_file), label_key="label")["label"].unique())
-        seeds = seeds_from_file(seeds_file, known)
-        label_list = label_list or known
+        seeds = seeds_from_file(seeds_file, label_list)
+        label_list = label_list or sorted(seeds["label"].unique())
     llm_cfg = _llm_config(llm_overrides)
     llm = llm or LLM(llm_cfg, cache_dir or default_cache())
     notes: list[str] = []
