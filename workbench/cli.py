@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "init":
             return _init(args)
         stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
-        check_runnable(load_config(args.config, args.set)[0], stages)
-        run_dir = new_run(args.config, args.set, args.runs_dir)
+        run_dir = new_run(args.config, args.set, args.runs_dir, stages=stages)
         print(f"run folder: {run_dir}", flush=True)
         execute(run_dir, stages)
         print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.config import RunConfig, dump_config, load_config
+from workbench.config import RunConfig, check_runnable, dump_config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,12 @@ def new_run(
     overrides: list[str] | None = None,
     runs_root: str | Path = ROOT / "runs",
     parent: str | None = None,
+    stages: list[str] | None = None,
 ) -> Path:
-    """Validate the config, then create the next numbered run folder with config and provenance."""
+    """Validate the config (and that `stages` can honour it), then create the next numbered run
+    folder with config and provenance."""
     cfg, doc = load_config(config_path, overrides)
+    check_runnable(cfg, stages)
     task_dir = Path(runs_root) / cfg.task.name
     task_dir.mkdir(parents=True, exist_ok=True)
     while True:  # mkdir is the lock: two runs started at once get distinct folders
