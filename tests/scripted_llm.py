@@ -22,6 +22,7 @@ class ScriptedLLM:
             self.requests.append(req)
             row = {"text": text, "parsed": parse_json(text) if (req.json or req.schema) else None, "error": None}
             row.update(model="scripted", seed=req.seed, cached=False, completion_tokens=len(text.split()))
+            row.update(prompt_tokens=0, latency_s=0.0, ttft_s=None, finish_reason="stop")
             out.append([row])
         return out
 

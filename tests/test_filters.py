@@ -1,7 +1,8 @@
 import pandas as pd
 
 from workbench.config import RunConfig
-from workbench.filters import filter_rows, near_duplicates, verdict
+from workbench.filters import filter_rows, verdict
+from workbench.gates import ShingleIndex
 
 SEEDS = pd.DataFrame({"id": ["s1"], "text": ["I am still waiting on my card?"], "label": ["card_arrival"]})
 
@@ -53,9 +54,14 @@ def test_filter_is_idempotent_on_its_kept_rows():
     assert again["keep"].all()
 
 
-def test_near_duplicates_verifies_candidates():
-    res = near_duplicates(["abcdefghij klmnop", "qrstuvwxyz 123456"], threshold=0.5, k=3)
-    assert res == [(None, 0.0, False), (None, 0.0, False)]
+def test_the_index_verifies_candidates_and_keeps_no_text():
+    index = ShingleIndex(threshold=0.5, k=3)
+    index.add("a", "abcdefghij klmnop")
+    assert index.query("qrstuvwxyz 123456") == (None, 0.0)
+    assert index.query("ABCDEFGHIJ, klmnop!") == ("a", 1.0)
+    key, sim = index.query("abcdefghij klmnoq")
+    assert key == "a" and 0.5 <= sim < 1
+    assert "abcdefghij" not in repr(vars(index))
 
 
 def test_verdict_reports_the_first_rejecting_stage():

@@ -260,6 +260,19 @@ class QualityConfig(_Section):
     pii: Literal["redact", "reject", "allow"] = Field(
         "redact", description="Emails, phone, card and IBAN numbers, IP addresses: redact, reject the row, or allow."
     )
+    forbidden: list[str] = Field(
+        [], description="Regular expressions (case-insensitive) rows must not match; a match is rejected as forbidden."
+    )
+
+    @field_validator("forbidden")
+    @classmethod
+    def _regexes(cls, v):
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression: {e}") from None
+        return v
 
     @model_validator(mode="after")
     def _range(self):
@@ -282,6 +295,12 @@ class DiversityConfig(_Section):
     )
     edge_case_share: float = Field(
         0.0, ge=0, le=1, description="Proportion of inputs written as one of task.edge_cases."
+    )
+    refusal_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Proportion of inputs that ask for something the assistant must refuse (marked refusal=True).",
     )
 
     @field_validator("personas", "tones", "entities")
@@ -308,6 +327,29 @@ class PromptsConfig(_Section):
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null = by task type.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass; null = by task type.")
     max_tokens: int = Field(48, ge=1, le=4096, description="Cap on tokens per generated input.")
+    rounds: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Generation rounds: round 1 follows the plan, later ones top up cells that fell short.",
+    )
+    topup_factor: float = Field(
+        2.0, ge=1, le=10, description="Attempts per missing prompt in a top-up round; the surplus is down-sampled."
+    )
+    critique: bool = Field(True, description="Run the LLM critic (vague / redundant / mis-scoped / unrealistic).")
+    critic_max_tokens: int = Field(96, ge=16, le=2048, description="Cap on tokens of one critique.")
+    min_domain_score: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        description="Prompts whose embedding similarity to the seeds and label definitions is below this are off_domain.",
+    )
+    balance_tolerance: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Kept share of a label or difficulty may differ from its target by this fraction of the target.",
+    )
 
 
 class ResponsesConfig(_Section):
@@ -488,28 +530,51 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "sampling.rows_per_label": ("01_prompts", "generation plan: rows per label", (), ALL),
     "sampling.total_rows": ("01_prompts", "generation plan: rows in all", (), ALL),
     "sampling.class_balance": ("01_prompts", "generation plan: rows per label", (), ALL),
-    "quality.min_chars": ("04_filter", "length", ("too_short",), ALL),
-    "quality.max_chars": ("04_filter", "length", ("too_long",), ALL),
-    "quality.language": ("04_filter", "language", ("wrong_language",), ALL),
-    "quality.profanity": ("04_filter", "profanity", ("profanity",), ALL),
-    "quality.pii": ("04_filter", "pii (redact or reject)", ("pii",), ALL),
+    "quality.min_chars": ("01_prompts, 04_filter", "constraints: length", ("too_short",), ALL),
+    "quality.max_chars": ("01_prompts, 04_filter", "constraints: length", ("too_long",), ALL),
+    "quality.language": ("01_prompts, 04_filter", "constraints: language", ("wrong_language",), ALL),
+    "quality.profanity": ("01_prompts, 04_filter", "constraints: profanity", ("profanity",), ALL),
+    "quality.pii": ("01_prompts, 04_filter", "constraints: pii (redact or reject)", ("pii",), ALL),
+    "quality.forbidden": ("01_prompts, 04_filter", "constraints: forbidden content", ("forbidden",), ALL),
     "diversity.personas": ("01_prompts", "generation grid: persona", (), ALL),
     "diversity.tones": ("01_prompts", "generation grid: tone", (), ALL),
     "diversity.difficulty": ("01_prompts", "generation grid: difficulty", (), ALL),
     "diversity.sentiment": ("01_prompts", "generation grid: sentiment", (), ALL),
-    "diversity.entities": ("01_prompts, 04_filter", "generation grid: entity; entity gate", ("entity_missing",), ALL),
+    "diversity.entities": (
+        "01_prompts, 04_filter",
+        "generation grid: entity; constraints: entity",
+        ("entity_missing",),
+        ALL,
+    ),
     "diversity.edge_case_share": ("01_prompts", "generation grid: edge-case cells", (), ALL),
+    "diversity.refusal_share": ("01_prompts", "generation grid: refusal-worthy cells", (), ALL),
     "llm": ("every LLM call", "provider, sampling transport, cache key", (), ALL),
     "prompts.examples_per_call": ("01_prompts", "seed examples per call", (), ALL),
     "prompts.temperature": ("01_prompts", "sampling", (), ALL),
     "prompts.top_p": ("01_prompts", "sampling", (), ALL),
     "prompts.max_tokens": ("01_prompts", "sampling", (), ALL),
+    "prompts.rounds": ("01_prompts", "top-up rounds; shortfall named", (), ALL),
+    "prompts.topup_factor": ("01_prompts", "top-up attempts", (), ALL),
+    "prompts.critique": ("01_prompts", "critique", ("vague", "redundant", "mis-scoped", "unrealistic"), ALL),
+    "prompts.critic_max_tokens": ("01_prompts", "critique", (), ALL),
+    "prompts.min_domain_score": ("01_prompts", "domain", ("off_domain",), ALL),
+    "prompts.balance_tolerance": ("01_prompts", "balance", ("over_represented",), ALL),
     "responses": ("02_responses", "candidates and sampling", (), ("extraction", "summarization", "dialogue")),
     "judge.min_score": ("03_judge", "judge score", ("low_score", "unparseable", "llm_error"), ALL),
     "judge.max_tokens": ("03_judge", "sampling", (), ALL),
     "judge.temperature": ("03_judge", "sampling", (), ALL),
-    "filter.near_dup_threshold": ("04_filter", "near-duplicates", ("near_duplicate", "copy_of_seed", "duplicate"), ALL),
-    "filter.shingle_size": ("04_filter", "near-duplicates", ("near_duplicate", "copy_of_seed", "duplicate"), ALL),
+    "filter.near_dup_threshold": (
+        "01_prompts, 04_filter",
+        "dedup, contamination, near-duplicates",
+        ("near_duplicate", "copy_of_seed", "duplicate"),
+        ALL,
+    ),
+    "filter.shingle_size": (
+        "01_prompts, 04_filter",
+        "dedup, contamination, near-duplicates",
+        ("near_duplicate", "copy_of_seed", "duplicate"),
+        ALL,
+    ),
     "train": ("05_train", "student", (), ("classification",)),
     "evaluate.bootstrap": ("06_evaluate", "confidence intervals", (), ALL),
     "evaluate.metrics": ("06_evaluate", "metrics reported", (), ALL),

@@ -165,9 +165,12 @@ def dev_split(cfg: RunConfig) -> pd.DataFrame:
     return _train_samples(cfg)[1]
 
 
-def test_split(cfg: RunConfig) -> pd.DataFrame:
-    """The real test split (capped at `test_per_label` rows per label). Only 06_evaluate reads it."""
+def test_split(cfg: RunConfig, whole: bool = False) -> pd.DataFrame:
+    """The real test split (capped at `test_per_label` rows per label unless `whole`). Only
+    06_evaluate reads it; 01's contamination gate reads the whole of it into a hash index."""
     test = _read(dataset_dir(cfg) / "test.csv")
+    if whole:
+        return test.sort_values(["label", "id"]).reset_index(drop=True)
     test = test[test["label"].isin(labels(cfg))]
     if cfg.data.test_per_label is not None:
         test = test.sample(frac=1.0, random_state=cfg.data.seed).groupby("label").head(cfg.data.test_per_label)

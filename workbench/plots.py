@@ -108,3 +108,90 @@ def cluster_map(clustered: pd.DataFrame) -> go.Figure:
         title=f"Failure clusters on the real dev split ({len(df)} misclassified rows)",
     )
     return fig.update_layout(height=500)
+
+
+def coverage_heatmap(cells: pd.DataFrame) -> go.Figure:
+    """Kept against target per label × difficulty: colour is kept/target, text is `kept/target`."""
+    order = [c for c in ["easy", "medium", "hard", "all"] if c in set(cells["difficulty"])]
+    z = cells.pivot(index="label", columns="difficulty", values="kept")[order]
+    t = cells.pivot(index="label", columns="difficulty", values="target")[order]
+    ratio = (z / t.where(t > 0)).clip(upper=1)
+    text = z.astype(int).astype(str) + "/" + t.astype(int).astype(str)
+    fig = go.Figure(
+        go.Heatmap(
+            z=ratio.values,
+            x=order,
+            y=list(ratio.index),
+            text=text.values,
+            texttemplate="%{text}",
+            colorscale="RdYlGn",
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title="kept/target"),
+        )
+    )
+    short = int((cells["kept"] < cells["target"]).sum())
+    return fig.update_layout(
+        title=f"Coverage of the grid: kept/target per cell ({short} of {len(cells)} cells short)",
+        height=220 + 16 * len(ratio),
+        yaxis=dict(autorange="reversed", dtick=1),
+    )
+
+
+def defect_rate(table: pd.DataFrame) -> go.Figure:
+    """Defect rate per generation round, bars stacked by defect."""
+    kinds = [c[2:] for c in table.columns if c.startswith("n_")]
+    fig = go.Figure(
+        [go.Bar(x=table["round"], y=table[f"n_{k}"] / table["generated"], name=k) for k in kinds],
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=table["round"],
+            y=table["defect_rate"],
+            mode="lines+markers+text",
+            text=[f"{r:.0%} of {n}" for r, n in zip(table["defect_rate"], table["generated"])],
+            textposition="top center",
+            name="defect rate",
+        )
+    )
+    return fig.update_layout(
+        barmode="stack",
+        title="Defect rate per batch (round k+1's instructions carry round k's defects)",
+        xaxis=dict(title="round", dtick=1),
+        yaxis=dict(tickformat=".0%", range=[0, 1.1]),
+        height=380,
+    )
+
+
+def reject_table(
+    rows: pd.DataFrame, columns: list[str], by: str = "reject_reason_prompts", per: int = 200
+) -> go.Figure:
+    """The reject pile as a table with a drop-down per reason (works in the offline HTML report):
+    up to `per` example rows for each reason."""
+    rej = rows[rows[by].notna()]
+    reasons = rej[by].value_counts()
+    fig = go.Figure()
+    for k, reason in enumerate(reasons.index):
+        part = rej[rej[by] == reason].head(per)
+        fig.add_trace(
+            go.Table(
+                header=dict(values=columns, align="left"),
+                cells=dict(values=[part[c].astype(str).str.slice(0, 160) for c in columns], align="left"),
+                columnwidth=[3 if c == "text" else 1 for c in columns],
+                visible=k == 0,
+            )
+        )
+    buttons = [
+        dict(
+            label=f"{reason} ({n})",
+            method="update",
+            args=[{"visible": [j == k for j in range(len(reasons))]}],
+        )
+        for k, (reason, n) in enumerate(reasons.items())
+    ]
+    return fig.update_layout(
+        updatemenus=[dict(buttons=buttons, x=0, y=1.12, xanchor="left", yanchor="top")],
+        title=dict(text=f"Reject pile: {len(rej)} rows, pick a reason", x=0.35),
+        height=520,
+        margin=dict(t=90),
+    )

@@ -369,6 +369,31 @@ class Stage:
         p = max(earlier)[1]
         return p.name, (p / "config.yaml").read_text()
 
+    def ancestors(self) -> list[Path]:
+        """Earlier iterations: the parent run (provenance `parent`), its parent, and so on."""
+        out: list[Path] = []
+        run = self.run_dir
+        while True:
+            parent = _read_json(run / "provenance.json").get("parent")
+            if not parent:
+                return out
+            p = Path(parent) if Path(parent).is_absolute() else run.parent / parent
+            if not p.is_dir() or p in out:
+                return out
+            out.append(p)
+            run = p
+
+    def earlier_prompts(self) -> pd.DataFrame:
+        """id (`<run>/<row id>`) and text of the prompts earlier iterations kept."""
+        frames = []
+        for run in self.ancestors():
+            path = run / "artifacts" / "prompts.parquet"
+            if path.is_file():
+                df = pd.read_parquet(path, columns=["id", "text", "keep_prompts"])
+                df = df[df["keep_prompts"]]
+                frames.append(pd.DataFrame({"id": run.name + "/" + df["id"], "text": df["text"]}))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"id": [], "text": []})
+
     def stage_times(self) -> pd.DataFrame:
         """Status, start and seconds of each stage so far (empty in a scratch folder)."""
         stages = self.provenance().get("stages", {})

@@ -1,0 +1,293 @@
+"""Stage 01's quality gates. Each marks rows with `keep_<gate>` and `reject_reason_<gate>`, never drops.
+
+    constraints    too_short, too_long, wrong_language, profanity, pii, forbidden, format, entity_missing
+    dedup          duplicate / near_duplicate (within this stage), copy_of_seed, seen_before (an earlier
+                   iteration's prompt); `dup_of` names the row, seed or earlier prompt repeated
+    contamination  contamination: a near-duplicate of a real evaluation row (test or dev split), found
+                   through `EvalIndex`, which holds hashes only, never the rows' text
+    domain         off_domain: `domain_score` (mean of the 3 best cosine similarities to the seeds and
+                   label definitions, MiniLM) below `prompts.min_domain_score`
+    balance        over_represented: surplus of a grid cell, or a label / difficulty whose kept share
+                   exceeds its target beyond `prompts.balance_tolerance`; `balance_detail` says which
+
+Near-duplicates: MinHash over hashed character shingles with LSH banding for candidates; every
+candidate is verified by its exact Jaccard similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from workbench import quality
+from workbench.config import RunConfig
+
+_PRIME = (1 << 61) - 1
+_NUM_PERM, _BANDS = 64, 16  # 16 bands of 4 rows: candidate pairs from Jaccard ≈ 0.5 up
+_rng = np.random.default_rng(0)
+_A = _rng.integers(1, _PRIME, _NUM_PERM, dtype=np.uint64)
+_B = _rng.integers(0, _PRIME, _NUM_PERM, dtype=np.uint64)
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", "", str(text).lower())).strip()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha1(normalize(text).encode()).hexdigest()
+
+
+def shingles(text: str, k: int) -> frozenset[int]:
+    """Hashed character k-shingles of the normalized text."""
+    t = normalize(text)
+    return frozenset(zlib.crc32(t[i : i + k].encode()) for i in range(max(1, len(t) - k + 1))) if t else frozenset()
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def minhash(sh: frozenset[int]) -> np.ndarray:
+    if not sh:
+        return np.full(_NUM_PERM, np.iinfo(np.uint64).max, dtype=np.uint64)
+    h = np.fromiter(sh, dtype=np.uint64)
+    # uint64 wrap-around in a*h+b is a fine universal-hash family here: only equality of minima matters
+    return ((np.outer(_A, h) + _B[:, None]) % np.uint64(_PRIME)).min(axis=1)
+
+
+class ShingleIndex:
+    """Near-duplicate lookup: exact hashes of normalized text plus MinHash-LSH over hashed shingles.
+    It keeps keys and hashes only, so an index of held-out rows never holds their text."""
+
+    def __init__(self, threshold: float, k: int):
+        self.threshold, self.k = threshold, k
+        self.exact: dict[str, str] = {}
+        self.sets: dict[str, frozenset[int]] = {}
+        self.buckets: list[dict[bytes, list[str]]] = [{} for _ in range(_BANDS)]
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    @staticmethod
+    def _bands(sh: frozenset[int]) -> list[bytes]:
+        sig, r = minhash(sh), _NUM_PERM // _BANDS
+        return [sig[b * r : (b + 1) * r].tobytes() for b in range(_BANDS)]
+
+    def add(self, key: str, text: str) -> None:
+        self.exact.setdefault(text_hash(text), key)
+        sh = shingles(text, self.k)
+        self.sets[key] = sh
+        for b, band in enumerate(self._bands(sh)):
+            self.buckets[b].setdefault(band, []).append(key)
+
+    def query(self, text: str) -> tuple[str | None, float]:
+        """(key of the closest indexed text at or above the threshold, its similarity); exact
+        repeats (after normalization) have similarity 1. (None, 0.0) when there is none."""
+        hit = self.exact.get(text_hash(text))
+        if hit is not None:
+            return hit, 1.0
+        sh = shingles(text, self.k)
+        cands = {key for b, band in enumerate(self._bands(sh)) for key in self.buckets[b].get(band, ())}
+        best, best_sim = None, 0.0
+        for key in sorted(cands):
+            sim = jaccard(sh, self.sets[key])
+            if sim >= self.threshold and sim > best_sim:
+                best, best_sim = key, sim
+        return best, best_sim
+
+
+def eval_index(cfg: RunConfig) -> ShingleIndex:
+    """The contamination index: every real test row (the whole split, every label, not only the
+    evaluation sample) and the dev rows, keyed `test:<id>` / `dev:<id>`, as hashes only. The splits
+    are read here and let go: nothing of their text reaches the generator."""
+    from workbench import data
+
+    index = ShingleIndex(cfg.filter.near_dup_threshold, cfg.filter.shingle_size)
+    for name, split in (("test", data.test_split(cfg, whole=True)), ("dev", data.dev_split(cfg))):
+        for i, t in zip(split["id"], split["text"]):
+            index.add(f"{name}:{i}", t)
+    return index
+
+
+# ---------------------------------------------------------------- the gates
+
+
+def _start(rows: pd.DataFrame, gate: str) -> None:
+    if f"keep_{gate}" not in rows:
+        rows[f"keep_{gate}"] = True
+        rows[f"reject_reason_{gate}"] = None
+
+
+def alive(rows: pd.DataFrame) -> pd.Series:
+    """Rows no gate has rejected yet."""
+    cols = [c for c in rows.columns if c.startswith("keep_") and c != "keep_prompts"]
+    return rows[cols].all(axis=1) if cols else pd.Series(True, index=rows.index)
+
+
+def _reject(rows: pd.DataFrame, i, gate: str, reason: str) -> None:
+    rows.at[i, f"keep_{gate}"] = False
+    rows.at[i, f"reject_reason_{gate}"] = reason
+
+
+_META = re.compile(
+    r"\b(as an ai|language model|here is (a|an|the|my|one)|here's (a|an|the)|new message|customer message|"
+    r"message about|this topic)\b|\[[a-z _]+\]|\{[a-z _]+\}|<[a-z _]+>",
+    re.I,
+)
+
+
+def constraints(cfg: RunConfig, rows: pd.DataFrame, todo, gate: str = "constraints") -> None:
+    """Length, language, profanity, forbidden patterns, format (no meta-talk about the task, no
+    [placeholders]), PII (redacted in place unless quality.pii is reject; kinds in `pii_found`) and
+    the cell's required entity, in that order; the first that fails is the row's reason."""
+    q = cfg.quality
+    _start(rows, gate)
+    if "pii_found" not in rows:
+        rows["pii_found"] = None
+    forbidden = [re.compile(p, re.I) for p in q.forbidden]
+    for i in todo:
+        text = str(rows.at[i, "text"] or "")
+        reason = None
+        if len(text) < q.min_chars:
+            reason = "too_short"
+        elif len(text) > q.max_chars:
+            reason = "too_long"
+        elif q.language and quality.wrong_language(text, q.language):
+            reason = "wrong_language"
+        elif q.profanity == "reject" and quality.profanity(text):
+            reason = "profanity"
+        elif any(p.search(text) for p in forbidden):
+            reason = "forbidden"
+        elif _META.search(text):
+            reason = "format"
+        if reason is None and q.pii != "allow":
+            redacted, kinds = quality.redact(text)
+            if kinds:
+                rows.at[i, "pii_found"] = ",".join(kinds)
+                if q.pii == "reject":
+                    reason = "pii"
+                else:
+                    rows.at[i, "text"] = redacted
+        entity = rows.at[i, "entity"] if "entity" in rows.columns else None
+        if reason is None and isinstance(entity, str) and not quality.mentions(text, entity):
+            reason = "entity_missing"
+        if reason:
+            _reject(rows, i, gate, reason)
+
+
+def dedup(rows: pd.DataFrame, todo, index: ShingleIndex, gate: str = "dedup") -> None:
+    """Each row against the index (seeds `seed:<id>`, earlier iterations `earlier:<id>`, and this
+    stage's rows that passed before it); a row that passes joins the index."""
+    _start(rows, gate)
+    for col, default in (("dup_of", None), ("dup_similarity", math.nan)):
+        if col not in rows:
+            rows[col] = default
+    for i in todo:
+        key, sim = index.query(rows.at[i, "text"])
+        if key is None:
+            index.add(f"row:{rows.at[i, 'id']}", rows.at[i, "text"])
+            continue
+        kind, ref = key.split(":", 1)
+        reason = {"seed": "copy_of_seed", "earlier": "seen_before"}.get(kind)
+        if reason is None:
+            reason = "duplicate" if sim == 1.0 else "near_duplicate"
+        rows.at[i, "dup_of"] = ref
+        rows.at[i, "dup_similarity"] = sim
+        _reject(rows, i, gate, reason)
+
+
+def contamination(rows: pd.DataFrame, todo: pd.Index, index: ShingleIndex) -> None:
+    """Rows that near-duplicate a real evaluation row; `contaminated_split` says which split (the
+    row's id is not recorded, so nothing downstream can lead back to the held-out text)."""
+    _start(rows, "contamination")
+    if "contaminated_split" not in rows:
+        rows["contaminated_split"] = None
+    for i in todo:
+        key, _ = index.query(rows.at[i, "text"])
+        if key is not None:
+            rows.at[i, "contaminated_split"] = key.split(":", 1)[0]
+            _reject(rows, i, "contamination", "contamination")
+
+
+def domain_scores(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Mean of each row's 3 best cosine similarities to the reference rows (unit vectors)."""
+    if len(vectors) == 0:
+        return np.zeros(0)
+    sims = vectors @ reference.T
+    top = np.sort(sims, axis=1)[:, -min(3, sims.shape[1]) :]
+    return top.mean(axis=1)
+
+
+def domain(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, scores: np.ndarray) -> None:
+    _start(rows, "domain")
+    if "domain_score" not in rows:
+        rows["domain_score"] = math.nan
+    for i, s in zip(todo, scores):
+        rows.at[i, "domain_score"] = float(s)
+        if s < cfg.prompts.min_domain_score:
+            _reject(rows, i, "domain", "off_domain")
+
+
+def balanced_counts(counts: dict, targets: dict, tol: float) -> dict:
+    """The largest counts c'_k ≤ counts[k] whose shares stay within `tol`·target of each cell's
+    target share. Cells with nothing kept are a shortfall that trimming cannot mend: they are left
+    out and the others are balanced among themselves. With no solution, nothing is trimmed."""
+    cells = [k for k in counts if counts[k] > 0 and targets.get(k, 0) > 0]
+    total_t = sum(targets[k] for k in cells)
+    if not cells:
+        return dict(counts)
+    share = {k: targets[k] / total_t for k in cells}
+    for n in range(sum(counts[k] for k in cells), 0, -1):
+        lo = {k: max(0, math.ceil(n * share[k] * (1 - tol) - 1e-9)) for k in cells}
+        hi = {k: min(counts[k], math.floor(n * share[k] * (1 + tol) + 1e-9)) for k in cells}
+        if any(lo[k] > hi[k] for k in cells) or sum(lo.values()) > n or sum(hi.values()) < n:
+            continue
+        out, extra = dict(lo), n - sum(lo.values())
+        for k in sorted(cells, key=lambda k: -(hi[k] - lo[k])):  # fill towards the upper bounds
+            add = min(extra, hi[k] - lo[k])
+            out[k] += add
+            extra -= add
+        return {k: out.get(k, counts[k]) for k in counts}
+    return dict(counts)
+
+
+def balance(cfg: RunConfig, rows: pd.DataFrame) -> None:
+    """Down-sample what is over-represented among the rows every other gate kept, lowest domain
+    score first: (1) a grid slot filled more than once by top-up attempts, (2) a difficulty within
+    a label, (3) a label, each against its target share with `prompts.balance_tolerance`."""
+    _start(rows, "balance")
+    rows["balance_detail"] = None
+    ok = alive(rows)
+    tol = cfg.prompts.balance_tolerance
+
+    def trim(idx: list, n_drop: int, detail: str) -> None:
+        order = sorted(idx, key=lambda i: (rows.at[i, "domain_score"], -rows.at[i, "round"]))
+        for i in order[:n_drop]:
+            _reject(rows, i, "balance", "over_represented")
+            rows.at[i, "balance_detail"] = detail
+
+    for slot, group in rows[ok].groupby("slot"):
+        if len(group) > 1:
+            trim(list(group.index), len(group) - 1, f"slot {slot} already filled")
+    d = cfg.diversity.difficulty
+    if d:
+        for label, group in rows[alive(rows)].groupby("label"):
+            counts = group["difficulty"].value_counts().to_dict()
+            want = balanced_counts(counts, d, tol)
+            for level, n in counts.items():
+                if want[level] < n:
+                    idx = list(group.index[group["difficulty"] == level])
+                    trim(idx, n - want[level], f"{label}: {level} {n} > {want[level]} for the difficulty mix")
+    target = rows.drop_duplicates("slot").groupby("label").size().to_dict()
+    counts = rows[alive(rows)].groupby("label").size().to_dict()
+    want = balanced_counts(counts, target, tol)
+    for label, n in counts.items():
+        if want[label] < n:
+            kept = alive(rows)
+            idx = list(rows.index[kept & (rows["label"] == label)])
+            trim(idx, n - want[label], f"label {label}: {n} > {want[label]} for the label mix")
