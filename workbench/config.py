@@ -566,13 +566,13 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "filter.near_dup_threshold": (
         "01_prompts, 04_filter",
         "dedup, contamination, near-duplicates",
-        ("near_duplicate", "copy_of_seed", "duplicate"),
+        ("near_duplicate", "copy_of_seed", "duplicate", "seen_before", "contamination"),
         ALL,
     ),
     "filter.shingle_size": (
         "01_prompts, 04_filter",
         "dedup, contamination, near-duplicates",
-        ("near_duplicate", "copy_of_seed", "duplicate"),
+        ("near_duplicate", "copy_of_seed", "duplicate", "seen_before", "contamination"),
         ALL,
     ),
     "train": ("05_train", "student", (), ("classification",)),

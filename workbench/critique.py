@@ -105,6 +105,8 @@ def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: 
     reused for its rewrite."""
     for col, default in (
         ("critique_raw", None),
+        ("critique_cached", False),
+        ("critique_tokens", 0),
         ("critique_parsed", False),
         ("critique_defects", None),
         ("critique_reason", None),
@@ -126,6 +128,8 @@ def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: 
         c = cands[0]
         rows.at[i, "original_text"] = rows.at[i, "text"]
         rows.at[i, "critique_raw"] = c["text"]
+        rows.at[i, "critique_cached"] = bool(c["cached"])
+        rows.at[i, "critique_tokens"] = int(c.get("completion_tokens") or 0)
         if c["error"]:
             rows.at[i, "keep_critique"] = False
             rows.at[i, "reject_reason_critique"] = "llm_error"

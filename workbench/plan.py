@@ -69,7 +69,7 @@ def estimate(
 ) -> pd.DataFrame:
     """One row per LLM stage: calls, prompt and completion tokens (completion at most max_tokens and,
     where measured, the measured mean), cost and expected seconds, with how each was obtained."""
-    from workbench import judge, prompts  # late: prompts imports data, which imports this package's config
+    from workbench import critique, judge, prompts  # late: prompts imports data, which imports this package's config
 
     counts = plan_counts(cfg, labels, train_counts)
     n_gen = sum(counts.values())
@@ -78,12 +78,15 @@ def estimate(
     plan = prompts.generation_requests(cfg, seeds, labels, train_counts)
     gen_chars = sum(len(c) for r in plan["request"] for _, c in r.messages)
     judge_chars = len(judge.SYSTEM) + len(judge.USER) + 40 + 60  # template + topic + a typical message
+    critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
     stages = [
         ("00_task (preview)", min(PREVIEW_PER_LABEL, max(counts.values(), default=0)) * len(labels), 0.0, "01_prompts"),
         ("01_prompts", n_gen, gen_chars / max(n_gen, 1), "01_prompts"),
+        *([("01_prompts (critic)", n_gen, critic_chars, "01_critic")] if cfg.prompts.critique else []),
         ("03_judge", n_gen, judge_chars, "03_judge"),
     ]
-    max_tokens = {"01_prompts": cfg.prompts.max_tokens, "03_judge": cfg.judge.max_tokens}
+    max_tokens = {"01_prompts": cfg.prompts.max_tokens, "01_critic": cfg.prompts.critic_max_tokens}
+    max_tokens["03_judge"] = cfg.judge.max_tokens
     rows = []
     for name, calls, chars_per_call, key in stages:
         m = _measured(cfg, cache_dir, key)
@@ -136,6 +139,7 @@ _GRID_COLUMNS = {
     "diversity.sentiment": "sentiment",
     "diversity.entities": "entity",
     "diversity.edge_case_share": "edge_case",
+    "diversity.refusal_share": "refusal",
     "task.edge_cases": "edge_case",
     "sampling.rows_per_label": "label",
     "sampling.total_rows": "label",

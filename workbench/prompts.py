@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -294,6 +295,7 @@ def build_prompts(
     ref_vecs = embed_fn(reference)
     rows = pd.DataFrame()
     notes: dict = {}
+    seconds = {"generate": 0.0, "critique": 0.0}
     for r in range(p.rounds):
         if r == 0:
             todo, attempts = slots, None
@@ -307,20 +309,24 @@ def build_prompts(
             attempts = [j // len(missing) for j in range(n)]
         plan = requests_for(cfg, seeds, todo, r, attempts, notes)
         systems = dict(zip(plan["id"], plan["system"]))
+        t0 = time.perf_counter()
         batch = _generate(cfg, plan, llm, f"01 inputs, round {r + 1}")
+        seconds["generate"] += time.perf_counter() - t0
         rows = pd.concat([rows, batch], ignore_index=True) if len(rows) else batch
         for g in GATES:
             if f"keep_{g}" not in rows:
                 rows[f"keep_{g}"] = True
                 rows[f"reject_reason_{g}"] = None
             rows[f"keep_{g}"] = rows[f"keep_{g}"].fillna(True).astype(bool)  # the new batch's rows
-        for col in ("critique_parsed", "rewritten"):
+        for col in ("critique_parsed", "rewritten", "critique_cached"):
             if col in rows:
                 rows[col] = rows[col].fillna(False).astype(bool)
         new = rows.index[rows["round"] == r]
         if p.critique:
+            t0 = time.perf_counter()
             todo_i = [i for i in new if gates.alive(rows).at[i]]
             critique.critique(cfg, rows, todo_i, llm, systems)
+            seconds["critique"] += time.perf_counter() - t0
         gates.constraints(cfg, rows, new[gates.alive(rows)[new]])
         gates.dedup(rows, new[gates.alive(rows)[new]], index)
         if eval_index is not None:
@@ -335,6 +341,7 @@ def build_prompts(
     for g in reversed(GATES):  # the first gate that said no names the reason
         bad = ~rows[f"keep_{g}"]
         rows.loc[bad, "reject_reason_prompts"] = rows.loc[bad, f"reject_reason_{g}"]
+    rows.attrs["seconds"] = {k: round(v, 2) for k, v in seconds.items()}  # LLM time per phase, for the estimate
     return rows
 
 
