@@ -39,3 +39,10 @@ def test_umap_hdbscan_are_seeded_and_find_blobs():
 def test_too_few_failures_are_all_noise():
     out = cluster_failures(failures(2), np.zeros((2, 4)), None, None)
     assert list(out["cluster"]) == [-1, -1]
+
+
+def test_no_failures_give_an_empty_summary_not_an_error():
+    empty = pd.DataFrame({"text": [], "label": [], "predicted": []})
+    clustered = cluster_failures(empty, np.zeros((0, 4)), None, None)
+    summary = summarize(clustered)
+    assert summary.empty and "cluster" in summary.columns

@@ -130,4 +130,8 @@ def test_estimate_counts_calls_prices_and_uses_measured_throughput(tmp_path):
     est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
     assert est.loc["01_prompts", "seconds"] == pytest.approx(10 * 2.0 / 4)
     assert est.loc["01_prompts", "completion_tokens"] == 10 * 25
-    assert est.loc["01_prompts", "time_basis"] == "measured here: 4 calls in 2.0 s"
+    assert est.loc["01_prompts", "time_basis"].startswith(
+        "measured here: 4 calls in 2.0 s; round 1 only: up to 2 top-up"
+    )
+    assert est.loc["01_prompts (critic)", "llm_calls"] == 10  # not measured: no seconds for an endpoint
+    assert pd.isna(est.loc["01_prompts (critic)", "seconds"])

@@ -248,3 +248,13 @@ def test_the_domain_gate_scores_with_minilm(tmp_path):
     r = rows.set_index("text")
     assert r.at[off, "reject_reason_prompts"] == "off_domain" and r.at[off, "domain_score"] < 0.4
     assert rows.loc[rows["text"] != off, "domain_score"].min() >= 0.4
+
+
+def test_refusal_worthy_prompts_follow_the_configured_share():
+    cfg = RunConfig.model_validate(
+        {"task": {"labels": LABELS}, "sampling": {"rows_per_label": 10}, "diversity": {"refusal_share": 0.3}}
+    )
+    plan = prompts.generation_requests(cfg, SEEDS, LABELS)
+    assert plan.groupby("label")["refusal"].sum().to_dict() == {"card_arrival": 3, "exchange_rate": 3}
+    users = [r.messages[-1][1] for r in plan["request"]]
+    assert [("must refuse" in u) for u in users] == list(plan["refusal"])

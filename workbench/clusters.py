@@ -60,4 +60,5 @@ def summarize(clustered: pd.DataFrame, exemplars: int = 3) -> pd.DataFrame:
                 "exemplars": list(g["text"].head(exemplars)),
             }
         )
-    return pd.DataFrame(rows).sort_values(["cluster"]).reset_index(drop=True)
+    columns = ["cluster", "name", "size", "dominant_true", "true_share", "dominant_predicted", "predicted_share"]
+    return pd.DataFrame(rows, columns=[*columns, "exemplars"]).sort_values(["cluster"]).reset_index(drop=True)

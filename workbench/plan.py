@@ -101,6 +101,11 @@ def estimate(
             seconds, how = out_tok / DEFAULT_LOCAL_TOKENS_PER_S, f"{DEFAULT_LOCAL_TOKENS_PER_S} tok/s (README)"
         else:
             seconds, how = math.nan, "not measured yet for this endpoint"
+        if key == "01_prompts" and cfg.prompts.rounds > 1:
+            how += (
+                f"; round 1 only: up to {cfg.prompts.rounds - 1} top-up rounds add "
+                f"{cfg.prompts.topup_factor:g}× the prompts still missing"
+            )
         price_in, price_out = cfg.llm.price_input_per_1m, cfg.llm.price_output_per_1m
         cost = (
             (prompt_tok * (price_in or 0) + out_tok * (price_out or 0)) / 1e6
