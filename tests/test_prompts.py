@@ -258,3 +258,10 @@ def test_refusal_worthy_prompts_follow_the_configured_share():
     assert plan.groupby("label")["refusal"].sum().to_dict() == {"card_arrival": 3, "exchange_rate": 3}
     users = [r.messages[-1][1] for r in plan["request"]]
     assert [("must refuse" in u) for u in users] == list(plan["refusal"])
+
+
+def test_with_the_critic_off_no_critique_is_asked_and_the_columns_are_there(tmp_path):
+    llm = ScriptedLLM(Replies(), tmp_path)
+    rows = prompts.build_prompts(cfg_for(critique=False, rounds=2), SEEDS, llm, flat, LABELS)
+    assert not any(r.messages[0][1].startswith("You review") for r in llm.requests)
+    assert rows["keep_critique"].all() and not rows["rewritten"].any() and rows["critique_raw"].isna().all()

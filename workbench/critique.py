@@ -120,6 +120,8 @@ def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: 
     ):
         if col not in rows:
             rows[col] = default
+        elif isinstance(default, bool):  # rows of a new round arrive with NaN here
+            rows[col] = rows[col].fillna(default).astype(bool)
     if not todo:
         return
     results = llm.generate(_requests(cfg, rows, todo, cfg.seed), desc="01 critique")

@@ -318,15 +318,10 @@ def build_prompts(
                 rows[f"keep_{g}"] = True
                 rows[f"reject_reason_{g}"] = None
             rows[f"keep_{g}"] = rows[f"keep_{g}"].fillna(True).astype(bool)  # the new batch's rows
-        for col in ("critique_parsed", "rewritten", "critique_cached"):
-            if col in rows:
-                rows[col] = rows[col].fillna(False).astype(bool)
         new = rows.index[rows["round"] == r]
-        if p.critique:
-            t0 = time.perf_counter()
-            todo_i = [i for i in new if gates.alive(rows).at[i]]
-            critique.critique(cfg, rows, todo_i, llm, systems)
-            seconds["critique"] += time.perf_counter() - t0
+        t0 = time.perf_counter()  # with the critic off, critique() only adds its columns (every row kept)
+        critique.critique(cfg, rows, list(new[gates.alive(rows)[new]]) if p.critique else [], llm, systems)
+        seconds["critique"] += time.perf_counter() - t0
         gates.constraints(cfg, rows, new[gates.alive(rows)[new]])
         gates.dedup(rows, new[gates.alive(rows)[new]], index)
         if eval_index is not None:
