@@ -76,3 +76,15 @@ def test_verdict_reports_the_first_rejecting_stage():
     v = verdict(df)
     assert list(v["keep"]) == [True, False, False]
     assert list(v["reject_stage"]) == [None, "a", "b"] and list(v["reject_reason"]) == [None, "x", "z"]
+
+
+def test_redacted_pii_is_not_a_format_defect_and_the_filter_stays_idempotent():
+    texts = [
+        "Please call me back on +44 20 7946 0958 about my missing card",
+        "Dear [recipient's name], my card is late",
+    ]
+    out = filter_rows(RunConfig(), rows(texts), SEEDS)
+    assert list(out["reject_reason_filter"]) == [None, "format"]
+    assert out.loc[0, "text"] == "Please call me back on [PHONE] about my missing card"
+    kept = out[out["keep"]][["id", "text", "label"]].assign(keep_prompts=True, reject_reason_prompts=None)
+    assert filter_rows(RunConfig(), kept, SEEDS)["keep"].all()

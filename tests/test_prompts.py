@@ -265,3 +265,34 @@ def test_with_the_critic_off_no_critique_is_asked_and_the_columns_are_there(tmp_
     rows = prompts.build_prompts(cfg_for(critique=False, rounds=2), SEEDS, llm, flat, LABELS)
     assert not any(r.messages[0][1].startswith("You review") for r in llm.requests)
     assert rows["keep_critique"].all() and not rows["rewritten"].any() and rows["critique_raw"].isna().all()
+
+
+OFF_DOMAIN = [
+    "What is the best recipe for chocolate cake?",
+    "Who won the football game last night?",
+    "How do I install python on windows?",
+    "Tell me a joke about cats",
+    "What's the weather in Paris tomorrow?",
+    "Can you recommend a good movie?",
+    "My dog keeps barking at night",
+    "Write me a poem about the sea",
+    "I want to book a hotel room in Rome",
+    "As an AI language model I cannot help with that",
+]
+
+
+def test_the_default_domain_threshold_passes_real_rows_and_stops_off_domain_ones(root):
+    """The measurement behind prompts.min_domain_score's default, on real Banking77 dev rows."""
+    from workbench import embed
+    from workbench.config import load_config
+    from workbench.runs import cache_dir
+
+    cfg, _ = load_config(root / "configs" / "smoke.yaml")
+    seeds, dev = data.seeds(cfg), data.dev_split(cfg)
+    reference = [*seeds["text"], *(data.label_topic(cfg, label) for label in cfg.task.label_names())]
+    cache = cache_dir()
+    ref = embed.embed(reference, cache)
+    real = gates.domain_scores(embed.embed(list(dev["text"]), cache), ref)
+    off = gates.domain_scores(embed.embed(OFF_DOMAIN, cache), ref)
+    threshold = cfg.prompts.min_domain_score
+    assert (real >= threshold).mean() >= 0.95 and (off < threshold).all()

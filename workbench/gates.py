@@ -136,7 +136,7 @@ def _reject(rows: pd.DataFrame, i, gate: str, reason: str) -> None:
 
 _META = re.compile(
     r"\b(as an ai|language model|here is (a|an|the|my|one)|here's (a|an|the)|new message|customer message|"
-    r"message about|this topic)\b|\[[a-z _]+\]|\{[a-z _]+\}|<[a-z _]+>",
+    r"message about|this topic)\b|\[[^\]]{1,30}\]|\{[a-z _']+\}|<[a-z _']+>",
     re.I,
 )
 
@@ -163,7 +163,7 @@ def constraints(cfg: RunConfig, rows: pd.DataFrame, todo, gate: str = "constrain
             reason = "profanity"
         elif any(p.search(text) for p in forbidden):
             reason = "forbidden"
-        elif _META.search(text):
+        elif _META.search(quality.REDACTED.sub("", text)):  # a redacted [PHONE] is not a placeholder
             reason = "format"
         if reason is None and q.pii != "allow":
             redacted, kinds = quality.redact(text)

@@ -163,6 +163,13 @@ def defect_rate(table: pd.DataFrame) -> go.Figure:
     )
 
 
+def _cell(v) -> str:
+    """A table cell as text: '—' for missing, 3 decimals for floats, at most 160 characters."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)[:160]
+
+
 def reject_table(
     rows: pd.DataFrame, columns: list[str], by: str = "reject_reason_prompts", per: int = 200
 ) -> go.Figure:
@@ -176,7 +183,7 @@ def reject_table(
         fig.add_trace(
             go.Table(
                 header=dict(values=columns, align="left"),
-                cells=dict(values=[part[c].astype(str).str.slice(0, 160) for c in columns], align="left"),
+                cells=dict(values=[[_cell(v) for v in part[c]] for c in columns], align="left"),
                 columnwidth=[3 if c == "text" else 1 for c in columns],
                 visible=k == 0,
             )

@@ -109,6 +109,9 @@ def redact(text: str) -> tuple[str, list[str]]:
     return "".join(out), [k for k, _, _ in spans]
 
 
+REDACTED = re.compile(r"\[(?:" + "|".join(k.upper() for k, _ in _PII) + r")\]")  # what `redact` writes
+
+
 def mentions(text: str, entity: str) -> bool:
     """Whether `text` names `entity` (case-insensitive, word boundaries)."""
     return re.search(r"\b" + re.escape(entity) + r"\b", text or "", re.I) is not None
