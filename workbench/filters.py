@@ -35,7 +35,6 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> pd.D
     index = gates.ShingleIndex(f.near_dup_threshold, f.shingle_size)
     for i, t in zip(seeds["id"], seeds["text"]):
         index.add(f"seed:{i}", t)
-    out["dup_of"], out["dup_similarity"] = None, float("nan")
     gates.dedup(out, out.index[alive & out["keep_filter"]], index, gate="filter")
     return verdict(out)
 

@@ -1,12 +1,16 @@
-"""Stage 01: generate task inputs per label from a few real seed examples.
+"""Stage 01: prompts from a few real seed examples, generated in rounds, critiqued and gated.
 
-`generate_inputs(cfg, seeds, llm)`:
+`build_prompts(cfg, seeds, llm, embed_fn, labels, train_counts, eval_index, earlier)`:
     in:  seeds with columns id, text, label
-    out: one row per generated input with columns
-         id, label, persona, tone, difficulty, sentiment, entity, edge_case (the diversity cell; None
-         where the config asks for none), text (cleaned), raw (model output as returned), examples (seed ids shown),
+    out: one row per generation attempt (kept rows and the reject pile) with columns
+         id, slot (the plan's prompt it tries to fill), round, attempt, label, persona, tone,
+         difficulty, sentiment, entity, edge_case, refusal (the grid cell; None where the config asks
+         for none), text (cleaned, possibly rewritten or redacted), raw (model output as returned),
+         examples (seed ids shown), feedback (the previous round's defect note it was given),
          model, seed, prompt_tokens, completion_tokens, latency_s, ttft_s, finish_reason, cached,
-         keep_prompts, reject_reason_prompts (None, 'llm_error' or 'empty')
+         the critic's columns (`workbench.critique`), the gates' columns (`workbench.gates`),
+         keep_<gate> and reject_reason_<gate> for each gate in GATES, and
+         keep_prompts, reject_reason_prompts (the first gate that said no)
 """
 
 from __future__ import annotations
@@ -338,16 +342,6 @@ def build_prompts(
         rows.loc[bad, "reject_reason_prompts"] = rows.loc[bad, f"reject_reason_{g}"]
     rows.attrs["seconds"] = {k: round(v, 2) for k, v in seconds.items()}  # LLM time per phase, for the estimate
     return rows
-
-
-def generate_inputs(
-    cfg: RunConfig, seeds: pd.DataFrame, llm: LLM, labels: list[str] | None = None, train_counts: dict | None = None
-) -> pd.DataFrame:
-    """Round 0 only, without critique or gates: the spine's generation (kept for callers that want
-    the raw plan answered)."""
-    plan = requests_for(cfg, seeds, plan_slots(cfg, seeds, labels, train_counts))
-    out = _generate(cfg, plan, llm, "01 inputs")
-    return out.rename(columns={"keep_generate": "keep_prompts", "reject_reason_generate": "reject_reason_prompts"})
 
 
 # ---------------------------------------------------------------- defect statistics and feedback
