@@ -1,6 +1,6 @@
 """Stage 01's prompt critic: an LLM labels each generated prompt with defect classes and routes it.
 
-`critique(cfg, rows, todo, llm, requests_for_rewrite)` adds, for the rows in `todo`:
+`critique(cfg, rows, todo, llm, systems)` adds, for the rows in `todo`:
     critique_raw, critique_parsed (bool), critique_defects (comma-separated), critique_reason,
     critique_action (keep / rewrite / drop; None when unparseable), original_text (the text the
     critic saw), rewritten (bool), recritique_raw, recritique_action,
@@ -59,7 +59,7 @@ REWRITE = (
 )
 
 
-def parse(text: str, parsed: dict | None) -> dict | None:
+def parse(parsed: dict | None) -> dict | None:
     """The critique as {defects, reason, action}, or None when the reply does not follow the schema."""
     if not isinstance(parsed, dict):
         return None
@@ -136,7 +136,7 @@ def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: 
             rows.at[i, "keep_critique"] = False
             rows.at[i, "reject_reason_critique"] = "llm_error"
             continue
-        got = parse(c["text"], c["parsed"])
+        got = parse(c["parsed"])
         if got is None:
             continue
         rows.at[i, "critique_parsed"] = True
@@ -183,7 +183,7 @@ def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: 
     for i, cands in zip(redo, llm.generate(_requests(cfg, rows, redo, cfg.seed + 1), desc="01 re-critique")):
         c = cands[0]
         rows.at[i, "recritique_raw"] = c["text"]
-        got = parse(c["text"], c["parsed"]) if c["error"] is None else None
+        got = parse(c["parsed"]) if c["error"] is None else None
         if got is None:
             continue
         rows.at[i, "recritique_action"] = got["action"]

@@ -25,17 +25,13 @@ from workbench.config import RunConfig
 
 
 def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
-    f = cfg.filter
     out = rows.copy().reset_index(drop=True)
     upstream = [c for c in out.columns if c.startswith("keep_") and c != "keep_filter"]
     alive = out[upstream].all(axis=1) if upstream else pd.Series(True, index=out.index)
     out["keep_filter"] = True
     out["reject_reason_filter"] = None
     gates.constraints(cfg, out, out.index[alive], gate="filter")
-    index = gates.ShingleIndex(f.near_dup_threshold, f.shingle_size)
-    for i, t in zip(seeds["id"], seeds["text"]):
-        index.add(f"seed:{i}", t)
-    gates.dedup(out, out.index[alive & out["keep_filter"]], index, gate="filter")
+    gates.dedup(out, out.index[alive & out["keep_filter"]], gates.dedup_index(cfg, seeds), gate="filter")
     return verdict(out)
 
 

@@ -101,6 +101,16 @@ class ShingleIndex:
         return best, best_sim
 
 
+def dedup_index(cfg: RunConfig, seeds: pd.DataFrame, earlier: pd.DataFrame | None = None) -> ShingleIndex:
+    """The duplicate index to start from: the seeds (`seed:<id>`) and earlier iterations' prompts
+    (`earlier:<id>`); rows that pass `dedup` join it as they go."""
+    index = ShingleIndex(cfg.filter.near_dup_threshold, cfg.filter.shingle_size)
+    for prefix, frame in (("seed", seeds), ("earlier", earlier)):
+        for i, t in zip(frame["id"], frame["text"]) if frame is not None else ():
+            index.add(f"{prefix}:{i}", t)
+    return index
+
+
 def eval_index(cfg: RunConfig) -> ShingleIndex:
     """The contamination index: every real test row (the whole split, every label, not only the
     evaluation sample) and the dev rows, keyed `test:<id>` / `dev:<id>`, as hashes only. The splits

@@ -85,8 +85,11 @@ def estimate(
         *([("01_prompts (critic)", n_gen, critic_chars, "01_critic")] if cfg.prompts.critique else []),
         ("03_judge", n_gen, judge_chars, "03_judge"),
     ]
-    max_tokens = {"01_prompts": cfg.prompts.max_tokens, "01_critic": cfg.prompts.critic_max_tokens}
-    max_tokens["03_judge"] = cfg.judge.max_tokens
+    max_tokens = {
+        "01_prompts": cfg.prompts.max_tokens,
+        "01_critic": cfg.prompts.critic_max_tokens,
+        "03_judge": cfg.judge.max_tokens,
+    }
     rows = []
     for name, calls, chars_per_call, key in stages:
         m = _measured(cfg, cache_dir, key)

@@ -286,13 +286,9 @@ def build_prompts(
     hashes (contamination); `earlier` has id, text of earlier iterations' prompts. Returns every
     attempt: kept rows and the reject pile, with `keep_prompts` and `reject_reason_prompts` (the first
     gate that said no) over the gates in GATES order."""
-    p, f = cfg.prompts, cfg.filter
+    p = cfg.prompts
     slots = plan_slots(cfg, seeds, labels, train_counts)
-    index = gates.ShingleIndex(f.near_dup_threshold, f.shingle_size)
-    for i, t in zip(seeds["id"], seeds["text"]):
-        index.add(f"seed:{i}", t)
-    for i, t in zip(earlier["id"], earlier["text"]) if earlier is not None else ():
-        index.add(f"earlier:{i}", t)
+    index = gates.dedup_index(cfg, seeds, earlier)
     reference = [*seeds["text"]]
     for label in slots["label"].unique():
         reference += [label_topic(cfg, label), *cfg.task.label(label).positive]
@@ -486,14 +482,12 @@ def funnel_by_label(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def shortfall(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per grid cell (label × difficulty when the config sets difficulty, else label): target
-    (slots), kept, and how many are missing; only cells that fell short."""
-    keys = ["label", "difficulty"] if rows["difficulty"].notna().any() else ["label"]
-    target = rows.drop_duplicates("slot").groupby(keys).size().rename("target")
-    kept = rows[rows["keep_prompts"]].groupby(keys).size().rename("kept")
-    out = pd.concat([target, kept], axis=1).fillna(0).astype(int)
-    out["missing"] = out["target"] - out["kept"]
-    return out[out["missing"] > 0].reset_index()
+    """The cells of `coverage_cells` that fell short, with how many prompts are missing (per label
+    alone when the config sets no difficulty)."""
+    cells = coverage_cells(rows)
+    cells["missing"] = cells["target"] - cells["kept"]
+    short = cells[cells["missing"] > 0].reset_index(drop=True)
+    return short if rows["difficulty"].notna().any() else short.drop(columns="difficulty")
 
 
 def coverage_cells(rows: pd.DataFrame) -> pd.DataFrame:
