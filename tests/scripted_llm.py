@@ -15,15 +15,21 @@ class ScriptedLLM:
         self.cache_dir = Path(cache_dir)
         self.requests = []
 
-    def generate(self, requests, desc: str = ""):
+    def generate(self, requests, desc: str = "", on_result=None):
         out = []
-        for req in requests:
-            text = self.reply(req, len(self.requests))
+        for i, req in enumerate(requests):
+            rows = []
+            for c in range(req.n):  # n candidates: the reply function is called once per candidate
+                text = self.reply(req, len(self.requests))
+                row = {"text": text, "parsed": parse_json(text) if (req.json or req.schema) else None, "error": None}
+                row.update(provider="scripted", model="scripted", seed=req.seed + c, candidate=c, cached=False)
+                row.update(completion_tokens=len(text.split()), prompt_tokens=0, latency_s=0.0, ttft_s=None)
+                row.update(finish_reason="stop")
+                rows.append(row)
             self.requests.append(req)
-            row = {"text": text, "parsed": parse_json(text) if (req.json or req.schema) else None, "error": None}
-            row.update(model="scripted", seed=req.seed, cached=False, completion_tokens=len(text.split()))
-            row.update(prompt_tokens=0, latency_s=0.0, ttft_s=None, finish_reason="stop")
-            out.append([row])
+            if on_result is not None:
+                on_result(i, rows)
+            out.append(rows)
         return out
 
 

@@ -160,3 +160,19 @@ def test_local_model_is_seeded_and_batch_independent():
     assert alone[0][0]["latency_s"] >= alone[0][0]["ttft_s"] > 0
     texts = {rows[0]["text"] for rows in local_rows(fruit, batch_size=8)}
     assert len(texts) >= 2
+
+
+@pytest.mark.slow
+def test_local_first_token_is_constrained_and_its_probabilities_kept():
+    """With `first_tokens` the embedded model's reply starts with one of them (so a rating or a
+    choice always parses), and the probability of each is returned; without it nothing changes."""
+    digits = ("1", "2", "3", "4", "5")
+    reqs = [
+        Request.chat(None, "Write a poem about the sea.", max_tokens=3, seed=s, temperature=1.0, first_tokens=digits)
+        for s in range(4)
+    ] + [Request.chat(None, "Write a poem about the sea.", max_tokens=3, seed=0, temperature=1.0)]
+    rows = [r[0] for r in local_rows(reqs, batch_size=8)]
+    for r in rows[:4]:
+        assert r["text"][0] in digits and set(r["first_probs"]) == set(digits)
+        assert sum(r["first_probs"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert rows[4]["first_probs"] is None and rows[4]["text"][:1] not in digits

@@ -5,7 +5,9 @@ plain dicts (one row each):
 
     provider, model, seed, candidate, text (raw), parsed (dict or None, when JSON was asked for),
     prompt_tokens, completion_tokens, latency_s, ttft_s (None when not measured),
-    finish_reason, error (None or a message), cached (answered from the on-disk cache)
+    finish_reason, first_probs (embedded model with `first_tokens`: each allowed string's
+    probability as the first token, else None), error (None or a message), cached (answered
+    from the on-disk cache)
 
 Latency and time to first token: for an endpoint, per request (TTFT only when `stream` is on);
 for the embedded model, from the start of the row's batch to its first sampled token and to
@@ -56,6 +58,9 @@ class Request:
     n: int = 1
     json: bool = False  # parse a JSON object out of the reply into `parsed`
     schema: str | None = None  # JSON schema (as JSON text): endpoints constrain the reply to it
+    # The embedded model's first token is drawn only from these strings' first tokens (e.g. "1".."5"),
+    # so a rating or a choice always parses; endpoints get `schema` instead and ignore this.
+    first_tokens: tuple[str, ...] | None = None
 
     @staticmethod
     def chat(system: str | None, user: str, **kw: Any) -> Request:
@@ -83,7 +88,8 @@ def parse_json(text: str) -> dict | None:
 
 
 def cache_key(provider: str, model: str, req: Request) -> str:
-    fields = {k: v for k, v in asdict(req).items() if not (k == "schema" and v is None)}  # keys predating schema
+    # fields added later are left out while unset, so keys of earlier calls stay valid
+    fields = {k: v for k, v in asdict(req).items() if not (k in ("schema", "first_tokens") and v is None)}
     payload = {"provider": provider, "model": model, **fields}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -101,6 +107,7 @@ def _row(provider: str, model: str, seed: int, candidate: int, text: str, **kw: 
         "latency_s": None,
         "ttft_s": None,
         "finish_reason": None,
+        "first_probs": None,
         "error": None,
         "cached": False,
     }
@@ -123,8 +130,12 @@ class LLM:
         """The model as the cache sees it: the local model's dtype changes its answers."""
         return f"{self.cfg.model}@{self.cfg.dtype}" if self.cfg.provider == "local" else self.cfg.model
 
-    def generate(self, requests: list[Request], desc: str = "llm") -> list[list[dict]]:
-        """Completions for every request, in order; answered from the cache where possible."""
+    def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
+        """Completions for every request, in order; answered from the cache where possible.
+
+        `on_result(i, rows)`, when given, is called once per request as its rows arrive: cached
+        ones first, then each fresh one the moment it completes (for streaming rows to disk and
+        live views)."""
         keys = [cache_key(self.cfg.provider, self.identity, r) for r in requests]
         hits = {k: json.loads(v) for k, v in self.cache.get_many(list(set(keys))).items()}
         todo = sorted({k: i for i, k in enumerate(keys) if k not in hits}.values())
@@ -134,6 +145,11 @@ class LLM:
             "%s: %d requests, %d from cache, %d to call", desc, len(requests), len(requests) - len(todo), len(todo)
         )
         fresh: dict[str, list[dict]] = {}
+        if on_result is not None:
+            todo_set = set(todo)
+            for i, (req, k) in enumerate(zip(requests, keys)):
+                if i not in todo_set:
+                    on_result(i, self._finish(req, [dict(r, cached=True) for r in hits[k]]))
         if todo:
 
             def done(j: int, rows: list[dict]) -> None:  # j indexes `reqs`
@@ -143,6 +159,8 @@ class LLM:
                 else:
                     self.stats["errors"] += 1
                 fresh[key] = rows
+                if on_result is not None:
+                    on_result(todo[j], self._finish(requests[todo[j]], [dict(r) for r in rows]))
 
             reqs = [requests[i] for i in todo]
             if self.cfg.provider == "local":
@@ -156,10 +174,14 @@ class LLM:
                 rows = [dict(r) for r in fresh[k]]
             else:
                 rows = [dict(r, cached=True) for r in hits[k]]
-            for r in rows:
-                r["parsed"] = parse_json(r["text"]) if req.json or req.schema else None
-            out.append(rows)
+            out.append(self._finish(req, rows))
         return out
+
+    @staticmethod
+    def _finish(req: Request, rows: list[dict]) -> list[dict]:
+        for r in rows:
+            r["parsed"] = parse_json(r["text"]) if req.json or req.schema else None
+        return rows
 
 
 def _run_async(coro: Any) -> Any:
@@ -354,6 +376,7 @@ class _Item:
     out: list[int] = field(default_factory=list)
     finish: str = "length"
     latency: float = 0.0
+    first_probs: dict[str, float] | None = None
 
 
 class _LocalModel:
@@ -422,9 +445,21 @@ class _LocalModel:
             latency_s=it.latency,
             ttft_s=ttft,
             finish_reason=it.finish,
+            first_probs=it.first_probs,
         )
 
-    def _generate(self, batch: list[_Item], temperature: float, top_p: float, max_tokens: int) -> float:
+    def _allowed(self, first_tokens: tuple[str, ...]) -> dict[str, int]:
+        """The token id that starts each allowed string (strings sharing a first token share it)."""
+        return {s: self.tok.encode(s, add_special_tokens=False)[0] for s in first_tokens if s}
+
+    def _generate(
+        self,
+        batch: list[_Item],
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        first_tokens: tuple[str, ...] = (),
+    ) -> float:
         torch = self.torch
         from transformers import DynamicCache
 
@@ -446,6 +481,17 @@ class _LocalModel:
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
+            if first_tokens:  # constrained first token: everything else is masked out
+                amap = self._allowed(first_tokens)
+                allowed = torch.tensor(sorted(set(amap.values())))
+                masked = torch.full_like(logits, float("-inf"))
+                masked[:, allowed] = logits[:, allowed]
+                logits = masked
+                # the model's own probability of each allowed string (at temperature 1): a rating's
+                # expected value, or a choice's confidence, without sampling
+                probs = torch.softmax(logits.float(), dim=-1)
+                for b, it in enumerate(batch):
+                    it.first_probs = {s: round(float(probs[b, t]), 5) for s, t in amap.items()}
             for step in range(max_tokens):
                 nxt = _sample(logits, temperature, top_p, [gens[b] for b in active])
                 if step == 0:
@@ -482,8 +528,8 @@ class _LocalModel:
         return ttft
 
 
-def _params(r: Request) -> tuple[float, float, int]:
-    return (r.temperature, r.top_p, r.max_tokens)
+def _params(r: Request) -> tuple[float, float, int, tuple[str, ...]]:
+    return (r.temperature, r.top_p, r.max_tokens, r.first_tokens or ())
 
 
 def _sample(logits: Any, temperature: float, top_p: float, gens: list) -> list[int]:
