@@ -1,10 +1,16 @@
 """The final filter's quality gates and the 01_prompts generation grid."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from workbench import filters, prompts, quality
 from workbench.config import RunConfig
+
+
+def on_domain(texts):
+    """Every text scores 1 on the domain gate: these tests are about the other gates."""
+    return np.full((len(texts), 4), 0.5, dtype=np.float32)
 
 
 def test_pii_is_found_and_redacted():
@@ -47,11 +53,11 @@ def test_filter_marks_each_gate_with_its_reason():
             "entity": [None, None, None, None, "Visa", "Visa"],
         }
     )
-    out = filters.filter_rows(cfg, rows, pd.DataFrame({"id": [], "text": []}))
+    out = filters.filter_rows(cfg, rows, pd.DataFrame({"id": [], "text": [], "label": []}), on_domain)
     assert list(out["reject_reason"]) == ["too_short", "wrong_language", "profanity", None, None, "entity_missing"]
     assert out.loc[3, "text"] == "Please email me at [EMAIL] about my card" and out.loc[3, "pii_found"] == "email"
     cfg.quality.pii = "reject"
-    out = filters.filter_rows(cfg, rows, pd.DataFrame({"id": [], "text": []}))
+    out = filters.filter_rows(cfg, rows, pd.DataFrame({"id": [], "text": [], "label": []}), on_domain)
     assert out.loc[3, "reject_reason"] == "pii"
 
 
@@ -101,5 +107,5 @@ def test_language_null_turns_the_gate_off(language):
             "reject_reason_prompts": [None],
         }
     )
-    out = filters.filter_rows(cfg, rows, pd.DataFrame({"id": [], "text": []}))
+    out = filters.filter_rows(cfg, rows, pd.DataFrame({"id": [], "text": [], "label": []}), on_domain)
     assert out.loc[0, "keep"] == (language is None)

@@ -1,38 +1,95 @@
-"""Stage 04: the final filter. Marks rows, never drops them.
+"""Stage 04: the final filter, one chain of gates. Marks rows, never drops them.
 
-`filter_rows(cfg, rows, seeds)`:
-    in:  rows with id, text and the keep_<stage>/reject_reason_<stage> columns of earlier stages;
-         seeds with id, text (real examples the generator saw)
+`filter_rows(cfg, rows, seeds, embed_fn, llm=None)`:
+    in:  rows with id, label, text and the keep_<stage>/reject_reason_<stage> columns of earlier
+         stages; seeds with id, label, text (real examples the generator saw); embed_fn(texts) →
+         unit vectors; llm for the optional rewrite
     out: the same rows plus
-         keep_filter, reject_reason_filter (None, 'too_short', 'too_long', 'wrong_language',
-         'profanity', 'forbidden', 'format', 'pii', 'entity_missing', 'copy_of_seed', 'duplicate',
-         'near_duplicate'),
-         pii_found (kinds redacted or rejected), dup_of (id of the kept row or seed it repeats),
-         dup_similarity, and the verdict over all stages: keep, reject_stage, reject_reason
-
-The gates are stage 01's (`workbench.gates`): constraints, then exact and near-duplicates (MinHash
-LSH over character shingles, every candidate verified by its Jaccard similarity) within the rows
-and against the seeds. The first row of a group is kept; later ones record `dup_of`. Running the
-filter again on its kept rows marks nothing (idempotent).
+         keep_filter, reject_reason_filter, the first gate that said no, in chain order:
+           rewrite (optional, `filter.rewrite`): the LLM rewrites the text; an empty or failed
+               rewrite is 'uncertain' (a gate that cannot decide excludes the row); every check
+               below runs on the rewritten text, the original stays in `original_text`
+           constraints: 'too_short', 'too_long', 'wrong_language', 'profanity', 'forbidden',
+               'format', 'pii' (quality.pii: reject; with redact the redacted text is what
+               trains), 'entity_missing'
+           toxicity: 'toxicity' (threats, harassment, hate; `toxic_found`)
+           domain: 'off_domain' (filter_domain_score against the task description, labels and seeds)
+           dedup: 'copy_of_seed', 'duplicate', 'near_duplicate' across the whole dataset (the first
+               row of a group is kept; later ones record `dup_of` and `dup_similarity`)
+         pii_found, and the verdict over all stages: keep, reject_stage, reject_reason
+Running the filter again on its kept rows marks nothing (idempotent).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from workbench import gates
+from workbench import gates, quality
 from workbench.config import RunConfig
 
+REWRITE = (
+    "Rewrite this customer message {how}. Keep its meaning and its request exactly; reply with the "
+    'rewritten message only.\nMessage: "{text}"'
+)
 
-def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+
+def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_fn, llm=None) -> pd.DataFrame:
+    f = cfg.filter
     out = rows.copy().reset_index(drop=True)
     upstream = [c for c in out.columns if c.startswith("keep_") and c != "keep_filter"]
     alive = out[upstream].all(axis=1) if upstream else pd.Series(True, index=out.index)
     out["keep_filter"] = True
     out["reject_reason_filter"] = None
-    gates.constraints(cfg, out, out.index[alive], gate="filter")
-    gates.dedup(out, out.index[alive & out["keep_filter"]], gates.dedup_index(cfg, seeds), gate="filter")
+
+    def todo():
+        return out.index[alive & out["keep_filter"]]
+
+    if f.rewrite:
+        rewrite(cfg, out, todo(), llm)
+    gates.constraints(cfg, out, todo(), gate="filter")
+    out["toxic_found"] = None
+    if f.toxicity == "reject":
+        for i in todo():
+            found = quality.toxic(out.at[i, "text"])
+            if found:
+                out.at[i, "toxic_found"] = ", ".join(found)
+                gates._reject(out, i, "filter", "toxicity")
+    idx = todo()
+    reference = [cfg.task.description, *gates.domain_reference(cfg, seeds, sorted(set(seeds["label"])))]
+    scores = gates.domain_scores(embed_fn(list(out.loc[idx, "text"])), embed_fn(reference)) if len(idx) else []
+    threshold = f.min_domain_score if f.min_domain_score is not None else cfg.prompts.min_domain_score
+    gates.domain(cfg, out, idx, scores, gate="filter", threshold=threshold, column="filter_domain_score")
+    gates.dedup(out, todo(), gates.dedup_index(cfg, seeds), gate="filter")
     return verdict(out)
+
+
+def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:
+    """Rewrite each row as `filter.rewrite` asks; the original text moves to `original_text`."""
+    from workbench.llm import Request
+    from workbench.prompts import clean_text
+
+    if llm is None:
+        raise ValueError("filter.rewrite is set but no LLM was given to filter_rows")
+    rows["original_text"] = None
+    reqs = [
+        Request.chat(
+            None,
+            REWRITE.format(how=cfg.filter.rewrite, text=rows.at[i, "text"]),
+            temperature=cfg.prompts.temperature,
+            top_p=cfg.prompts.top_p,
+            max_tokens=cfg.filter.rewrite_max_tokens,
+            seed=cfg.seed,
+        )
+        for i in todo
+    ]
+    for i, cands in zip(todo, llm.generate(reqs, desc="04 rewrite")):
+        c = cands[0]
+        rows.at[i, "original_text"] = rows.at[i, "text"]
+        text = clean_text(c["text"]) if not c["error"] else ""
+        if not text:
+            gates._reject(rows, i, "filter", "uncertain")
+            continue
+        rows.at[i, "text"] = text
 
 
 def verdict(rows: pd.DataFrame) -> pd.DataFrame:
@@ -47,3 +104,9 @@ def verdict(rows: pd.DataFrame) -> pd.DataFrame:
         out.loc[bad, "reject_stage"] = s
         out.loc[bad, "reject_reason"] = out.loc[bad, f"reject_reason_{s}"]
     return out
+
+
+def unfiltered(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every generated row with text (the filter ablation's 'seeds + unfiltered' set)."""
+    text = rows["text"].fillna("").astype(str).str.strip()
+    return rows[text.ne("") & rows.get("keep_generate", pd.Series(True, index=rows.index))]

@@ -233,14 +233,33 @@ def domain_scores(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return top.mean(axis=1)
 
 
-def domain(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, scores: np.ndarray) -> None:
-    _start(rows, "domain")
-    if "domain_score" not in rows:
-        rows["domain_score"] = math.nan
+def domain_reference(cfg: RunConfig, seeds: pd.DataFrame, labels: list[str]) -> list[str]:
+    """What on-domain text looks like: the seeds, and each label's topic and positives."""
+    from workbench.data import label_topic
+
+    reference = [*seeds["text"]]
+    for label in labels:
+        reference += [label_topic(cfg, label), *cfg.task.label(label).positive]
+    return reference
+
+
+def domain(
+    cfg: RunConfig,
+    rows: pd.DataFrame,
+    todo: pd.Index,
+    scores: np.ndarray,
+    gate: str = "domain",
+    threshold: float | None = None,
+    column: str = "domain_score",
+) -> None:
+    threshold = cfg.prompts.min_domain_score if threshold is None else threshold
+    _start(rows, gate)
+    if column not in rows:
+        rows[column] = math.nan
     for i, s in zip(todo, scores):
-        rows.at[i, "domain_score"] = float(s)
-        if s < cfg.prompts.min_domain_score:
-            _reject(rows, i, "domain", "off_domain")
+        rows.at[i, column] = float(s)
+        if s < threshold:
+            _reject(rows, i, gate, "off_domain")
 
 
 def balanced_counts(counts: dict, targets: dict, tol: float) -> dict:

@@ -289,10 +289,7 @@ def build_prompts(
     p = cfg.prompts
     slots = plan_slots(cfg, seeds, labels, train_counts)
     index = gates.dedup_index(cfg, seeds, earlier)
-    reference = [*seeds["text"]]
-    for label in slots["label"].unique():
-        reference += [label_topic(cfg, label), *cfg.task.label(label).positive]
-    ref_vecs = embed_fn(reference)
+    ref_vecs = embed_fn(gates.domain_reference(cfg, seeds, list(slots["label"].unique())))
     rows = pd.DataFrame()
     notes: dict = {}
     seconds = {"generate": 0.0, "critique": 0.0}

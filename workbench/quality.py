@@ -72,29 +72,37 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+_STREET = r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl|square|sq|close)"
 _PII = [
     ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")),
     ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")),
     ("card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b")),
     ("ip", re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")),
+    # a house number, one to three capitalised words and a street type: "221B Baker Street", "12 Elm Rd."
+    ("address", re.compile(r"\b\d{1,5}[A-Za-z]?\s+(?:[A-Z][a-z]+\s+){1,3}(?i:" + _STREET + r")\b\.?")),
     ("phone", re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?(?:[ .-]?\d{2,4}){2,3}\b")),
+    # names, where a rule can tell (no NER model is shipped): after a title, or after "my name is"
+    ("name", re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")),
+    ("name", re.compile(r"(?i:\bmy name is)\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)\b")),
 ]
 
 
 def find_pii(text: str) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of each email, IBAN, card number (Luhn-checked), IP address and phone
-    number in `text`, earliest first, non-overlapping."""
+    """(kind, start, end) of each email, IBAN, card number (Luhn-checked), IP address, street
+    address, phone number and name (after a title or "my name is") in `text`, earliest first,
+    non-overlapping. For names only the name itself is the span."""
     found: list[tuple[str, int, int]] = []
     for kind, rx in _PII:
         for m in rx.finditer(text or ""):
-            if any(s < m.end() and m.start() < e for _, s, e in found):
+            start, end = m.span(1) if rx.groups else m.span()
+            if any(s < end and start < e for _, s, e in found):
                 continue
             digits = re.sub(r"\D", "", m.group())
             if kind == "card" and not _luhn(digits):
                 continue
             if kind == "phone" and len(digits) < 7:
                 continue
-            found.append((kind, m.start(), m.end()))
+            found.append((kind, start, end))
     return sorted(found, key=lambda x: x[1])
 
 
@@ -109,7 +117,24 @@ def redact(text: str) -> tuple[str, list[str]]:
     return "".join(out), [k for k, _, _ in spans]
 
 
-REDACTED = re.compile(r"\[(?:" + "|".join(k.upper() for k, _ in _PII) + r")\]")  # what `redact` writes
+REDACTED = re.compile(r"\[(?:" + "|".join(dict.fromkeys(k.upper() for k, _ in _PII)) + r")\]")  # what `redact` writes
+
+# Toxicity beyond single words (profanity above): threats, harassment aimed at a person, and
+# hate. A word-pattern check, not a model: no toxicity classifier ships with the workbench.
+TOXIC = (
+    r"\b(i('ll| will| am going to|'m going to)|gonna) (kill|hurt|shoot|stab|find|burn)\b",
+    r"\b(kill|hurt|shoot|stab) (you|yourself|them|him|her|everyone)\b",
+    r"\byou('re| are)? (an? )?(idiot|moron|imbecile|loser|pig|scum|worthless)s?\b",
+    r"\b(go )?(die|kill yourself)\b",
+    r"\b(bomb|blow up|set fire to) (the|your) (bank|branch|office|building)\b",
+    r"\b(hate|despise) (all )?(women|men|jews|muslims|christians|blacks|whites|immigrants|gays)\b",
+)
+_TOXIC = re.compile("|".join(TOXIC), re.I)
+
+
+def toxic(text: str) -> list[str]:
+    """The toxic phrases in `text` (threats, harassment, hate), or [] when none."""
+    return sorted({m.group(0).lower() for m in _TOXIC.finditer(text or "")})
 
 
 def mentions(text: str, entity: str) -> bool:
