@@ -24,7 +24,6 @@ def test_every_field_has_an_enforcer_and_no_entry_is_stale():
     ("yaml", "field", "line"),
     [
         ("task:\n  labels: [a, b]\n  tools:\n    - name: f\n      description: call it\n", "task.tools", 3),
-        ("task:\n  labels: [a, b]\nresponses:\n  temperature: 0.5\n", "responses.temperature", 4),
         ("task:\n  labels: [a, b]\n  summary_max_words: 30\n", "task.summary_max_words", 3),
     ],
 )
@@ -120,7 +119,9 @@ def test_estimate_counts_calls_prices_and_uses_measured_throughput(tmp_path):
         }
     )
     est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
-    assert est.loc["01_prompts", "llm_calls"] == 10 and est.loc["03_judge", "llm_calls"] == 10
+    assert est.loc["01_prompts", "llm_calls"] == 10 and est.loc["02_responses", "llm_calls"] == 10
+    assert est.loc["03_judge", "llm_calls"] == 10 * 3  # one call per row and rubric dimension (3 for classification)
+    assert est.loc["02_responses", "completion_tokens_max"] == 10 * 2 * 3  # 3 candidates of up to 2 tokens
     assert est.loc["00_task (preview)", "llm_calls"] == 6
     expected = (est.loc["01_prompts", "prompt_tokens"] * 1.0 + est.loc["01_prompts", "completion_tokens"] * 2.0) / 1e6
     assert est.loc["01_prompts", "cost"] == pytest.approx(expected, rel=1e-3)

@@ -12,8 +12,12 @@ import pytest
 ARTIFACTS = [
     "seeds",
     "prompts",
+    "candidates",
     "responses",
     "judged",
+    "judgments",
+    "scored_candidates",
+    "pairs",
     "dataset",
     "evaluation",
     "test_predictions",
@@ -60,7 +64,7 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     ]
     for name in ARTIFACTS:
         assert (run / "artifacts" / f"{name}.parquet").is_file(), name
-    for student in ["seeds_only", "seeds_synthetic"]:
+    for student in ["seeds_only", "seeds_unfiltered", "seeds_synthetic"]:
         assert (run / "artifacts" / "students" / f"{student}.joblib").is_file()
     assert (run / "config.yaml").read_text().startswith("# Smoke config")
 
@@ -79,7 +83,29 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
 
     metrics = json.loads((run / "metrics.json").read_text())
     table = pd.DataFrame(metrics["06_evaluate"]["table"])
-    assert list(table["model"]) == ["zero-shot (label names)", "probe: seeds_only", "probe: seeds_synthetic"]
+    assert list(table["model"]) == [
+        "zero-shot (label names)",
+        "probe: seeds_only",
+        "probe: seeds_unfiltered",
+        "probe: seeds_synthetic",
+    ]
+    # 02: the intended label and 3 blind model candidates per kept prompt, each with its metadata
+    cands = pd.read_parquet(run / "artifacts" / "candidates.parquet")
+    model = cands[cands["source"] == "model"]
+    assert len(model) == 3 * m["kept"] and (cands["source"] == "intended_label").sum() == m["kept"]
+    assert model["completion_tokens"].gt(0).all() and model["ttft_s"].notna().all() and model["seed"].notna().all()
+    assert len((run / "artifacts" / "candidates.jsonl").read_text().splitlines()) == len(cands)
+    assert model["response_label"].notna().all()  # the embedded model's first token is an option number
+    # 03: every kept prompt judged on the rubric and by the jury; 04: the exports
+    judged = pd.read_parquet(run / "artifacts" / "judged.parquet")
+    live = judged[judged["keep_prompts"]]
+    assert live["jury_votes"].notna().all() and live["judge_correctness"].notna().all()
+    assert set(live["reject_reason_judge"].dropna()) <= {"label_mismatch", "uncertain", "unparseable", "low_score"}
+    assert "fleiss_kappa" in metrics["03_judge"]
+    export = run / "artifacts" / "export"
+    sft = export / "sft.jsonl"
+    assert len(sft.read_text().splitlines()) == rows["keep"].sum() and (export / "hf").is_dir()
+    assert "Licence of the seed examples" in (export / "README.md").read_text()
     assert table["accuracy"].between(0, 1).all() and (table["accuracy_lo"] <= table["accuracy"]).all()
     assert metrics["06_evaluate"]["test_rows"] == 5 * 20
     assert metrics["07_gaps"]["dev_rows"] == 5 * 8
@@ -90,13 +116,20 @@ def test_smoke_report_is_offline_and_complete(smoke_run):
     runs_dir, _ = smoke_run
     [run] = list((runs_dir / "smoke").iterdir())
     html = (run / "report.html").read_text()
-    for heading in ["Before / after on the real test split", "Funnel and reject pile", "Failure clusters"]:
+    for heading in [
+        "Before / after on the real test split",
+        "Filter ablation",
+        "Candidates (02): throughput",
+        "Judge and jury (03)",
+        "Funnel and reject pile",
+        "Failure clusters",
+    ]:
         assert heading in html
     assert "probe: seeds_synthetic" in html
     assert re.search(r"<script[^>]*\bsrc=[\"']https?://", html) is None  # nothing from a CDN
     assert "plotly.js v" in html  # plotly.js inline
     assert html.count("Plotly.newPlot") >= 3  # accuracy, funnel, cluster map
     assert "open_stage(" not in html  # code cells hidden
-    for stage in ["00_task", "01_prompts", "04_filter", "06_evaluate", "07_gaps", "index"]:
+    for stage in ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "06_evaluate", "07_gaps", "index"]:
         assert f"href='report/{stage}.html'" in html
         assert (run / "report" / f"{stage}.html").is_file()

@@ -353,18 +353,65 @@ class PromptsConfig(_Section):
 
 
 class ResponsesConfig(_Section):
-    candidates: int = Field(1, ge=1, le=16, description="Candidate responses per prompt (generative tasks).")
+    candidates: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Candidate responses per prompt, sampled in one request (n). Classification: the model's "
+        "blind answers, which vote in the jury; candidate 0 is always the intended label.",
+    )
+    choices: int = Field(
+        5, ge=2, le=20, description="Classification: labels shown per question (the intended one and its nearest)."
+    )
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null = by task type.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass; null = by task type.")
-    max_tokens: int = Field(128, ge=1, le=8192, description="Cap on tokens per response.")
+    max_tokens: int | None = Field(
+        None, ge=1, le=8192, description="Cap on tokens per response; null = by task type (classification: 2)."
+    )
+
+
+# The judge's rubric: dimension → criterion ({topic}: the row's label; {domain}: task.domain).
+RUBRIC: dict[str, str] = {
+    "correctness": "the message is really about {topic}",
+    "helpfulness": "the response does what the user asked, completely and usefully",
+    "policy_compliance": "the text is something a {domain} dataset may contain: nothing harmful, abusive or "
+    "private, and a request that must be refused is refused",
+    "formatting": "it reads as the message itself: no preamble, notes, placeholders or markup",
+    "tool_usage": "tool calls name the right tool with correct arguments, and only when needed",
+    "refusal_quality": "a refusal is brief and polite, says why, and offers a safe alternative",
+}
 
 
 class JudgeConfig(_Section):
-    min_score: float = Field(
-        0.0, ge=0, le=1, description="Rows whose judge score (0-1) is below this are rejected as low_score."
+    rubric: list[Literal[tuple(RUBRIC)]] | None = Field(
+        None,
+        description="Rubric dimensions each row is scored on (1-5, with a rationale): "
+        + ", ".join(RUBRIC)
+        + "; null = by task type; [] = no rubric judge.",
     )
-    max_tokens: int = Field(16, ge=1, le=1024, description="Cap on tokens of the judge's answer.")
+    jurors: int = Field(
+        1, ge=1, le=9, description="Rubric judges per row: the same model with its own seed and prompt wording each."
+    )
+    anchor: bool = Field(True, description="Show the judge one real seed example of the row's label.")
+    min_score: float = Field(
+        0.0, ge=0, le=1, description="Rows whose mean rubric score (0-1) is below this are rejected as low_score."
+    )
+    max_tokens: int = Field(24, ge=1, le=1024, description="Cap on tokens of one judgment (score and rationale).")
     temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature (0 = greedy).")
+    jury: list[Literal["probe", "knn", "llm"]] = Field(
+        ["probe", "knn", "llm"],
+        description="Classification: jurors that re-label each input blind (probe = MiniLM + logistic regression "
+        "on the seeds; knn = nearest seed; llm = stage 02's candidates); [] = no label jury.",
+    )
+    aggregate: Literal["majority", "mean"] = Field(
+        "majority", description="Jury verdict: the label most jurors name (majority) or the highest mean probability."
+    )
+    max_spread: float = Field(
+        0.5, ge=0, le=1, description="Rubric jurors whose scores spread more than this put the row in the queue."
+    )
+    pair_margin: float = Field(
+        0.5, ge=0, le=1, description="DPO pair: the best candidate must score at least this above the worst."
+    )
 
 
 class FilterConfig(_Section):
@@ -372,6 +419,22 @@ class FilterConfig(_Section):
         0.7, gt=0, le=1, description="Jaccard similarity of character shingles above which rows are near-duplicates."
     )
     shingle_size: int = Field(5, ge=2, le=20, description="Characters per shingle for near-duplicate detection.")
+    toxicity: Literal["reject", "allow"] = Field(
+        "reject", description="reject: rows with threats, harassment or slurs (a word-pattern check) are rejected."
+    )
+    min_domain_score: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="On-domain score (MiniLM, against the task definition, labels and seeds) below which a row is "
+        "rejected as off_domain; null = prompts.min_domain_score.",
+    )
+    rewrite: str | None = Field(
+        None,
+        description="Optional rewrite of each kept row, e.g. 'in the voice of a retired customer, under 25 words'; "
+        "the rewritten text is checked again. null = no rewrite.",
+    )
+    rewrite_max_tokens: int = Field(64, ge=8, le=2048, description="Cap on tokens of one rewrite.")
 
 
 class TrainConfig(_Section):
@@ -435,6 +498,11 @@ class RunConfig(_Section):
                 if getattr(sec, name) is None:
                     sec.__dict__[name] = value  # no re-validation: the table's values are in range
                     self._reasons[f"{section}.{name}"] = f"{value} chosen for {self.task.type}: {why}; override freely"
+        if self.responses.max_tokens is None:
+            n = 2 if self.task.type == "classification" else 512
+            self.responses.__dict__["max_tokens"] = n
+            why = "an option number" if n == 2 else "room for a full answer"
+            self._reasons["responses.max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
         valid = METRICS[kind]
         if self.evaluate.metrics is None:
             self.evaluate.__dict__["metrics"] = list(valid)
@@ -559,10 +627,17 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "prompts.critic_max_tokens": ("01_prompts", "critique", (), ALL),
     "prompts.min_domain_score": ("01_prompts", "domain", ("off_domain",), ALL),
     "prompts.balance_tolerance": ("01_prompts", "balance", ("over_represented",), ALL),
-    "responses": ("02_responses", "candidates and sampling", (), ("extraction", "summarization", "dialogue")),
-    "judge.min_score": ("03_judge", "judge score", ("low_score", "unparseable", "llm_error"), ALL),
+    "responses": ("02_responses", "candidates and sampling", (), ALL),
+    "judge.rubric": ("03_judge", "rubric judge", ("unparseable", "llm_error"), ALL),
+    "judge.jurors": ("03_judge", "rubric jury; Krippendorff's alpha", (), ALL),
+    "judge.anchor": ("03_judge", "judge prompt", (), ALL),
+    "judge.min_score": ("03_judge", "judge score", ("low_score",), ALL),
     "judge.max_tokens": ("03_judge", "sampling", (), ALL),
     "judge.temperature": ("03_judge", "sampling", (), ALL),
+    "judge.jury": ("03_judge", "label jury", ("label_mismatch", "uncertain"), ("classification",)),
+    "judge.aggregate": ("03_judge", "label jury", ("label_mismatch", "uncertain"), ("classification",)),
+    "judge.max_spread": ("03_judge", "disagreement queue", (), ALL),
+    "judge.pair_margin": ("03_judge", "DPO pairs", (), ALL),
     "filter.near_dup_threshold": (
         "01_prompts, 04_filter",
         "dedup, contamination, near-duplicates",
@@ -575,12 +650,35 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         ("near_duplicate", "copy_of_seed", "duplicate", "seen_before", "contamination"),
         ALL,
     ),
+    "filter.toxicity": ("04_filter", "toxicity", ("toxicity",), ALL),
+    "filter.min_domain_score": ("04_filter", "domain", ("off_domain",), ALL),
+    "filter.rewrite": ("04_filter", "rewrite, then every check again", ("uncertain",), ALL),
+    "filter.rewrite_max_tokens": ("04_filter", "rewrite", (), ALL),
     "train": ("05_train", "student", (), ("classification",)),
     "evaluate.bootstrap": ("06_evaluate", "confidence intervals", (), ALL),
     "evaluate.metrics": ("06_evaluate", "metrics reported", (), ALL),
     "gaps": ("07_gaps", "failure clusters", (), ALL),
     "seed": ("every stage", "sampling seeds", (), ALL),
 }
+
+# Reasons no single threshold sets: the gate's own rule, named here so the report can say so.
+_RULE_REASONS = {
+    "empty": "(generator returned no text)",
+    "toxicity": "filter.toxicity",
+    "contamination": "filter.near_dup_threshold",
+}
+
+
+def reason_fields() -> dict[str, list[str]]:
+    """Reject reason → the config fields that decide it (from ENFORCED_BY), for the reject piles."""
+    out: dict[str, list[str]] = {}
+    for field, (_, _, reasons, _) in ENFORCED_BY.items():
+        for r in reasons:
+            out.setdefault(r, []).append(field)
+    for r, f in _RULE_REASONS.items():
+        out.setdefault(r, [f])
+    return out
+
 
 # What `workbench run` can execute today; other kinds validate (`workbench check`, `workbench init`)
 # but are refused by `check_runnable`, so no field of theirs is silently ignored.

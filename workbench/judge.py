@@ -1,74 +1,388 @@
-"""Stage 03: an LLM judge scores each row on whether its text fits its label.
+"""Stage 03: a rubric judge (or several) and, for classification, a jury that re-labels blind.
 
-`judge_rows(cfg, rows, llm)`:
-    in:  rows with id, label, text, keep_prompts
-    out: the same rows plus
-         judge_raw (the judge's reply), judge_cached, judge_score (0-1, NaN when unparseable or not judged),
-         keep_judge, reject_reason_judge (None, 'unparseable', 'low_score', 'llm_error')
-Rows already rejected upstream are not sent to the judge (judge_score NaN, keep_judge True:
-the judge did not reject them; the earlier stage's reason stands).
+Rubric judge. Each kept row is scored 1-5 on each dimension of `judge.rubric` with a one-line
+rationale, by `judge.jurors` judges: the same model with its own seed and prompt wording each
+when only one model exists. Endpoints get a JSON schema ({score, rationale}); the embedded
+model's first token is constrained to a digit 1-5, then it writes its reason. A reply with no
+score is kept raw. Scores are scaled to 0-1 and averaged over jurors; agreement between them is
+Krippendorff's alpha (interval), and rows whose jurors' scores spread more than
+`judge.max_spread` go to the disagreement queue.
+
+Label jury (classification). Each juror names a label without being told the intended one:
+    probe: MiniLM + logistic regression trained on the seeds and the config's positives
+    knn:   the label of the nearest seed or positive (cosine of MiniLM embeddings)
+    llm:   the most frequent label among stage 02's blind candidates (ties: no vote)
+Votes are aggregated by majority (`judge.aggregate`: more than half of the votes cast) or by
+mean (the label with the highest mean probability). Agreement is Fleiss' kappa.
+
+`judge_rows(cfg, rows, cands, seeds, llm, cache_dir)` → (rows, judgments)
+    rows in:  prompt rows of 02 (id, label, text, keep_prompts, …); cands: 02's candidates
+    rows out: + judge_<dim> (0-1), judge_<dim>_rationale, judge_score (mean over dimensions),
+              judge_spread, jury_votes ({juror: label}), jury_label, jury_unanimous,
+              keep_judge, reject_reason_judge (None, 'unparseable', 'llm_error', 'low_score',
+              'label_mismatch', 'uncertain')
+    judgments: one row per (row, dimension, juror): id, dimension, juror, score, rationale, raw, error
+Rows rejected upstream are not judged (keep_judge True; the earlier reason stands).
+
+`preference_pairs(cands, margin)` → best-of-N and DPO pairs from scored candidates.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections import Counter
 
+import numpy as np
 import pandas as pd
 
-from workbench.config import RunConfig
+from workbench.config import RUBRIC, RunConfig
 from workbench.data import label_topic
+from workbench.embed import embed
 from workbench.llm import LLM, Request
 
 SYSTEM = "You are a strict data-quality reviewer for {domain}."
-# Of the wordings tried on the embedded 135M model, this one gets a parseable score most often
-# (90% of real Banking77 rows); yes/no and JSON wordings were answered with prose.
+# Juror j uses wording j mod len: the same model with different prompts and seeds.
+# Measured with the embedded model on 120 real dev rows, each judged under its true label and under a
+# random wrong one (score = expected rating under the model's first-token probabilities of 1-5):
+# wording 0 separates them with AUC 0.58 (0.61 with the anchor example), wording 1 with 0.49 (0.48);
+# the two agree poorly (Krippendorff's alpha -0.94). The 135M model is a weak judge: an endpoint
+# model is the one to trust, and `judge.min_score` gates nothing by default.
 USER = (
-    'Rate from 1 to 5 how well this customer message matches the topic "{topic}".\n'
-    'Message: "{text}"\nReply in the form "Rating: N".'
+    'Criterion: {criterion}.\n{anchor}Message: "{text}"\nScore the message 1 (fails) to 5 (fully meets), '
+    "then give a one-sentence reason.",
+    "Rate from 1 to 5 how well this customer message meets the criterion.\nCriterion: {criterion}.\n{anchor}"
+    'Message: "{text}"\nReply with the rating, then one short sentence why.',
+)
+ANCHOR = 'A real message on this topic, for reference: "{example}"\n'
+SCHEMA = json.dumps(
+    {
+        "type": "object",
+        "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}, "rationale": {"type": "string"}},
+        "required": ["score", "rationale"],
+    }
 )
 _SCORE = re.compile(r"\b([1-5])\b")
 
 
-def parse_score(text: str) -> float | None:
-    """The first digit 1-5 in the reply, scaled to 0-1; None when there is none."""
+def parse_judgment(text: str, parsed: dict | None, first_probs: dict | None = None) -> tuple[float | None, str | None]:
+    """(score in 0-1, rationale) from {"score", "rationale"}, or from "N ... reason" (with the
+    embedded model: the expected rating under its first-token probabilities of 1-5);
+    (None, None) when there is no score."""
+    if isinstance(parsed, dict) and parsed.get("score") in (1, 2, 3, 4, 5):
+        return (parsed["score"] - 1) / 4, str(parsed.get("rationale") or "").strip() or None
     m = _SCORE.search(text or "")
-    return (int(m.group(1)) - 1) / 4 if m else None
+    if not m:
+        return None, None
+    rest = (text[m.end() :]).lstrip(" ./5:-–—)").strip() or None
+    if first_probs and sum(first_probs.values()) > 0:
+        total = sum(first_probs.values())
+        return sum((int(k) - 1) / 4 * p for k, p in first_probs.items()) / total, rest
+    return (int(m.group(1)) - 1) / 4, rest
 
 
-def judge_rows(cfg: RunConfig, rows: pd.DataFrame, llm: LLM) -> pd.DataFrame:
+def rubric(cfg: RunConfig) -> list[str]:
+    return list(cfg.judge.rubric if cfg.judge.rubric is not None else RUBRIC_BY_TYPE[cfg.task.type])
+
+
+RUBRIC_BY_TYPE = {
+    "classification": ["correctness", "formatting", "policy_compliance"],
+    "extraction": ["correctness", "formatting"],
+    "summarization": ["correctness", "helpfulness", "formatting"],
+    "dialogue": ["helpfulness", "correctness", "policy_compliance", "refusal_quality", "tool_usage"],
+}
+
+
+def judge_requests(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> tuple[list[Request], list[tuple]]:
+    """One request per (row, dimension, juror), and its (row index, dimension, juror)."""
+    j = cfg.judge
+    example = seeds.groupby("label")["text"].first().to_dict() if j.anchor else {}
+    reqs, keys = [], []
+    for i, row in rows.iterrows():
+        topic = label_topic(cfg, row["label"])
+        anchor = ANCHOR.format(example=example[row["label"]]) if row["label"] in example else ""
+        for dim in rubric(cfg):
+            criterion = RUBRIC[dim].format(topic=topic, domain=cfg.task.domain)
+            for juror in range(j.jurors):
+                reqs.append(
+                    Request.chat(
+                        SYSTEM.format(domain=cfg.task.domain),
+                        USER[juror % len(USER)].format(criterion=criterion, anchor=anchor, text=row["text"]),
+                        temperature=j.temperature,
+                        top_p=1.0,
+                        max_tokens=j.max_tokens,
+                        seed=cfg.seed + juror,
+                        schema=SCHEMA,
+                        first_tokens=("1", "2", "3", "4", "5"),
+                    )
+                )
+                keys.append((i, dim, juror))
+    return reqs, keys
+
+
+def judge_rows(
+    cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame, seeds: pd.DataFrame, llm: LLM, cache_dir
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     j = cfg.judge
     out = rows.copy()
-    todo = out.index[out["keep_prompts"]].tolist()
-    reqs = [
-        Request.chat(
-            SYSTEM.format(domain=cfg.task.domain),
-            USER.format(text=out.at[i, "text"], topic=label_topic(cfg, out.at[i, "label"])),
-            temperature=j.temperature,
-            top_p=1.0,
-            max_tokens=j.max_tokens,
-            seed=cfg.seed,
-        )
-        for i in todo
-    ]
-    results = llm.generate(reqs, desc="03 judge")
-    out["judge_raw"] = None
+    todo = out.index[out["keep_prompts"]]
+    dims = rubric(cfg)
+    reqs, keys = judge_requests(cfg, out.loc[todo], seeds)
+    results = llm.generate(reqs, desc="03 judge") if reqs else []
+    judgments = pd.DataFrame(
+        [
+            {"id": out.at[i, "id"], "dimension": dim, "juror": juror}
+            | dict(zip(("score", "rationale"), parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))))
+            | {"raw": c[0]["text"], "error": c[0]["error"], "cached": bool(c[0]["cached"]), "model": c[0]["model"]}
+            | {"completion_tokens": c[0]["completion_tokens"], "latency_s": c[0]["latency_s"]}
+            for (i, dim, juror), c in zip(keys, results)
+        ],
+        columns=["id", "dimension", "juror", "score", "rationale", "raw", "error", "cached", "model"]
+        + ["completion_tokens", "latency_s"],
+    )
+    judgments["score"] = judgments["score"].astype(float)
     out["judge_score"] = math.nan
+    out["judge_spread"] = math.nan
+    for dim in dims:
+        out[f"judge_{dim}"] = math.nan
+        out[f"judge_{dim}_rationale"] = None
     out["keep_judge"] = True
     out["reject_reason_judge"] = None
-    out["judge_cached"] = False
-    for i, cands in zip(todo, results):
-        c = cands[0]
-        out.at[i, "judge_cached"] = bool(c["cached"])
-        score = parse_score(c["text"])
-        out.at[i, "judge_raw"] = c["text"]
-        if c["error"]:
-            reason = "llm_error"
-        elif score is None:
-            reason = "unparseable"
-        else:
-            out.at[i, "judge_score"] = score
-            reason = "low_score" if score < j.min_score else None
+    by_id = {k: g for k, g in judgments.groupby("id")} if len(judgments) else {}
+    for i in todo:
+        g = by_id.get(out.at[i, "id"])
+        if g is None:
+            continue
+        reason = None
+        for dim in dims:
+            d = g[g["dimension"] == dim]
+            ok = d["score"].notna()
+            if not ok.any():
+                reason = reason or ("llm_error" if d["error"].notna().all() else "unparseable")
+                continue
+            out.at[i, f"judge_{dim}"] = float(d.loc[ok, "score"].mean())
+            out.at[i, f"judge_{dim}_rationale"] = d.loc[ok, "rationale"].iloc[0]
+        per_juror = g.groupby("juror")["score"].mean()
+        if len(per_juror.dropna()) > 1:
+            out.at[i, "judge_spread"] = float(per_juror.max() - per_juror.min())
+        scores = [out.at[i, f"judge_{d}"] for d in dims]
+        if reason is None and dims:
+            out.at[i, "judge_score"] = float(np.mean(scores))
+            if out.at[i, "judge_score"] < j.min_score:
+                reason = "low_score"
         out.at[i, "keep_judge"] = reason is None
         out.at[i, "reject_reason_judge"] = reason
+    if cfg.task.type == "classification" and j.jury:
+        jury(cfg, out, todo, cands, seeds, cache_dir)
+    return out, judgments
+
+
+# ---------------------------------------------------------------- label jury (classification)
+
+
+def juror_probabilities(
+    cfg: RunConfig, texts: list[str], cands: pd.DataFrame, ids: list[str], seeds: pd.DataFrame, labels: list[str], cd
+) -> dict[str, np.ndarray]:
+    """Each juror's distribution over `labels` for each text (rows of 0 = the juror abstains)."""
+    from workbench.train import train_probe
+
+    ref = pd.concat(
+        [seeds[["text", "label"]]]
+        + [pd.DataFrame({"text": s.positive, "label": s.name}) for s in (cfg.task.labels or []) if s.positive],
+        ignore_index=True,
+    )
+    col = {lab: k for k, lab in enumerate(labels)}
+    out: dict[str, np.ndarray] = {}
+    x = embed(texts, cd) if texts else np.zeros((0, 384), dtype=np.float32)
+    if "probe" in cfg.judge.jury:
+        probe = train_probe(ref.assign(source="seed"), cfg.train, cd)
+        p = np.zeros((len(texts), len(labels)))
+        if texts:
+            p[:, [col[c] for c in probe.labels]] = probe.predict_proba(texts)
+        out["probe"] = p
+    if "knn" in cfg.judge.jury:
+        p = np.zeros((len(texts), len(labels)))
+        if texts:
+            sims = x @ embed(list(ref["text"]), cd).T
+            p[np.arange(len(texts)), ref["label"].map(col).to_numpy()[sims.argmax(1)]] = 1.0
+        out["knn"] = p
+    if "llm" in cfg.judge.jury:
+        p = np.zeros((len(texts), len(labels)))
+        named = cands[(cands["source"] == "model") & cands["response_label"].notna()]
+        votes = named.groupby("prompt_id")["response_label"].apply(list).to_dict()
+        for r, pid in enumerate(ids):
+            for lab, n in Counter(votes.get(pid, [])).items():
+                p[r, col[lab]] = n
+            if p[r].sum():
+                p[r] /= p[r].sum()
+        out["llm"] = p
     return out
+
+
+def vote(probs: np.ndarray) -> int | None:
+    """A juror's label: its most probable one, or None (abstain) when it gave nothing or tied."""
+    if probs.sum() == 0:
+        return None
+    top = np.flatnonzero(probs == probs.max())
+    return int(top[0]) if len(top) == 1 else None
+
+
+def aggregate(votes: list[int | None], probs: list[np.ndarray], how: str) -> int | None:
+    """majority: the label named by more than half of the votes cast; mean: the label with the
+    highest mean probability over jurors that voted. None when there is no such label."""
+    cast = [v for v in votes if v is not None]
+    if not cast:
+        return None
+    if how == "majority":
+        lab, n = Counter(cast).most_common(1)[0]
+        return lab if n * 2 > len(cast) else None
+    mean = np.mean([p for p, v in zip(probs, votes) if v is not None], axis=0)
+    return vote(mean)
+
+
+def jury(cfg: RunConfig, out: pd.DataFrame, todo: pd.Index, cands: pd.DataFrame, seeds: pd.DataFrame, cd) -> None:
+    labels = sorted(set(out["label"]) | set(seeds["label"]))
+    probs = juror_probabilities(cfg, list(out.loc[todo, "text"]), cands, list(out.loc[todo, "id"]), seeds, labels, cd)
+    names = list(probs)
+    out["jury_votes"] = None
+    out["jury_label"] = None
+    out["jury_unanimous"] = None
+    for r, i in enumerate(todo):
+        rp = [probs[n][r] for n in names]
+        votes = [vote(p) for p in rp]
+        agg = aggregate(votes, rp, cfg.judge.aggregate)
+        out.at[i, "jury_votes"] = json.dumps({n: labels[v] if v is not None else None for n, v in zip(names, votes)})
+        out.at[i, "jury_label"] = labels[agg] if agg is not None else None
+        out.at[i, "jury_unanimous"] = None not in votes and len(set(votes)) == 1
+        if not out.at[i, "keep_judge"]:
+            continue
+        reason = "uncertain" if agg is None else ("label_mismatch" if labels[agg] != out.at[i, "label"] else None)
+        out.at[i, "keep_judge"] = reason is None
+        out.at[i, "reject_reason_judge"] = reason
+
+
+def vote_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One column per juror with the label it named (None = abstained), for judged rows."""
+    if "jury_votes" not in rows:
+        return pd.DataFrame(index=rows.index[:0])
+    have = rows[rows["jury_votes"].notna()]
+    return pd.DataFrame([json.loads(v) for v in have["jury_votes"]], index=have.index)
+
+
+# ---------------------------------------------------------------- agreement
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss' kappa of a subjects × categories table of rater counts (same raters per subject)."""
+    counts = np.asarray(counts, dtype=float)
+    n = counts.sum(axis=1)
+    if len(counts) == 0 or not np.allclose(n, n[0]) or n[0] < 2:
+        return math.nan
+    n = n[0]
+    p_j = counts.sum(axis=0) / counts.sum()
+    p_i = ((counts**2).sum(axis=1) - n) / (n * (n - 1))
+    pe = float((p_j**2).sum())
+    return math.nan if pe == 1 else float((p_i.mean() - pe) / (1 - pe))
+
+
+def kappa_from_votes(votes: pd.DataFrame) -> float:
+    """Fleiss' kappa over the rows where every juror voted."""
+    full = votes.dropna()
+    if full.empty or full.shape[1] < 2:
+        return math.nan
+    cats = sorted(set(full.to_numpy().ravel()))
+    counts = np.array([[list(r).count(c) for c in cats] for r in full.to_numpy()])
+    return fleiss_kappa(counts)
+
+
+def krippendorff_alpha(ratings: np.ndarray, metric: str = "interval") -> float:
+    """Krippendorff's alpha of a raters × units matrix (NaN = missing), interval or nominal metric."""
+    r = np.asarray(ratings, dtype=float)
+    units = [u[~np.isnan(u)] for u in r.T]
+    units = [u for u in units if len(u) >= 2]
+    if not units:
+        return math.nan
+
+    def delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a - b) ** 2 if metric == "interval" else (a != b).astype(float)
+
+    n = sum(len(u) for u in units)
+    d_o = sum(delta(u[:, None], u[None, :]).sum() / (len(u) - 1) for u in units) / n
+    allv = np.concatenate(units)
+    d_e = delta(allv[:, None], allv[None, :]).sum() / (n * (n - 1))
+    return math.nan if d_e == 0 else float(1 - d_o / d_e)
+
+
+def judge_alpha(judgments: pd.DataFrame) -> pd.DataFrame:
+    """Krippendorff's alpha (interval) between rubric jurors, per dimension."""
+    out = []
+    for dim, g in judgments.groupby("dimension"):
+        m = g.pivot_table(index="juror", columns="id", values="score", aggfunc="first")
+        out.append({"dimension": dim, "jurors": len(m), "alpha": krippendorff_alpha(m.to_numpy())})
+    return pd.DataFrame(out, columns=["dimension", "jurors", "alpha"])
+
+
+def disagreements(rows: pd.DataFrame, max_spread: float) -> pd.DataFrame:
+    """Rows the jury split on: label jurors not unanimous, or rubric jurors' scores spread > max_spread."""
+    m = pd.Series(False, index=rows.index)
+    if "jury_unanimous" in rows:
+        m |= rows["jury_unanimous"].eq(False)
+    if "judge_spread" in rows:
+        m |= rows["judge_spread"].fillna(0) > max_spread
+    cols = [c for c in ["id", "label", "text", "jury_votes", "jury_label", "judge_spread", "reject_reason_judge"]
+            if c in rows]  # fmt: skip
+    return rows.loc[m, cols]
+
+
+# ---------------------------------------------------------------- best-of-N and preference pairs
+
+
+def score_candidates(cands: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Classification: a candidate scores 1 when it names the row's label (the intended label,
+    confirmed by the jury for kept rows), 0 when it names another, NaN when it does not parse."""
+    out = cands.copy()
+    named = out["response_label"]
+    out["score"] = np.where(named.isna(), np.nan, (named == out["label"]).astype(float))
+    keep = rows.set_index("id")["keep_judge"] & rows.set_index("id")["keep_prompts"]
+    out["row_kept"] = out["prompt_id"].map(keep).fillna(False).astype(bool)
+    return out
+
+
+def preference_pairs(cands: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """Per prompt: the best candidate (highest score; ties → lowest candidate number) and, when the
+    worst scores at least `margin` lower, a (chosen, rejected) pair. Unscored candidates are skipped."""
+    out = []
+    for pid, g in cands[cands["score"].notna()].groupby("prompt_id", sort=False):
+        g = g.sort_values(["score", "candidate"], ascending=[False, True])
+        best, worst = g.iloc[0], g.sort_values(["score", "candidate"], ascending=[True, True]).iloc[0]
+        gap = float(best["score"] - worst["score"])
+        is_pair = gap >= margin and gap > 0
+        out.append(
+            {
+                "prompt_id": pid,
+                "prompt": best["prompt"],
+                "label": best["label"],
+                "best_id": best["id"],
+                "chosen": best["response_label"],
+                "best_score": float(best["score"]),
+                "worst_id": worst["id"] if is_pair else None,
+                "rejected": worst["response_label"] if is_pair else None,
+                "worst_score": float(worst["score"]),
+                "margin": gap,
+                "pair": is_pair,
+            }
+        )
+    cols = ["prompt_id", "prompt", "label", "best_id", "chosen", "best_score", "worst_id", "rejected"]
+    return pd.DataFrame(out, columns=cols + ["worst_score", "margin", "pair"])
+
+
+def juror_agreement(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per juror: votes cast, and the share of them naming the row's intended label."""
+    votes = vote_table(rows)
+    out = []
+    for juror in votes.columns:
+        cast = votes[juror].dropna()
+        agree = (cast == rows.loc[cast.index, "label"]).mean() if len(cast) else math.nan
+        out.append({"juror": juror, "votes": len(cast), "agrees_with_intended": agree})
+    return pd.DataFrame(out, columns=["juror", "votes", "agrees_with_intended"])

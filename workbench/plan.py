@@ -69,7 +69,7 @@ def estimate(
 ) -> pd.DataFrame:
     """One row per LLM stage: calls, prompt and completion tokens (completion at most max_tokens and,
     where measured, the measured mean), cost and expected seconds, with how each was obtained."""
-    from workbench import critique, judge, prompts  # late: prompts imports data, which imports this package's config
+    from workbench import critique, judge, prompts, responses  # late: prompts imports data → this package's config
 
     counts = plan_counts(cfg, labels, train_counts)
     n_gen = sum(counts.values())
@@ -77,18 +77,24 @@ def estimate(
         seeds = pd.DataFrame({"id": [], "text": [], "label": []})
     plan = prompts.generation_requests(cfg, seeds, labels, train_counts)
     gen_chars = sum(len(c) for r in plan["request"] for _, c in r.messages)
-    judge_chars = len(judge.SYSTEM) + len(judge.USER) + 40 + 60  # template + topic + a typical message
+    judge_chars = len(judge.SYSTEM) + len(judge.USER[0]) + 80 + 60 * (1 + cfg.judge.anchor)  # + criterion, message
+    judge_calls = n_gen * len(judge.rubric(cfg)) * cfg.judge.jurors
+    resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
     stages = [
         ("00_task (preview)", min(PREVIEW_PER_LABEL, max(counts.values(), default=0)) * len(labels), 0.0, "01_prompts"),
         ("01_prompts", n_gen, gen_chars / max(n_gen, 1), "01_prompts"),
         *([("01_prompts (critic)", n_gen, critic_chars, "01_critic")] if cfg.prompts.critique else []),
-        ("03_judge", n_gen, judge_chars, "03_judge"),
+        ("02_responses", n_gen, resp_chars, "02_responses"),
+        *([("03_judge", judge_calls, judge_chars, "03_judge")] if judge_calls else []),
+        *([("04_filter (rewrite)", n_gen, 200, "04_rewrite")] if cfg.filter.rewrite else []),
     ]
     max_tokens = {
         "01_prompts": cfg.prompts.max_tokens,
         "01_critic": cfg.prompts.critic_max_tokens,
+        "02_responses": cfg.responses.max_tokens * cfg.responses.candidates,
         "03_judge": cfg.judge.max_tokens,
+        "04_rewrite": cfg.filter.rewrite_max_tokens,
     }
     rows = []
     for name, calls, chars_per_call, key in stages:

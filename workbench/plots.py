@@ -7,6 +7,7 @@ nbconvert export of the executed notebook draws every figure with no network.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -23,29 +24,38 @@ def show(fig: go.Figure) -> None:
     display({"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/html": html}, raw=True)
 
 
-def funnel(rows: pd.DataFrame) -> go.Figure:
-    """Rows alive after each stage, from generated to kept."""
+def funnel_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows alive after each stage (every keep_<stage> column in order), from generated to kept."""
     stages = [c[len("keep_") :] for c in rows.columns if c.startswith("keep_")]
     alive = pd.Series(True, index=rows.index)
-    names, counts = ["generated"], [len(rows)]
+    out = [("generated", len(rows))]
     for s in stages:
         alive &= rows[f"keep_{s}"].astype(bool)
-        names.append(f"after {s}")
-        counts.append(int(alive.sum()))
-    fig = go.Figure(go.Funnel(y=names, x=counts, textinfo="value+percent initial"))
-    return fig.update_layout(title="Funnel: generated → kept", height=300 + 30 * len(names))
+        out.append((f"after {s}", int(alive.sum())))
+    return pd.DataFrame(out, columns=["stage", "rows"])
+
+
+def funnel(rows: pd.DataFrame) -> go.Figure:
+    t = funnel_table(rows)
+    fig = go.Figure(go.Funnel(y=t["stage"], x=t["rows"], textinfo="value+percent initial"))
+    return fig.update_layout(title="Funnel: generated → kept", height=300 + 30 * len(t))
 
 
 def reject_counts(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rejected rows by the stage and reason that first rejected them."""
+    """Rejected rows by the stage and reason that first rejected them, with the config fields that
+    set each reason's threshold (`set_by`)."""
+    from workbench.config import reason_fields
+
     rej = rows[~rows["keep"]]
-    return (
+    fields = reason_fields()
+    out = (
         rej.groupby(["reject_stage", "reject_reason"])
         .size()
         .rename("rows")
         .reset_index()
         .sort_values("rows", ascending=False)
     )
+    return out.assign(set_by=[", ".join(fields.get(r, [])) or "—" for r in out["reject_reason"]])
 
 
 def reject_pile(rows: pd.DataFrame) -> go.Figure:
@@ -202,3 +212,32 @@ def reject_table(
         height=520,
         margin=dict(t=90),
     )
+
+
+def arrivals(cands: pd.DataFrame) -> go.Figure:
+    """Candidate rows done over time (fresh calls only: cached rows arrive at once)."""
+    fresh = cands[(cands["source"] != "intended_label") & ~cands["cached"].astype(bool)].sort_values("arrived_s")
+    fig = go.Figure(go.Scatter(x=fresh["arrived_s"], y=np.arange(1, len(fresh) + 1), mode="lines", name="rows done"))
+    tok = fresh["completion_tokens"].fillna(0).sum()
+    span = fresh["arrived_s"].max() if len(fresh) else 0
+    rate = f"{tok / span:.1f} tokens/s" if span else "all from cache"
+    return fig.update_layout(
+        title=f"Candidates arriving ({len(fresh)} fresh rows, {rate})",
+        xaxis_title="seconds since the stage started",
+        yaxis_title="rows done",
+        height=320,
+    )
+
+
+def judge_scores(judgments: pd.DataFrame) -> go.Figure:
+    """Distribution of rubric scores (0-1) per dimension."""
+    fig = px.histogram(
+        judgments.dropna(subset=["score"]), x="score", color="dimension", barmode="group", nbins=5,
+        title=f"Judge scores by dimension ({judgments['score'].notna().sum()} of {len(judgments)} parsed)",
+    )  # fmt: skip
+    return fig.update_layout(height=340, xaxis=dict(tickvals=[0, 0.25, 0.5, 0.75, 1]))
+
+
+def juror_agreement(table: pd.DataFrame) -> go.Figure:
+    fig = px.bar(table, x="juror", y="agrees_with_intended", text="votes", title="Jurors naming the intended label")
+    return fig.update_layout(height=320, yaxis=dict(tickformat=".0%", range=[0, 1]))

@@ -3,8 +3,9 @@
 The `probe` student is a frozen all-MiniLM-L6-v2 encoder with a logistic-regression head:
 seconds on a CPU, enough to tell whether synthetic rows help a classifier.
 
-`training_sets(seeds, rows)` → {'seeds_only': …, 'seeds_synthetic': …}, each with columns
-text, label, source ('seed' or 'synthetic'); only rows with `keep` true are used.
+`training_sets(seeds, rows)` → {'seeds_only', 'seeds_unfiltered', 'seeds_synthetic'}, each with
+columns text, label, source ('seed' or 'synthetic'): the filter ablation. seeds_unfiltered adds
+every generated row with text (no gate applied); seeds_synthetic only rows with `keep` true.
 `train_probe(train, cfg, cache_dir)` → a fitted `Probe`.
 `train_students(seeds, rows, cfg, cache_dir, folder)` trains one probe per training set, saves
 each to `folder/<name>.joblib` and returns a table: student, train_rows, train_seconds, path.
@@ -56,9 +57,16 @@ class Probe:
 
 
 def training_sets(seeds: pd.DataFrame, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    from workbench.filters import unfiltered
+
     s = seeds[["text", "label"]].assign(source="seed")
+    raw = unfiltered(rows)[["text", "label"]].assign(source="synthetic")
     kept = rows.loc[rows["keep"], ["text", "label"]].assign(source="synthetic")
-    return {"seeds_only": s.reset_index(drop=True), "seeds_synthetic": pd.concat([s, kept], ignore_index=True)}
+    return {
+        "seeds_only": s.reset_index(drop=True),
+        "seeds_unfiltered": pd.concat([s, raw], ignore_index=True),
+        "seeds_synthetic": pd.concat([s, kept], ignore_index=True),
+    }
 
 
 def train_probe(train: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path) -> Probe:
@@ -95,5 +103,7 @@ def train_students(
 
 
 def load_students(folder: Path) -> dict[str, Probe]:
-    """Every saved student in `folder`, by name."""
-    return {p.stem: Probe.load(p) for p in sorted(Path(folder).glob("*.joblib"))}
+    """Every saved student in `folder`, by name, in the ablation's order (then alphabetical)."""
+    order = ["seeds_only", "seeds_unfiltered", "seeds_synthetic"]
+    paths = sorted(Path(folder).glob("*.joblib"), key=lambda p: (order.index(p.stem) if p.stem in order else 9, p.stem))
+    return {p.stem: Probe.load(p) for p in paths}

@@ -1,0 +1,167 @@
+"""Exports of the final dataset, written by 04_filter into `artifacts/export/`:
+
+    sft.jsonl       kept rows in chat-messages form: {"messages": [system, user, assistant], "label", "id"}
+    dpo.jsonl       preference pairs in trl's conversational form: {"prompt": [system, user],
+                    "chosen": [assistant], "rejected": [assistant], "id"} (kept rows with a pair only)
+    hf/             the kept rows as a Hugging Face `datasets` folder (load_from_disk), same columns as sft.jsonl
+    README.md       a dataset card: counts, the funnel, rejects by reason, config hash, models, seed licence
+
+`sft_records(cfg, rows)`, `dpo_records(cfg, rows, pairs)` build the records; `write_exports(...)`
+writes the four and returns their paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.config import RunConfig
+
+
+def system_prompt(cfg: RunConfig, labels: list[str]) -> str:
+    """What the student is told: the task and the labels it may answer with."""
+    return f"{cfg.task.description} Answer with exactly one label from: {', '.join(labels)}."
+
+
+def sft_records(cfg: RunConfig, rows: pd.DataFrame, labels: list[str]) -> list[dict]:
+    system = system_prompt(cfg, labels)
+    return [
+        {
+            "id": r.id,
+            "label": r.label,
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": r.text},
+                {"role": "assistant", "content": r.label},
+            ],
+        }
+        for r in rows[rows["keep"]].itertuples()
+    ]
+
+
+def dpo_records(cfg: RunConfig, rows: pd.DataFrame, pairs: pd.DataFrame, labels: list[str]) -> list[dict]:
+    """Pairs of kept rows only; the prompt is the row's final (filtered, redacted) text."""
+    system = system_prompt(cfg, labels)
+    kept = rows[rows["keep"]].set_index("id")["text"]
+    out = []
+    for p in pairs[pairs["pair"]].itertuples():
+        if p.prompt_id not in kept.index:
+            continue
+        out.append(
+            {
+                "id": p.prompt_id,
+                "prompt": [{"role": "system", "content": system}, {"role": "user", "content": kept[p.prompt_id]}],
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            }
+        )
+    return out
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def config_hash(config_text: str) -> str:
+    return hashlib.sha256(config_text.encode()).hexdigest()[:12]
+
+
+def card(
+    cfg: RunConfig,
+    rows: pd.DataFrame,
+    funnel: pd.DataFrame,
+    n_pairs: int,
+    config_text: str,
+    models: dict[str, str],
+    licence: str,
+) -> str:
+    kept = rows[rows["keep"]]
+    reasons = rows.loc[~rows["keep"]].groupby(["reject_stage", "reject_reason"]).size().rename("rows").reset_index()
+    per_label = kept.groupby("label").size()
+    lines = [
+        f"# {cfg.task.name}: synthetic {cfg.task.type} data",
+        "",
+        cfg.task.description,
+        "",
+        "## Counts",
+        "",
+        f"- rows generated: {len(rows)}; kept: {len(kept)}; rejected: {len(rows) - len(kept)} (kept in the run's "
+        "reject pile with their reasons)",
+        f"- labels: {per_label.size}; rows per label: min {per_label.min() if len(per_label) else 0}, "
+        f"max {per_label.max() if len(per_label) else 0}",
+        f"- DPO pairs: {n_pairs}",
+        "",
+        "## Funnel",
+        "",
+        "| stage | rows left |",
+        "| --- | --- |",
+        *[f"| {r.stage} | {r.rows} |" for r in funnel.itertuples()],
+        "",
+        "## Rejected, by reason",
+        "",
+        "| stage | reason | rows |",
+        "| --- | --- | --- |",
+        *[f"| {r.reject_stage} | {r.reject_reason} | {r.rows} |" for r in reasons.itertuples()],
+        "",
+        "## Provenance",
+        "",
+        f"- config hash (sha256 of config.yaml, first 12): `{config_hash(config_text)}`",
+        *[f"- {role}: {name}" for role, name in models.items()],
+        "",
+        "## Licence of the seed examples",
+        "",
+        licence.strip() or "No licence file was found for the seed data; check before sharing.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_exports(
+    cfg: RunConfig,
+    rows: pd.DataFrame,
+    pairs: pd.DataFrame,
+    labels: list[str],
+    folder: Path,
+    funnel: pd.DataFrame,
+    config_text: str,
+    models: dict[str, str],
+    licence: str,
+) -> dict[str, Path]:
+    from datasets import Dataset
+
+    from workbench.runs import write_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sft = sft_records(cfg, rows, labels)
+    dpo = dpo_records(cfg, rows, pairs, labels)
+    paths = {
+        "sft": folder / "sft.jsonl",
+        "dpo": folder / "dpo.jsonl",
+        "hf": folder / "hf",
+        "card": folder / "README.md",
+    }
+    write_atomic(paths["sft"], _jsonl(sft))
+    write_atomic(paths["dpo"], _jsonl(dpo))
+    Dataset.from_list(sft or [], features=None).save_to_disk(str(paths["hf"]))
+    write_atomic(paths["card"], card(cfg, rows, funnel, len(dpo), config_text, models, licence))
+    return paths
+
+
+def seed_licence(cfg: RunConfig) -> str:
+    """The licence file shipped with the seed data's folder, or '' when there is none."""
+    from workbench.data import dataset_dir
+
+    if cfg.data.dataset is None:
+        return ""
+    path = dataset_dir(cfg) / "LICENSE"
+    return f"Seeds from `{cfg.data.dataset}`:\n\n```\n{path.read_text()[:3000]}\n```" if path.is_file() else ""
+
+
+def models_used(cfg: RunConfig) -> dict[str, str]:
+    from workbench.embed import MODEL_NAME
+
+    llm = f"{cfg.llm.provider}/{cfg.llm.model}"
+    return {"generator, critic, candidates, judge": llm, "embeddings (domain, dedup, jury)": MODEL_NAME}
