@@ -106,10 +106,12 @@ def test_every_pii_kind_is_redacted_in_the_text_that_trains_and_in_the_reject_pi
         "address": "My card never came to 221B Baker Street in London",
         "name": "Hello, my name is Maria Lopez and my card is late",
     }
-    out = filter_rows(RunConfig(), rows(list(planted.values()) + ["My card 5500 0000 0000 0004 has not arrived yet!"]), SEEDS, same)
+    out = filter_rows(
+        RunConfig(), rows(list(planted.values()) + ["My card 5500 0000 0000 0004 has not arrived yet!"]), SEEDS, same
+    )
     for i, (kind, text) in enumerate(planted.items()):
         assert out.loc[i, "pii_found"] == kind, (kind, out.loc[i, "text"])
-        assert f"[{kind.upper()}]" in out.loc[i, "text"]
+        assert f"[{kind.upper()}]" in out.loc[i, "text"] and out.loc[i, "text"] != text
         assert out.loc[i, "keep"], (kind, out.loc[i, "reject_reason"])
     # a row rejected later (a duplicate once redacted) shows the redacted text in the reject pile too
     assert out.loc[7, "reject_reason"] == "duplicate" and out.loc[7, "dup_of"] == "r2"
@@ -133,7 +135,13 @@ def test_toxicity_and_off_domain_are_reasons_and_the_threshold_is_the_filters():
 def test_rewrite_is_checked_again_and_a_failed_rewrite_is_uncertain(tmp_path):
     from scripted_llm import ScriptedLLM
 
-    replies = iter(["When is my card arriving, dear bank? I need it soon.", "", "When is my card arriving, dear bank?? I need it soon!"])
+    replies = iter(
+        [
+            "When is my card arriving, dear bank? I need it soon.",
+            "",
+            "When is my card arriving, dear bank?? I need it soon!",
+        ]
+    )
     llm = ScriptedLLM(lambda req, i: next(replies), tmp_path)
     cfg = RunConfig.model_validate({"filter": {"rewrite": "as a polite retired customer"}})
     texts = ["Where is my new card, it is late", "My card has not come in the post yet", "Card not here"]

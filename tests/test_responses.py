@@ -38,7 +38,9 @@ def test_candidates_are_n_per_request_streamed_with_metadata_and_blind(tmp_path)
     llm = ScriptedLLM(lambda req, i: next(replies), tmp_path)
     streamed = []
     view = LiveView(8, {}, tmp_path / "candidates.jsonl")
-    cands = responses.generate_candidates(CFG, prompt_rows(), llm, shortlists, on_row=lambda r: (streamed.append(r), view(r)))
+    cands = responses.generate_candidates(
+        CFG, prompt_rows(), llm, shortlists, on_row=lambda r: (streamed.append(r), view(r))
+    )
     view.close()
     assert len(llm.requests) == 2 and all(r.n == 3 for r in llm.requests)  # one request per kept prompt, n = 3
     assert len(cands) == 2 * 4 and len(streamed) == 8  # the intended label + 3 model candidates each
@@ -64,11 +66,19 @@ def test_candidates_are_n_per_request_streamed_with_metadata_and_blind(tmp_path)
 
 def test_exports_are_chat_messages_and_trl_preference_pairs(tmp_path):
     rows = pd.DataFrame(
-        {"id": ["r0", "r1"], "text": ["Where is my card?", "Card stolen"], "label": ["card_arrival", "lost_or_stolen_card"]}
+        {
+            "id": ["r0", "r1"],
+            "text": ["Where is my card?", "Card stolen"],
+            "label": ["card_arrival", "lost_or_stolen_card"],
+        }
         | {"keep": [True, False], "reject_stage": [None, "judge"], "reject_reason": [None, "label_mismatch"]}
     )
     pairs = pd.DataFrame(
-        {"prompt_id": ["r0", "r1"], "chosen": ["card_arrival", "lost_or_stolen_card"], "rejected": ["exchange_rate"] * 2}
+        {
+            "prompt_id": ["r0", "r1"],
+            "chosen": ["card_arrival", "lost_or_stolen_card"],
+            "rejected": ["exchange_rate"] * 2,
+        }
         | {"pair": [True, True]}
     )
     funnel = pd.DataFrame({"stage": ["generated", "after judge"], "rows": [2, 1]})
