@@ -176,3 +176,13 @@ def test_local_first_token_is_constrained_and_its_probabilities_kept():
         assert r["text"][0] in digits and set(r["first_probs"]) == set(digits)
         assert sum(r["first_probs"].values()) == pytest.approx(1.0, abs=1e-3)
     assert rows[4]["first_probs"] is None and rows[4]["text"][:1] not in digits
+
+
+@pytest.mark.slow
+def test_local_n_candidates_read_the_prompt_once_and_match_single_requests():
+    """n candidates share one prefill; candidate i is what a single request with seed + i gives."""
+    kw = dict(temperature=1.0, top_p=0.95, max_tokens=6)
+    together = local_rows([Request.chat(None, "Name a colour.", seed=7, n=3, **kw)], batch_size=8)[0]
+    alone = [local_rows([Request.chat(None, "Name a colour.", seed=7 + i, **kw)], batch_size=8)[0][0] for i in range(3)]
+    assert [r["text"] for r in together] == [r["text"] for r in alone]
+    assert [r["seed"] for r in together] == [7, 8, 9]

@@ -465,8 +465,13 @@ class _LocalModel:
 
         t0 = time.perf_counter()
         width = max(len(it.ids) for it in batch)
-        ids = torch.tensor([[self.pad_id] * (width - len(it.ids)) + it.ids for it in batch])
-        mask = torch.tensor([[0] * (width - len(it.ids)) + [1] * len(it.ids) for it in batch])
+        # candidates of one request share their prompt: each distinct prompt is read once, and its
+        # cache rows are then repeated for every candidate (n candidates cost one prefill)
+        first: dict[tuple, int] = {}
+        rep = torch.tensor([first.setdefault(tuple(it.ids), len(first)) for it in batch])
+        uniq = [list(k) for k in first]
+        ids = torch.tensor([[self.pad_id] * (width - len(u)) + u for u in uniq])
+        mask = torch.tensor([[0] * (width - len(u)) + [1] * len(u) for u in uniq])
         gens = [torch.Generator().manual_seed(it.seed) for it in batch]
         active = list(range(len(batch)))  # positions in `batch` still generating
         cache = DynamicCache()
@@ -481,6 +486,9 @@ class _LocalModel:
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
+            if len(uniq) < len(batch):
+                cache.reorder_cache(rep)
+                logits, mask, pos = logits[rep], mask[rep], pos[rep]
             if first_tokens:  # constrained first token: everything else is masked out
                 amap = self._allowed(first_tokens)
                 allowed = torch.tensor(sorted(set(amap.values())))
