@@ -664,6 +664,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
 # Reasons no single threshold sets: the gate's own rule, named here so the report can say so.
 _RULE_REASONS = {
     "empty": "(generator returned no text)",
+    "format": "(rule: meta-talk about the task, or [placeholders])",
     "toxicity": "filter.toxicity",
     "contamination": "filter.near_dup_threshold",
 }
