@@ -20,6 +20,7 @@ ARTIFACTS = [
     "pairs",
     "dataset",
     "evaluation",
+    "ablation",
     "test_predictions",
     "failures",
     "clusters",

@@ -122,3 +122,34 @@ def select_metrics(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     scored = ("accuracy", "macro_f1")
     drop = [c for c in table.columns for m in scored if m not in metrics and (c == m or c.startswith(m + "_"))]
     return table.drop(columns=drop)
+
+
+ABLATION = [
+    ("seeds + filtered − seeds only", "probe: seeds_synthetic", "probe: seeds_only"),
+    ("seeds + unfiltered − seeds only", "probe: seeds_unfiltered", "probe: seeds_only"),
+    ("seeds + filtered − seeds + unfiltered", "probe: seeds_synthetic", "probe: seeds_unfiltered"),
+]
+
+
+def paired_delta(y_true, pred_a, pred_b, n: int, seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy of a minus accuracy of b on the same rows, with a 95% paired bootstrap interval
+    (both models resampled on the same rows, so shared hard rows do not widen it)."""
+    d = (np.asarray(pred_a) == np.asarray(y_true)).astype(float) - (np.asarray(pred_b) == np.asarray(y_true))
+    if len(d) == 0:
+        return (float("nan"),) * 3
+    if n == 0:
+        return float(d.mean()), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def ablation(y_true, preds: dict[str, np.ndarray], n: int, seed: int = 0) -> pd.DataFrame:
+    """The filter ablation as paired differences in accuracy, for the students that ran."""
+    rows = []
+    for name, a, b in ABLATION:
+        if a in preds and b in preds:
+            delta, lo, hi = paired_delta(y_true, preds[a], preds[b], n, seed)
+            rows.append({"comparison": name, "delta_accuracy": delta, "delta_lo": lo, "delta_hi": hi})
+    return pd.DataFrame(rows, columns=["comparison", "delta_accuracy", "delta_lo", "delta_hi"])
