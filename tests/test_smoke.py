@@ -103,6 +103,10 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     assert live["jury_votes"].notna().all() and live["judge_correctness"].notna().all()
     assert set(live["reject_reason_judge"].dropna()) <= {"label_mismatch", "uncertain", "unparseable", "low_score"}
     assert "fleiss_kappa" in metrics["03_judge"]
+    alpha = metrics["03_judge"]["krippendorff_alpha"]  # two rubric jurors on the smoke config
+    assert set(alpha) == {"correctness", "formatting", "policy_compliance"} and all(
+        -1 <= a <= 1 for a in alpha.values()
+    )
     export = run / "artifacts" / "export"
     sft = export / "sft.jsonl"
     assert len(sft.read_text().splitlines()) == rows["keep"].sum() and (export / "hf").is_dir()
