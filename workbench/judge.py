@@ -194,7 +194,6 @@ def juror_probabilities(
     )
     col = {lab: k for k, lab in enumerate(labels)}
     out: dict[str, np.ndarray] = {}
-    x = embed(texts, cd) if texts else np.zeros((0, 384), dtype=np.float32)
     if "probe" in cfg.judge.jury:
         probe = train_probe(ref.assign(source="seed"), cfg.train, cd)
         p = np.zeros((len(texts), len(labels)))
@@ -204,7 +203,7 @@ def juror_probabilities(
     if "knn" in cfg.judge.jury:
         p = np.zeros((len(texts), len(labels)))
         if texts:
-            sims = x @ embed(list(ref["text"]), cd).T
+            sims = embed(texts, cd) @ embed(list(ref["text"]), cd).T
             p[np.arange(len(texts)), ref["label"].map(col).to_numpy()[sims.argmax(1)]] = 1.0
         out["knn"] = p
     if "llm" in cfg.judge.jury:

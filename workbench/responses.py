@@ -9,7 +9,8 @@ number, so its answer always parses; an endpoint gets a JSON schema. These blind
 the LLM's votes in the jury (03) and the wrong ones are the rejected side of DPO pairs.
 
 `label_shortlists(cfg, labels, k, cache_dir)` → {label: [label, k-1 nearest labels]}
-`candidate_requests(cfg, rows, shortlists)` → one Request per row (`n` = responses.candidates)
+`row_options(cfg, rows, shortlists)` → the labels each row's question shows, shuffled per row
+`candidate_requests(cfg, rows, options_per_row)` → one Request per row (`n` = responses.candidates)
 `generate_candidates(cfg, rows, llm, shortlists, on_row=None)`:
     in:  rows from 01 (id, label, text, keep_prompts, …); rows not kept get no candidates
     out: one row per candidate: id ('<prompt id>/c<k>'), prompt_id, label (intended), prompt
@@ -63,11 +64,15 @@ def _row_seed(row_id: str) -> int:
     return zlib.crc32(row_id.encode())
 
 
-def candidate_requests(cfg: RunConfig, rows: pd.DataFrame, shortlists: dict[str, list[str]]) -> list[Request]:
+def row_options(cfg: RunConfig, rows: pd.DataFrame, shortlists: dict[str, list[str]]) -> list[list[str]]:
+    """The labels each row's question shows, in its own seeded order."""
+    return [_options(cfg, _row_seed(i), shortlists[lab]) for i, lab in zip(rows["id"], rows["label"])]
+
+
+def candidate_requests(cfg: RunConfig, rows: pd.DataFrame, options_per_row: list[list[str]]) -> list[Request]:
     r = cfg.responses
     out = []
-    for _, row in rows.iterrows():
-        options = _options(cfg, _row_seed(row["id"]), shortlists[row["label"]])
+    for text, options in zip(rows["text"], options_per_row):
         listing = "\n".join(f"{i + 1}. {label_topic(cfg, lab)}" for i, lab in enumerate(options))
         schema = {
             "type": "object",
@@ -77,7 +82,7 @@ def candidate_requests(cfg: RunConfig, rows: pd.DataFrame, shortlists: dict[str,
         out.append(
             Request.chat(
                 SYSTEM.format(domain=cfg.task.domain),
-                USER.format(text=row["text"], options=listing),
+                USER.format(text=text, options=listing),
                 temperature=r.temperature,
                 top_p=r.top_p,
                 max_tokens=r.max_tokens,
@@ -111,7 +116,8 @@ def generate_candidates(
     if cfg.task.type != "classification":  # check_runnable refuses other kinds before any stage runs
         raise ValueError(f"task.type {cfg.task.type!r}: responses are implemented for classification only")
     todo = rows[rows["keep_prompts"]].reset_index(drop=True)
-    reqs = candidate_requests(cfg, todo, shortlists)
+    options_per_row = row_options(cfg, todo, shortlists)
+    reqs = candidate_requests(cfg, todo, options_per_row)
     t0 = time.perf_counter()
     out: list[dict] = []
 
@@ -127,8 +133,7 @@ def generate_candidates(
              | {"finish_reason": None, "error": None, "cached": False, "arrived_s": 0.0})  # fmt: skip
 
     def arrived(i: int, cands: list[dict]) -> None:
-        row = todo.iloc[i]
-        options = _options(cfg, _row_seed(row["id"]), shortlists[row["label"]])
+        row, options = todo.iloc[i], options_per_row[i]
         now = time.perf_counter() - t0
         for c in cands:
             k = c["candidate"] + 1
