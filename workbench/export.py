@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.config import RunConfig
+from workbench.plots import reject_counts
 
 
 def system_prompt(cfg: RunConfig, labels: list[str]) -> str:
@@ -79,7 +80,7 @@ def card(
     licence: str,
 ) -> str:
     kept = rows[rows["keep"]]
-    reasons = rows.loc[~rows["keep"]].groupby(["reject_stage", "reject_reason"]).size().rename("rows").reset_index()
+    reasons = reject_counts(rows)
     per_label = kept.groupby("label").size()
     lines = [
         f"# {cfg.task.name}: synthetic {cfg.task.type} data",
@@ -102,9 +103,9 @@ def card(
         "",
         "## Rejected, by reason",
         "",
-        "| stage | reason | rows |",
-        "| --- | --- | --- |",
-        *[f"| {r.reject_stage} | {r.reject_reason} | {r.rows} |" for r in reasons.itertuples()],
+        "| stage | reason | rows | set by |",
+        "| --- | --- | --- | --- |",
+        *[f"| {r.reject_stage} | {r.reject_reason} | {r.rows} | {r.set_by} |" for r in reasons.itertuples()],
         "",
         "## Provenance",
         "",

@@ -216,11 +216,12 @@ def reject_table(
 
 def arrivals(cands: pd.DataFrame) -> go.Figure:
     """Candidate rows done over time (fresh calls only: cached rows arrive at once)."""
-    fresh = cands[(cands["source"] != "intended_label") & ~cands["cached"].astype(bool)].sort_values("arrived_s")
+    from workbench.responses import throughput
+
+    fresh = cands[(cands["source"] == "model") & ~cands["cached"].astype(bool)].sort_values("arrived_s")
     fig = go.Figure(go.Scatter(x=fresh["arrived_s"], y=np.arange(1, len(fresh) + 1), mode="lines", name="rows done"))
-    tok = fresh["completion_tokens"].fillna(0).sum()
-    span = fresh["arrived_s"].max() if len(fresh) else 0
-    rate = f"{tok / span:.1f} tokens/s" if span else "all from cache"
+    tps = throughput(cands)["tokens_per_s"]
+    rate = f"{tps:.1f} tokens/s" if tps is not None else "all from cache"
     return fig.update_layout(
         title=f"Candidates arriving ({len(fresh)} fresh rows, {rate})",
         xaxis_title="seconds since the stage started",

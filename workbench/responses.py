@@ -185,14 +185,14 @@ def throughput(cands: pd.DataFrame) -> dict:
     m = cands[cands["source"] == "model"]
     fresh = m[~m["cached"].astype(bool)]
     span = float(fresh["arrived_s"].max()) if len(fresh) else 0.0
-    tokens = float(fresh["completion_tokens"].fillna(0).sum())
+    tokens = int(fresh["completion_tokens"].fillna(0).sum())
     ttft = fresh["ttft_s"].dropna().astype(float)
     return {
         "rows": len(m),
         "cached": int(m["cached"].astype(bool).sum()),
         "errors": int(m["error"].notna().sum()),
         "unparseable": int((m["error"].isna() & m["response_label"].isna()).sum()),
-        "completion_tokens": int(fresh["completion_tokens"].fillna(0).sum()),
+        "completion_tokens": tokens,
         "prompt_tokens": int(fresh["prompt_tokens"].fillna(0).sum()),
         "tokens_per_s": round(tokens / span, 1) if span > 0 else None,
         "requests_per_s": round(fresh["prompt_id"].nunique() / span, 2) if span > 0 else None,

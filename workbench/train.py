@@ -56,17 +56,23 @@ class Probe:
         return joblib.load(path)
 
 
+# The filter ablation's students, in the order tables show them.
+SETS = ("seeds_only", "seeds_unfiltered", "seeds_synthetic")
+
+
 def training_sets(seeds: pd.DataFrame, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
     from workbench.filters import unfiltered
 
     s = seeds[["text", "label"]].assign(source="seed")
     raw = unfiltered(rows)[["text", "label"]].assign(source="synthetic")
     kept = rows.loc[rows["keep"], ["text", "label"]].assign(source="synthetic")
-    return {
+    sets = {
         "seeds_only": s.reset_index(drop=True),
         "seeds_unfiltered": pd.concat([s, raw], ignore_index=True),
         "seeds_synthetic": pd.concat([s, kept], ignore_index=True),
     }
+    assert tuple(sets) == SETS
+    return sets
 
 
 def train_probe(train: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path) -> Probe:
@@ -104,6 +110,5 @@ def train_students(
 
 def load_students(folder: Path) -> dict[str, Probe]:
     """Every saved student in `folder`, by name, in the ablation's order (then alphabetical)."""
-    order = ["seeds_only", "seeds_unfiltered", "seeds_synthetic"]
-    paths = sorted(Path(folder).glob("*.joblib"), key=lambda p: (order.index(p.stem) if p.stem in order else 9, p.stem))
+    paths = sorted(Path(folder).glob("*.joblib"), key=lambda p: (SETS.index(p.stem) if p.stem in SETS else 9, p.stem))
     return {p.stem: Probe.load(p) for p in paths}
