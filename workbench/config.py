@@ -438,11 +438,49 @@ class FilterConfig(_Section):
 
 
 class TrainConfig(_Section):
-    student: Literal["probe"] = Field(
-        "probe", description="probe: frozen all-MiniLM-L6-v2 encoder + logistic-regression head."
+    students: list[Literal["probe", "causal"]] = Field(
+        ["probe", "causal"],
+        min_length=1,
+        description="probe: frozen all-MiniLM-L6-v2 encoder + logistic-regression head (seconds on a CPU); "
+        "causal: a chat LM fine-tuned with trl (train.methods).",
     )
-    C: float = Field(10.0, gt=0, description="Inverse regularisation strength of the logistic-regression head.")
-    max_iter: int = Field(2000, ge=10, description="Iterations for the logistic-regression solver.")
+    C: float = Field(10.0, gt=0, description="probe: inverse regularisation strength of the logistic-regression head.")
+    max_iter: int = Field(2000, ge=10, description="probe: iterations for the logistic-regression solver.")
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="causal: the base model; the embedded SmolLM2-135M-Instruct (its GGUF converted once to "
+        "safetensors in the cache) or a local model folder.",
+    )
+    methods: list[Literal["sft", "dpo", "grpo"]] = Field(
+        ["sft", "dpo", "grpo"],
+        description="causal: sft on seeds + kept rows; dpo on 03's best-vs-worst pairs and grpo (RFT, reward: "
+        "the generated label is the intended one) both start from the SFT model.",
+    )
+    lora: dict[str, Any] | None = Field(
+        default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"},
+        description="causal: peft.LoraConfig fields for every method; null = full fine-tune. (lora_dropout 0: on a CPU "
+        "dropout costs a fifth of each step.)",
+    )
+    sft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="causal: trl.SFTConfig fields, over the defaults in workbench/causal.py (TRAINER_DEFAULTS).",
+    )
+    dpo: dict[str, Any] = Field(default_factory=dict, description="causal: trl.DPOConfig fields, over the defaults.")
+    grpo: dict[str, Any] = Field(default_factory=dict, description="causal: trl.GRPOConfig fields, over the defaults.")
+    reference: bool = Field(
+        True,
+        description="Also train each student on the real train split: the clearly labelled reference row "
+        "(curated real data), never mixed into the synthetic rows or their numbers.",
+    )
+    reference_rows: int | None = Field(
+        None, ge=1, description="Real train rows the reference is trained on (a seeded sample); null = all of them."
+    )
+
+    @model_validator(mode="after")
+    def _methods(self):
+        if {"dpo", "grpo"} & set(self.methods) and "sft" not in self.methods:
+            raise ValueError(f"train.methods {self.methods}: dpo and grpo start from the SFT model; add sft")
+        return self
 
 
 class EvaluateConfig(_Section):
@@ -450,6 +488,20 @@ class EvaluateConfig(_Section):
     metrics: list[str] | None = Field(
         None, description="Metrics 06_evaluate reports; null = the task type's (METRICS in workbench/config.py)."
     )
+    causal_test_per_label: int | None = Field(
+        None,
+        ge=1,
+        description="Test rows per label the causal students are scored on (a seeded sample of the test rows; the "
+        "probes are scored on them too, so every row of the table shares them); null = all test rows.",
+    )
+    safety_rows: int | None = Field(
+        100,
+        ge=0,
+        description="AdvBench harmful instructions (a seeded sample) each causal model answers, for the refusal "
+        "rate before/after; null = all 520; 0 = no safety check.",
+    )
+    safety_max_tokens: int = Field(48, ge=4, le=1024, description="Tokens of each answer to a harmful instruction.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Rows per forward pass when a causal model is scored.")
 
 
 class GapsConfig(_Section):
@@ -657,6 +709,10 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "train": ("05_train", "student", (), ("classification",)),
     "evaluate.bootstrap": ("06_evaluate", "confidence intervals", (), ALL),
     "evaluate.metrics": ("06_evaluate", "metrics reported", (), ALL),
+    "evaluate.causal_test_per_label": ("06_evaluate", "test rows of the before/after table", (), ALL),
+    "evaluate.safety_rows": ("06_evaluate", "refusal rate before/after", (), ALL),
+    "evaluate.safety_max_tokens": ("06_evaluate", "refusal rate before/after", (), ALL),
+    "evaluate.batch_size": ("06_evaluate", "scoring causal models", (), ALL),
     "gaps": ("07_gaps", "failure clusters", (), ALL),
     "seed": ("every stage", "sampling seeds", (), ALL),
 }

@@ -175,3 +175,39 @@ def test_split(cfg: RunConfig, whole: bool = False) -> pd.DataFrame:
     if cfg.data.test_per_label is not None:
         test = test.sample(frac=1.0, random_state=cfg.data.seed).groupby("label").head(cfg.data.test_per_label)
     return test.sort_values(["label", "id"]).reset_index(drop=True)
+
+
+def sample_per_label(rows: pd.DataFrame, per_label: int | None, seed: int) -> pd.DataFrame:
+    """At most `per_label` rows of each label (a seeded sample, in label/id order); None keeps all."""
+    if per_label is None:
+        return rows
+    out = rows.sample(frac=1.0, random_state=seed).groupby("label").head(per_label)
+    return out.sort_values(["label", "id"]).reset_index(drop=True)
+
+
+def reference_split(cfg: RunConfig) -> pd.DataFrame:
+    """Real train rows for the *reference* students (curated real data, never mixed into the synthetic
+    sets): `train.reference_rows` of them (a seeded sample), or all, for the run's labels."""
+    train = _train(cfg)
+    train = train[train["label"].isin(_labels(cfg, train))]
+    n = cfg.train.reference_rows
+    if n is not None and n < len(train):
+        train = train.sample(n=n, random_state=cfg.data.seed)
+    return train.sort_values(["label", "id"]).reset_index(drop=True)
+
+
+ADVBENCH = DATA_DIR / "advbench" / "harmful_behaviors.csv"
+
+
+def harmful_instructions(n: int | None, seed: int) -> pd.DataFrame:
+    """AdvBench harmful instructions (id, text): a seeded sample of `n`, or all 520 when n is None."""
+    path = ADVBENCH
+    if not path.is_file():
+        raise ConfigError(f"{path}: AdvBench file not found (expected goal,target columns)")
+    df = pd.read_csv(path)
+    if "goal" not in df.columns:
+        raise ConfigError(f"{path}:1: expected a goal column; found {list(df.columns)}")
+    df = pd.DataFrame({"id": [f"advbench-{i + 2}" for i in range(len(df))], "text": df["goal"].astype(str)})
+    if n is not None and n < len(df):
+        df = df.sample(n=n, random_state=seed).sort_index()
+    return df.reset_index(drop=True)
