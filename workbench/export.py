@@ -43,23 +43,28 @@ def sft_records(cfg: RunConfig, rows: pd.DataFrame, labels: list[str]) -> list[d
     ]
 
 
+def kept_pairs(rows: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """03's pairs whose row was kept by 04, with the row's final (filtered, redacted) text:
+    id, text, chosen, rejected."""
+    kept = rows[rows["keep"]].set_index("id")["text"]
+    p = pairs[pairs["pair"] & pairs["prompt_id"].isin(kept.index)]
+    return pd.DataFrame(
+        {"id": p["prompt_id"], "text": p["prompt_id"].map(kept), "chosen": p["chosen"], "rejected": p["rejected"]}
+    ).reset_index(drop=True)
+
+
 def dpo_records(cfg: RunConfig, rows: pd.DataFrame, pairs: pd.DataFrame, labels: list[str]) -> list[dict]:
     """Pairs of kept rows only; the prompt is the row's final (filtered, redacted) text."""
     system = system_prompt(cfg, labels)
-    kept = rows[rows["keep"]].set_index("id")["text"]
-    out = []
-    for p in pairs[pairs["pair"]].itertuples():
-        if p.prompt_id not in kept.index:
-            continue
-        out.append(
-            {
-                "id": p.prompt_id,
-                "prompt": [{"role": "system", "content": system}, {"role": "user", "content": kept[p.prompt_id]}],
-                "chosen": [{"role": "assistant", "content": p.chosen}],
-                "rejected": [{"role": "assistant", "content": p.rejected}],
-            }
-        )
-    return out
+    return [
+        {
+            "id": p.id,
+            "prompt": [{"role": "system", "content": system}, {"role": "user", "content": p.text}],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in kept_pairs(rows, pairs).itertuples()
+    ]
 
 
 def _jsonl(records: list[dict]) -> str:

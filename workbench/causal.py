@@ -1,0 +1,398 @@
+"""The causal student: a chat LM fine-tuned with trl, scored as a classifier and checked for safety.
+
+Training (`fit`) passes trl's own config classes through: `TRAINER_DEFAULTS` below, then the config's
+`train.sft` / `train.dpo` / `train.grpo` dicts over them (any field of SFTConfig, DPOConfig, GRPOConfig),
+and `train.lora` (any field of peft.LoraConfig; null = full fine-tune).
+
+- **sft**: prompt/completion rows (system = the task, user = the message, assistant = the label), so
+  the loss is on the completion only.
+- **dpo**: 03's best-vs-worst pairs, from the SFT model, with the SFT model as the explicit reference.
+- **grpo**: prompts with their intended label, from the SFT model; the reward is `correct` (the
+  generated label is the intended one) plus a small `label_format` term (how close the reply is
+  to some label: 1.0 for a valid label), so a model that starts far from the label set still gets
+  a signal.
+
+Each method writes `adapter/` (LoRA only), `merged/` (a plain model folder, float32) and `curve.json`
+(trl's log history) under its folder.
+
+Scoring (`classify`) is greedy decoding constrained to the label set: a token trie over the labels'
+tokens followed by end of message, so every answer is a valid label and accuracy measures which one.
+The prompt shared by every row (the chat template and system message, with the label list for the
+untuned model) is read once and its KV cache reused for every batch.
+
+`answers` generates free text (greedy) for the safety check: AdvBench instructions are sent as a
+plain chat, no task system message, to see whether tuning on labels kept the model's refusals.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.config import ConfigError, RunConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# trl argument defaults for a short run on a CPU; the config's train.sft/dpo/grpo override any field.
+TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "common": {
+        "logging_steps": 1,
+        "report_to": [],
+        "save_strategy": "no",
+        "gradient_checkpointing": False,  # trl turns it on; on a 135M model it only costs time
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    },
+    "sft": {"num_train_epochs": 1, "per_device_train_batch_size": 16, "learning_rate": 1e-3, "max_length": 160},
+    "dpo": {
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 2e-4,
+        "beta": 0.1,
+        "max_length": 160,
+    },
+    "grpo": {
+        "max_steps": 20,
+        "per_device_train_batch_size": 16,
+        "num_generations": 4,
+        "max_completion_length": 12,
+        "learning_rate": 2e-4,
+        "reward_weights": [1.0, 0.2],
+    },
+}
+
+
+def _trl_class(method: str):
+    import trl
+
+    return {"sft": trl.SFTConfig, "dpo": trl.DPOConfig, "grpo": trl.GRPOConfig}[method]
+
+
+def check_args(cfg: TrainConfig) -> None:
+    """Unknown trl/peft fields are errors that name the config field (before anything trains)."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    for method in ("sft", "dpo", "grpo"):
+        known = {f.name for f in dataclasses.fields(_trl_class(method))}
+        bad = sorted(set(getattr(cfg, method)) - known)
+        if bad:
+            hint = {b: difflib.get_close_matches(b, known, 1) for b in bad}
+            raise ConfigError(f"train.{method}: unknown {_trl_class(method).__name__} fields {hint}")
+    if cfg.lora is not None:
+        known = {f.name for f in dataclasses.fields(LoraConfig)}
+        bad = sorted(set(cfg.lora) - known)
+        if bad:
+            raise ConfigError(f"train.lora: unknown peft.LoraConfig fields {bad}")
+
+
+def trainer_args(method: str, cfg: TrainConfig, out: Path, seed: int):
+    import torch
+
+    args = {**TRAINER_DEFAULTS["common"], **TRAINER_DEFAULTS[method], "seed": seed, "output_dir": str(out)}
+    args["use_cpu"] = not torch.cuda.is_available()
+    args.update(getattr(cfg, method))
+    return _trl_class(method)(**args)
+
+
+def lora_config(cfg: TrainConfig):
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **cfg.lora)
+
+
+# ---------------------------------------------------------------- prompts and rows
+
+
+def system_prompt(cfg: RunConfig, labels: list[str] | None = None) -> str:
+    """The task as a system message. With `labels` (the untuned model, which has never seen them) it is
+    the exports' prompt with the label list; a tuned student learned the labels and gets the short one."""
+    if labels:
+        from workbench.export import system_prompt as with_labels
+
+        return with_labels(cfg, labels)
+    return f"{cfg.task.description.strip()} Answer with exactly one label."
+
+
+def _prompt(system: str, text: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
+def sft_dataset(train: pd.DataFrame, system: str):
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {"prompt": _prompt(system, t), "completion": [{"role": "assistant", "content": lab}]}
+            for t, lab in zip(train["text"], train["label"])
+        ]
+    )
+
+
+def dpo_dataset(pairs: pd.DataFrame, system: str):
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {
+                "prompt": _prompt(system, r.text),
+                "chosen": [{"role": "assistant", "content": r.chosen}],
+                "rejected": [{"role": "assistant", "content": r.rejected}],
+            }
+            for r in pairs.itertuples()
+        ]
+    )
+
+
+def grpo_dataset(train: pd.DataFrame, system: str):
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": _prompt(system, t), "label": lab} for t, lab in zip(train["text"], train["label"])]
+    )
+
+
+def _reply(completion) -> str:
+    return (completion[-1]["content"] if isinstance(completion, list) else str(completion)).strip()
+
+
+def rewards(labels: list[str]) -> list:
+    """GRPO's verifiable rewards for classification: `correct` and `label_format`."""
+    known = list(labels)
+
+    def correct(completions, label, **_: Any) -> list[float]:
+        return [float(_reply(c) == lab) for c, lab in zip(completions, label)]
+
+    def label_format(completions, **_: Any) -> list[float]:
+        out = []
+        for c in completions:
+            r = _reply(c)
+            out.append(1.0 if r in known else max(difflib.SequenceMatcher(None, r, k).ratio() for k in known) * 0.5)
+        return out
+
+    return [correct, label_format]
+
+
+# ---------------------------------------------------------------- training
+
+
+def load(path: str | Path, dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return model, tok
+
+
+def fit(
+    method: str,
+    base: str | Path,
+    data,
+    cfg: RunConfig,
+    out: Path,
+    labels: list[str] | None = None,
+) -> dict:
+    """Train one method from the model folder `base`; write adapter/, merged/ and curve.json under
+    `out`. Returns train_rows, train_seconds, steps and the paths."""
+    import torch
+    from trl import DPOTrainer, GRPOTrainer, SFTTrainer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = load(base)
+    args = trainer_args(method, cfg.train, out / "checkpoints", cfg.seed)
+    kw: dict[str, Any] = {"args": args, "train_dataset": data, "processing_class": tok}
+    if cfg.train.lora is not None:
+        kw["peft_config"] = lora_config(cfg.train)
+    if method == "sft":
+        trainer = SFTTrainer(model=model, **kw)
+    elif method == "dpo":
+        ref, _ = load(base)  # the explicit reference: the model DPO starts from, frozen
+        trainer = DPOTrainer(model=model, ref_model=ref, **kw)
+    elif method == "grpo":
+        if labels is None:
+            raise ValueError("grpo needs the label set for its reward")
+        trainer = GRPOTrainer(model=model, reward_funcs=rewards(labels), **kw)
+    else:
+        raise ValueError(f"unknown method {method!r}; expected sft, dpo or grpo")
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    trained = trainer.model
+    result = {"method": method, "train_rows": len(data), "train_seconds": round(seconds, 1)}
+    result["steps"] = int(trainer.state.global_step)
+    if cfg.train.lora is not None:
+        trained.save_pretrained(out / "adapter")
+        result["adapter"] = str(out / "adapter")
+        trained = trained.merge_and_unload()
+    trained = trained.to(torch.float32)
+    trained.save_pretrained(out / "merged")
+    tok.save_pretrained(out / "merged")
+    result["merged"] = str(out / "merged")
+    history = [h for h in trainer.state.log_history if "step" in h]
+    (out / "curve.json").write_text(json.dumps(history, indent=1))
+    result["curve"] = str(out / "curve.json")
+    return result
+
+
+def curves(folder: Path) -> pd.DataFrame:
+    """Every trained causal model's log history under `folder` (one row per logged step):
+    model, step, loss, and reward (GRPO) or reward margin (DPO) where logged."""
+    rows = []
+    for path in sorted(Path(folder).glob("*/curve.json")):
+        for h in json.loads(path.read_text()):
+            if "loss" not in h and "reward" not in h:
+                continue  # the closing summary row
+            rows.append(
+                {
+                    "model": path.parent.name,
+                    "step": h.get("step"),
+                    "loss": h.get("loss"),
+                    "reward": h.get("reward", h.get("rewards/margins")),
+                }
+            )
+    return pd.DataFrame(rows, columns=["model", "step", "loss", "reward"])
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class LabelTrie:
+    """Token paths of every label followed by end of message; `allowed(node)` lists the next tokens."""
+
+    def __init__(self, tok, labels: list[str], end_id: int):
+        self.root: dict = {}
+        self.end_id = end_id
+        for label in labels:
+            node = self.root
+            for t in tok.encode(label, add_special_tokens=False) + [end_id]:
+                node = node.setdefault(t, {})
+            node[None] = label  # the leaf after end of message names the label
+
+
+def _end_id(tok) -> int:
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    return end if isinstance(end, int) and end != tok.unk_token_id else tok.eos_token_id
+
+
+def _encode(tok, messages: list[dict]) -> list[int]:
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _decode_batches(model, tok, prompts: list[list[int]], max_new: int, batch_size: int, step) -> list[Any]:
+    """Greedy decoding with a KV cache. The prefix every prompt shares is read once; `step(state, logits)`
+    picks each row's next token (state is per row, None at start) and returns (token, new_state, done)."""
+    import copy
+
+    import torch
+    from transformers import DynamicCache
+
+    n = len(prompts)
+    if n == 0:
+        return []
+    shared = 0
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    while shared < shortest - 1 and all(p[shared] == first[shared] for p in prompts):
+        shared += 1
+    pad = tok.pad_token_id if tok.pad_token_id is not None else _end_id(tok)
+    out: list[Any] = [None] * n
+    order = sorted(range(n), key=lambda i: len(prompts[i]))
+    model.eval()
+    with torch.inference_mode():
+        prefix = DynamicCache()
+        if shared:
+            model(input_ids=torch.tensor([first[:shared]]), past_key_values=prefix, use_cache=True)
+        for s in range(0, n, batch_size):
+            idx = order[s : s + batch_size]
+            tails = [prompts[i][shared:] for i in idx]
+            width = max(len(t) for t in tails)
+            ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails])
+            mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails])
+            pos = torch.tensor([[shared] * (width - len(t)) + list(range(shared, shared + len(t))) for t in tails])
+            cache = copy.deepcopy(prefix) if shared else DynamicCache()
+            if shared:
+                cache.reorder_cache(torch.zeros(len(idx), dtype=torch.long))
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+            ).logits[:, -1, :]
+            states: list[Any] = [None] * len(idx)
+            active = list(range(len(idx)))
+            last = pos[:, -1:]
+            for _ in range(max_new):
+                nxt, keep = [], []
+                for k, b in enumerate(active):
+                    t, states[b], done = step(states[b], logits[k])
+                    if not done:
+                        keep.append(k)
+                        nxt.append(t)
+                if not keep:
+                    break
+                if len(keep) < len(active):
+                    sel = torch.tensor(keep)
+                    cache.batch_select_indices(sel)
+                    mask, last = mask[sel], last[sel]
+                    active = [active[k] for k in keep]
+                mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
+                last = last + 1
+                logits = model(
+                    input_ids=torch.tensor(nxt)[:, None],
+                    attention_mask=mask,
+                    position_ids=last,
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits[:, -1, :]
+            for k, i in enumerate(idx):
+                out[i] = states[k]
+    return out
+
+
+def classify(model, tok, texts: list[str], labels: list[str], system: str, batch_size: int = 32) -> np.ndarray:
+    """The label each text gets: greedy decoding constrained to the label set (always a valid label)."""
+    trie = LabelTrie(tok, labels, _end_id(tok))
+
+    def step(node, logits):
+        node = trie.root if node is None else node
+        if None in node:  # end of message chosen: the label is complete
+            return None, node[None], True
+        allowed = [t for t in node if t is not None]
+        t = allowed[int(logits[allowed].argmax())] if len(allowed) > 1 else allowed[0]
+        child = node[t]
+        if None in child:
+            return t, child[None], True
+        return t, child, False
+
+    prompts = [_encode(tok, _prompt(system, t)) for t in texts]
+    depth = max(len(tok.encode(label, add_special_tokens=False)) for label in labels) + 1
+    got = _decode_batches(model, tok, prompts, depth, batch_size, step)
+    return np.asarray(got, dtype=object)
+
+
+def answers(model, tok, texts: list[str], max_new: int, batch_size: int = 32) -> list[str]:
+    """Free greedy replies to each text sent as a plain user message (no system message)."""
+    end = {_end_id(tok), tok.eos_token_id}
+
+    def step(state, logits):
+        state = [] if state is None else state
+        t = int(logits.argmax())
+        if t in end:
+            return t, state, True
+        state = state + [t]
+        return t, state, len(state) >= max_new
+
+    prompts = [_encode(tok, [{"role": "user", "content": t}]) for t in texts]
+    got = _decode_batches(model, tok, prompts, max_new, batch_size, step)
+    return [tok.decode(g or [], skip_special_tokens=True).strip() for g in got]
