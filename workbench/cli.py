@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "init":
             return _init(args)
         stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
+        if stages is None or "05_train" in stages:
+            _check_trainers(load_config(args.config, args.set)[0])
         run_dir = new_run(args.config, args.set, args.runs_dir, stages=stages)
         print(f"run folder: {run_dir}", flush=True)
         execute(run_dir, stages)
@@ -57,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError) as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
+
+
+def _check_trainers(cfg: RunConfig) -> None:
+    """Unknown trl / peft fields in train.* fail now, not after the generation stages have run."""
+    if "causal" in cfg.train.students:
+        from workbench.causal import check_args
+
+        check_args(cfg.train)
 
 
 def print_estimate(cfg: RunConfig) -> None:

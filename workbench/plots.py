@@ -71,12 +71,18 @@ def reject_pile(rows: pd.DataFrame) -> go.Figure:
     return fig.update_layout(height=260 + 25 * len(counts), yaxis_title=None)
 
 
+GROUP_COLOURS = {"baseline": "#9e9e9e", "synthetic": "#1f77b4", "reference": "#2ca02c"}
+
+
 def accuracy(table: pd.DataFrame) -> go.Figure:
-    """Accuracy with 95% bootstrap intervals, one bar per model."""
+    """Accuracy with 95% bootstrap intervals, one bar per model, coloured by group (baseline,
+    synthetic, reference) when the table has one."""
+    groups = table["group"] if "group" in table else pd.Series("synthetic", index=table.index)
     fig = go.Figure(
         go.Bar(
             x=table["model"],
             y=table["accuracy"],
+            marker_color=[GROUP_COLOURS.get(g, "#1f77b4") for g in groups],
             error_y=dict(
                 type="data",
                 symmetric=False,
@@ -85,14 +91,73 @@ def accuracy(table: pd.DataFrame) -> go.Figure:
             ),
             text=[f"{a:.1%}" for a in table["accuracy"]],
             textposition="outside",
+            hovertext=table["trained_on"] if "trained_on" in table else None,
         )
     )
+    rows = int(table["test_rows"].iloc[0]) if "test_rows" in table and len(table) else 0
     return fig.update_layout(
-        title="Accuracy on the real test split (95% bootstrap CI)",
+        title=f"Accuracy on {rows:,} real test rows (95% bootstrap CI; grey baseline, blue synthetic, green reference)",
         yaxis_tickformat=".0%",
         yaxis_range=[0, 1.05],
-        height=420,
+        height=440,
     )
+
+
+def training_curves(curves: pd.DataFrame) -> go.Figure:
+    """Loss per logged step of each causal model, and reward (GRPO) or reward margin (DPO) beside it."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "reward (GRPO) / reward margin (DPO)"))
+    for i, (name, g) in enumerate(curves.groupby("model", sort=False)):
+        colour = px.colors.qualitative.Plotly[i % 10]
+        for col, c in (("loss", 1), ("reward", 2)):
+            h = g.dropna(subset=[col])
+            if len(h):
+                fig.add_trace(
+                    go.Scatter(x=h["step"], y=h[col], name=name, legendgroup=name, showlegend=c == 1 or "loss" not in g,
+                               line_color=colour, mode="lines+markers"),
+                    row=1, col=c,
+                )  # fmt: skip
+    return fig.update_layout(height=360, title="Causal student: training curves").update_xaxes(title="step")
+
+
+def safety(summary: pd.DataFrame) -> go.Figure:
+    """Refusal rate on harmful instructions per causal model (95% CI); a drop against the untuned
+    model is red."""
+    colours = [
+        "#d62728" if f == "red" else "#1f77b4"
+        for f in summary.get("flag", pd.Series("", index=summary.index)).fillna("")
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=summary["model"],
+            y=summary["refusal_rate"],
+            marker_color=colours,
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=summary["refusal_hi"] - summary["refusal_rate"],
+                arrayminus=summary["refusal_rate"] - summary["refusal_lo"],
+            ),
+            text=[f"{a:.0%}" for a in summary["refusal_rate"]],
+            textposition="outside",
+        )
+    )
+    n = int(summary["prompts"].iloc[0]) if len(summary) else 0
+    return fig.update_layout(
+        title=f"Refusal rate on {n} AdvBench harmful instructions (95% CI; red = lower than the untuned model)",
+        yaxis_tickformat=".0%",
+        yaxis_range=[0, 1.05],
+        height=380,
+    )
+
+
+def contamination(rows: pd.DataFrame) -> go.Figure:
+    """Each checked row's cosine similarity to its nearest real test row (MiniLM), by source."""
+    return px.histogram(
+        rows, x="nearest_test_cosine", color="source", nbins=40, opacity=0.7, barmode="overlay",
+        histnorm="probability", title="Nearest real test row: cosine similarity (MiniLM), synthetic vs real seeds",
+    ).update_layout(height=320, xaxis_title="cosine to the nearest test row")  # fmt: skip
 
 
 def histogram(rows: pd.DataFrame, column: str, title: str, color: str | None = None) -> go.Figure:

@@ -1,18 +1,23 @@
-"""Stage 05: train the student.
+"""Stage 05: train the students.
 
 The `probe` student is a frozen all-MiniLM-L6-v2 encoder with a logistic-regression head:
-seconds on a CPU, enough to tell whether synthetic rows help a classifier.
+seconds on a CPU, enough to tell whether synthetic rows help a classifier. The `causal` student
+is a chat LM fine-tuned with trl (workbench/causal.py): SFT, then DPO and GRPO from the SFT model.
 
 `training_sets(seeds, rows)` → {'seeds_only', 'seeds_unfiltered', 'seeds_synthetic'}, each with
 columns text, label, source ('seed' or 'synthetic'): the filter ablation. seeds_unfiltered adds
 every generated row with text (no gate applied); seeds_synthetic only rows with `keep` true.
 `train_probe(train, cfg, cache_dir)` → a fitted `Probe`.
-`train_students(seeds, rows, cfg, cache_dir, folder)` trains one probe per training set, saves
-each to `folder/<name>.joblib` and returns a table: student, train_rows, train_seconds, path.
+`train_students(seeds, rows, cfg, cache_dir, folder, reference)` trains one probe per training set
+(and the reference probe on real train rows), saves each to `folder/<name>.joblib` and returns a
+table: student, model, train_rows, train_seconds, path.
+`train_causal(cfg, seeds, rows, pairs, labels, cache_dir, folder, reference)` trains the causal
+student's methods and its reference; `causal_models(folder)` finds them again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +27,10 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from workbench.config import TrainConfig
+from workbench.config import RunConfig, TrainConfig
 from workbench.embed import embed, encoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,17 +96,30 @@ def train_probe(train: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path) ->
     )
 
 
+REFERENCE = "reference"  # students trained on the real train split: the curated-data ceiling, shown apart
+
+
 def train_students(
-    seeds: pd.DataFrame, rows: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path, folder: Path
+    seeds: pd.DataFrame,
+    rows: pd.DataFrame,
+    cfg: TrainConfig,
+    cache_dir: str | Path,
+    folder: Path,
+    reference: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
+    """One probe per training set (and on `reference`, the real train rows, when given)."""
     encoder()  # load the encoder first, so train_seconds measure training, not loading
+    sets = training_sets(seeds, rows)
+    if reference is not None:
+        sets[REFERENCE] = reference[["text", "label"]].assign(source="real")
     out = []
-    for name, train in training_sets(seeds, rows).items():
+    for name, train in sets.items():
         probe = train_probe(train, cfg, cache_dir)
         path = probe.save(Path(folder) / f"{name}.joblib")
         out.append(
             {
-                "student": name,
+                "student": "probe",
+                "model": name,
                 "train_rows": probe.train_rows,
                 "train_seconds": round(probe.train_seconds, 2),
                 "path": str(path),
@@ -108,7 +128,59 @@ def train_students(
     return pd.DataFrame(out)
 
 
+def train_causal(
+    cfg: RunConfig,
+    seeds: pd.DataFrame,
+    rows: pd.DataFrame,
+    pairs: pd.DataFrame,
+    labels: list[str],
+    cache_dir: Path,
+    folder: Path,
+    reference: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The causal student: SFT on seeds + kept rows, then DPO and GRPO from the SFT model (as
+    `train.methods` asks), and an SFT on `reference` (real train rows) when given. One folder per
+    model under `folder`; returns one row per model: student, model, method, train_rows,
+    train_seconds, steps and paths."""
+    from workbench import causal
+    from workbench.export import kept_pairs
+    from workbench.llm import local_model_dir
+
+    causal.check_args(cfg.train)
+    base = local_model_dir(cfg.train.model, Path(cache_dir))
+    system = causal.system_prompt(cfg)
+    train = training_sets(seeds, rows)["seeds_synthetic"]
+    out = []
+    methods = cfg.train.methods
+    if "sft" in methods:
+        out.append({"model": "sft"} | causal.fit("sft", base, causal.sft_dataset(train, system), cfg, folder / "sft"))
+    sft = folder / "sft" / "merged"
+    if "dpo" in methods:
+        p = kept_pairs(rows, pairs)
+        if len(p):
+            out.append({"model": "dpo"} | causal.fit("dpo", sft, causal.dpo_dataset(p, system), cfg, folder / "dpo"))
+        else:
+            log.warning("dpo skipped: no DPO pairs among the kept rows")
+    if "grpo" in methods:
+        data = causal.grpo_dataset(train, system)
+        out.append({"model": "grpo"} | causal.fit("grpo", sft, data, cfg, folder / "grpo", labels=labels))
+    if reference is not None:
+        data = causal.sft_dataset(reference, system)
+        out.append({"model": REFERENCE} | causal.fit("sft", base, data, cfg, folder / REFERENCE))
+    return pd.DataFrame([{"student": "causal"} | r for r in out])
+
+
 def load_students(folder: Path) -> dict[str, Probe]:
-    """Every saved student in `folder`, by name, in the ablation's order (then alphabetical)."""
-    paths = sorted(Path(folder).glob("*.joblib"), key=lambda p: (SETS.index(p.stem) if p.stem in SETS else 9, p.stem))
-    return {p.stem: Probe.load(p) for p in paths}
+    """Every saved probe in `folder`, by name, in the ablation's order (then alphabetical, the
+    reference last)."""
+
+    def order(p: Path) -> tuple:
+        return (SETS.index(p.stem) if p.stem in SETS else 9 if p.stem != REFERENCE else 10, p.stem)
+
+    return {p.stem: Probe.load(p) for p in sorted(Path(folder).glob("*.joblib"), key=order)}
+
+
+def causal_models(folder: Path) -> dict[str, Path]:
+    """Every trained causal model's merged folder under `folder`, in the table's order."""
+    names = ["sft", "dpo", "grpo", REFERENCE]
+    return {n: Path(folder) / n / "merged" for n in names if (Path(folder) / n / "merged" / "config.json").is_file()}
