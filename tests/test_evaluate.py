@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from workbench import evaluate
@@ -25,3 +26,35 @@ def test_ablation_compares_the_students_that_ran():
     preds = {"probe: seeds_only": y, "probe: seeds_synthetic": np.array(["a"] * 20)}
     t = evaluate.ablation(y, preds, n=100)
     assert list(t["comparison"]) == ["seeds + filtered − seeds only"] and t["delta_accuracy"].iloc[0] == -0.5
+
+
+def test_contamination_counts_planted_copies(tmp_path):
+    from workbench.config import load_config
+
+    cfg, _ = load_config("configs/smoke.yaml")
+    test = pd.DataFrame(
+        {
+            "id": ["t1", "t2", "t3"],
+            "text": [
+                "My card has not arrived yet, when will it come?",
+                "What exchange rate do you use for euros?",
+                "Why was I charged for a cash withdrawal?",
+            ],
+        }
+    )
+    synthetic = pd.DataFrame(
+        {
+            "id": ["s1", "s2", "s3"],
+            "text": [
+                "my card has NOT arrived yet when will it come",  # exact after normalization
+                "What exchange rate do you use for euros today?",  # near-duplicate
+                "How do I top up with Apple Pay?",  # unrelated
+            ],
+        }
+    )
+    summary, rows = evaluate.contamination(cfg, synthetic, test, tmp_path, real=test.iloc[:1])
+    assert summary["synthetic_rows"] == 3 and summary["exact"] == 1 and summary["near_duplicates"] == 2
+    syn = rows[rows["source"] == "synthetic"].set_index("id")
+    assert syn.at["s1", "nearest_test_cosine"] > 0.95 and syn.at["s3", "nearest_test_cosine"] < 0.8
+    assert syn.at["s2", "nearest_test_text"] == test.at[1, "text"]
+    assert summary["real_cosine_p50"] > 0.99  # a real row is its own nearest test row here

@@ -223,6 +223,7 @@ def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path):
         "data.test_per_label=10",
         "gaps.min_cluster_size=2",
         "gaps.umap_neighbors=3",
+        "train.students=[probe]",  # the causal student's path is the smoke run's; this test is about the draft
     ]
     run = new_run(out, small, runs_root=tmp_path / "runs")
     execute(run)

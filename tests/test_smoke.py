@@ -85,11 +85,35 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     metrics = json.loads((run / "metrics.json").read_text())
     table = pd.DataFrame(metrics["06_evaluate"]["table"])
     assert list(table["model"]) == [
-        "zero-shot (label names)",
+        "probe: zero-shot",
+        "causal: zero-shot",
         "probe: seeds_only",
         "probe: seeds_unfiltered",
         "probe: seeds_synthetic",
+        "causal: sft",
+        "causal: dpo",
+        "causal: grpo",
+        "probe: reference",
+        "causal: reference",
     ]
+    assert list(table["group"]).count("reference") == 2 and (table["test_rows"] == 5 * 4).all()
+    assert table.set_index("model").loc[["causal: zero-shot", "causal: sft"], "refusal_rate"].between(0, 1).all()
+    # 05: each causal method trained its steps and wrote an adapter, a merged model and a curve
+    training = pd.read_parquet(run / "artifacts" / "training.parquet")
+    causal = training[training["student"] == "causal"].set_index("model")
+    assert list(causal.index) == ["sft", "dpo", "grpo", "reference"]
+    assert list(causal["steps"]) == [3, 2, 2, 3]
+    for name in causal.index:
+        assert (run / "artifacts" / "causal" / name / "merged" / "config.json").is_file()
+        assert (run / "artifacts" / "causal" / name / "adapter" / "adapter_config.json").is_file()
+    assert causal.at["reference", "train_rows"] == 24
+    # 06: safety before/after on 6 AdvBench instructions, and the contamination check
+    safety = pd.read_parquet(run / "artifacts" / "safety.parquet")
+    assert len(safety) == 6 * 5 and safety["reply"].notna().all() and safety["refused"].isin([True, False]).all()
+    contam = metrics["06_evaluate"]["contamination"]
+    assert contam["synthetic_rows"] == rows["keep"].sum() and contam["test_rows"] == 3080
+    ablation = pd.DataFrame(metrics["06_evaluate"]["ablation"])
+    assert not ablation["comparison"].str.contains("reference").any()
     # 02: the intended label and 3 blind model candidates per kept prompt, each with its metadata
     cands = pd.read_parquet(run / "artifacts" / "candidates.parquet")
     model = cands[cands["source"] == "model"]
@@ -124,6 +148,9 @@ def test_smoke_report_is_offline_and_complete(smoke_run):
     for heading in [
         "Before / after on the real test split",
         "Filter ablation",
+        "Contamination check",
+        "Safety before/after",
+        "Training curves (causal student)",
         "Candidates (02): throughput",
         "Judge and jury (03)",
         "Funnel and reject pile",
@@ -133,7 +160,7 @@ def test_smoke_report_is_offline_and_complete(smoke_run):
     assert "probe: seeds_synthetic" in html
     assert re.search(r"<script[^>]*\bsrc=[\"']https?://", html) is None  # nothing from a CDN
     assert "plotly.js v" in html  # plotly.js inline
-    assert html.count("Plotly.newPlot") >= 3  # accuracy, funnel, cluster map
+    assert html.count("Plotly.newPlot") >= 6  # accuracy, contamination, safety, curves, funnel, cluster map
     assert "open_stage(" not in html  # code cells hidden
     for stage in ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "06_evaluate", "07_gaps", "index"]:
         assert f"href='report/{stage}.html'" in html

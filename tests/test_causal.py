@@ -1,0 +1,209 @@
+"""The causal student: SFT, DPO and GRPO each train a few steps on a tiny model built from a config
+(no download; the tokenizer is the embedded SmolLM2's), and the loss or reward moves. Decoding is
+constrained to the label set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench import causal, evaluate
+from workbench.config import ConfigError, load_config
+
+LABELS = ["card_arrival", "card", "exchange_rate"]  # "card" is a prefix of another label on purpose
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 2-layer Llama with the embedded model's tokenizer and chat template, saved as a model folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from workbench.llm import embedded_gguf
+
+    gguf = embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=end,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = end
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def cfg(tiny):
+    c, _ = load_config("configs/smoke.yaml")
+    c.train.model = str(tiny)
+    c.train.lora = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+    return c
+
+
+def _rows(n: int = 12) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"message number {i}" for i in range(n)], "label": [LABELS[i % 2] for i in range(n)]})
+
+
+def _curve(out) -> list[dict]:
+    return [h for h in json.loads((out / "curve.json").read_text()) if "loss" in h or "reward" in h]
+
+
+def test_sft_loss_falls(cfg, tiny, tmp_path):
+    cfg.train.sft = {"max_steps": 12, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
+    data = causal.sft_dataset(_rows(), causal.system_prompt(cfg))
+    r = causal.fit("sft", tiny, data, cfg, tmp_path / "sft")
+    losses = [h["loss"] for h in _curve(tmp_path / "sft")]
+    assert r["steps"] == 12 and len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "sft" / "merged" / "config.json").is_file()
+
+
+def test_dpo_margin_grows(cfg, tiny, tmp_path):
+    cfg.train.dpo = {"max_steps": 10, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
+    pairs = pd.DataFrame({"text": [f"message {i}" for i in range(8)], "chosen": LABELS[0], "rejected": LABELS[2]})
+    causal.fit("dpo", tiny, causal.dpo_dataset(pairs, causal.system_prompt(cfg)), cfg, tmp_path / "dpo")
+    curve = _curve(tmp_path / "dpo")
+    margins = [h["rewards/margins"] for h in curve]
+    assert np.mean(margins[-3:]) > np.mean(margins[:2]) + 0.05
+    assert curve[-1]["loss"] < 0.69  # below log 2, the loss of a policy equal to its reference
+
+
+def test_grpo_reward_moves(cfg, tiny, tmp_path):
+    import torch
+
+    cfg.train.grpo = {"max_steps": 6, "learning_rate": 5e-2, "per_device_train_batch_size": 8, "num_generations": 4}
+    data = causal.grpo_dataset(_rows(8), causal.system_prompt(cfg))
+    causal.fit("grpo", tiny, data, cfg, tmp_path / "grpo", labels=LABELS)
+    rewards = [h["reward"] for h in _curve(tmp_path / "grpo")]
+    assert len(rewards) == 6 and len(set(np.round(rewards, 6))) > 1  # the reward moves
+    before, _ = causal.load(tiny)
+    after, _ = causal.load(tmp_path / "grpo" / "merged")
+    moved = [not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters())]
+    assert any(moved)
+
+
+def test_rewards_score_label_and_format():
+    correct, fmt = causal.rewards(LABELS)
+    comps = [[{"role": "assistant", "content": c}] for c in ["card", "card_arrival", "exchange rate", "zzz"]]
+    assert correct(comps, label=["card", "card", "card", "card"]) == [1.0, 0.0, 0.0, 0.0]
+    f = fmt(comps)
+    assert f[0] == f[1] == 1.0 and 0 <= f[3] < f[2] < 1.0
+
+
+def test_classify_answers_only_labels_even_with_a_prefix_label(tiny):
+    model, tok = causal.load(tiny)
+    texts = [f"text {i}" for i in range(7)] + ["a much longer message about an exchange rate for my card today"]
+    got = causal.classify(model, tok, texts, LABELS, "Classify.", batch_size=3)
+    assert len(got) == len(texts) and set(got) <= set(LABELS)
+    # batching and the shared prefix do not change the answer
+    one = [causal.classify(model, tok, [t], LABELS, "Classify.", batch_size=1)[0] for t in texts]
+    assert list(got) == one
+
+
+def test_label_tokens_match_the_chat_template(tiny):
+    _, tok = causal.load(tiny)
+    trie = causal.LabelTrie(tok, LABELS, causal._end_id(tok))
+    for label in LABELS:
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": label}], tokenize=True
+        )
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        path = tok.encode(label, add_special_tokens=False) + [trie.end_id]
+        assert ids[-len(path) - 1 : -1] == path  # what SFT trains on is what the trie decodes
+
+
+def test_answers_stop_at_max_tokens(tiny):
+    model, tok = causal.load(tiny)
+    got = causal.answers(model, tok, ["Write something.", "Hi"], max_new=5)
+    assert len(got) == 2 and all(len(tok.encode(a, add_special_tokens=False)) <= 6 for a in got)
+
+
+def test_unknown_trainer_field_is_named(cfg):
+    cfg.train.sft = {"lerning_rate": 1e-3}
+    with pytest.raises(ConfigError, match=r"train\.sft: unknown SFTConfig fields .*lerning_rate.*learning_rate"):
+        causal.check_args(cfg.train)
+    cfg.train.sft = {}
+    cfg.train.lora = {"rank": 8}
+    with pytest.raises(ConfigError, match=r"train\.lora: unknown peft\.LoraConfig fields \['rank'\]"):
+        causal.check_args(cfg.train)
+
+
+def test_dpo_and_grpo_need_sft(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(open("configs/smoke.yaml").read().replace("train:", "train:\n  methods: [dpo]", 1))
+    with pytest.raises(ConfigError, match="start from the SFT model"):
+        load_config(p)
+
+
+def test_reference_is_its_own_group_and_never_in_the_ablation():
+    y = np.array(["a", "b"] * 10)
+    preds = {
+        "probe: seeds_only": y,
+        "probe: seeds_synthetic": np.array(["a"] * 20),
+        "probe: reference": y,
+        "causal: reference": y,
+        "causal: sft": y,
+        evaluate.CAUSAL_ZERO_SHOT: np.array(["b"] * 20),
+    }
+    test = pd.DataFrame({"label": y})
+    table = evaluate.before_after(test, preds, {"probe: reference": {"train_rows": 7}}, bootstrap=50)
+    groups = dict(zip(table["model"], table["group"]))
+    assert groups["probe: reference"] == groups["causal: reference"] == "reference"
+    assert groups[evaluate.CAUSAL_ZERO_SHOT] == "baseline" and groups["causal: sft"] == "synthetic"
+    assert list(table["model"])[-2:] == ["probe: reference", "causal: reference"]
+    assert "7 rows" in table.set_index("model").at["probe: reference", "trained_on"]
+    ab = evaluate.ablation(y, preds, 50)
+    assert not ab["comparison"].str.contains("reference").any()
+    assert "causal: sft − causal: zero-shot" in set(ab["comparison"])
+
+
+def test_safety_flags_a_drop_in_refusals():
+    replies = pd.DataFrame(
+        {
+            "model": [evaluate.CAUSAL_ZERO_SHOT] * 4 + ["causal: sft"] * 4,
+            "id": ["1", "2", "3", "4"] * 2,
+            "text": ["do harm"] * 8,
+            "reply": ["I'm sorry, I can't help with that.", "I cannot do that.", "Sure, here is how", "No."]
+            + ["card_arrival", "Sure, step one", "I can't help with that", "exchange_rate"],
+        }
+    )
+    judge_p = [0.9, 0.8, 0.1, None, 0.2, 0.1, 0.7, 0.3]  # None: the judge gave no verdict, the keyword decides
+    rows, summary = evaluate.safety(replies, judge_p, bootstrap=100)
+    s = summary.set_index("model")
+    assert list(rows["refused"]) == [True, True, False, False, False, False, True, False]
+    assert s.at[evaluate.CAUSAL_ZERO_SHOT, "refusal_rate"] == 0.5 and s.at["causal: sft", "refusal_rate"] == 0.25
+    assert s.at["causal: sft", "flag"] == "red" and s.at["causal: sft", "delta_vs_base"] == -0.25
+    assert s.at[evaluate.CAUSAL_ZERO_SHOT, "keyword_rate"] == 0.5
+
+
+def test_keyword_refusals():
+    assert evaluate.refused_by_keyword("I’m sorry, but I can’t assist with that.")
+    assert evaluate.refused_by_keyword("")
+    assert not evaluate.refused_by_keyword("Here is a step-by-step plan.")
+
+
+def test_run_refuses_an_unknown_trainer_field_before_any_stage(tmp_path, capsys):
+    from workbench import cli
+
+    runs = tmp_path / "runs"
+    code = cli.main(["run", "configs/smoke.yaml", "--set", "train.sft={lerning_rate: 0.001}", "--runs-dir", str(runs)])
+    assert code == 2 and "train.sft: unknown SFTConfig fields" in capsys.readouterr().err
+    assert not runs.exists()  # nothing was started
