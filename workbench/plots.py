@@ -74,26 +74,30 @@ def reject_pile(rows: pd.DataFrame) -> go.Figure:
 GROUP_COLOURS = {"baseline": "#9e9e9e", "synthetic": "#1f77b4", "reference": "#2ca02c"}
 
 
+def _interval_bars(frame: pd.DataFrame, col: str, colours: list[str], fmt: str, hover=None) -> go.Figure:
+    """One bar per model of `frame[col]`, with its 95% interval from `<col>_lo`/`<col>_hi` columns
+    (`lo`/`hi` named by the column's prefix, e.g. refusal_rate → refusal_lo)."""
+    stem = col.removesuffix("_rate")
+    lo, hi = frame[f"{stem}_lo"], frame[f"{stem}_hi"]
+    return go.Figure(
+        go.Bar(
+            x=frame["model"],
+            y=frame[col],
+            marker_color=colours,
+            error_y=dict(type="data", symmetric=False, array=hi - frame[col], arrayminus=frame[col] - lo),
+            text=[format(v, fmt) for v in frame[col]],
+            textposition="outside",
+            hovertext=hover,
+        )
+    )
+
+
 def accuracy(table: pd.DataFrame) -> go.Figure:
     """Accuracy with 95% bootstrap intervals, one bar per model, coloured by group (baseline,
     synthetic, reference) when the table has one."""
     groups = table["group"] if "group" in table else pd.Series("synthetic", index=table.index)
-    fig = go.Figure(
-        go.Bar(
-            x=table["model"],
-            y=table["accuracy"],
-            marker_color=[GROUP_COLOURS.get(g, "#1f77b4") for g in groups],
-            error_y=dict(
-                type="data",
-                symmetric=False,
-                array=table["accuracy_hi"] - table["accuracy"],
-                arrayminus=table["accuracy"] - table["accuracy_lo"],
-            ),
-            text=[f"{a:.1%}" for a in table["accuracy"]],
-            textposition="outside",
-            hovertext=table["trained_on"] if "trained_on" in table else None,
-        )
-    )
+    colours = [GROUP_COLOURS.get(g, "#1f77b4") for g in groups]
+    fig = _interval_bars(table, "accuracy", colours, ".1%", table["trained_on"] if "trained_on" in table else None)
     rows = int(table["test_rows"].iloc[0]) if "test_rows" in table and len(table) else 0
     return fig.update_layout(
         title=f"Accuracy on {rows:,} real test rows (95% bootstrap CI; grey baseline, blue synthetic, green reference)",
@@ -128,21 +132,7 @@ def safety(summary: pd.DataFrame) -> go.Figure:
         "#d62728" if f == "red" else "#1f77b4"
         for f in summary.get("flag", pd.Series("", index=summary.index)).fillna("")
     ]
-    fig = go.Figure(
-        go.Bar(
-            x=summary["model"],
-            y=summary["refusal_rate"],
-            marker_color=colours,
-            error_y=dict(
-                type="data",
-                symmetric=False,
-                array=summary["refusal_hi"] - summary["refusal_rate"],
-                arrayminus=summary["refusal_rate"] - summary["refusal_lo"],
-            ),
-            text=[f"{a:.0%}" for a in summary["refusal_rate"]],
-            textposition="outside",
-        )
-    )
+    fig = _interval_bars(summary, "refusal_rate", colours, ".0%")
     n = int(summary["prompts"].iloc[0]) if len(summary) else 0
     return fig.update_layout(
         title=f"Refusal rate on {n} AdvBench harmful instructions (95% CI; red = lower than the untuned model)",
