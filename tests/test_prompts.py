@@ -83,8 +83,8 @@ def test_a_planted_copy_of_a_real_test_row_is_caught_and_counted(root, tmp_path)
             "prompts": {"rounds": 1, "critique": False},
         }
     )
-    test = data.test_split(cfg, whole=True)
-    planted = test[test["label"] == "card_arrival"]["text"].iloc[0]
+    dev = data.dev_split(cfg)
+    planted = dev[dev["label"] == "card_arrival"]["text"].iloc[0]
     index = gates.eval_index(cfg)
     assert all(re.fullmatch(r"[0-9a-f]{40}", h) for h in index.exact)  # hashes, never the rows' text
     assert all(isinstance(x, int) for s in index.sets.values() for x in s)
@@ -95,7 +95,7 @@ def test_a_planted_copy_of_a_real_test_row_is_caught_and_counted(root, tmp_path)
     llm = ScriptedLLM(Replies(plant), tmp_path)
     rows = prompts.build_prompts(cfg, data.seeds(cfg), llm, flat, LABELS, eval_index=index)
     hit = rows[rows["reject_reason_prompts"] == "contamination"]
-    assert list(hit["id"]) == ["gen-card_arrival-0001"] and list(hit["contaminated_split"]) == ["test"]
+    assert list(hit["id"]) == ["gen-card_arrival-0001"] and list(hit["contaminated_split"]) == ["dev"]
     assert rows["keep_prompts"].sum() == 3
     assert not any(planted.lower() in c.lower() for r in llm.requests for _, c in r.messages)
 

@@ -75,7 +75,7 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     m = json.loads((run / "metrics.json").read_text())["01_prompts"]
     assert m["target"] == 30 and m["kept"] + m["missing"] == 30 and m["kept"] == generated["keep_prompts"].sum()
     assert generated.loc[~generated["keep_prompts"], "reject_reason_prompts"].notna().all()
-    assert m["critiques_parsed"] + m["critiques_unparseable"] > 0 and "contamination_test" in m
+    assert m["critiques_parsed"] + m["critiques_unparseable"] > 0 and "contamination_dev" in m
     assert rows.loc[~rows["keep"], "reject_reason"].notna().all()
     assert {"model", "seed", "prompt_tokens", "completion_tokens", "latency_s", "ttft_s", "raw"} <= set(
         generated.columns

@@ -1,8 +1,8 @@
 """Real labelled data: seeds and dev samples from the train split, and the test split.
 
 Columns of every table returned here: `id` (str), `text` (str), `label` (str).
-The test split is read by `test_split()` only, and only `06_evaluate` calls it (and the
-contamination index of later stages, which sees hashes, never text).
+The test split is read by `test_split()` only, and only `06_evaluate` calls it: it never steers
+generation or failure analysis (tests/test_smoke.py runs 00-05 and 07 with the file absent).
 
 Seeds come from `data.seeds_file` when the config names one (CSV with text,label columns, or JSONL
 with text and label keys), else from the dataset's train split.
@@ -167,7 +167,7 @@ def dev_split(cfg: RunConfig) -> pd.DataFrame:
 
 def test_split(cfg: RunConfig, whole: bool = False) -> pd.DataFrame:
     """The real test split (capped at `test_per_label` rows per label unless `whole`). Only
-    06_evaluate reads it; 01's contamination gate reads the whole of it into a hash index."""
+    06_evaluate reads it (the whole of it for its contamination check)."""
     test = _read(dataset_dir(cfg) / "test.csv")
     if whole:
         return test.sort_values(["label", "id"]).reset_index(drop=True)

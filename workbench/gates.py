@@ -3,8 +3,9 @@
     constraints    too_short, too_long, wrong_language, profanity, pii, forbidden, format, entity_missing
     dedup          duplicate / near_duplicate (within this stage), copy_of_seed, seen_before (an earlier
                    iteration's prompt); `dup_of` names the row, seed or earlier prompt repeated
-    contamination  contamination: a near-duplicate of a real evaluation row (test or dev split), found
-                   through `EvalIndex`, which holds hashes only, never the rows' text
+    contamination  contamination: a near-duplicate of a real dev row (07's failure analysis reads them),
+                   found through a `ShingleIndex` of hashes only, never the rows' text. The test split is
+                   not read before 06_evaluate, which checks the kept rows against all of it
     domain         off_domain: `domain_score` (mean of the 3 best cosine similarities to the seeds and
                    label definitions, MiniLM) below `prompts.min_domain_score`
     balance        over_represented: surplus of a grid cell, or a label / difficulty whose kept share
@@ -112,15 +113,15 @@ def dedup_index(cfg: RunConfig, seeds: pd.DataFrame, earlier: pd.DataFrame | Non
 
 
 def eval_index(cfg: RunConfig) -> ShingleIndex:
-    """The contamination index: every real test row (the whole split, every label, not only the
-    evaluation sample) and the dev rows, keyed `test:<id>` / `dev:<id>`, as hashes only. The splits
-    are read here and let go: nothing of their text reaches the generator."""
+    """The contamination index: the real dev rows, keyed `dev:<id>`, as hashes only; nothing of their
+    text reaches the generator. The test split is never read here (or anywhere before 06_evaluate,
+    which checks the kept rows against the whole of it): it must not steer generation."""
     from workbench import data
 
     index = ShingleIndex(cfg.filter.near_dup_threshold, cfg.filter.shingle_size)
-    for name, split in (("test", data.test_split(cfg, whole=True)), ("dev", data.dev_split(cfg))):
-        for i, t in zip(split["id"], split["text"]):
-            index.add(f"{name}:{i}", t)
+    split = data.dev_split(cfg)
+    for i, t in zip(split["id"], split["text"]):
+        index.add(f"dev:{i}", t)
     return index
 
 
