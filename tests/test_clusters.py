@@ -26,12 +26,12 @@ def test_seams_take_any_reducer_and_clusterer():
     # each blob lands in one cluster
     assert pd.crosstab(out["cluster"], y).gt(0).sum(axis=1).eq(1).all()
     s = summarize(out)
-    assert s["size"].sum() == 60 and len(s) == 3 and all(len(e) == 3 for e in s["exemplars"])
+    assert s["size"].sum() == 60 and len(s) == 3 and all(len(e) == 5 for e in s["exemplars"])
 
 
 def test_umap_hdbscan_are_seeded_and_find_blobs():
     x, _ = make_blobs(n_samples=90, centers=3, n_features=16, cluster_std=0.5, random_state=1)
-    runs = [cluster_failures(failures(90), x, *default_models(GapsConfig(), 90)) for _ in range(2)]
+    runs = [cluster_failures(failures(90), x, *default_models(GapsConfig(), x)) for _ in range(2)]
     assert np.allclose(runs[0][["x", "y"]], runs[1][["x", "y"]])
     assert len(set(runs[0]["cluster"]) - {-1}) == 3
 

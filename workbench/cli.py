@@ -2,6 +2,8 @@
 
 workbench run CONFIG [--set key=value …] [--stages 01_prompts,02_responses] [--runs-dir runs]
 workbench check CONFIG [--set key=value …]
+workbench iterate RUN_DIR (--accept e1,e3 | --accept-all)     the next iteration, from RUN_DIR's 07 patch
+workbench loop CONFIG --iterations K [--set key=value …]       K iterations, every proposed edit accepted
 workbench init "TASK DESCRIPTION" [-o configs/NAME.yaml] [--labels a,b,c] [--seeds FILE] [--dataset NAME]
                [--set llm.provider=openai --set llm.base_url=…] [--repair-rounds 2] [--force]
 """
@@ -13,7 +15,7 @@ import logging
 import sys
 
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
-from workbench.runs import ROOT, STAGES, RunError, execute, new_run, validate_stages
+from workbench.runs import ROOT, STAGES, RunError, execute, iterate, new_run, validate_stages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     chk = sub.add_parser("check", help="validate a config and print it fully resolved")
     chk.add_argument("config")
     chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    it = sub.add_parser("iterate", help="run the next iteration with edits of a run's 07_gaps config patch")
+    it.add_argument("run_dir", help="a finished run, e.g. runs/banking77/001-20261122-101500")
+    it.add_argument("--accept", help="comma-separated edit ids of the patch (artifacts/config_patch.yaml)")
+    it.add_argument("--accept-all", action="store_true", help="accept every proposed edit")
+    lp = sub.add_parser("loop", help="run CONFIG, then iterate on its failures, K iterations in all, unattended")
+    lp.add_argument("config")
+    lp.add_argument("--iterations", type=int, required=True, help="iterations in all (the first run included)")
+    lp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    lp.add_argument("--runs-dir", default=str(ROOT / "runs"))
     ini = sub.add_parser("init", help="draft a commented config from a task description with the LLM")
     ini.add_argument("description", help='one sentence, e.g. "Classify support tickets by urgency"')
     ini.add_argument("-o", "--output", help="where to write the YAML (default configs/<name>.yaml)")
@@ -48,17 +59,50 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "init":
             return _init(args)
+        if args.cmd == "iterate":
+            if bool(args.accept) == args.accept_all:
+                raise RunError("iterate: give --accept e1,e2 (edit ids of the patch) or --accept-all, not both")
+            accept = [a.strip() for a in args.accept.split(",")] if args.accept else None
+            run_dir = iterate(args.run_dir, accept, args.accept_all)
+            return _execute(run_dir, None)
+        if args.cmd == "loop":
+            return _loop(args)
         stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
         if stages is None or "05_train" in stages:
             _check_trainers(load_config(args.config, args.set)[0])
         run_dir = new_run(args.config, args.set, args.runs_dir, stages=stages)
-        print(f"run folder: {run_dir}", flush=True)
-        execute(run_dir, stages)
-        print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
-        return 0
+        return _execute(run_dir, stages)
     except (ConfigError, RunError) as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
+
+
+def _execute(run_dir, stages) -> int:
+    print(f"run folder: {run_dir}", flush=True)
+    execute(run_dir, stages)
+    print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
+    if (run_dir.parent / "index.html").is_file():
+        print(f"lineage:    {run_dir.parent / 'index.html'}")
+    return 0
+
+
+def _loop(args: argparse.Namespace) -> int:
+    if args.iterations < 1:
+        raise RunError(f"loop: --iterations must be at least 1; got {args.iterations}")
+    validate_stages(None)
+    _check_trainers(load_config(args.config, args.set)[0])
+    run_dir = new_run(args.config, args.set, args.runs_dir)
+    for k in range(1, args.iterations + 1):
+        print(f"iteration {k} of {args.iterations}", flush=True)
+        if k > 1:
+            from workbench.gaps import load_patch
+
+            if not load_patch(run_dir / "artifacts" / "config_patch.yaml"):
+                print(f"07_gaps of {run_dir.name} proposed no edit: the loop stops after {k - 1} iteration(s)")
+                break
+            run_dir = iterate(run_dir, accept_all=True)
+        _execute(run_dir, None)
+    return 0
 
 
 def _check_trainers(cfg: RunConfig) -> None:

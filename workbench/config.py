@@ -248,6 +248,19 @@ class SamplingConfig(_Section):
         "balanced",
         description="balanced: equal rows per label; proportional: as in the dataset's train split; or label → weight.",
     )
+    extra_rows: dict[str, int] = Field(
+        {},
+        description="Label → inputs to generate on top of the plan (07_gaps proposes these for labels the "
+        "student confuses).",
+    )
+
+    @field_validator("extra_rows")
+    @classmethod
+    def _extra(cls, v):
+        bad = {k: n for k, n in v.items() if n < 0}
+        if bad:
+            raise ValueError(f"extra rows must be non-negative; got {bad}")
+        return v
 
 
 class QualityConfig(_Section):
@@ -505,9 +518,23 @@ class EvaluateConfig(_Section):
 
 
 class GapsConfig(_Section):
+    sources: list[Literal["dev", "low_judge", "jury"]] = Field(
+        ["dev", "low_judge", "jury"],
+        min_length=1,
+        description="Failures to cluster: dev = real dev rows the student misclassifies; low_judge = kept synthetic "
+        "rows the judge scored below gaps.low_score; jury = kept synthetic rows the label jury gave another label.",
+    )
+    low_score: float = Field(0.5, ge=0, le=1, description="Judge score (0-1) below which a kept row is a failure.")
     umap_neighbors: int = Field(10, ge=2, description="UMAP n_neighbors.")
     min_cluster_size: int = Field(4, ge=2, description="HDBSCAN min_cluster_size.")
     random_state: int = Field(0, description="UMAP random_state, fixed so maps are reproducible.")
+    max_edits: int = Field(
+        12, ge=0, le=200, description="Most config edits the patch proposes (largest clusters first)."
+    )
+    extra_rows: int | None = Field(
+        None, ge=1, le=10000, description="Inputs a 'more rows' edit adds to a confused label; null = rows_per_label."
+    )
+    name_max_tokens: int = Field(40, ge=8, le=512, description="Cap on tokens of the LLM's name for a cluster.")
 
 
 class RunConfig(_Section):
@@ -582,6 +609,9 @@ def check_plan(cfg: RunConfig, labels: list[str]) -> None:
             raise ValueError(f"sampling.class_balance names unknown labels {unknown}")
         if any(w < 0 for w in s.class_balance.values()) or not sum(s.class_balance.values()) > 0:
             raise ValueError("sampling.class_balance weights must be non-negative with a positive sum")
+    unknown = sorted(set(s.extra_rows) - set(labels))
+    if unknown:
+        raise ValueError(f"sampling.extra_rows names unknown labels {unknown}")
     if s.total_rows is not None and s.class_balance == "balanced" and s.total_rows < len(labels):
         raise ValueError(
             f"sampling.total_rows={s.total_rows} cannot give each of {len(labels)} labels a row under a "
@@ -592,8 +622,9 @@ def check_plan(cfg: RunConfig, labels: list[str]) -> None:
 def plan_counts(cfg: RunConfig, labels: list[str], train_counts: dict[str, int] | None = None) -> dict[str, int]:
     """Inputs to generate per label under the sampling plan (largest-remainder rounding)."""
     s = cfg.sampling
+    extra = s.extra_rows
     if s.total_rows is None and s.class_balance == "balanced":
-        return {x: s.rows_per_label for x in labels}
+        return {x: s.rows_per_label + extra.get(x, 0) for x in labels}
     if s.class_balance == "balanced":
         weights = dict.fromkeys(labels, 1.0)
     elif s.class_balance == "proportional":
@@ -603,7 +634,8 @@ def plan_counts(cfg: RunConfig, labels: list[str], train_counts: dict[str, int] 
     else:
         weights = {x: float(s.class_balance.get(x, 0.0)) for x in labels}
     total = s.total_rows if s.total_rows is not None else s.rows_per_label * len(labels)
-    return dict(zip(labels, allocate(total, [weights[x] for x in labels])))
+    counts = allocate(total, [weights[x] for x in labels])
+    return {x: n + extra.get(x, 0) for x, n in zip(labels, counts)}
 
 
 def allocate(total: int, weights: list[float]) -> list[int]:
@@ -650,6 +682,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "sampling.rows_per_label": ("01_prompts", "generation plan: rows per label", (), ALL),
     "sampling.total_rows": ("01_prompts", "generation plan: rows in all", (), ALL),
     "sampling.class_balance": ("01_prompts", "generation plan: rows per label", (), ALL),
+    "sampling.extra_rows": ("01_prompts", "generation plan: rows per label", (), ALL),
     "quality.min_chars": ("01_prompts, 04_filter", "constraints: length", ("too_short",), ALL),
     "quality.max_chars": ("01_prompts, 04_filter", "constraints: length", ("too_long",), ALL),
     "quality.language": ("01_prompts, 04_filter", "constraints: language", ("wrong_language",), ALL),

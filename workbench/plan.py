@@ -158,6 +158,7 @@ _GRID_COLUMNS = {
     "sampling.rows_per_label": "label",
     "sampling.total_rows": "label",
     "sampling.class_balance": "label",
+    "sampling.extra_rows": "label",
 }
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,10 @@ def new_run(
     runs_root: str | Path = ROOT / "runs",
     parent: str | None = None,
     stages: list[str] | None = None,
+    extra: dict | None = None,
 ) -> Path:
     """Validate the config (and that `stages` can honour it), then create the next numbered run
-    folder with config and provenance."""
+    folder with config and provenance (`extra` joins the provenance, e.g. the patch of an iteration)."""
     cfg, doc = load_config(config_path, overrides)
     check_runnable(cfg, stages)
     task_dir = Path(runs_root) / cfg.task.name
@@ -144,8 +146,50 @@ def new_run(
         "status": "created",
         "stages": {},
     }
+    prov.update(extra or {})
     write_atomic(run / "provenance.json", json.dumps(prov, indent=2))
     return run
+
+
+def iterate(parent: str | Path, accept: list[str] | None = None, accept_all: bool = False) -> Path:
+    """Create the next iteration of a finished run: a new numbered run whose config is the parent's
+    with the accepted edits of the parent's 07 patch applied, and `parent` set in its provenance."""
+    from workbench import data, gaps
+
+    parent = Path(parent).resolve()
+    prov = _read_json(parent / "provenance.json")
+    if not prov:
+        raise RunError(f"{parent}: not a run folder (no provenance.json)")
+    if prov.get("stages", {}).get("07_gaps", {}).get("status") != "done":
+        raise RunError(f"{parent}: stage 07_gaps has not finished there, so it has no config patch to apply")
+    patch = parent / "artifacts" / "config_patch.yaml"
+    chosen = gaps.select(gaps.load_patch(patch), accept, accept_all)
+    if not chosen:
+        raise RunError(
+            f"{patch}: no edit accepted, so the next iteration would repeat this one; "
+            "pass --accept e1,e2 (ids from the patch) or --accept-all"
+        )
+    cfg, _ = load_config(parent / "config.yaml")
+    ids = [e["id"] for e in chosen]
+    header = (
+        f"# Iteration after {parent.name}: edits {', '.join(ids)} of its 07_gaps patch applied "
+        f"(artifacts/config_patch.yaml there says why).\n"
+    )
+    text = gaps.apply(parent / "config.yaml", chosen, data.labels(cfg), header)
+    tmp = parent.parent / f".{parent.name}.next{os.getpid()}.yaml"
+    write_atomic(tmp, text)
+    try:
+        return new_run(
+            tmp,
+            runs_root=parent.parent.parent,
+            parent=parent.name,
+            extra={
+                "config_source": f"{parent / 'config.yaml'} + {patch.name}",
+                "patch": {"from": f"{parent.name}/artifacts/{patch.name}", "accepted": ids, "edits": chosen},
+            },
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def notebook_parameters(path: Path) -> set[str]:
@@ -239,6 +283,12 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
         _update_provenance(run, stages={s: {"status": "done", "seconds": seconds}})
         log.info("stage %s done in %.1f s", s, seconds)
     export_html(run)
+    try:
+        from workbench import lineage
+
+        lineage.write_index(run.parent)
+    except Exception as e:  # the run itself is done; a lineage page that cannot be built must not undo it
+        log.warning("runs/%s/index.html not written: %s: %s", run.parent.name, type(e).__name__, e)
     if set(stages) == set(STAGES):
         _update_provenance(run, status="finished", finished=dt.datetime.now().isoformat(timespec="seconds"))
     else:
@@ -409,6 +459,7 @@ def open_stage(config: str, run_dir: str, name: str) -> Stage:
     pd.set_option("display.max_colwidth", 160)  # reject piles are read for their text
     pd.set_option("display.max_rows", 60)
     cfg, doc = load_config(config)
+    sys.audit("workbench.stage", name)  # lets a test see which stage a kernel runs (see test_smoke)
     if run_dir:
         run = Path(run_dir)
     else:

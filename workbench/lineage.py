@@ -1,0 +1,313 @@
+"""Iterations side by side: what changed in the config, in the data and in the evaluation.
+
+A run's lineage is the chain of `parent` links in provenance (`chain(run)`, oldest first). For
+two consecutive iterations a → b:
+
+`config_diff(a, b)`   fields whose value changed (labels compared one by one)
+`data_diff(a, b)`     generated / kept rows, reject and defect rates, and kept rows per label
+`eval_diff(a, b)`     every model of both evaluation tables: accuracy with 95% CI in each and the
+                      paired change on the same test rows with its paired-bootstrap CI (probes on
+                      every test row, causal students on their shared sample)
+`per_label_diff(a, b)` accuracy per label of one model, before and after
+`cluster_diff(a, b)`  each failure cluster of a (by its dominant true → predicted labels) and how
+                      many dev failures of that kind b still has: shrank or grew
+`write_index(task_dir)` writes runs/<task>/index.html: every run, and these tables for each
+                      iteration against its parent.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench import evaluate
+
+MAIN_MODEL = "probe: seeds_synthetic"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _table(run: Path, name: str) -> pd.DataFrame | None:
+    path = Path(run) / "artifacts" / f"{name}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def chain(run: Path) -> list[Path]:
+    """The run and its ancestors through provenance `parent`, oldest first."""
+    out = [Path(run)]
+    while True:
+        parent = _json(out[-1] / "provenance.json").get("parent")
+        p = Path(parent) if parent and Path(parent).is_absolute() else out[-1].parent / (parent or "")
+        if not parent or not p.is_dir() or p in out:
+            return out[::-1]
+        out.append(p)
+
+
+def task_runs(task_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(task_dir).iterdir() if p.is_dir() and (p / "provenance.json").is_file()
+                  and p.name[:3].isdigit())  # fmt: skip
+
+
+def _flat(obj, prefix: str = "") -> dict[str, object]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out |= _flat(v, f"{prefix}{k}.")
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _config(text: str) -> dict:
+    from workbench.config import _plain, _yaml
+
+    doc = _plain(_yaml().load(text)) or {}
+    labels = (doc.get("task") or {}).get("labels")
+    if isinstance(labels, list):  # one entry per label, so a definition shows as one changed field
+        doc["task"]["labels"] = {
+            (x if isinstance(x, str) else x["name"]): ({} if isinstance(x, str) else {k: v for k, v in x.items()
+                                                                                      if k != "name"})
+            for x in labels
+        }  # fmt: skip
+    return doc
+
+
+def config_diff(a: Path, b: Path) -> pd.DataFrame:
+    return config_diff_texts((Path(a) / "config.yaml").read_text(), (Path(b) / "config.yaml").read_text())
+
+
+def config_diff_texts(a: str, b: str) -> pd.DataFrame:
+    """Fields whose value differs between two config texts: field, before, after."""
+    fa, fb = _flat(_config(a)), _flat(_config(b))
+    rows = []
+    for key in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(key), fb.get(key)
+        if va != vb and not (key.startswith("task.labels") and va in (None, {}) and vb in (None, {})):
+            rows.append({"field": key, "before": _short(va), "after": _short(vb)})
+    return pd.DataFrame(rows, columns=["field", "before", "after"])
+
+
+def _short(v, n: int = 160) -> str:
+    s = "" if v is None else (json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _stats(run: Path) -> dict:
+    m = _json(Path(run) / "metrics.json")
+    p, f, g = m.get("01_prompts", {}), m.get("04_filter", {}), m.get("07_gaps", {})
+    reasons = p.get("reasons") or {}
+    defects = sum(v for k, v in reasons.items() if k in ("vague", "redundant", "mis_scoped", "unrealistic"))
+    return {
+        "prompts generated": p.get("generated"),
+        "prompts kept": p.get("kept"),
+        "prompt defect rate (critic)": defects / p["generated"] if p.get("generated") else None,
+        "rows judged and filtered": f.get("rows"),
+        "rows kept": f.get("kept"),
+        "reject rate": f["rejected"] / f["rows"] if f.get("rows") else None,
+        "DPO pairs": f.get("dpo_pairs"),
+        "dev accuracy (student)": g.get("dev_accuracy"),
+        "failures clustered": g.get("failures"),
+        "clusters": g.get("clusters"),
+    }
+
+
+def data_diff(a: Path, b: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    sa, sb = _stats(a), _stats(b)
+    stats = pd.DataFrame({"stat": list(sa), "before": list(sa.values()), "after": [sb[k] for k in sa]})
+    stats["change"] = [
+        (y - x) if isinstance(x, int | float) and isinstance(y, int | float) else None
+        for x, y in zip(stats["before"], stats["after"])
+    ]
+    counts = []
+    for run in (a, b):
+        d = _table(run, "dataset")
+        counts.append(d[d["keep"].astype(bool)]["label"].value_counts() if d is not None else pd.Series(dtype=int))
+    per = pd.concat(counts, axis=1, keys=["before", "after"]).fillna(0).astype(int)
+    per["change"] = per["after"] - per["before"]
+    per = per.rename_axis("label").reset_index().sort_values(["change", "label"], ascending=[False, True])
+    return stats, per.reset_index(drop=True)
+
+
+def _predictions(run: Path) -> dict[str, pd.DataFrame]:
+    """model → (id, label, pred) on the rows it was scored on: every test row for the probes where
+    06 saved them, the shared sample otherwise."""
+    out = {}
+    for name in ("test_predictions", "test_predictions_all"):  # the second (every row) wins for probes
+        t = _table(run, name)
+        if t is None:
+            continue
+        for col in (c for c in t.columns if c.startswith("pred: ")):
+            out[col[6:]] = t[["id", "label"]].assign(pred=t[col].astype(str))
+    return out
+
+
+def eval_diff(a: Path, b: Path, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    pa, pb = _predictions(a), _predictions(b)
+    rows = []
+    for model in [m for m in pb if m in pa]:
+        both = pa[model].merge(pb[model], on=["id", "label"], suffixes=("_a", "_b"))
+        if both.empty:
+            continue
+        y = both["label"].to_numpy()
+        row = {"model": model, "test_rows": len(both)}
+        for side in ("a", "b"):
+            p = both[f"pred_{side}"].to_numpy()
+            lo, hi = evaluate.bootstrap_ci(y, p, evaluate._accuracy, bootstrap, seed)
+            key = "before" if side == "a" else "after"
+            row |= {key: float((p == y).mean()), f"{key}_lo": lo, f"{key}_hi": hi}
+        d, lo, hi = evaluate.paired_delta(y, both["pred_b"], both["pred_a"], bootstrap, seed)
+        row |= {"change": d, "change_lo": lo, "change_hi": hi}
+        row["verdict"] = (
+            "rose" if lo > 0 else "fell" if hi < 0 else "no change the CI can tell" if bootstrap else "not tested"
+        )
+        rows.append(row)
+    cols = ["model", "test_rows", "before", "before_lo", "before_hi", "after", "after_lo", "after_hi"]
+    return pd.DataFrame(rows, columns=[*cols, "change", "change_lo", "change_hi", "verdict"])
+
+
+def per_label_diff(a: Path, b: Path, model: str = MAIN_MODEL) -> pd.DataFrame:
+    pa, pb = _predictions(a), _predictions(b)
+    if model not in pa or model not in pb:
+        return pd.DataFrame(columns=["label", "rows", "before", "after", "change"])
+    both = pa[model].merge(pb[model], on=["id", "label"], suffixes=("_a", "_b"))
+    both = both.assign(before=both["pred_a"] == both["label"], after=both["pred_b"] == both["label"])
+    out = both.groupby("label").agg(rows=("id", "size"), before=("before", "mean"), after=("after", "mean"))
+    out["change"] = out["after"] - out["before"]
+    return out.reset_index().sort_values(["change", "label"]).reset_index(drop=True)
+
+
+def cluster_diff(a: Path, b: Path) -> pd.DataFrame:
+    """Each cluster of a, named by its dominant true → predicted labels, against the dev failures of
+    the same kind in b (the same dev rows: the split is fixed per task)."""
+    ca, fa, fb = _table(a, "clusters"), _table(a, "failures"), _table(b, "failures")
+    cols = ["cluster", "name", "true", "predicted", "before", "after", "change", "trend"]
+    if ca is None or fa is None or fb is None:
+        return pd.DataFrame(columns=cols)
+
+    def dev_count(f: pd.DataFrame, true: str, pred: str) -> int:
+        f = f[f["source"] == "dev"] if "source" in f else f
+        return int(((f["label"] == true) & (f["predicted"] == pred)).sum())
+
+    rows = []
+    for c in ca[ca["cluster"] >= 0].itertuples():
+        before, after = (
+            dev_count(fa, c.dominant_true, c.dominant_predicted),
+            dev_count(fb, c.dominant_true, c.dominant_predicted),
+        )
+        trend = "shrank" if after < before else "grew" if after > before else "same"
+        rows.append(
+            {"cluster": c.cluster, "name": c.name, "true": c.dominant_true, "predicted": c.dominant_predicted,
+             "before": before, "after": after, "change": after - before, "trend": trend}
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def overview(runs: list[Path], bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per run: parent, status, accepted edits, kept rows, dev accuracy, and test accuracy
+    with its 95% CI of seeds only, seeds + filtered synthetic, and the causal SFT student."""
+    rows = []
+    for run in runs:
+        prov = _json(run / "provenance.json")
+        preds = _predictions(run)
+        row = {
+            "run": run.name,
+            "parent": prov.get("parent") or "",
+            "status": prov.get("status"),
+            "edits accepted": ", ".join((prov.get("patch") or {}).get("accepted", [])),
+            "rows kept": _stats(run)["rows kept"],
+            "dev accuracy": _stats(run)["dev accuracy (student)"],
+        }
+        for model in ("probe: seeds_only", MAIN_MODEL, "causal: sft"):
+            row[model] = ""
+            if model in preds:
+                y, p = preds[model]["label"].to_numpy(), preds[model]["pred"].to_numpy()
+                lo, hi = evaluate.bootstrap_ci(y, p, evaluate._accuracy, bootstrap, seed)
+                row[model] = f"{(y == p).mean():.1%} [{lo:.1%}–{hi:.1%}] on {len(y):,}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def patch_of(run: Path) -> pd.DataFrame:
+    """The edits that made `run` from its parent (from its provenance)."""
+    edits = (_json(Path(run) / "provenance.json").get("patch") or {}).get("edits", [])
+    cols = ["id", "kind", "label", "path", "value", "evidence"]
+    return pd.DataFrame([{k: _short(e.get(k), 300) for k in cols} for e in edits], columns=cols)
+
+
+def _pct(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    def fmt(v, signed: bool) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        return f"{v:+.1%}" if signed else f"{v:.1%}"
+
+    out = df.copy()
+    for c in cols:
+        if c in out:
+            out[c] = [fmt(v, c.startswith("change")) for v in out[c]]
+    return out
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, escape=True, border=0, classes="t", na_rep="")
+
+
+def write_index(task_dir: Path) -> Path:
+    """runs/<task>/index.html: every run of the task, and for each run with a parent the patch and
+    the config, data, evaluation and cluster diffs against it. All text is HTML-escaped."""
+    task_dir = Path(task_dir)
+    runs = task_runs(task_dir)
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>{html.escape(task_dir.name)}: iterations</title>",
+        "<style>body{font-family:sans-serif;margin:24px;max-width:1300px}"
+        ".t{border-collapse:collapse;font-size:13px;margin:8px 0 20px}.t td,.t th{border:1px solid #ccc;"
+        "padding:3px 6px;text-align:left;vertical-align:top}h2{margin-top:36px}</style>",
+        f"<h1>{html.escape(task_dir.name)}: iterations</h1>",
+        "<p>Each run is one iteration; an iteration with a parent was made by <code>workbench iterate</code> "
+        "from the parent's failure clusters (07_gaps). Accuracy on the real test split with 95% bootstrap "
+        "intervals; changes are paired on the same test rows.</p>",
+    ]
+    ov = overview(runs)
+    if len(ov):
+        ov["run"] = [f"<a href='{html.escape(r)}/report.html'>{html.escape(r)}</a>" for r in ov["run"]]
+        ov["dev accuracy"] = ov["dev accuracy"].map(lambda v: f"{v:.1%}" if isinstance(v, float) else "")
+        body = ov.to_html(index=False, escape=False, border=0, classes="t", na_rep="",
+                          formatters={c: (lambda v: html.escape(str(v))) for c in ov.columns if c != "run"})  # fmt: skip
+        parts.append(body)
+    for run in runs:
+        parent = _json(run / "provenance.json").get("parent")
+        if not parent or not (task_dir / parent).is_dir():
+            continue
+        a = task_dir / parent
+        parts.append(f"<h2>{html.escape(parent)} → {html.escape(run.name)}</h2>")
+        parts += ["<h3>Patch that linked them</h3>", _html_table(patch_of(run))]
+        parts += ["<h3>Config diff</h3>", _html_table(config_diff(a, run))]
+        stats, per = data_diff(a, run)
+        parts += ["<h3>Data statistics</h3>", _html_table(stats.map(_fmt))]
+        changed = per[per["change"] != 0]
+        parts += [f"<h3>Kept rows per label (the {len(changed)} that changed)</h3>", _html_table(changed)]
+        ev = _pct(eval_diff(a, run), ["before", "before_lo", "before_hi", "after", "after_lo", "after_hi",
+                                      "change", "change_lo", "change_hi"])  # fmt: skip
+        parts += ["<h3>Evaluation on the real test split</h3>", _html_table(ev)]
+        pl = per_label_diff(a, run)
+        pl = pl[pl["change"] != 0]
+        parts += [f"<h3>Per-label accuracy, {MAIN_MODEL} (labels that changed)</h3>",
+                  _html_table(_pct(pl, ["before", "after", "change"]))]  # fmt: skip
+        parts += ["<h3>Failure clusters of the parent: shrank or grew (dev failures of the same kind)</h3>",
+                  _html_table(cluster_diff(a, run))]  # fmt: skip
+    out = task_dir / "index.html"
+    from workbench.runs import write_atomic
+
+    write_atomic(out, "\n".join(parts))
+    return out
+
+
+def _fmt(v):
+    if isinstance(v, float) and not np.isnan(v):
+        return f"{v:.3f}" if abs(v) < 1 else f"{v:,.0f}"
+    return v
