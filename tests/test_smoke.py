@@ -27,10 +27,36 @@ ARTIFACTS = [
 ]
 
 
+# Loaded by every Python process of the run (the CLI and each stage's kernel) through PYTHONPATH:
+# records which stage opened the dataset's test.csv (stages announce themselves in open_stage).
+AUDIT = """
+import os, sys
+_stage = [None]
+def _hook(event, args):
+    if event == "workbench.stage":
+        _stage[0] = args[0]
+    elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.fsdecode(args[0])
+        if path.endswith(os.sep + "test.csv"):
+            with open(os.environ["WORKBENCH_AUDIT_LOG"], "a") as f:
+                f.write(f"{os.getpid()}\\t{_stage[0]}\\t{path}\\n")
+sys.addaudithook(_hook)
+"""
+
+
+def runs_in(folder):
+    return [p for p in folder.iterdir() if p.is_dir()]
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, request):
     root = request.config.rootpath
     runs_dir = tmp_path_factory.mktemp("runs")
+    audit = tmp_path_factory.mktemp("audit")
+    (audit / "sitecustomize.py").write_text(AUDIT)
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(audit), env.get("PYTHONPATH")]))
+    env["WORKBENCH_AUDIT_LOG"] = str(audit / "opens.tsv")
     cli = [
         sys.executable,
         "-m",
@@ -40,15 +66,25 @@ def smoke_run(tmp_path_factory, request):
         "--runs-dir",
         str(runs_dir),
     ]
-    proc = subprocess.run(cli, capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+    proc = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return runs_dir, proc.stdout
+    return runs_dir, proc.stdout, audit / "opens.tsv"
+
+
+@pytest.mark.slow
+def test_only_06_reads_the_test_split(smoke_run):
+    """The test split never steers generation or failure analysis: of every process of the run,
+    only 06_evaluate's kernel opens test.csv (and it does, so the audit itself is shown to work)."""
+    _, _, log = smoke_run
+    opened = [line.split("\t") for line in log.read_text().splitlines()] if log.is_file() else []
+    assert opened, "the audit hook saw no read of test.csv at all: it is not working"
+    assert {stage for _, stage, _ in opened} == {"06_evaluate"}, opened
 
 
 @pytest.mark.slow
 def test_smoke_run_leaves_every_artifact(smoke_run):
-    runs_dir, stdout = smoke_run
-    [run] = list((runs_dir / "smoke").iterdir())
+    runs_dir, stdout, _ = smoke_run
+    [run] = runs_in(runs_dir / "smoke")
     assert f"run folder: {run}" in stdout and f"report:     {run / 'report.html'}" in stdout
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "finished" and prov["finished"]
@@ -137,13 +173,21 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     assert "Licence of the seed examples" in (export / "README.md").read_text()
     assert table["accuracy"].between(0, 1).all() and (table["accuracy_lo"] <= table["accuracy"]).all()
     assert metrics["06_evaluate"]["test_rows"] == 5 * 20
-    assert metrics["07_gaps"]["dev_rows"] == 5 * 8
+    # 07: failures clustered and named, the config patch, and the task's lineage page
+    g = metrics["07_gaps"]
+    assert g["dev_rows"] == 5 * 8 and g["failures"] == sum(g["failures_by_source"].values())
+    clusters = pd.read_parquet(run / "artifacts" / "clusters.parquet")
+    assert clusters["name"].str.len().gt(0).all() and set(clusters["name_source"]) <= {"llm", "template"}
+    assert clusters["size"].sum() == g["failures"]  # noise included, not hidden
+    patch = (run / "artifacts" / "config_patch.yaml").read_text()
+    assert patch.startswith("# Config patch proposed by 07_gaps") and g["edits"] == patch.count("\n- {")
+    assert (runs_dir / "smoke" / "index.html").is_file()
 
 
 @pytest.mark.slow
 def test_smoke_report_is_offline_and_complete(smoke_run):
-    runs_dir, _ = smoke_run
-    [run] = list((runs_dir / "smoke").iterdir())
+    runs_dir, _, _ = smoke_run
+    [run] = runs_in(runs_dir / "smoke")
     html = (run / "report.html").read_text()
     for heading in [
         "Before / after on the real test split",
