@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lab lint clean-runs
+.PHONY: setup demo loop test lab lint clean-runs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/workbench run configs/banking77.yaml
 
+loop: setup
+	$(BIN)/workbench loop configs/banking77.yaml --iterations 2
+
 test: setup
 	$(BIN)/python -m pytest
 
@@ -34,4 +37,4 @@ lint: setup
 	$(BIN)/ruff format --check workbench tests notebooks
 
 clean-runs:
-	rm -rf runs/*/[0-9]*-* runs/*/scratch
+	rm -rf runs/*/[0-9]*-* runs/*/scratch runs/*/index.html

@@ -27,6 +27,7 @@ import pandas as pd
 from workbench import evaluate
 
 MAIN_MODEL = "probe: seeds_synthetic"
+TARGET = "seeds + filtered − seeds only"  # 06's paired difference on every test row: > 0 with its CI is the goal
 
 
 def _json(path: Path) -> dict:
@@ -208,8 +209,9 @@ def cluster_diff(a: Path, b: Path) -> pd.DataFrame:
 
 
 def overview(runs: list[Path], bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per run: parent, status, accepted edits, kept rows, dev accuracy, and test accuracy
-    with its 95% CI of seeds only, seeds + filtered synthetic, and the causal SFT student."""
+    """One row per run: parent, status, accepted edits, kept rows, dev accuracy, test accuracy with
+    its 95% CI of seeds only, seeds + filtered synthetic and the causal SFT student, and 06's paired
+    difference seeds + filtered − seeds only ("above" when its interval is above zero)."""
     rows = []
     for run in runs:
         prov = _json(run / "provenance.json")
@@ -228,6 +230,14 @@ def overview(runs: list[Path], bootstrap: int = 1000, seed: int = 0) -> pd.DataF
                 y, p = preds[model]["label"].to_numpy(), preds[model]["pred"].to_numpy()
                 lo, hi = evaluate.bootstrap_ci(y, p, evaluate._accuracy, bootstrap, seed)
                 row[model] = f"{(y == p).mean():.1%} [{lo:.1%}–{hi:.1%}] on {len(y):,}"
+        ab = _table(run, "ablation")
+        hit = ab[ab["comparison"] == TARGET] if ab is not None else pd.DataFrame()
+        row[f"{TARGET} (the loop's target)"] = (
+            f"{hit['delta_accuracy'].iloc[0]:+.1%} [{hit['delta_lo'].iloc[0]:+.1%}, {hit['delta_hi'].iloc[0]:+.1%}]"
+            + (" above" if hit["delta_lo"].iloc[0] > 0 else "")
+            if len(hit)
+            else ""
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
