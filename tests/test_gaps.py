@@ -75,6 +75,31 @@ SEEDS = pd.DataFrame(
 )
 
 
+def test_failures_come_from_each_source_once():
+    dev = pd.DataFrame({"id": ["d1", "d2", "d3"], "text": ["x", "y", "z"], "label": ["a", "b", "c"]})
+    synthetic = pd.DataFrame(
+        {
+            "id": ["g1", "g2", "g3", "g4", "g5"],
+            "text": ["low and relabelled", "relabelled, rejected", "fine", "not judged", "low only"],
+            "label": ["a", "a", "b", "b", "c"],
+            "keep": [True, False, True, False, True],
+            "judge_score": [0.25, 0.75, 1.0, np.nan, 0.0],
+            "jury_label": ["b", "c", "b", None, "c"],
+        }
+    )
+    f = gaps.failures(cfg_for(), dev, ["a", "c", "a"], synthetic)
+    assert list(zip(f["source"], f["id"], f["predicted"])) == [
+        ("dev", "d2", "c"),
+        ("dev", "d3", "a"),
+        ("low_judge", "g1", "b"),
+        ("low_judge", "g5", "c"),
+        ("jury", "g2", "c"),
+    ]
+    only_dev = gaps.failures(cfg_for(sources=["dev"]), dev, ["a", "c", "a"], synthetic)
+    assert set(only_dev["source"]) == {"dev"}
+    assert list(gaps.failures(cfg_for(sources=["jury"]), dev, ["a", "c", "a"], synthetic)["id"]) == ["g1", "g2"]
+
+
 def test_summary_names_each_cluster_by_its_most_common_confusion():
     out, summary, _ = clustered_planted()
     pairs = set(zip(summary["dominant_true"], summary["dominant_predicted"]))

@@ -521,10 +521,10 @@ class GapsConfig(_Section):
     sources: list[Literal["dev", "low_judge", "jury"]] = Field(
         ["dev", "low_judge", "jury"],
         min_length=1,
-        description="Failures to cluster: dev = real dev rows the student misclassifies; low_judge = kept synthetic "
-        "rows the judge scored below gaps.low_score; jury = kept synthetic rows the label jury gave another label.",
+        description="Failures to cluster: dev = real dev rows the student misclassifies; low_judge = judged synthetic "
+        "rows the judge scored below gaps.low_score; jury = judged synthetic rows the label jury gave another label.",
     )
-    low_score: float = Field(0.5, ge=0, le=1, description="Judge score (0-1) below which a kept row is a failure.")
+    low_score: float = Field(0.5, ge=0, le=1, description="Judge score (0-1) below which a judged row is a failure.")
     umap_neighbors: int = Field(10, ge=2, description="UMAP n_neighbors.")
     min_cluster_size: int = Field(4, ge=2, description="HDBSCAN min_cluster_size.")
     random_state: int = Field(0, description="UMAP random_state, fixed so maps are reproducible.")

@@ -2,8 +2,9 @@
 
 `failures(cfg, dev, predicted, synthetic)` → one row per failure with its `source`:
     dev        a real dev row (train split, disjoint from the seeds) the student misclassifies
-    low_judge  a kept synthetic row the judge scored below `gaps.low_score`
-    jury       a kept synthetic row the blind label jury gave another label
+    low_judge  a judged synthetic row (kept or not) the judge scored below `gaps.low_score`
+    jury       a judged synthetic row the blind label jury gave another label (03's label_mismatch
+               rejects, and kept rows it relabelled)
   columns: source, id, text, label (true / intended), predicted (student / jury)
 `name_clusters(cfg, llm, summary)` → the cluster table plus an LLM-written name and one-line
     description per cluster (from its exemplars and dominant labels); a reply that does not parse
@@ -67,16 +68,13 @@ def failures(cfg: RunConfig, dev: pd.DataFrame, predicted, synthetic: pd.DataFra
         d = dev.assign(predicted=list(predicted))
         frames.append(d[d["predicted"] != d["label"]].assign(source="dev"))
     if synthetic is not None and len(synthetic):
-        kept = synthetic[synthetic["keep"].astype(bool)] if "keep" in synthetic else synthetic
-        jury = kept["jury_label"] if "jury_label" in kept else pd.Series(None, index=kept.index)
-        if "low_judge" in cfg.gaps.sources and "judge_score" in kept:
-            low = kept[kept["judge_score"].notna() & (kept["judge_score"] < cfg.gaps.low_score)]
-            frames.append(low.assign(source="low_judge", predicted=jury[low.index].fillna(low["label"])))
-        if "jury" in cfg.gaps.sources:
-            other = kept[jury.notna() & (jury != kept["label"])]
-            if "low_judge" in cfg.gaps.sources and "judge_score" in kept:  # a row is one failure, once
-                other = other[~(other["judge_score"].notna() & (other["judge_score"] < cfg.gaps.low_score))]
-            frames.append(other.assign(source="jury", predicted=jury[other.index]))
+        # every row the judge and jury saw (kept or rejected at 03-04): what the generator got wrong
+        score = synthetic["judge_score"] if "judge_score" in synthetic else pd.Series(np.nan, index=synthetic.index)
+        jury = synthetic["jury_label"] if "jury_label" in synthetic else pd.Series(None, index=synthetic.index)
+        low = score.notna() & (score < cfg.gaps.low_score) & ("low_judge" in cfg.gaps.sources)
+        relabelled = jury.notna() & (jury != synthetic["label"]) & ("jury" in cfg.gaps.sources)
+        frames.append(synthetic[low].assign(source="low_judge", predicted=jury[low].fillna(synthetic["label"][low])))
+        frames.append(synthetic[relabelled & ~low].assign(source="jury", predicted=jury[relabelled & ~low]))
     frames = [f[cols] for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
