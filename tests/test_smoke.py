@@ -66,7 +66,7 @@ def smoke_run(tmp_path_factory, request):
         "--runs-dir",
         str(runs_dir),
     ]
-    proc = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return runs_dir, proc.stdout, audit / "opens.tsv"
 
