@@ -31,9 +31,11 @@ def test_seams_take_any_reducer_and_clusterer():
 
 def test_umap_hdbscan_are_seeded_and_find_blobs():
     x, _ = make_blobs(n_samples=90, centers=3, n_features=16, cluster_std=0.5, random_state=1)
-    runs = [cluster_failures(failures(90), x, *default_models(GapsConfig(), x)) for _ in range(2)]
-    assert np.allclose(runs[0][["x", "y"]], runs[1][["x", "y"]])
-    assert len(set(runs[0]["cluster"]) - {-1}) == 3
+    for selection in ["leaf", "eom"]:
+        cfg = GapsConfig(min_cluster_size=10, selection=selection)
+        runs = [cluster_failures(failures(90), x, *default_models(cfg, x)) for _ in range(2)]
+        assert np.allclose(runs[0][["x", "y"]], runs[1][["x", "y"]])
+        assert len(set(runs[0]["cluster"]) - {-1}) == 3
 
 
 def test_too_few_failures_are_all_noise():

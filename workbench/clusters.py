@@ -10,6 +10,8 @@ true and predicted labels, with their shares of the cluster), 3-5 exemplars. Red
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -25,6 +27,8 @@ def default_models(cfg: GapsConfig, vectors: np.ndarray):
 
     n = len(vectors)
     k = max(2, min(cfg.umap_neighbors, n - 1))
+    # without a search index UMAP cannot `transform` new points; nothing here needs it
+    warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
     knn = (None, None, None)
     if n > k:
         from sklearn.neighbors import NearestNeighbors
@@ -43,7 +47,9 @@ def default_models(cfg: GapsConfig, vectors: np.ndarray):
         init="random" if n < 10 else "spectral",
         precomputed_knn=knn,
     )
-    clusterer = hdbscan.HDBSCAN(min_cluster_size=min(cfg.min_cluster_size, max(2, n // 2)))
+    clusterer = hdbscan.HDBSCAN(
+        min_cluster_size=min(cfg.min_cluster_size, max(2, n // 2)), cluster_selection_method=cfg.selection
+    )
     return reducer, clusterer
 
 
