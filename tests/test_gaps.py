@@ -314,3 +314,27 @@ def test_lineage_reports_the_paired_change_and_the_clusters_that_shrank(tmp_path
     page = lineage.write_index(tmp_path / "t").read_text()
     assert "001-x → 002-x" in page and "<script>alert(1)" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_an_iteration_carries_the_rows_of_the_iterations_before_it(tmp_path):
+    from workbench.runs import Stage
+
+    def run(name, parent, ids, carried=None):
+        r = tmp_path / "t" / name
+        (r / "artifacts").mkdir(parents=True)
+        (r / "provenance.json").write_text(json.dumps({"parent": parent}))
+        df = pd.DataFrame({"id": ids, "text": ids, "label": "a", "keep": [i % 2 == 0 for i in range(len(ids))]})
+        df["carried_from"] = carried
+        df.to_parquet(r / "artifacts" / "dataset.parquet")
+        return r
+
+    run("001-x", None, ["g1", "g2"])
+    run("002-x", "001-x", ["g1", "001-x/g1", "001-x/g2"], carried=[None, "001-x", "001-x"])
+    third = tmp_path / "t" / "003-x"
+    (third / "artifacts").mkdir(parents=True)
+    (third / "provenance.json").write_text(json.dumps({"parent": "002-x"}))
+    rows = Stage("04_filter", cfg_for(), third).earlier_rows()
+    # each ancestor's own rows once (002's copies of 001's rows are not counted twice), verdicts kept
+    assert sorted(rows["id"]) == ["001-x/g1", "001-x/g2", "002-x/g1"]
+    assert rows.set_index("id").loc["001-x/g2", "keep"] == False  # noqa: E712
+    assert set(rows["carried_from"]) == {"001-x", "002-x"}

@@ -444,6 +444,20 @@ class Stage:
                 frames.append(pd.DataFrame({"id": run.name + "/" + df["id"], "text": df["text"]}))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"id": [], "text": []})
 
+    def earlier_rows(self) -> pd.DataFrame:
+        """Every row earlier iterations generated (04's dataset of each ancestor, its own rows only,
+        verdicts kept), ids `<run>/<row id>`, `carried_from` = that run: an iteration adds to the
+        data before it (01 rejects prompts that repeat earlier ones as seen_before)."""
+        frames = []
+        for run in self.ancestors():
+            path = run / "artifacts" / "dataset.parquet"
+            if path.is_file():
+                df = pd.read_parquet(path)
+                if "carried_from" in df:
+                    df = df[df["carried_from"].isna()]
+                frames.append(df.assign(id=run.name + "/" + df["id"].astype(str), carried_from=run.name))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
     def stage_times(self) -> pd.DataFrame:
         """Status, start and seconds of each stage so far (empty in a scratch folder)."""
         stages = self.provenance().get("stages", {})
