@@ -88,7 +88,7 @@ def config_diff_texts(a: str, b: str) -> pd.DataFrame:
     rows = []
     for key in sorted(set(fa) | set(fb)):
         va, vb = fa.get(key), fb.get(key)
-        if va != vb and not (key.startswith("task.labels") and va in (None, {}) and vb in (None, {})):
+        if va != vb and not (va in (None, {}, [], "") and vb in (None, {}, [], "")):  # unset vs empty: no change
             rows.append({"field": key, "before": _short(va), "after": _short(vb)})
     return pd.DataFrame(rows, columns=["field", "before", "after"])
 
@@ -295,7 +295,12 @@ def write_index(task_dir: Path) -> Path:
             continue
         a = task_dir / parent
         parts.append(f"<h2>{html.escape(parent)} → {html.escape(run.name)}</h2>")
-        parts += ["<h3>Patch that linked them</h3>", _html_table(patch_of(run))]
+        patch = patch_of(run)
+        parts += [
+            f"<details><summary><b>Patch that linked them: {len(patch)} edits</b> (click to open)</summary>",
+            _html_table(patch),
+            "</details>",
+        ]
         parts += ["<h3>Config diff</h3>", _html_table(config_diff(a, run))]
         stats, per = data_diff(a, run)
         parts += ["<h3>Data statistics</h3>", _html_table(stats.map(_fmt))]

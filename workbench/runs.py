@@ -283,16 +283,16 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
         _update_provenance(run, stages={s: {"status": "done", "seconds": seconds}})
         log.info("stage %s done in %.1f s", s, seconds)
     export_html(run)
-    try:
+    if set(stages) == set(STAGES):
+        _update_provenance(run, status="finished", finished=dt.datetime.now().isoformat(timespec="seconds"))
+    else:
+        _update_provenance(run, status="partial")
+    try:  # after the status, so the page shows this run as it ends
         from workbench import lineage
 
         lineage.write_index(run.parent)
     except Exception as e:  # the run itself is done; a lineage page that cannot be built must not undo it
         log.warning("runs/%s/index.html not written: %s: %s", run.parent.name, type(e).__name__, e)
-    if set(stages) == set(STAGES):
-        _update_provenance(run, status="finished", finished=dt.datetime.now().isoformat(timespec="seconds"))
-    else:
-        _update_provenance(run, status="partial")
     return run
 
 
