@@ -175,6 +175,19 @@ def cluster_map(clustered: pd.DataFrame) -> go.Figure:
     return fig.update_layout(height=500)
 
 
+def cluster_table(summary: pd.DataFrame):
+    """The cluster table for a page: text left-aligned and wrapped, exemplars on one line each
+    joined by ' · ', every value HTML-escaped (cluster names and exemplars are generated text)."""
+    t = summary.drop(columns=["name_raw"], errors="ignore").copy()
+    t["exemplars"] = t["exemplars"].map(lambda xs: " · ".join(map(str, xs)))
+    return (
+        t.style.format(escape="html", precision=2)
+        .set_properties(**{"text-align": "left", "white-space": "normal", "min-width": "60px"})
+        .set_properties(subset=["exemplars"], **{"min-width": "420px"})
+        .hide(axis="index")
+    )
+
+
 def coverage_heatmap(cells: pd.DataFrame) -> go.Figure:
     """Kept against target per label × difficulty: colour is kept/target, text is `kept/target`."""
     order = [c for c in ["easy", "medium", "hard", "all"] if c in set(cells["difficulty"])]
