@@ -165,8 +165,9 @@ def test_parse_name(text, parsed, expected):
 
 def test_a_planted_confusion_yields_edits_with_their_evidence():
     out, summary, vectors = clustered_planted()
-    far = {"card_arrival": -np.eye(16)[[0]], "exchange_rate": np.eye(16)[[1]]}  # nothing generated near card_arrival
-    edits = gaps.propose(cfg_for(), out, summary, SEEDS, {x: 10 for x in LABELS}, far, vectors)
+    kept = pd.DataFrame({"label": ["card_arrival", "exchange_rate"]})
+    far = np.vstack([-np.eye(16)[0], np.eye(16)[1]])  # nothing generated near card_arrival; exchange_rate covered
+    edits = gaps.propose(cfg_for(), out, summary, SEEDS, {x: 10 for x in LABELS}, vectors, kept, far)
     by = {(e.kind, e.label): e for e in edits.itertuples()}
     # the larger confusion first, every kind of edit for it
     assert list(edits["label"][:4]) == ["card_arrival"] * 4 and list(edits["id"]) == [
@@ -186,7 +187,8 @@ def test_a_planted_confusion_yields_edits_with_their_evidence():
     ev = by["more_rows", "card_arrival"].evidence
     assert "8 failures (8 dev)" in ev and "8 of 10 dev rows of card_arrival misread, 8 as card_delivery_estimate" in ev
     assert not (edits["label"] == "top_up_failed").any()  # weak rows the jury agreed with: shown, no edit
-    assert len(gaps.propose(cfg_for(max_edits=2), out, summary, SEEDS, {}, far, vectors)) == 2
+    assert len(gaps.propose(cfg_for(max_edits=2), out, summary, SEEDS, {}, vectors, kept, far)) == 2
+    assert "phrasing" not in set(gaps.propose(cfg_for(), out, summary, SEEDS, {})["kind"])  # no vectors: not proposed
 
 
 def test_patch_round_trips_and_selection_checks_ids(tmp_path):

@@ -149,6 +149,8 @@ def name_clusters(cfg: RunConfig, llm, summary: pd.DataFrame) -> pd.DataFrame:
             out.at[i, "name"] = f"{true} read as {pred}" if true != pred else f"weak {true} rows"
             out.at[i, "description"] = (
                 f"{out.at[i, 'size']} rows, mostly {true}, that the student or jury took for {pred}."
+                if true != pred
+                else f"{out.at[i, 'size']} rows of {true} the judge scored low."
             )
     return out
 
@@ -173,12 +175,14 @@ def propose(
     summary: pd.DataFrame,
     seeds: pd.DataFrame,
     dev_counts: dict[str, int],
-    synthetic_vectors: dict[str, np.ndarray] | None = None,
     failure_vectors: np.ndarray | None = None,
+    kept: pd.DataFrame | None = None,
+    kept_vectors: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Config edits from the clusters, largest first, at most `gaps.max_edits`; each label gets each
-    kind of edit once (from its largest cluster). `synthetic_vectors[label]` are the kept synthetic
-    rows' embeddings (for 'phrasing': dev rows far from all of them)."""
+    kind of edit once (from its largest cluster). `failure_vectors` embed `clustered`'s rows and
+    `kept_vectors` the kept synthetic rows `kept` (label column): 'phrasing' looks for dev rows far
+    from every kept row of their label; without them it is not proposed."""
     extra = cfg.gaps.extra_rows or cfg.sampling.rows_per_label
     edits: list[dict] = []
     done: set[tuple[str, str]] = set()
@@ -205,8 +209,9 @@ def propose(
             continue
         in_cluster = (clustered["cluster"] == s.cluster) & (clustered["source"] == "dev") & (clustered["label"] == true)
         dev = clustered[in_cluster]
-        if len(dev) and failure_vectors is not None and synthetic_vectors and len(synthetic_vectors.get(true, [])):
-            nearest = (failure_vectors[dev.index] @ synthetic_vectors[true].T).max(axis=1)
+        same = (kept["label"] == true).to_numpy() if kept is not None and kept_vectors is not None else None
+        if len(dev) and failure_vectors is not None and same is not None and same.any():
+            nearest = (failure_vectors[dev.index] @ kept_vectors[same].T).max(axis=1)
             far = dev.assign(nearest=nearest).sort_values("nearest").head(3)
             far = far[far["nearest"] < 0.8]
             if len(far):

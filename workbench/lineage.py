@@ -106,7 +106,9 @@ def _stats(run: Path) -> dict:
     return {
         "prompts generated": p.get("generated"),
         "prompts kept": p.get("kept"),
-        "prompt defect rate (critic)": defects / p["generated"] if p.get("generated") else None,
+        "prompt defect rate (critic)": defects / p["generated"]
+        if p.get("generated") and p.get("critiques_parsed") is not None  # None: the critic was off
+        else None,
         "rows judged and filtered": f.get("rows"),
         "rows kept": f.get("kept"),
         "reject rate": f["rejected"] / f["rows"] if f.get("rows") else None,
