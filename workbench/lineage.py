@@ -41,13 +41,9 @@ def _table(run: Path, name: str) -> pd.DataFrame | None:
 
 def chain(run: Path) -> list[Path]:
     """The run and its ancestors through provenance `parent`, oldest first."""
-    out = [Path(run)]
-    while True:
-        parent = _json(out[-1] / "provenance.json").get("parent")
-        p = Path(parent) if parent and Path(parent).is_absolute() else out[-1].parent / (parent or "")
-        if not parent or not p.is_dir() or p in out:
-            return out[::-1]
-        out.append(p)
+    from workbench.runs import ancestors
+
+    return [*reversed(ancestors(run)), Path(run)]
 
 
 def task_runs(task_dir: Path) -> list[Path]:

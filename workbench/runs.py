@@ -420,18 +420,7 @@ class Stage:
         return p.name, (p / "config.yaml").read_text()
 
     def ancestors(self) -> list[Path]:
-        """Earlier iterations: the parent run (provenance `parent`), its parent, and so on."""
-        out: list[Path] = []
-        run = self.run_dir
-        while True:
-            parent = _read_json(run / "provenance.json").get("parent")
-            if not parent:
-                return out
-            p = Path(parent) if Path(parent).is_absolute() else run.parent / parent
-            if not p.is_dir() or p in out:
-                return out
-            out.append(p)
-            run = p
+        return ancestors(self.run_dir)
 
     def earlier_prompts(self) -> pd.DataFrame:
         """id (`<run>/<row id>`) and text of the prompts earlier iterations kept."""
@@ -464,6 +453,21 @@ class Stage:
         return pd.DataFrame(
             [{"stage": s, **v} for s, v in stages.items()], columns=["stage", "status", "started", "seconds"]
         )
+
+
+def ancestors(run: Path) -> list[Path]:
+    """Earlier iterations of `run`: its parent (provenance `parent`), the parent's parent, and so on."""
+    out: list[Path] = []
+    run = Path(run)
+    while True:
+        parent = _read_json(run / "provenance.json").get("parent")
+        if not parent:
+            return out
+        p = Path(parent) if Path(parent).is_absolute() else run.parent / parent
+        if not p.is_dir() or p in out:
+            return out
+        out.append(p)
+        run = p
 
 
 def open_stage(config: str, run_dir: str, name: str) -> Stage:
