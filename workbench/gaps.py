@@ -157,10 +157,9 @@ def name_clusters(cfg: RunConfig, llm, summary: pd.DataFrame) -> pd.DataFrame:
 
 def _evidence(s, clustered: pd.DataFrame, dev_counts: dict[str, int]) -> str:
     g = clustered[clustered["cluster"] == s.cluster]
-    sources = ", ".join(f"{n} {k}" for k, n in g["source"].value_counts().items())
     true, pred = s.dominant_true, s.dominant_predicted
     dev = g[(g["source"] == "dev") & (g["label"] == true)]
-    text = f"cluster {s.cluster} '{s.name}': {s.size} failures ({sources})"
+    text = f"cluster {s.cluster} '{s.name}': {s.size} failures ({s.sources})"  # sources: counted by summarize
     if len(dev):
         text += f"; {len(dev)} of {dev_counts.get(true, 0)} dev rows of {true} misread"
         k = int((dev["predicted"] == pred).sum())

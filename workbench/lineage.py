@@ -212,15 +212,15 @@ def overview(runs: list[Path], bootstrap: int = 1000, seed: int = 0) -> pd.DataF
     difference seeds + filtered − seeds only ("above" when its interval is above zero)."""
     rows = []
     for run in runs:
-        prov = _json(run / "provenance.json")
+        prov, stats = _json(run / "provenance.json"), _stats(run)
         preds = _predictions(run)
         row = {
             "run": run.name,
             "parent": prov.get("parent") or "",
             "status": prov.get("status"),
             "edits accepted": ", ".join((prov.get("patch") or {}).get("accepted", [])),
-            "rows kept": _stats(run)["rows kept"],
-            "dev accuracy": _stats(run)["dev accuracy (student)"],
+            "rows kept": stats["rows kept"],
+            "dev accuracy": stats["dev accuracy (student)"],
         }
         for model in ("probe: seeds_only", MAIN_MODEL, "causal: sft"):
             row[model] = ""
