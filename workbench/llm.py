@@ -22,6 +22,7 @@ are not cached. Unparseable JSON is data: the raw text is kept and `parsed` is N
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import email.utils
 import hashlib
@@ -31,12 +32,13 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from workbench import http
 from workbench.cache import Cache
 from workbench.config import ConfigError, LLMConfig
 
@@ -87,10 +89,17 @@ def parse_json(text: str) -> dict | None:
     return None
 
 
+_REQUEST_FIELDS = tuple(f.name for f in fields(Request))
+
+
 def cache_key(provider: str, model: str, req: Request) -> str:
-    # fields added later are left out while unset, so keys of earlier calls stay valid
-    fields = {k: v for k, v in asdict(req).items() if not (k in ("schema", "first_tokens") and v is None)}
-    payload = {"provider": provider, "model": model, **fields}
+    # fields added later are left out while unset, so keys of earlier calls stay valid; the
+    # values are read directly (dataclasses.asdict deep-copies, and cost more than the hash)
+    payload = {"provider": provider, "model": model}
+    for k in _REQUEST_FIELDS:
+        v = getattr(req, k)
+        if not (v is None and k in ("schema", "first_tokens")):
+            payload[k] = v
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -151,11 +160,29 @@ class LLM:
                 if i not in todo_set:
                     on_result(i, self._finish(req, [dict(r, cached=True) for r in hits[k]]))
         if todo:
+            # answers are written to the cache in batches (one SQLite commit each) by a writer
+            # thread: a commit per answer on the event loop costs more CPU than the HTTP call.
+            # A crash loses at most the last half second of answers.
+            unsaved: list[tuple[str, list[dict]]] = []
+            saved_at = time.monotonic()
+            writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
+
+            def write(batch: list[tuple[str, list[dict]]]) -> None:
+                self.cache.put_many([(k, json.dumps(rows).encode()) for k, rows in batch])
+
+            def save() -> None:
+                nonlocal saved_at
+                if unsaved:
+                    writer.submit(write, unsaved.copy())
+                    unsaved.clear()
+                saved_at = time.monotonic()
 
             def done(j: int, rows: list[dict]) -> None:  # j indexes `reqs`
                 key = keys[todo[j]]
                 if all(r["error"] is None for r in rows):
-                    self.cache.put_many([(key, json.dumps(rows).encode())])
+                    unsaved.append((key, rows))
+                    if len(unsaved) >= 256 or time.monotonic() - saved_at > 0.5:
+                        save()
                 else:
                     self.stats["errors"] += 1
                 fresh[key] = rows
@@ -163,11 +190,15 @@ class LLM:
                     on_result(todo[j], self._finish(requests[todo[j]], [dict(r) for r in rows]))
 
             reqs = [requests[i] for i in todo]
-            if self.cfg.provider == "local":
-                self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
-                self._local.run(reqs, done, desc)
-            else:
-                _run_async(_OpenAIRunner(self.cfg, self.stats).run(reqs, done, desc))
+            try:
+                if self.cfg.provider == "local":
+                    self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
+                    self._local.run(reqs, done, desc)
+                else:
+                    _run_async(_OpenAIRunner(self.cfg, self.stats).run(reqs, done, desc))
+            finally:
+                save()  # also when interrupted: what was paid for is kept
+                writer.shutdown(wait=True)
         out = []
         for req, k in zip(requests, keys):
             if k in fresh:
@@ -197,23 +228,33 @@ def _run_async(coro: Any) -> Any:
 # ---------------------------------------------------------------- openai provider
 
 
-def _retry_after(exc: Exception) -> float | None:
-    resp = getattr(exc, "response", None)
-    value = resp.headers.get("retry-after") if resp is not None else None
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date), or None."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-class _OpenAIRunner:
-    def __init__(self, cfg: LLMConfig, stats: dict):
-        import openai
+# statuses worth another attempt: rate limits, timeouts, conflicts and server errors
+_RETRY_STATUS = {408, 409, 425, 429} | set(range(500, 600))
 
-        self.openai = openai
+
+class _OpenAIRunner:
+    """Calls an OpenAI-compatible endpoint with `max_concurrency` workers.
+
+    Each worker takes the next request, sends it and records its rows. A request that failed
+    with something worth retrying is put back after its wait (Retry-After, else exponential
+    backoff with jitter) and its worker moves on at once, so a wait never holds a slot; retried
+    requests go to the front of the queue."""
+
+    def __init__(self, cfg: LLMConfig, stats: dict):
         key = os.environ.get(cfg.api_key_env)
         if not key:
             raise ConfigError(
@@ -222,90 +263,184 @@ class _OpenAIRunner:
             )
         if not cfg.base_url:
             raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
+        try:
+            self.pool = http.Pool(cfg.base_url, {"Authorization": f"Bearer {key}"})
+        except ValueError as e:
+            raise ConfigError(f"llm.base_url: {e}") from None
         self.cfg, self.stats = cfg, stats
-        self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=cfg.timeout_s)
 
     async def run(self, reqs: list[Request], done: Any, desc: str) -> None:
-        sem = asyncio.Semaphore(self.cfg.max_concurrency)
+        loop = asyncio.get_running_loop()
+        ready = collections.deque(range(len(reqs)))
+        attempts = [0] * len(reqs)
+        left = len(reqs)
+        wake = asyncio.Event()
         bar = tqdm(total=len(reqs), desc=desc, unit="req")
+        # request timeouts: one sweep a quarter second over the workers' deadlines, cheaper than a
+        # timer per request (asyncio.timeout); a late request is cancelled and counts as a timeout
+        deadline: dict[asyncio.Task, float] = {}
+        expired: set[asyncio.Task] = set()
 
-        async def one(j: int) -> None:
-            rows = await self._call(reqs[j], sem)
-            done(j, rows)
-            bar.update(1)
+        def requeue(j: int) -> None:
+            ready.appendleft(j)
+            wake.set()
 
-        try:
-            await asyncio.gather(*(one(j) for j in range(len(reqs))))
-        finally:
-            bar.close()
-            await self.client.close()
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(min(0.25, self.cfg.timeout_s / 4))
+                now = loop.time()
+                for task, t in list(deadline.items()):
+                    if t < now and task not in expired:
+                        expired.add(task)
+                        task.cancel()
 
-    async def _call(self, req: Request, sem: asyncio.Semaphore) -> list[dict]:
-        o = self.openai
-        retryable = (o.RateLimitError, o.InternalServerError, o.APIConnectionError, o.APITimeoutError)
-        attempt = 0
-        while True:
-            async with sem:  # the slot is held only while a request is in flight, never while waiting
+        async def attempt(j: int) -> list[dict]:
+            me = asyncio.current_task()
+            deadline[me] = loop.time() + self.cfg.timeout_s
+            try:
+                return await self._once(reqs[j])
+            except asyncio.CancelledError:
+                if me not in expired:
+                    raise
+                me.uncancel()
+                raise http.Transport(f"timed out after {self.cfg.timeout_s:g}s") from None
+            finally:
+                deadline.pop(me, None)
+                expired.discard(me)
+
+        async def worker() -> None:
+            nonlocal left
+            while left:
+                if not ready:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                j = ready.popleft()
                 try:
-                    return await self._once(req)
-                except retryable as e:
-                    err: Exception = e
-                except o.APIStatusError as e:
-                    return self._error_rows(req, f"HTTP {e.status_code}: {e.message}")
-            if attempt >= self.cfg.max_retries:
-                return self._error_rows(req, f"gave up after {attempt + 1} attempts: {type(err).__name__}: {err}")
-            attempt += 1
-            self.stats["retries"] += 1
-            wait = _retry_after(err)
-            if wait is None:
-                wait = min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())
-            log.debug("retry %d in %.2fs after %s", attempt, wait, err)
-            await asyncio.sleep(wait)
+                    rows = await attempt(j)
+                except (http.Transport, http.HTTPStatus, _BadReply) as e:
+                    retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
+                    if not retry:
+                        rows = self._error_rows(reqs[j], str(e))
+                    elif attempts[j] >= self.cfg.max_retries:
+                        rows = self._error_rows(reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
+                    else:
+                        attempts[j] += 1
+                        self.stats["retries"] += 1
+                        wait = _retry_after(e.headers.get("retry-after")) if isinstance(e, http.HTTPStatus) else None
+                        if wait is None:
+                            wait = min(30.0, 0.2 * 2 ** (attempts[j] - 1)) * (0.5 + random.random())
+                        log.debug("retry %d of request %d in %.2fs after %s", attempts[j], j, wait, e)
+                        loop.call_later(wait, requeue, j)
+                        continue
+                left -= 1
+                # the rows are recorded after this worker has sent its next request: when many
+                # answers arrive at once, every worker's next request goes out before the bookkeeping
+                unrecorded.append((j, rows))
+                if len(unrecorded) == 1:
+                    loop.call_soon(record)
+                if not left:
+                    wake.set()
+
+        unrecorded: collections.deque = collections.deque()
+        failed: list[BaseException] = []  # an error of the caller's `done` stops the run
+
+        def record() -> None:
+            while unrecorded and not failed:
+                try:
+                    done(*unrecorded.popleft())
+                except BaseException as e:
+                    failed.append(e)
+                    for t in workers:
+                        t.cancel()
+                    return
+                bar.update(1)
+
+        sweeper = asyncio.create_task(sweep())
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.cfg.max_concurrency, len(reqs)))]
+        try:
+            try:
+                await asyncio.gather(*workers)
+            except asyncio.CancelledError:
+                if not failed:
+                    raise
+            record()
+            if failed:
+                raise failed[0]
+        finally:
+            for t in workers:
+                t.cancel()
+            sweeper.cancel()
+            bar.close()
+            await self.pool.close()
 
     def _error_rows(self, req: Request, msg: str) -> list[dict]:
         return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
-    async def _once(self, req: Request) -> list[dict]:
-        kw = dict(
-            model=self.cfg.model,
-            messages=req.openai_messages(),
-            temperature=req.temperature,
-            top_p=req.top_p,
-            max_tokens=req.max_tokens,
-            seed=req.seed,
-            n=req.n,
-        )
+    def _body(self, req: Request) -> bytes:
+        body: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": req.openai_messages(),
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "max_tokens": req.max_tokens,
+            "seed": req.seed,
+            "n": req.n,
+        }
         if req.schema:
-            kw["response_format"] = {
+            body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "reply", "schema": json.loads(req.schema), "strict": False},
             }
+        if self.cfg.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return json.dumps(body).encode()
+
+    async def _once(self, req: Request) -> list[dict]:
         t0 = time.perf_counter()
+        texts: dict[int, str] = {}
+        finish: dict[int, str | None] = {}
+        ttft: dict[int, float] = {}
+        usage: dict | None = None
         if not self.cfg.stream:
-            resp = await self.client.chat.completions.create(**kw)
+            raw = await self.pool.post("/chat/completions", self._body(req))
             latency = time.perf_counter() - t0
-            usage = resp.usage
-            texts = {c.index: c.message.content or "" for c in resp.choices}
-            finish = {c.index: c.finish_reason for c in resp.choices}
-            ttft: dict[int, float] = {}
+            try:
+                obj = json.loads(raw)
+                for c in obj["choices"]:
+                    texts[c["index"]] = c["message"].get("content") or ""
+                    finish[c["index"]] = c.get("finish_reason")
+                usage = obj.get("usage")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise _BadReply(f"unreadable answer ({type(e).__name__}): {raw[:120]!r}") from None
         else:
-            stream = await self.client.chat.completions.create(
-                **kw, stream=True, stream_options={"include_usage": True}
-            )
-            texts, finish, ttft, usage = {}, {}, {}, None
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for c in chunk.choices:
-                    piece = c.delta.content if c.delta else None
-                    if piece:
-                        ttft.setdefault(c.index, time.perf_counter() - t0)
-                        texts[c.index] = texts.get(c.index, "") + piece
-                    if c.finish_reason:
-                        finish[c.index] = c.finish_reason
+            events = _SSE()
+
+            def piece(data: bytes) -> None:
+                nonlocal usage
+                try:
+                    objs = list(events.feed(data))
+                except ValueError as e:
+                    raise _BadReply(f"unreadable stream event: {e}") from None
+                for obj in objs:
+                    if obj.get("usage"):
+                        usage = obj["usage"]
+                    for c in obj.get("choices") or ():
+                        i = c.get("index", 0)
+                        delta = (c.get("delta") or {}).get("content")
+                        if delta:
+                            ttft.setdefault(i, time.perf_counter() - t0)
+                            texts[i] = texts.get(i, "") + delta
+                        if c.get("finish_reason"):
+                            finish[i] = c["finish_reason"]
+
+            await self.pool.post("/chat/completions", self._body(req), piece)
             latency = time.perf_counter() - t0
-        ptok = usage.prompt_tokens if usage else None
-        ctok = usage.completion_tokens if usage else None
+            if not events.done and not finish:
+                raise _BadReply("stream ended without [DONE] or a finish_reason")
+        ptok = usage.get("prompt_tokens") if usage else None
+        ctok = usage.get("completion_tokens") if usage else None
         return [
             _row(
                 "openai",
@@ -323,6 +458,31 @@ class _OpenAIRunner:
             )
             for i in range(req.n)
         ]
+
+
+class _BadReply(Exception):
+    """A 200 answer that is not the JSON the API promises (truncated, not JSON, wrong shape)."""
+
+
+class _SSE:
+    """Server-sent events from body pieces: yields each `data:` JSON object; `done` after [DONE]."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.done = False
+
+    def feed(self, data: bytes):
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            yield json.loads(payload)
 
 
 # ---------------------------------------------------------------- local provider

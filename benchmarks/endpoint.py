@@ -1,0 +1,178 @@
+"""Endpoint throughput: the workbench's generation path and its peers against the same server.
+
+    .venv/bin/python benchmarks/endpoint.py [--rows 2000] [--repeats 1] [--peer-python .venv-bench/bin/python]
+
+For each scenario a fresh `workbench.simserver` (127.0.0.1, latency L = 200 ms, at most C
+requests served at once, excess queued) is started for each client run, so every client meets
+the same server and the same sequence of injected faults. Clients run one after another, each
+in its own process (`benchmarks/clients.py`), in alternating order when repeated.
+
+    c64         C = 64, limit 320 requests/s
+    c256        C = 256, limit 1,280 requests/s
+    c64_faults  C = 64, 5% HTTP 500 and 5% HTTP 429 with Retry-After: 1, answered at once
+
+ratio_to_limit = rows answered / seconds / (C / L). A perfect client reaches about 0.977 for
+2,000 rows at C = 64 (the last round is partly empty). Writes the `endpoint` part of
+benchmarks/results/latest.json (see benchmarks/run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LATENCY = 0.2
+SCENARIOS = {
+    "c64": {"concurrency": 64},
+    "c256": {"concurrency": 256},
+    "c64_faults": {"concurrency": 64, "p500": 0.05, "p429": 0.05, "retry_after": 1.0},
+}
+OWN = ["workbench", "openai_async", "openai_threads"]  # run with the workbench's interpreter
+PEERS = ["curator", "litellm", "distilabel"]  # run with --peer-python, when it has them
+PEER_MODULES = {"curator": "bespokelabs.curator", "litellm": "litellm", "distilabel": "distilabel"}
+PEER_PACKAGES = {
+    "workbench": "workbench",
+    "openai_async": "openai",
+    "openai_threads": "openai",
+    "curator": "bespokelabs-curator",
+    "litellm": "litellm",
+    "distilabel": "distilabel",
+}
+
+
+def start_server(python: str, concurrency: int, rows: int, **faults) -> tuple[subprocess.Popen, str]:
+    args = [python, "-m", "workbench.simserver", "--latency", str(LATENCY), "--concurrency", str(concurrency)]
+    args += ["--max-requests", str(rows * 20), "--max-seconds", "600"]
+    for k, v in faults.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("listening "):
+        proc.kill()
+        raise RuntimeError(f"simserver did not start: {line!r} {proc.stderr.read()[-500:]}")
+    return proc, line.split()[1]
+
+
+def server_stats(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def version(python: str, package: str) -> str | None:
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def available_peers(peer_python: str | None) -> dict[str, str]:
+    """Peer client -> interpreter that has it installed."""
+    out = {}
+    if not peer_python or not Path(peer_python).exists():
+        return out
+    for name in PEERS:
+        r = subprocess.run([peer_python, "-c", f"import {PEER_MODULES[name]}"], capture_output=True, cwd=ROOT)
+        if r.returncode == 0:
+            out[name] = peer_python
+    return out
+
+
+def run_client(client: str, python: str, scenario: dict, rows: int, timeout: float) -> dict:
+    proc, url = start_server(sys.executable, rows=rows, **scenario)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True", TOKENIZERS_PARALLELISM="false")
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"bench-{client}-") as tmp:
+            cmd = [python, str(ROOT / "benchmarks" / "clients.py"), client, "--url", url, "--rows", str(rows)]
+            cmd += ["--concurrency", str(scenario["concurrency"]), "--out", tmp]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return {
+                    "client": client,
+                    "failed": f"did not finish in {timeout:.0f}s",
+                    "rows_ok": 0,
+                    "rows_lost": rows,
+                }
+            lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+            if r.returncode != 0 or not lines:
+                return {"client": client, "failed": r.stderr.strip()[-600:], "rows_ok": 0, "rows_lost": rows}
+            res = json.loads(lines[-1])
+        stats = server_stats(url)
+        res["server"] = {k: stats.get(k, 0) for k in ("requests", "answered", "injected_500", "injected_429")}
+        res["server"]["peak_in_flight"] = stats.get("peak_in_flight")
+        return res
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def run(rows: int, repeats: int, peer_python: str | None, only: list[str] | None = None) -> dict:
+    peers = available_peers(peer_python)
+    pythons = {c: sys.executable for c in OWN} | peers
+    clients = [c for c in OWN + PEERS if c in pythons and (not only or c in only)]
+    versions = {c: version(pythons[c], PEER_PACKAGES[c]) for c in clients}
+    results: dict = {}
+    for name, scenario in SCENARIOS.items():
+        limit = scenario["concurrency"] / LATENCY
+        runs: dict[str, list[dict]] = {c: [] for c in clients}
+        for rep in range(repeats):
+            for c in clients if rep % 2 == 0 else clients[::-1]:
+                t0 = time.perf_counter()
+                res = run_client(c, pythons[c], scenario, rows, timeout=max(120, 60 * rows / limit))
+                res["ratio_to_limit"] = round(res["rows_ok"] / res["seconds"] / limit, 3) if res.get("seconds") else 0
+                runs[c].append(res)
+                print(
+                    f"{name:11s} {c:15s} ratio {res['ratio_to_limit']:.3f}  ok {res['rows_ok']}  lost {res['rows_lost']}"
+                    f"  rss {res.get('peak_rss_mb', '?')} MB  ({time.perf_counter() - t0:.0f}s)"
+                    + (f"  FAILED: {res['failed'][-200:]}" if "failed" in res else ""),
+                    flush=True,
+                )
+        results[name] = {}
+        for c, rs in runs.items():
+            best = sorted(rs, key=lambda r: r["ratio_to_limit"])[len(rs) // 2]  # the median run
+            entry = {k: best.get(k) for k in ("ratio_to_limit", "rows_ok", "rows_lost", "peak_rss_mb", "seconds")}
+            entry |= {
+                "cpu_ms_per_row": best.get("cpu_ms_per_row"),
+                "version": versions[c],
+                "server": best.get("server"),
+            }
+            if repeats > 1:
+                entry["ratios"] = [r["ratio_to_limit"] for r in rs]
+                entry["ratio_median"] = round(statistics.median(entry["ratios"]), 3)
+            if "failed" in best:
+                entry["failed"] = best["failed"]
+            if best.get("errors"):
+                entry["errors"] = best["errors"]
+            results[name][c] = entry
+    settings = {
+        "rows": rows,
+        "repeats": repeats,
+        "latency_s": LATENCY,
+        "scenarios": {k: dict(v, limit_rps=v["concurrency"] / LATENCY) for k, v in SCENARIOS.items()},
+        "peers_missing": [p for p in PEERS if p not in peers],
+    }
+    return {"settings": settings, "scenarios": results}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
+    ap.add_argument("--only", nargs="*", help="clients to run (default: all that are installed)")
+    a = ap.parse_args()
+    print(json.dumps(run(a.rows, a.repeats, a.peer_python, a.only), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""A simulated OpenAI-compatible endpoint on 127.0.0.1, for benchmarks and fault tests.
+
+    python -m workbench.simserver --latency 0.2 --concurrency 64 [--over-limit queue|429]
+        [--per-token 0.005] [--tokens 16] [--p500 0.05] [--p429 0.05] [--retry-after 1]
+        [--p-timeout 0] [--max-requests 100000] [--max-seconds 600] [--seed 0]
+
+It prints `listening http://127.0.0.1:PORT/v1` and serves `POST /v1/chat/completions` (with `n`,
+`stream` as server-sent events and `usage` blocks) and `GET /v1/stats` (counters as JSON).
+
+The model is an endpoint that serves at most `concurrency` requests at once, each taking
+`latency + per_token * completion tokens` seconds, so its hard limit is concurrency / latency
+requests per second. Requests beyond the cap wait in a FIFO queue (`queue`) or are refused with
+429 at once (`429`). Injected faults are decided per attempt from the request's messages, its
+attempt number and the seed, so every client meets the same faults on the same rows; they cost
+no serving time: HTTP 500, HTTP 429 with `Retry-After`, or a hang (`p_timeout`: the request is held
+for `hang` seconds, then its connection is closed without an answer). Streams send the first
+token after `latency` and the others `per_token` apart.
+
+Bounded: it stops after `max_requests` requests or `max_seconds` seconds, whichever comes first,
+so a benchmark or a test that dies never leaves it running. Only 127.0.0.1 is served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import selectors
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass
+class SimConfig:
+    latency: float = 0.2
+    per_token: float = 0.0
+    tokens: int = 16
+    concurrency: int = 64
+    over_limit: str = "queue"  # queue | 429
+    p500: float = 0.0
+    p429: float = 0.0
+    retry_after: float = 1.0
+    p_timeout: float = 0.0
+    hang: float = 30.0
+    max_requests: int = 100_000
+    max_seconds: float = 600.0
+    seed: int = 0
+
+
+_REASON = {200: b"OK", 404: b"Not Found", 429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Busy"}
+
+
+class Sim:
+    def __init__(self, cfg: SimConfig):
+        self.cfg = cfg
+        self.sent: collections.Counter = collections.Counter()  # attempts per distinct messages
+        self.active = 0
+        self.waiting: collections.deque = collections.deque()
+        self.stats = collections.Counter()
+        self.peak = 0
+        self.t0 = time.monotonic()
+        self.stopped = asyncio.Event()
+        self._words = [f"w{i}" for i in range(cfg.tokens)]
+
+    # ------------------------------------------------------------------ requests
+
+    def now(self) -> float:
+        """When the current batch of socket events arrived (the loop's clock): a request's
+        latency counts from there, not from when this process got round to reading it."""
+        return _ArrivalSelector.last or asyncio.get_running_loop().time()
+
+    def handle(self, conn: _Conn, method: bytes, path: bytes, body: bytes) -> None:
+        st = self.stats
+        st["requests"] += 1
+        if st["requests"] > self.cfg.max_requests:
+            conn.send(503, {"error": {"message": "simserver: max_requests reached"}})
+            self.stopped.set()
+            return
+        if method == b"GET" and path.endswith(b"/stats"):
+            return conn.send(200, dict(st, peak_in_flight=self.peak, in_flight=self.active, waiting=len(self.waiting)))
+        if method != b"POST" or not path.endswith(b"/chat/completions"):
+            return conn.send(404, {"error": {"message": f"simserver: no route {method.decode()} {path.decode()}"}})
+        try:
+            req = json.loads(body)
+            req["messages"]
+        except (ValueError, KeyError, TypeError):
+            st["bad_requests"] += 1
+            return conn.send(400, {"error": {"message": "simserver: body is not a chat completion request"}})
+        r = self._draw(req)
+        c = self.cfg
+        if r < c.p500:
+            st["injected_500"] += 1
+            return conn.send(500, {"error": {"message": "simserver: injected 500", "type": "server_error"}})
+        if r < c.p500 + c.p429:
+            st["injected_429"] += 1
+            return conn.send(429, {"error": {"message": "simserver: injected 429"}}, retry_after=c.retry_after)
+        if r < c.p500 + c.p429 + c.p_timeout:
+            st["injected_timeout"] += 1
+            asyncio.get_running_loop().call_later(c.hang, conn.abort)
+            return
+        if self.active >= c.concurrency:
+            if c.over_limit == "429":
+                st["refused_429"] += 1
+                return conn.send(429, {"error": {"message": "simserver: over capacity"}}, retry_after=c.retry_after)
+            self.waiting.append((conn, req))
+            return
+        self._start(conn, req, self.now())
+
+    def _draw(self, req: dict) -> float:
+        """A number in [0, 1) fixed by the request's messages, how many times they were sent
+        before, and the seed: every client meets the same faults on the same rows."""
+        key = json.dumps(req["messages"], sort_keys=True)
+        self.sent[key] += 1
+        h = zlib.crc32(f"{self.cfg.seed}|{self.sent[key]}|{key}".encode())
+        return random.Random(h).random()
+
+    def _start(self, conn: _Conn, req: dict, t0: float) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        n = int(req.get("n") or 1)
+        tokens = max(1, min(self.cfg.tokens, int(req.get("max_tokens") or self.cfg.tokens)))
+        loop = asyncio.get_running_loop()
+        if req.get("stream"):
+            conn.start_stream()
+            loop.call_at(t0 + self.cfg.latency, self._stream_step, conn, req, n, tokens, 0)
+        else:  # the answer is built now, so that sending it when due costs one write
+            answer = self._answer(req, n, tokens)
+            loop.call_at(t0 + self.cfg.latency + self.cfg.per_token * tokens, self._send_answer, conn, answer, t0)
+
+    def _done(self, t_end: float) -> None:
+        self.active -= 1
+        self.stats["answered"] += 1
+        while self.waiting and self.active < self.cfg.concurrency:
+            conn, req = self.waiting.popleft()
+            if not conn.closed:
+                self._start(conn, req, t_end)  # a queued request starts when a slot frees
+
+    def _usage(self, req: dict, n: int, tokens: int) -> dict:
+        prompt = sum(len(str(m.get("content", "")).split()) for m in req["messages"])
+        return {"prompt_tokens": prompt, "completion_tokens": n * tokens, "total_tokens": prompt + n * tokens}
+
+    def _text(self, req: dict, i: int, tokens: int) -> str:
+        return f"seed {req.get('seed')} choice {i}: " + " ".join(self._words[: max(0, tokens - 4)])
+
+    def _send_answer(self, conn: _Conn, answer: bytes, t0: float) -> None:
+        self._done(asyncio.get_running_loop().time())
+        conn.send_bytes(200, answer)
+
+    def _answer(self, req: dict, n: int, tokens: int) -> bytes:
+        return json.dumps(
+            {
+                "id": "sim",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": req.get("model", "sim"),
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": self._text(req, i, tokens)},
+                        "finish_reason": "stop",
+                    }
+                    for i in range(n)
+                ],
+                "usage": self._usage(req, n, tokens),
+            }
+        ).encode()
+
+    def _stream_step(self, conn: _Conn, req: dict, n: int, tokens: int, step: int) -> None:
+        """Token `step` of every choice; after the last, finish reasons, usage and [DONE]."""
+        model = req.get("model", "sim")
+        if conn.closed:
+            return self._done(asyncio.get_running_loop().time())
+        for i in range(n):
+            words = self._text(req, i, tokens).split(" ")
+            piece = (" " if step else "") + words[step] if step < len(words) else ""
+            delta = {"content": piece} if piece else {}
+            finish = "stop" if step == tokens - 1 else None
+            conn.event({"id": "sim", "object": "chat.completion.chunk", "model": model,
+                        "choices": [{"index": i, "delta": delta, "finish_reason": finish}]})  # fmt: skip
+        if step < tokens - 1:
+            asyncio.get_running_loop().call_later(self.cfg.per_token, self._stream_step, conn, req, n, tokens, step + 1)
+            return
+        if (req.get("stream_options") or {}).get("include_usage"):
+            conn.event({"id": "sim", "object": "chat.completion.chunk", "model": model, "choices": [],
+                        "usage": self._usage(req, n, tokens)})  # fmt: skip
+        conn.end_stream()
+        self._done(asyncio.get_running_loop().time())
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: requests are read one after another."""
+
+    def __init__(self, sim: Sim):
+        self.sim = sim
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end])
+            i = head.lower().find(b"content-length:")
+            length = 0
+            if i >= 0:
+                j = head.find(b"\r\n", i)
+                length = int(head[i + 15 : j if j >= 0 else None])
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
+            del self.buf[: end + 4 + length]
+            first = head.split(b"\r\n", 1)[0].split(b" ")
+            self.sim.handle(self, first[0], first[1] if len(first) > 1 else b"/", body)
+
+    def send(self, status: int, obj: dict, retry_after: float | None = None) -> None:
+        self.send_bytes(status, json.dumps(obj).encode(), retry_after)
+
+    def send_bytes(self, status: int, data: bytes, retry_after: float | None = None) -> None:
+        if self.closed:
+            return
+        extra = b"Retry-After: %g\r\n" % retry_after if retry_after is not None else b""
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+            % (status, _REASON.get(status, b"Error"), len(data), extra)
+            + data
+        )
+
+    def start_stream(self) -> None:
+        if not self.closed:
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+
+    def event(self, obj: dict) -> None:
+        self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    def end_stream(self) -> None:
+        self._chunk(b"data: [DONE]\n\n")
+        if not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+
+    def _chunk(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.transport.abort()
+
+
+class _ArrivalSelector(selectors.DefaultSelector):
+    """Records when each wait for socket events returned."""
+
+    last: float | None = None
+
+    def select(self, timeout=None):
+        events = super().select(timeout)
+        _ArrivalSelector.last = time.monotonic()  # the clock asyncio's loop.time() reads
+        return events
+
+
+async def serve(cfg: SimConfig, port: int = 0, ready=None) -> Sim:
+    sim = Sim(cfg)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Conn(sim), "127.0.0.1", port, backlog=4096)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    if ready is not None:
+        ready(url)
+    try:
+        await asyncio.wait_for(sim.stopped.wait(), cfg.max_seconds)
+    except TimeoutError:
+        pass
+    server.close()
+    return sim
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m workbench.simserver", description=__doc__.split("\n\n")[0])
+    d = SimConfig()
+    for name, value in vars(d).items():
+        ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    ap.add_argument("--port", type=int, default=0)
+    args = vars(ap.parse_args(argv))
+    port = args.pop("port")
+    cfg = SimConfig(**args)
+    if cfg.over_limit not in ("queue", "429"):
+        ap.error(f"--over-limit: expected queue or 429, got {cfg.over_limit!r}")
+
+    def ready(url: str) -> None:
+        print(f"listening {url}", flush=True)
+
+    try:  # uvloop, where installed (the `bench` extra), accepts and answers several times faster
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.SelectorEventLoop(_ArrivalSelector())
+    try:
+        sim = loop.run_until_complete(serve(cfg, port, ready))
+    finally:
+        loop.close()
+    print(json.dumps(dict(sim.stats, peak_in_flight=sim.peak)), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
