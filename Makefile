@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo loop test lab lint clean-runs
+.PHONY: setup demo loop test lab lint bench clean-runs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,12 +29,24 @@ loop: setup
 test: setup
 	$(BIN)/python -m pytest
 
+BENCH_VENV := .venv-bench
+
+$(BENCH_VENV)/.installed: pyproject.toml Makefile
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	# the `bench` extra (the peers), in an environment of its own: see pyproject.toml
+	$(BENCH_VENV)/bin/pip install -q $$($(BIN)/python benchmarks/run.py --print-extra)
+	touch $@
+
+bench: setup $(BENCH_VENV)/.installed
+	$(BIN)/python benchmarks/run.py --peer-python $(BENCH_VENV)/bin/python
+
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 lint: setup
-	$(BIN)/ruff check workbench tests notebooks
-	$(BIN)/ruff format --check workbench tests notebooks
+	$(BIN)/ruff check workbench tests notebooks benchmarks
+	$(BIN)/ruff format --check workbench tests notebooks benchmarks
 
 clean-runs:
 	rm -rf runs/*/[0-9]*-* runs/*/scratch runs/*/index.html

@@ -198,6 +198,15 @@ def run_distilabel(url: str, texts: list[str], conc: int, out: Path) -> Callable
     return go
 
 
+def peak_rss_mb() -> float:
+    """This program's resident-memory high-water mark. Not getrusage's ru_maxrss: Linux keeps that
+    across exec, so a child started by a large parent would report the parent's peak."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 CLIENTS = {
     "workbench": run_workbench,
     "openai_async": run_openai_async,
@@ -222,7 +231,7 @@ def main() -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     ok, errors = go()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(
         json.dumps(
             {

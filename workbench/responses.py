@@ -132,8 +132,10 @@ def generate_candidates(
              | {"prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "ttft_s": None}
              | {"finish_reason": None, "error": None, "cached": False, "arrived_s": 0.0})  # fmt: skip
 
+    records = todo[["id", "label", "text"]].to_dict("records")  # iloc per answer costs more than the call
+
     def arrived(i: int, cands: list[dict]) -> None:
-        row, options = todo.iloc[i], options_per_row[i]
+        row, options = records[i], options_per_row[i]
         now = time.perf_counter() - t0
         for c in cands:
             k = c["candidate"] + 1
@@ -165,7 +167,7 @@ _META = ["provider", "model", "seed", "prompt_tokens", "completion_tokens", "lat
 ]
 
 
-def _base(row: pd.Series) -> dict:
+def _base(row: pd.Series | dict) -> dict:
     return {"prompt_id": row["id"], "label": row["label"], "prompt": row["text"], "options": None}
 
 

@@ -1,0 +1,228 @@
+"""The benchmark suite: `make bench` runs this and writes benchmarks/results/latest.json and
+benchmarks/results/latest.md (the tables the README quotes).
+
+    .venv/bin/python benchmarks/run.py [--only endpoint cache embedded] [--peer-python PATH]
+
+Sections (each also runs alone as its own script):
+    endpoint   benchmarks/endpoint.py     the workbench and its peers against the simulated endpoint
+    cache      benchmarks/cache_rerun.py  a re-run of 2,000 rows answered from the cache
+    embedded   benchmarks/embedded.py     the embedded model batched vs one prompt at a time
+A partial run (`--only`) keeps the other sections of an earlier latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+SECTIONS = ["endpoint", "cache", "embedded"]
+TARGETS = {  # (section, path, comparison, value, what)
+    "c64": ("endpoint", ("scenarios", "c64", "workbench", "ratio_to_limit"), ">=", 0.95, "ratio to C/L at C = 64"),
+    "c256": ("endpoint", ("scenarios", "c256", "workbench", "ratio_to_limit"), ">=", 0.90, "ratio to C/L at C = 256"),
+    "c64_faults": (
+        "endpoint",
+        ("scenarios", "c64_faults", "workbench", "ratio_to_limit"),
+        ">=",
+        0.80,
+        "ratio to C/L at C = 64 with 10% injected faults",
+    ),
+    "c64_faults_lost": (
+        "endpoint",
+        ("scenarios", "c64_faults", "workbench", "rows_lost"),
+        "==",
+        0,
+        "rows lost with injected faults",
+    ),
+    "cache": ("cache", ("rerun_s",), "<", 1.0, "re-run of 2,000 cached rows, seconds"),
+    "embedded": ("embedded", ("speedup",), ">=", 8.0, "embedded model: batched over one-at-a-time tokens/s"),
+}
+
+
+def machine() -> dict:
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+        platform.processor(),
+    )
+    mem = next((int(ln.split()[1]) // 1024**2 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), None)
+    try:
+        import torch
+
+        torch_v = torch.__version__
+    except ImportError:
+        torch_v = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "gpu": None,
+        "python": platform.python_version(),
+        "torch": torch_v,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def _get(d: dict, path: tuple) -> object:
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def targets(res: dict) -> list[dict]:
+    out = []
+    for name, (section, path, op, value, what) in TARGETS.items():
+        got = _get(res.get(section) or {}, path)
+        ok = None
+        if isinstance(got, (int, float)):
+            ok = {">=": got >= value, "<": got < value, "==": got == value}[op]
+        out.append({"target": name, "what": what, "want": f"{op} {value}", "measured": got, "met": ok})
+    ep = (res.get("endpoint") or {}).get("scenarios") or {}
+    ahead = []
+    for scen, clients in ep.items():
+        wb = (clients.get("workbench") or {}).get("ratio_to_limit")
+        peers = {c: e.get("ratio_to_limit") or 0 for c, e in clients.items() if c != "workbench"}
+        if wb is not None and peers:
+            best = max(peers, key=peers.get)
+            ahead.append({"scenario": scen, "workbench": wb, "best_peer": best, "best_peer_ratio": peers[best]})
+    if ahead:
+        out.append(
+            {
+                "target": "ahead_of_peers",
+                "what": "the workbench ahead of every peer in every scenario",
+                "want": "> every peer",
+                "measured": ahead,
+                "met": all(a["workbench"] > a["best_peer_ratio"] for a in ahead),
+            }
+        )
+    return out
+
+
+def markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; "
+        f"Python {m['python']}, torch {m['torch']}. Written by `make bench` (benchmarks/run.py).",
+        "",
+    ]
+    ep = res.get("endpoint")
+    if ep:
+        s = ep["settings"]
+        lines += [
+            "## Endpoint throughput (ratio to the server's limit C/L; rows lost)",
+            "",
+            f"{s['rows']:,} rows per run, latency L = {s['latency_s'] * 1000:.0f} ms, one run per client and "
+            f"scenario ({s['repeats']} repeat(s)), each client in its own process against a fresh server.",
+            "",
+            "| client | version | c64 | c256 | c64_faults (rows lost) | peak memory (c64) | CPU per row (c64) |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        sc = ep["scenarios"]
+        for c in sc.get("c64", {}):
+            cell = {k: sc.get(k, {}).get(c, {}) for k in ("c64", "c256", "c64_faults")}
+            f = cell["c64_faults"]
+            lines.append(
+                f"| {c} | {cell['c64'].get('version')} | {cell['c64'].get('ratio_to_limit')} "
+                f"| {cell['c256'].get('ratio_to_limit')} | {f.get('ratio_to_limit')} ({f.get('rows_lost')} lost) "
+                f"| {cell['c64'].get('peak_rss_mb')} MB | {cell['c64'].get('cpu_ms_per_row')} ms |"
+            )
+        if s.get("peers_missing"):
+            lines += ["", f"Peers not installed, not run: {', '.join(s['peers_missing'])}."]
+        lines.append("")
+    if res.get("cache"):
+        c = res["cache"]
+        lines += [
+            "## Cache",
+            "",
+            f"A re-run of {c['rows']:,} rows answered from the cache and written to JSONL: **{c['rerun_s']} s** "
+            f"({c['rerun_us_per_row']} µs per row; {c['rows_from_cache']:,} rows from the cache, "
+            f"the server answered {c['server_answers']:,} in the first run only).",
+            "",
+        ]
+    if res.get("embedded"):
+        e = res["embedded"]
+        b, o = e["batched"], e["one_at_a_time"]
+        lines += [
+            f"## Embedded generation ({e['model']}, sampled, at most {e['max_tokens']} new tokens)",
+            "",
+            "| mode | rows | tokens | seconds | tokens/s | stopped at end of message |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| batch {b['batch_size']} | {b['rows']} | {b['tokens']} | {b['seconds']} | {b['tokens_per_s']} "
+            f"| {b['stopped_at_end_of_message']} |",
+            f"| one at a time | {o['rows']} | {o['tokens']} | {o['seconds']} | {o['tokens_per_s']} "
+            f"| {o['stopped_at_end_of_message']} |",
+            "",
+            f"Speed-up **{e['speedup']}×**; loading the model took {e['load_s']} s ({b['threads']} threads).",
+            "",
+        ]
+    lines += ["## Targets", "", "| target | want | measured | met |", "| --- | --- | --- | --- |"]
+    for t in res["targets"]:
+        got = t["measured"]
+        if t["target"] == "ahead_of_peers":
+            got = "; ".join(
+                f"{a['scenario']}: {a['workbench']} vs {a['best_peer']} {a['best_peer_ratio']}" for a in got
+            )
+        met = {True: "yes", False: "**no**", None: "not run"}[t["met"]]
+        lines.append(f"| {t['what']} | {t['want']} | {got} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="*", choices=SECTIONS, help="sections to run (default: all)")
+    ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--print-extra", action="store_true", help="print the `bench` extra's requirements and exit")
+    a = ap.parse_args()
+    if a.print_extra:
+        import tomllib
+
+        with open(ROOT / "pyproject.toml", "rb") as f:
+            print(" ".join(tomllib.load(f)["project"]["optional-dependencies"]["bench"]))
+        return 0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "latest.json"
+    res = json.loads(path.read_text()) if a.only and path.exists() else {}
+    res["machine"] = machine()
+    wall = res.setdefault("wall_s", {})
+    for section in a.only or SECTIONS:
+        print(f"== {section}", flush=True)
+        t0 = time.perf_counter()
+        if section == "endpoint":
+            import endpoint
+
+            res["endpoint"] = endpoint.run(a.rows, 1, a.peer_python)
+        elif section == "cache":
+            import cache_rerun
+
+            res["cache"] = cache_rerun.run(a.rows)
+        elif section == "embedded":
+            import embedded
+
+            res["embedded"] = embedded.run()
+        wall[section] = round(time.perf_counter() - t0, 1)
+    res["targets"] = targets(res)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    tmp.rename(path)
+    md = markdown(res)
+    (RESULTS / "latest.md").write_text(md)
+    print(md)
+    missed = [t["target"] for t in res["targets"] if t["met"] is False]
+    print(f"written {path.relative_to(ROOT)} and latest.md; targets missed: {', '.join(missed) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
