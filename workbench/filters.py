@@ -49,11 +49,7 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_f
     gates.constraints(cfg, out, todo(), gate="filter")
     out["toxic_found"] = None
     if f.toxicity == "reject":
-        for i in todo():
-            found = quality.toxic(out.at[i, "text"])
-            if found:
-                out.at[i, "toxic_found"] = ", ".join(found)
-                gates._reject(out, i, "filter", "toxicity")
+        toxicity(out, todo())
     idx = todo()
     reference = [cfg.task.description, *gates.domain_reference(cfg, seeds, sorted(set(seeds["label"])))]
     scores = gates.domain_scores(embed_fn(list(out.loc[idx, "text"])), embed_fn(reference)) if len(idx) else []
@@ -61,6 +57,17 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_f
     gates.domain(cfg, out, idx, scores, gate="filter", threshold=threshold, column="filter_domain_score")
     gates.dedup(out, todo(), gates.dedup_index(cfg, seeds), gate="filter")
     return verdict(out)
+
+
+def toxicity(rows: pd.DataFrame, todo: pd.Index, gate: str = "filter") -> None:
+    """Reject rows with threats, harassment or hate (`quality.toxic`); the phrases go to `toxic_found`."""
+    if "toxic_found" not in rows:
+        rows["toxic_found"] = None
+    for i, text in zip(todo, rows.loc[todo, "text"].tolist() if len(todo) else []):
+        found = quality.toxic(text)
+        if found:
+            rows.at[i, "toxic_found"] = ", ".join(found)
+            gates._reject(rows, i, gate, "toxicity")
 
 
 def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:

@@ -19,7 +19,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable
 
-_READ_LIMIT = 1 << 22  # the longest header block or chunk-size line the reader accepts
+_READ_LIMIT = 1 << 22  # the longest header block the parser accepts
 
 
 class Transport(Exception):
@@ -64,7 +64,7 @@ class Pool:
             f"Host: {host}\r\nContent-Type: application/json\r\nAccept: application/json\r\n"
             f"User-Agent: workbench\r\n{extra}"
         ).encode("latin-1")
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[_Conn] = []
         self.opened = 0  # connections opened, for benchmarks and tests
 
     async def post(self, path: str, body: bytes, on_piece: Callable[[bytes], None] | None = None) -> bytes:
@@ -88,93 +88,170 @@ class Pool:
                 return await self._send(req, on_piece)
         except TimeoutError:
             raise Transport(f"timed out after {self.timeout_s:g}s") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+        except (OSError, ValueError) as e:
             raise Transport(f"{type(e).__name__}: {e}") from None
 
     async def _send(self, req: bytes, on_piece) -> bytes:
         while True:
             conn, reused = await self._connection()
+            keep = False
             try:
-                return await self._exchange(conn, req, on_piece)
+                status, headers, body, keep = await conn.exchange(req, on_piece)
             except _Stale:
                 if not reused:
                     raise Transport("connection closed before any answer") from None
-                # an idle keep-alive connection the server had closed: once more on a new one
-
-    async def _connection(self) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
-        while self._idle:
-            reader, writer = self._idle.pop()
-            if not writer.is_closing() and not reader.at_eof():
-                return (reader, writer), True
-            writer.close()
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self.ssl, limit=_READ_LIMIT, server_hostname=self.host if self.ssl else None
-        )
-        self.opened += 1
-        return (reader, writer), False
-
-    async def _exchange(self, conn, req: bytes, on_piece) -> bytes:
-        reader, writer = conn
-        keep = False
-        try:
-            writer.write(req)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError as e:
-                if not e.partial:
-                    raise _Stale() from None
-                raise
-            lines = head[:-4].split(b"\r\n")
-            parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-                raise Transport(f"not an HTTP answer: {lines[0][:80]!r}")
-            status = int(parts[1])
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                k, _, v = line.partition(b":")
-                headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                pieces = []
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                    if size == 0:
-                        await reader.readuntil(b"\r\n")  # no trailers are sent by the servers we talk to
-                        break
-                    piece = (await reader.readexactly(size + 2))[:-2]
-                    pieces.append(piece)
-                    if on_piece is not None and status < 400:
-                        on_piece(piece)
-                body = b"".join(pieces)
-                keep = True
-            elif "content-length" in headers:
-                body = await reader.readexactly(int(headers["content-length"]))
-                if on_piece is not None and status < 400:
-                    on_piece(body)
-                keep = True
-            else:
-                body = await reader.read()
-                if on_piece is not None and status < 400:
-                    on_piece(body)
-            if headers.get("connection", "").lower() == "close":
-                keep = False
+                continue  # an idle keep-alive connection the server had closed: once more on a new one
+            finally:
+                if keep:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
             if status >= 400:
                 raise HTTPStatus(status, headers, body)
             return body
-        finally:
-            if keep:
-                self._idle.append(conn)
-            else:
-                conn[1].close()
+
+    async def _connection(self) -> tuple[_Conn, bool]:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn, True
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            _Conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+        )
+        self.opened += 1
+        return conn, False
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for _, writer in idle:
-            writer.close()
-        for _, writer in idle:
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+        for conn in idle:
+            conn.close()
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; parses an answer as its bytes arrive (no stream objects: this
+    is the per-request CPU that decides how busy a 2-core client can keep an endpoint)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.buf = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.on_piece: Callable[[bytes], None] | None = None
+        self.got_bytes = False
+        self.state = "idle"  # head | length | chunked | close
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.need = 0
+        self.pieces: list[bytes] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.waiter is None or self.waiter.done():
+            return
+        if self.state == "close":  # the body was "until the connection closes"
+            self._finish(bytes(self.buf), keep=False)
+        elif not self.got_bytes:
+            self.waiter.set_exception(_Stale())
+        else:
+            self.waiter.set_exception(Transport(f"connection closed mid-answer ({exc or 'by the server'})"))
+
+    def exchange(self, req: bytes, on_piece) -> asyncio.Future:
+        if self.closed:
+            raise _Stale()
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.on_piece, self.got_bytes, self.state = on_piece, False, "head"
+        self.buf.clear()
+        self.pieces = []
+        self.transport.write(req)
+        return self.waiter
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.waiter.done():
+            self.close()  # bytes nobody asked for: the connection is not in a known state
+            return
+        self.got_bytes = True
+        self.buf += data
+        try:
+            self._parse()
+        except Exception as e:  # a malformed answer, or the caller's on_piece refusing a piece
+            self.close()
+            if not self.waiter.done():
+                self.waiter.set_exception(e if isinstance(e, Transport) or not isinstance(e, ValueError) else
+                                          Transport(f"unreadable answer: {e}"))  # fmt: skip
+
+    def _parse(self) -> None:
+        buf = self.buf
+        if self.state == "head":
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _READ_LIMIT:
+                    raise Transport("answer headers too long")
+                return
+            lines = bytes(buf[:end]).split(b"\r\n")
+            del buf[: end + 4]
+            parts = lines[0].split(b" ", 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+                raise Transport(f"not an HTTP answer: {lines[0][:80]!r}")
+            self.status = int(parts[1])
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(b":")
+                headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
+            self.headers = headers
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                self.state, self.need = "chunked", -1
+            elif "content-length" in headers:
+                self.state, self.need = "length", int(headers["content-length"])
+            else:
+                self.state, self.need = "close", 0  # need: how much of buf on_piece has seen
+        if self.state == "close":
+            if self.on_piece is not None and self.status < 400 and len(buf) > self.need:
+                self.on_piece(bytes(buf[self.need :]))
+                self.need = len(buf)
+        elif self.state == "length":
+            if len(buf) >= self.need:
+                body = bytes(buf[: self.need])
+                del buf[: self.need]
+                if self.on_piece is not None and self.status < 400:
+                    self.on_piece(body)
+                self._finish(body, keep=self.headers.get("connection", "").lower() != "close")
+        elif self.state == "chunked":
+            while True:
+                if self.need < 0:  # at a chunk-size line
+                    eol = buf.find(b"\r\n")
+                    if eol < 0:
+                        return
+                    self.need = int(bytes(buf[:eol]).split(b";", 1)[0], 16)
+                    del buf[: eol + 2]
+                    if self.need == 0:
+                        self.state = "trailer"
+                        break
+                if len(buf) < self.need + 2:
+                    return
+                piece = bytes(buf[: self.need])
+                del buf[: self.need + 2]
+                self.need = -1
+                self.pieces.append(piece)
+                if self.on_piece is not None and self.status < 400:
+                    self.on_piece(piece)
+        if self.state == "trailer":  # no trailers are sent by the servers we talk to
+            if buf.find(b"\r\n") >= 0:
+                del buf[: buf.find(b"\r\n") + 2]
+                self._finish(b"".join(self.pieces), keep=self.headers.get("connection", "").lower() != "close")
+
+    def _finish(self, body: bytes, keep: bool) -> None:
+        self.state = "idle"
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result((self.status, self.headers, body, keep and not self.closed))
 
 
 class _Stale(Exception):

@@ -89,18 +89,19 @@ def parse_json(text: str) -> dict | None:
     return None
 
 
-_REQUEST_FIELDS = tuple(f.name for f in fields(Request))
+# the key's fields in sorted order: the JSON is the same as json.dumps(..., sort_keys=True) gave
+_KEY_FIELDS = tuple(sorted({f.name for f in fields(Request)} | {"provider", "model"}))
 
 
 def cache_key(provider: str, model: str, req: Request) -> str:
     # fields added later are left out while unset, so keys of earlier calls stay valid; the
     # values are read directly (dataclasses.asdict deep-copies, and cost more than the hash)
-    payload = {"provider": provider, "model": model}
-    for k in _REQUEST_FIELDS:
-        v = getattr(req, k)
+    payload = {}
+    for k in _KEY_FIELDS:
+        v = provider if k == "provider" else model if k == "model" else getattr(req, k)
         if not (v is None and k in ("schema", "first_tokens")):
             payload[k] = v
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
 def _row(provider: str, model: str, seed: int, candidate: int, text: str, **kw: Any) -> dict:

@@ -51,6 +51,22 @@ class SimConfig:
     seed: int = 0
 
 
+def draw(seed: int, messages_json: str, attempt: int) -> float:
+    """A number in [0, 1) fixed by the request's messages (as sorted-key JSON), its attempt number
+    (1 for the first) and the seed: every client meets the same faults on the same rows."""
+    return random.Random(zlib.crc32(f"{seed}|{attempt}|{messages_json}".encode())).random()
+
+
+def fault(cfg: SimConfig, messages_json: str, attempt: int) -> str | None:
+    """The fault injected into this attempt: "500", "429", "timeout" or None."""
+    r = draw(cfg.seed, messages_json, attempt)
+    for name, p in (("500", cfg.p500), ("429", cfg.p429), ("timeout", cfg.p_timeout)):
+        if r < p:
+            return name
+        r -= p
+    return None
+
+
 _REASON = {200: b"OK", 404: b"Not Found", 429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Busy"}
 
 
@@ -90,15 +106,17 @@ class Sim:
         except (ValueError, KeyError, TypeError):
             st["bad_requests"] += 1
             return conn.send(400, {"error": {"message": "simserver: body is not a chat completion request"}})
-        r = self._draw(req)
+        key = json.dumps(req["messages"], sort_keys=True)
+        self.sent[key] += 1
+        f = fault(self.cfg, key, self.sent[key])
         c = self.cfg
-        if r < c.p500:
+        if f == "500":
             st["injected_500"] += 1
             return conn.send(500, {"error": {"message": "simserver: injected 500", "type": "server_error"}})
-        if r < c.p500 + c.p429:
+        if f == "429":
             st["injected_429"] += 1
             return conn.send(429, {"error": {"message": "simserver: injected 429"}}, retry_after=c.retry_after)
-        if r < c.p500 + c.p429 + c.p_timeout:
+        if f == "timeout":
             st["injected_timeout"] += 1
             asyncio.get_running_loop().call_later(c.hang, conn.abort)
             return
@@ -109,14 +127,6 @@ class Sim:
             self.waiting.append((conn, req))
             return
         self._start(conn, req, self.now())
-
-    def _draw(self, req: dict) -> float:
-        """A number in [0, 1) fixed by the request's messages, how many times they were sent
-        before, and the seed: every client meets the same faults on the same rows."""
-        key = json.dumps(req["messages"], sort_keys=True)
-        self.sent[key] += 1
-        h = zlib.crc32(f"{self.cfg.seed}|{self.sent[key]}|{key}".encode())
-        return random.Random(h).random()
 
     def _start(self, conn: _Conn, req: dict, t0: float) -> None:
         self.active += 1
