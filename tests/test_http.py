@@ -155,3 +155,22 @@ def test_cache_batches_are_one_transaction(tmp_path):
     c.put_many([(f"k{i}", b"v") for i in range(1000)])
     c.put_many([("k1", b"w")])
     assert len(c) == 1000 and c.get_many(["k1", "k2"]) == {"k1": b"w", "k2": b"v"}
+
+
+def test_replicas_share_the_work_each_within_its_concurrency(tmp_path, monkeypatch):
+    with simserver(concurrency=4, latency=0.05) as a, simserver(concurrency=4, latency=0.05) as b:
+        llm = llm_for(a, tmp_path, monkeypatch, replicas=[b], max_concurrency=4)
+        out = llm.generate(reqs(80))
+        sa, sb = stats(a), stats(b)
+    assert all(r[0]["error"] is None for r in out)
+    assert sa["answered"] + sb["answered"] == 80 and min(sa["answered"], sb["answered"]) >= 20
+    # each replica was kept full, and no fuller than its own concurrency
+    assert sa["peak_in_flight"] == 4 and sb["peak_in_flight"] == 4
+
+
+def test_a_bad_replica_url_is_a_config_error(tmp_path, monkeypatch):
+    from workbench.config import ConfigError
+
+    llm = llm_for("http://127.0.0.1:1/v1", tmp_path, monkeypatch, replicas=["ftp://nowhere"])
+    with pytest.raises(ConfigError, match=r"llm.replicas\[0\]: base_url 'ftp://nowhere'"):
+        llm.generate(reqs(1))

@@ -224,7 +224,14 @@ class LLMConfig(_Section):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Name of the environment variable holding the API key (never the key).",
     )
-    max_concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight at once (openai).")
+    replicas: list[str] = Field(
+        [],
+        description="More base URLs serving the same model (openai): the requests are shared among base_url "
+        "and these, max_concurrency in flight on each; the cache does not care which answered.",
+    )
+    max_concurrency: int = Field(
+        16, ge=1, le=4096, description="Requests in flight at once, per endpoint replica (openai)."
+    )
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds (openai).")
     max_retries: int = Field(5, ge=0, le=50, description="Retries on 429/5xx/timeouts, honouring Retry-After (openai).")
     stream: bool = Field(False, description="Stream responses to measure time to first token (openai).")

@@ -264,10 +264,12 @@ class _OpenAIRunner:
             )
         if not cfg.base_url:
             raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
-        try:
-            self.pool = http.Pool(cfg.base_url, {"Authorization": f"Bearer {key}"})
-        except ValueError as e:
-            raise ConfigError(f"llm.base_url: {e}") from None
+        self.pools = []
+        for field, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
+            try:
+                self.pools.append(http.Pool(url, {"Authorization": f"Bearer {key}"}))
+            except ValueError as e:
+                raise ConfigError(f"llm.{field}: {e}") from None
         self.cfg, self.stats = cfg, stats
 
     async def run(self, reqs: list[Request], done: Any, desc: str) -> None:
@@ -295,11 +297,11 @@ class _OpenAIRunner:
                         expired.add(task)
                         task.cancel()
 
-        async def attempt(j: int) -> list[dict]:
+        async def attempt(j: int, pool: http.Pool) -> list[dict]:
             me = asyncio.current_task()
             deadline[me] = loop.time() + self.cfg.timeout_s
             try:
-                return await self._once(reqs[j])
+                return await self._once(reqs[j], pool)
             except asyncio.CancelledError:
                 if me not in expired:
                     raise
@@ -309,7 +311,7 @@ class _OpenAIRunner:
                 deadline.pop(me, None)
                 expired.discard(me)
 
-        async def worker() -> None:
+        async def worker(pool: http.Pool) -> None:
             nonlocal left
             while left:
                 if not ready:
@@ -318,7 +320,7 @@ class _OpenAIRunner:
                     continue
                 j = ready.popleft()
                 try:
-                    rows = await attempt(j)
+                    rows = await attempt(j, pool)
                 except (http.Transport, http.HTTPStatus, _BadReply) as e:
                     retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
                     if not retry:
@@ -358,7 +360,10 @@ class _OpenAIRunner:
                 bar.update(1)
 
         sweeper = asyncio.create_task(sweep())
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.cfg.max_concurrency, len(reqs)))]
+        # max_concurrency workers per endpoint replica, all taking from one queue: a faster replica
+        # takes more of the work, and a retried request may go to another replica
+        per_pool = min(self.cfg.max_concurrency, len(reqs))
+        workers = [asyncio.create_task(worker(pool)) for _ in range(per_pool) for pool in self.pools]
         try:
             try:
                 await asyncio.gather(*workers)
@@ -373,7 +378,8 @@ class _OpenAIRunner:
                 t.cancel()
             sweeper.cancel()
             bar.close()
-            await self.pool.close()
+            for pool in self.pools:
+                await pool.close()
 
     def _error_rows(self, req: Request, msg: str) -> list[dict]:
         return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
@@ -398,14 +404,14 @@ class _OpenAIRunner:
             body["stream_options"] = {"include_usage": True}
         return json.dumps(body).encode()
 
-    async def _once(self, req: Request) -> list[dict]:
+    async def _once(self, req: Request, pool: http.Pool) -> list[dict]:
         t0 = time.perf_counter()
         texts: dict[int, str] = {}
         finish: dict[int, str | None] = {}
         ttft: dict[int, float] = {}
         usage: dict | None = None
         if not self.cfg.stream:
-            raw = await self.pool.post("/chat/completions", self._body(req))
+            raw = await pool.post("/chat/completions", self._body(req))
             latency = time.perf_counter() - t0
             try:
                 obj = json.loads(raw)
@@ -436,7 +442,7 @@ class _OpenAIRunner:
                         if c.get("finish_reason"):
                             finish[i] = c["finish_reason"]
 
-            await self.pool.post("/chat/completions", self._body(req), piece)
+            await pool.post("/chat/completions", self._body(req), piece)
             latency = time.perf_counter() - t0
             if not events.done and not finish:
                 raise _BadReply("stream ended without [DONE] or a finish_reason")
