@@ -76,13 +76,13 @@ def workload(n: int, seed: int = 0):
     return pd.DataFrame({"id": [f"r{i}" for i in range(n)], "label": out_l, "text": out_t})
 
 
-def run(rows: int) -> dict:
+def run(rows: int, num_proc: int = 1, language: bool = False) -> dict:
     import pandas as pd
 
     from workbench import data, filters, gates, quality
     from workbench.config import load_config
 
-    cfg, _ = load_config(ROOT / "configs" / "banking77.yaml", ["quality.language=null"])
+    cfg, _ = load_config(ROOT / "configs" / "banking77.yaml", [] if language else ["quality.language=null"])
     t0 = time.perf_counter()
     frame = workload(rows)
     build_s = time.perf_counter() - t0
@@ -96,10 +96,10 @@ def run(rows: int) -> dict:
         return out.index[out["keep_filter"]]
 
     t = time.perf_counter()
-    gates.constraints(cfg, out, todo(), gate="filter")
+    gates.constraints(cfg, out, todo(), gate="filter", num_proc=num_proc)
     times["constraints_pii"] = time.perf_counter() - t
     t = time.perf_counter()
-    filters.toxicity(out, todo())
+    filters.toxicity(out, todo(), num_proc=num_proc)
     times["toxicity"] = time.perf_counter() - t
     t = time.perf_counter()
     gates.dedup(out, todo(), gates.dedup_index(cfg, seeds), gate="filter")
@@ -113,6 +113,8 @@ def run(rows: int) -> dict:
     reasons = out["reject_reason_filter"].value_counts().to_dict()
     return {
         "rows": rows,
+        "num_proc": num_proc,
+        "language_detection": language,
         "seconds": round(total, 2),
         "seconds_by_gate": {k: round(v, 2) for k, v in times.items()},
         "rows_per_s": round(rows / total),
@@ -154,8 +156,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--growth", type=int, nargs="*")
+    ap.add_argument("--num-proc", type=int, default=1, help="processes for the row checks (filter.num_proc)")
+    ap.add_argument("--language", action="store_true", help="keep quality.language on (stage 04 runs it)")
     a = ap.parse_args()
-    print(json.dumps(growth(a.growth) if a.growth else run(a.rows), indent=1))
+    print(json.dumps(growth(a.growth) if a.growth else run(a.rows, a.num_proc, a.language), indent=1))
     return 0
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -149,3 +151,29 @@ def test_rewrite_is_checked_again_and_a_failed_rewrite_is_uncertain(tmp_path):
     assert list(out["reject_reason_filter"]) == [None, "uncertain", "duplicate"]
     assert out.loc[0, "original_text"] == texts[0] and out.loc[0, "text"].startswith("When is my card arriving, dear")
     assert "as a polite retired customer" in llm.requests[0].messages[-1][1]
+
+
+def test_the_row_checks_give_the_same_verdicts_in_several_processes():
+    """filter.num_proc > 1 runs constraints, PII and toxicity through datasets.map in processes."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import filters as bench
+
+    from workbench import filters as wf
+    from workbench.config import load_config
+
+    cfg, _ = load_config(Path(__file__).resolve().parents[1] / "configs" / "banking77.yaml", ["quality.language=null"])
+    rows = bench.workload(12_000, seed=1)
+    out = {}
+    for n in (1, 2):
+        r = rows.copy()
+        r["keep_filter"], r["reject_reason_filter"] = True, None
+        from workbench import gates
+
+        gates.constraints(cfg, r, r.index, gate="filter", num_proc=n)
+        wf.toxicity(r, r.index[r["keep_filter"]], num_proc=n)
+        out[n] = r
+    cols = ["text", "keep_filter", "reject_reason_filter", "pii_found", "toxic_found"]
+    pd.testing.assert_frame_equal(out[1][cols], out[2][cols])
+    assert out[2]["pii_found"].notna().sum() > 100 and (out[2]["reject_reason_filter"] == "toxicity").sum() > 50

@@ -455,6 +455,13 @@ class FilterConfig(_Section):
         "the rewritten text is checked again. null = no rewrite.",
     )
     rewrite_max_tokens: int = Field(64, ge=8, le=2048, description="Cap on tokens of one rewrite.")
+    num_proc: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes for the row-by-row checks of stage 04 (constraints, PII, toxicity) via "
+        "datasets.map; near-dedup stays in one process, its index grows with the rows it keeps.",
+    )
 
 
 class TrainConfig(_Section):
@@ -752,6 +759,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "filter.min_domain_score": ("04_filter", "domain", ("off_domain",), ALL),
     "filter.rewrite": ("04_filter", "rewrite, then every check again", ("uncertain",), ALL),
     "filter.rewrite_max_tokens": ("04_filter", "rewrite", (), ALL),
+    "filter.num_proc": ("04_filter", "constraints, PII and toxicity in parallel (datasets.map)", (), ALL),
     "train": ("05_train", "student", (), ("classification",)),
     "evaluate.bootstrap": ("06_evaluate", "confidence intervals", (), ALL),
     "evaluate.metrics": ("06_evaluate", "metrics reported", (), ALL),

@@ -46,10 +46,10 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_f
 
     if f.rewrite:
         rewrite(cfg, out, todo(), llm)
-    gates.constraints(cfg, out, todo(), gate="filter")
+    gates.constraints(cfg, out, todo(), gate="filter", num_proc=f.num_proc)
     out["toxic_found"] = None
     if f.toxicity == "reject":
-        toxicity(out, todo())
+        toxicity(out, todo(), num_proc=f.num_proc)
     idx = todo()
     reference = [cfg.task.description, *gates.domain_reference(cfg, seeds, sorted(set(seeds["label"])))]
     scores = gates.domain_scores(embed_fn(list(out.loc[idx, "text"])), embed_fn(reference)) if len(idx) else []
@@ -59,15 +59,21 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_f
     return verdict(out)
 
 
-def toxicity(rows: pd.DataFrame, todo: pd.Index, gate: str = "filter") -> None:
+def toxicity(rows: pd.DataFrame, todo: pd.Index, gate: str = "filter", num_proc: int = 1) -> None:
     """Reject rows with threats, harassment or hate (`quality.toxic`); the phrases go to `toxic_found`."""
     if "toxic_found" not in rows:
         rows["toxic_found"] = None
-    for i, text in zip(todo, rows.loc[todo, "text"].tolist() if len(todo) else []):
-        found = quality.toxic(text)
+    texts = [t if isinstance(t, str) else "" for t in (rows.loc[todo, "text"].tolist() if len(todo) else [])]
+    res = gates.map_rows(check_toxicity, {"text": texts}, num_proc)
+    for i, found in zip(todo, res["toxic"]):
         if found:
-            rows.at[i, "toxic_found"] = ", ".join(found)
+            rows.at[i, "toxic_found"] = found
             gates._reject(rows, i, gate, "toxicity")
+
+
+def check_toxicity(text: list[str]) -> dict[str, list]:
+    """Per text, its toxic phrases joined by ", ", or None (runs in other processes with num_proc)."""
+    return {"toxic": [", ".join(found) if (found := quality.toxic(t)) else None for t in text]}
 
 
 def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:

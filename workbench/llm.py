@@ -265,11 +265,11 @@ class _OpenAIRunner:
         if not cfg.base_url:
             raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
         self.pools = []
-        for field, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
+        for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
             try:
                 self.pools.append(http.Pool(url, {"Authorization": f"Bearer {key}"}))
             except ValueError as e:
-                raise ConfigError(f"llm.{field}: {e}") from None
+                raise ConfigError(f"llm.{name}: {e}") from None
         self.cfg, self.stats = cfg, stats
 
     async def run(self, reqs: list[Request], done: Any, desc: str) -> None:
