@@ -174,3 +174,37 @@ def test_a_bad_replica_url_is_a_config_error(tmp_path, monkeypatch):
     llm = llm_for("http://127.0.0.1:1/v1", tmp_path, monkeypatch, replicas=["ftp://nowhere"])
     with pytest.raises(ConfigError, match=r"llm.replicas\[0\]: base_url 'ftp://nowhere'"):
         llm.generate(reqs(1))
+
+
+def test_batch_api_submits_resumes_and_resubmits_what_expired(tmp_path, monkeypatch):
+    from workbench.llm import BatchPending
+
+    with simserver(batch_seconds=0.5, batch_expire=0.3) as url:
+        kw = dict(batch_api=True, batch_poll_s=0.05, max_retries=5)
+        # the first run stops waiting before the batch is done; its id is kept
+        with pytest.raises(BatchPending, match=r"batch batch_\d+ is in_progress .* run the same command again"):
+            llm_for(url, tmp_path, monkeypatch, batch_wait_s=0.1, **kw).generate(reqs(40))
+        assert len(list((tmp_path / "cache" / "batches").glob("*.json"))) == 1
+        # the re-run collects that batch (no second submission of the same requests), then sends
+        # what expired in a new, smaller batch until everything is answered
+        llm = llm_for(url, tmp_path, monkeypatch, **kw)
+        out = llm.generate(reqs(40))
+        st = stats(url)
+    assert [r[0]["error"] for r in out] == [None] * 40
+    assert [r[0]["seed"] for r in out] == list(range(40))
+    assert all(r[0]["text"].startswith(f"seed {i} ") for i, r in enumerate(out))
+    assert st["batch_answered"] == 40  # each request was answered once, over the batches
+    assert st["batches_created"] >= 2 and st.get("requests", 0) > 0
+    assert not list((tmp_path / "cache" / "batches").glob("*.json"))  # collected batches are forgotten
+    again = llm_for("http://127.0.0.1:1/v1", tmp_path, monkeypatch, **kw).generate(reqs(40))
+    assert all(r[0]["cached"] for r in again)  # answered from the cache, the endpoint is not needed
+
+
+def test_batch_lines_that_keep_failing_become_error_rows(tmp_path, monkeypatch):
+    with simserver(batch_seconds=0.05, batch_expire=1.0) as url:
+        llm = llm_for(url, tmp_path, monkeypatch, batch_api=True, batch_poll_s=0.02, max_retries=1)
+        out = llm.generate(reqs(3))
+        st = stats(url)
+    assert st["batches_created"] == 2
+    assert all(r[0]["error"].startswith("batch: not answered after 2 batches: batch line batch_expired") for r in out)
+    assert len(llm.cache) == 0

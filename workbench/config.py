@@ -235,6 +235,18 @@ class LLMConfig(_Section):
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds (openai).")
     max_retries: int = Field(5, ge=0, le=50, description="Retries on 429/5xx/timeouts, honouring Retry-After (openai).")
     stream: bool = Field(False, description="Stream responses to measure time to first token (openai).")
+    batch_api: bool = Field(
+        False,
+        description="Send the calls through the provider's batch API (/v1/batches; openai): cheaper and slower. "
+        "The batch id is kept in the cache folder, so a re-run collects the batch instead of paying again.",
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="Seconds between checks of a running batch (batch_api).")
+    batch_wait_s: float = Field(
+        86400.0,
+        gt=0,
+        description="How long one run waits for its batch before stopping with a 're-run to collect' error (batch_api).",
+    )
+    batch_window: Literal["24h"] = Field("24h", description="The batch's completion window (batch_api).")
     batch_size: int = Field(32, ge=1, le=1024, description="Rows per forward pass (local).")
     threads: int | None = Field(None, ge=1, description="Torch CPU threads (local); null means all cores.")
     dtype: Literal["bfloat16", "float32"] = Field(

@@ -195,6 +195,8 @@ class LLM:
                 if self.cfg.provider == "local":
                     self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
                     self._local.run(reqs, done, desc)
+                elif self.cfg.batch_api:
+                    _BatchRunner(self.cfg, self.stats, self.cache_dir).run(reqs, [keys[i] for i in todo], done, desc)
                 else:
                     _run_async(_OpenAIRunner(self.cfg, self.stats).run(reqs, done, desc))
             finally:
@@ -243,6 +245,75 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
+def _endpoint_key(cfg: LLMConfig) -> str:
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"llm.api_key_env: environment variable {cfg.api_key_env} is not set; export it with the "
+            "endpoint's key (any non-empty value for servers that need none)"
+        )
+    if not cfg.base_url:
+        raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
+    return key
+
+
+def _chat_body(cfg: LLMConfig, req: Request, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": cfg.model,
+        "messages": req.openai_messages(),
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "max_tokens": req.max_tokens,
+        "seed": req.seed,
+        "n": req.n,
+    }
+    if req.schema:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": json.loads(req.schema), "strict": False},
+        }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _completion_rows(cfg: LLMConfig, req: Request, obj: Any, latency: float | None) -> list[dict]:
+    """The rows of one chat.completion object; _BadReply when it is not one."""
+    texts: dict[int, str] = {}
+    finish: dict[int, str | None] = {}
+    try:
+        for c in obj["choices"]:
+            texts[c["index"]] = c["message"].get("content") or ""
+            finish[c["index"]] = c.get("finish_reason")
+        usage = obj.get("usage")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _BadReply(f"unreadable answer ({type(e).__name__}): {str(obj)[:120]}") from None
+    return _choice_rows(cfg, req, texts, finish, {}, usage, latency)
+
+
+def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage: dict | None, latency) -> list[dict]:
+    ptok = usage.get("prompt_tokens") if usage else None
+    ctok = usage.get("completion_tokens") if usage else None
+    return [
+        _row(
+            "openai",
+            cfg.model,
+            req.seed + i,
+            i,
+            texts.get(i, ""),
+            prompt_tokens=ptok,
+            # usage counts all n candidates together; each row gets its share
+            completion_tokens=round(ctok / req.n) if ctok is not None else None,
+            latency_s=latency,
+            ttft_s=ttft.get(i),
+            finish_reason=finish.get(i),
+            error=None if i in texts else "endpoint returned fewer choices than n",
+        )
+        for i in range(req.n)
+    ]
+
+
 # statuses worth another attempt: rate limits, timeouts, conflicts and server errors
 _RETRY_STATUS = {408, 409, 425, 429} | set(range(500, 600))
 
@@ -256,14 +327,7 @@ class _OpenAIRunner:
     requests go to the front of the queue."""
 
     def __init__(self, cfg: LLMConfig, stats: dict):
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"llm.api_key_env: environment variable {cfg.api_key_env} is not set; export it with the "
-                "endpoint's key (any non-empty value for servers that need none)"
-            )
-        if not cfg.base_url:
-            raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
+        key = _endpoint_key(cfg)
         self.pools = []
         for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
             try:
@@ -385,24 +449,7 @@ class _OpenAIRunner:
         return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
     def _body(self, req: Request) -> bytes:
-        body: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": req.openai_messages(),
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "max_tokens": req.max_tokens,
-            "seed": req.seed,
-            "n": req.n,
-        }
-        if req.schema:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "reply", "schema": json.loads(req.schema), "strict": False},
-            }
-        if self.cfg.stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return json.dumps(body).encode()
+        return json.dumps(_chat_body(self.cfg, req, self.cfg.stream)).encode()
 
     async def _once(self, req: Request, pool: http.Pool) -> list[dict]:
         t0 = time.perf_counter()
@@ -415,12 +462,9 @@ class _OpenAIRunner:
             latency = time.perf_counter() - t0
             try:
                 obj = json.loads(raw)
-                for c in obj["choices"]:
-                    texts[c["index"]] = c["message"].get("content") or ""
-                    finish[c["index"]] = c.get("finish_reason")
-                usage = obj.get("usage")
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise _BadReply(f"unreadable answer ({type(e).__name__}): {raw[:120]!r}") from None
+            except ValueError:
+                raise _BadReply(f"unreadable answer (not JSON): {raw[:120]!r}") from None
+            return _completion_rows(self.cfg, req, obj, latency)
         else:
             events = _SSE()
 
@@ -446,25 +490,126 @@ class _OpenAIRunner:
             latency = time.perf_counter() - t0
             if not events.done and not finish:
                 raise _BadReply("stream ended without [DONE] or a finish_reason")
-        ptok = usage.get("prompt_tokens") if usage else None
-        ctok = usage.get("completion_tokens") if usage else None
-        return [
-            _row(
-                "openai",
-                self.cfg.model,
-                req.seed + i,
-                i,
-                texts.get(i, ""),
-                prompt_tokens=ptok,
-                # usage counts all n candidates together; each row gets its share
-                completion_tokens=round(ctok / req.n) if ctok is not None else None,
-                latency_s=latency,
-                ttft_s=ttft.get(i),
-                finish_reason=finish.get(i),
-                error=None if i in texts else "endpoint returned fewer choices than n",
+        return _choice_rows(self.cfg, req, texts, finish, ttft, usage, latency)
+
+
+class BatchPending(RuntimeError):
+    """The provider's batch is still running after `llm.batch_wait_s`: the same call again resumes it."""
+
+
+class _BatchRunner:
+    """Requests through the provider's batch API (OpenAI's /v1/files + /v1/batches): submit one JSONL
+    file, poll, collect. The batch's id is written under `cache_dir/batches/` before any waiting,
+    keyed by the set of requests, so a re-run (after a crash, or after `BatchPending`) collects the
+    same batch instead of paying for a new one. Lines a finished batch left undone (expired, or
+    answered with a status worth retrying) go into a new batch, up to `max_retries` times; lines that
+    failed for good, or were still undone after that, become error rows. The few calls this makes go
+    through the openai SDK."""
+
+    def __init__(self, cfg: LLMConfig, stats: dict, cache_dir: Path):
+        import openai
+
+        self.cfg, self.stats = cfg, stats
+        self.client = openai.OpenAI(
+            base_url=cfg.base_url, api_key=_endpoint_key(cfg), max_retries=cfg.max_retries, timeout=cfg.timeout_s
+        )
+        self.dir = cache_dir / "batches"
+
+    def run(self, reqs: list[Request], keys: list[str], done: Any, desc: str) -> None:
+        left = {k: j for j, k in enumerate(keys)}  # custom_id (the cache key) -> index in reqs
+        last_error: dict[str, str] = {}
+        for round_ in range(self.cfg.max_retries + 1):
+            state_path = self.dir / f"{hashlib.sha256(' '.join(sorted(left)).encode()).hexdigest()[:32]}.json"
+            if state_path.exists():
+                state = json.loads(state_path.read_text())
+                log.info("%s: resuming batch %s (%d requests)", desc, state["batch_id"], len(left))
+            else:
+                state = self._submit(reqs, left, state_path, desc)
+            batch = self._wait(state["batch_id"], state_path, len(left), desc)
+            for cid, rows, error, retry in self._collect(batch, reqs, left):
+                if error is not None and retry:
+                    last_error[cid] = error
+                    continue
+                j = left.pop(cid)
+                done(j, rows if error is None else self._error_rows(reqs[j], error))
+            state_path.unlink(missing_ok=True)
+            if not left:
+                return
+            self.stats["retries"] += len(left)
+            log.info("%s: batch %s left %d requests undone; round %d", desc, batch.id, len(left), round_ + 2)
+        for cid, j in left.items():
+            done(j, self._error_rows(reqs[j], f"batch: not answered after {self.cfg.max_retries + 1} batches: "
+                                               f"{last_error.get(cid, 'undone')}"))  # fmt: skip
+
+    def _submit(self, reqs: list[Request], left: dict[str, int], state_path: Path, desc: str) -> dict:
+        lines = "".join(
+            json.dumps(
+                {
+                    "custom_id": cid,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": _chat_body(self.cfg, reqs[j], stream=False),
+                }  # fmt: skip
             )
-            for i in range(req.n)
-        ]
+            + "\n"
+            for cid, j in left.items()
+        ).encode()
+        f = self.client.files.create(file=("requests.jsonl", lines), purpose="batch")
+        batch = self.client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window=self.cfg.batch_window
+        )
+        state = {"batch_id": batch.id, "input_file_id": f.id, "requests": len(left), "submitted": time.time()}
+        from workbench.runs import write_atomic
+
+        write_atomic(state_path, json.dumps(state))
+        log.info("%s: submitted batch %s (%d requests)", desc, batch.id, len(left))
+        return state
+
+    def _wait(self, batch_id: str, state_path: Path, n: int, desc: str) -> Any:
+        t_end = time.monotonic() + self.cfg.batch_wait_s
+        with tqdm(total=n, desc=f"{desc} (batch {batch_id})", unit="req") as bar:
+            while True:
+                batch = self.client.batches.retrieve(batch_id)
+                counts = batch.request_counts
+                if counts is not None:
+                    bar.update(counts.completed + counts.failed - bar.n)
+                if batch.status in ("completed", "failed", "expired", "cancelled"):
+                    return batch
+                if time.monotonic() > t_end:
+                    raise BatchPending(
+                        f"llm.batch_api: batch {batch_id} is {batch.status} after waiting llm.batch_wait_s = "
+                        f"{self.cfg.batch_wait_s:g}s; its id is kept in {state_path}: run the same command again "
+                        "to collect it"
+                    )
+                time.sleep(self.cfg.batch_poll_s)
+
+    def _collect(self, batch: Any, reqs: list[Request], left: dict[str, int]):
+        """(custom_id, rows, error, retry) per line of the batch's output and error files."""
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            for line in self.client.files.content(file_id).text.splitlines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                cid = item.get("custom_id")
+                if cid not in left:
+                    continue
+                resp, err = item.get("response") or {}, item.get("error")
+                status = resp.get("status_code")
+                if err or status != 200:
+                    code = (err or {}).get("code") or status
+                    msg = (err or {}).get("message") or http.error_message(json.dumps(resp.get("body")).encode())
+                    retry = code == "batch_expired" or status in _RETRY_STATUS
+                    yield cid, None, f"batch line {code}: {msg}", retry
+                    continue
+                try:
+                    yield cid, _completion_rows(self.cfg, reqs[left[cid]], resp.get("body"), None), None, False
+                except _BadReply as e:
+                    yield cid, None, str(e), True
+
+    def _error_rows(self, req: Request, msg: str) -> list[dict]:
+        return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
 
 class _BadReply(Exception):

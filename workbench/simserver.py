@@ -46,6 +46,8 @@ class SimConfig:
     retry_after: float = 1.0
     p_timeout: float = 0.0
     hang: float = 30.0
+    batch_seconds: float = 1.0
+    batch_expire: float = 0.0
     max_requests: int = 100_000
     max_seconds: float = 600.0
     seed: int = 0
@@ -67,6 +69,24 @@ def fault(cfg: SimConfig, messages_json: str, attempt: int) -> str | None:
     return None
 
 
+def _multipart_file(body: bytes, head: bytes) -> bytes:
+    """The content of the `file` part of a multipart/form-data body."""
+    ctype = next((ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-type:")), b"")
+    if b"boundary=" not in ctype:
+        raise ValueError("expected a multipart/form-data upload")
+    boundary = b"--" + ctype.split(b"boundary=", 1)[1].strip().strip(b'"')
+    for part in body.split(boundary):
+        headers, _, content = part.partition(b"\r\n\r\n")
+        if b'name="file"' in headers:
+            return content[:-2] if content.endswith(b"\r\n") else content
+    raise ValueError("no file part in the upload")
+
+
+def _file_obj(fid: str, size: int, purpose: str) -> dict:
+    return {"id": fid, "object": "file", "bytes": size, "created_at": int(time.time()), "filename": f"{fid}.jsonl",
+            "purpose": purpose, "status": "processed"}  # fmt: skip
+
+
 _REASON = {200: b"OK", 404: b"Not Found", 429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Busy"}
 
 
@@ -74,6 +94,8 @@ class Sim:
     def __init__(self, cfg: SimConfig):
         self.cfg = cfg
         self.sent: collections.Counter = collections.Counter()  # attempts per distinct messages
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
         self.active = 0
         self.waiting: collections.deque = collections.deque()
         self.stats = collections.Counter()
@@ -89,7 +111,7 @@ class Sim:
         latency counts from there, not from when this process got round to reading it."""
         return _ArrivalSelector.last or asyncio.get_running_loop().time()
 
-    def handle(self, conn: _Conn, method: bytes, path: bytes, body: bytes) -> None:
+    def handle(self, conn: _Conn, method: bytes, path: bytes, body: bytes, head: bytes = b"") -> None:
         st = self.stats
         st["requests"] += 1
         if st["requests"] > self.cfg.max_requests:
@@ -98,6 +120,8 @@ class Sim:
             return
         if method == b"GET" and path.endswith(b"/stats"):
             return conn.send(200, dict(st, peak_in_flight=self.peak, in_flight=self.active, waiting=len(self.waiting)))
+        if b"/files" in path or b"/batches" in path:
+            return self._batch_api(conn, method, path.decode(), body, head)
         if method != b"POST" or not path.endswith(b"/chat/completions"):
             return conn.send(404, {"error": {"message": f"simserver: no route {method.decode()} {path.decode()}"}})
         try:
@@ -127,6 +151,85 @@ class Sim:
             self.waiting.append((conn, req))
             return
         self._start(conn, req, self.now())
+
+    # ------------------------------------------------------------------ the batch API
+
+    def _batch_api(self, conn: _Conn, method: bytes, path: str, body: bytes, head: bytes) -> None:
+        """OpenAI's batch API, enough for the workbench: upload a JSONL file (multipart), create a
+        batch of /v1/chat/completions lines, read its status, download its output and error files.
+        A batch is done `batch_seconds` after it was created; a line whose draw falls below
+        `batch_expire` is left undone, and the batch then ends `expired` with those lines in its
+        error file (code batch_expired), as OpenAI reports them."""
+        path = path.split("?", 1)[0].rstrip("/")
+        parts = path.split("/")
+        try:
+            if method == b"POST" and path.endswith("/files"):
+                data = _multipart_file(body, head)
+                fid = f"file-{len(self.files) + 1}"
+                self.files[fid] = data
+                return conn.send(200, _file_obj(fid, len(data), "batch"))
+            if method == b"GET" and parts[-1] == "content" and parts[-3] == "files":
+                data = self.files.get(parts[-2])
+                if data is None:
+                    return conn.send(404, {"error": {"message": f"simserver: no file {parts[-2]}"}})
+                return conn.send_bytes(200, data, content_type=b"application/octet-stream")
+            if method == b"POST" and path.endswith("/batches"):
+                req = json.loads(body)
+                lines = self.files.get(req.get("input_file_id"))
+                if lines is None:
+                    return conn.send(400, {"error": {"message": "simserver: unknown input_file_id"}})
+                bid = f"batch_{len(self.batches) + 1}"
+                self.stats["batches_created"] += 1
+                self.batches[bid] = {
+                    "id": bid,
+                    "object": "batch",
+                    "endpoint": req.get("endpoint"),
+                    "input_file_id": req["input_file_id"],
+                    "completion_window": req.get("completion_window", "24h"),
+                    "status": "in_progress",
+                    "created_at": int(time.time()),
+                    "output_file_id": None,
+                    "error_file_id": None,
+                    "request_counts": {"total": len(lines.splitlines()), "completed": 0, "failed": 0},
+                }
+                asyncio.get_running_loop().call_later(self.cfg.batch_seconds, self._finish_batch, bid)
+                return conn.send(200, self.batches[bid])
+            if method == b"GET" and parts[-2] == "batches":
+                b = self.batches.get(parts[-1])
+                if b is None:
+                    return conn.send(404, {"error": {"message": f"simserver: no batch {parts[-1]}"}})
+                return conn.send(200, b)
+        except (ValueError, KeyError, IndexError) as e:
+            return conn.send(400, {"error": {"message": f"simserver: bad batch request: {e}"}})
+        return conn.send(404, {"error": {"message": f"simserver: no route {method.decode()} {path}"}})
+
+    def _finish_batch(self, bid: str) -> None:
+        b = self.batches[bid]
+        out, err = [], []
+        for line in self.files[b["input_file_id"]].decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            req = item["body"]
+            key = json.dumps(req["messages"], sort_keys=True)
+            self.sent[key] += 1
+            if draw(self.cfg.seed, key, self.sent[key]) < self.cfg.batch_expire:
+                error = {"code": "batch_expired", "message": "This request could not be executed before the window."}
+                err.append({"id": f"req_{len(err)}", "custom_id": item["custom_id"], "response": None, "error": error})
+                continue
+            n = int(req.get("n") or 1)
+            tokens = max(1, min(self.cfg.tokens, int(req.get("max_tokens") or self.cfg.tokens)))
+            body = json.loads(self._answer(req, n, tokens))
+            response = {"status_code": 200, "request_id": f"r{len(out)}", "body": body}
+            out.append({"id": f"req_{len(out)}", "custom_id": item["custom_id"], "response": response, "error": None})
+            self.stats["batch_answered"] += 1
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                fid = f"file-{len(self.files) + 1}"
+                self.files[fid] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                b[name] = fid
+        b["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+        b["status"] = "expired" if err else "completed"
 
     def _start(self, conn: _Conn, req: dict, t0: float) -> None:
         self.active += 1
@@ -233,18 +336,20 @@ class _Conn(asyncio.Protocol):
             body = bytes(self.buf[end + 4 : end + 4 + length])
             del self.buf[: end + 4 + length]
             first = head.split(b"\r\n", 1)[0].split(b" ")
-            self.sim.handle(self, first[0], first[1] if len(first) > 1 else b"/", body)
+            self.sim.handle(self, first[0], first[1] if len(first) > 1 else b"/", body, head)
 
     def send(self, status: int, obj: dict, retry_after: float | None = None) -> None:
         self.send_bytes(status, json.dumps(obj).encode(), retry_after)
 
-    def send_bytes(self, status: int, data: bytes, retry_after: float | None = None) -> None:
+    def send_bytes(
+        self, status: int, data: bytes, retry_after: float | None = None, content_type: bytes = b"application/json"
+    ) -> None:
         if self.closed:
             return
         extra = b"Retry-After: %g\r\n" % retry_after if retry_after is not None else b""
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
-            % (status, _REASON.get(status, b"Error"), len(data), extra)
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+            % (status, _REASON.get(status, b"Error"), content_type, len(data), extra)
             + data
         )
 
