@@ -40,8 +40,15 @@ def run_workbench(url: str, texts: list[str], conc: int, out: Path) -> Callable[
     from workbench.llm import LLM, Request
 
     os.environ["WB_BENCH_KEY"] = KEY
+    first, *replicas = url.split(",")  # several URLs: the replicas of one model (llm.replicas)
     cfg = LLMConfig(
-        provider="openai", model=MODEL, base_url=url, api_key_env="WB_BENCH_KEY", max_concurrency=conc, max_retries=8
+        provider="openai",
+        model=MODEL,
+        base_url=first,
+        replicas=replicas,
+        api_key_env="WB_BENCH_KEY",
+        max_concurrency=conc,
+        max_retries=8,
     )
     llm = LLM(cfg, out / "cache")
 
@@ -220,7 +227,7 @@ CLIENTS = {
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("client", choices=sorted(CLIENTS))
-    ap.add_argument("--url", required=True)
+    ap.add_argument("--url", required=True, help="base URL; the workbench client takes several, comma-separated")
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--out", type=Path, required=True)

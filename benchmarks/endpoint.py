@@ -149,33 +149,44 @@ def server_python(peer_python: str | None) -> str:
 
 
 def run_client(client: str, python: str, scenario: dict, rows: int, timeout: float, server: str) -> dict:
-    proc, url = start_server(server, rows=rows, **scenario)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True", TOKENIZERS_PARALLELISM="false")
+    scenario = dict(scenario)
+    servers = [start_server(server, rows=rows, **scenario) for _ in range(scenario.pop("replicas", 1))]
+    procs, urls = [p for p, _ in servers], [u for _, u in servers]
     try:
-        with tempfile.TemporaryDirectory(prefix=f"bench-{client}-") as tmp:
-            cmd = [python, str(ROOT / "benchmarks" / "clients.py"), client, "--url", url, "--rows", str(rows)]
-            cmd += ["--concurrency", str(scenario["concurrency"]), "--out", tmp]
-            out_f, err_f = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            with open(out_f, "w") as so, open(err_f, "w") as se:
-                child = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=ROOT)
-                tree_peak = _watch(child, timeout)
-            lost = {"client": client, "rows_ok": 0, "rows_lost": rows}
-            if tree_peak is None:
-                return lost | {"failed": f"did not finish in {timeout:.0f}s"}
-            lines = [ln for ln in out_f.read_text().splitlines() if ln.startswith("{")]
-            if child.returncode != 0 or not lines:
-                return lost | {"failed": err_f.read_text().strip()[-600:]}
-            res = json.loads(lines[-1])
-            # distilabel works in child processes of its own: the peak is of the whole process
-            # tree, sampled every 50 ms, or the main process's own high-water mark if higher
-            res["peak_rss_mb"] = round(max(res["peak_rss_mb"], tree_peak), 1)
-        stats = server_stats(url)
-        res["server"] = {k: stats.get(k, 0) for k in ("requests", "answered", "injected_500", "injected_429")}
-        res["server"]["peak_in_flight"] = stats.get("peak_in_flight")
-        return res
+        return _run_client(client, python, scenario, rows, timeout, urls)
     finally:
-        proc.kill()
-        proc.wait()
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _run_client(client: str, python: str, scenario: dict, rows: int, timeout: float, urls: list[str]) -> dict:
+    url = ",".join(urls)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LITELLM_LOCAL_MODEL_COST_MAP="True", TOKENIZERS_PARALLELISM="false")
+    with tempfile.TemporaryDirectory(prefix=f"bench-{client}-") as tmp:
+        cmd = [python, str(ROOT / "benchmarks" / "clients.py"), client, "--url", url, "--rows", str(rows)]
+        cmd += ["--concurrency", str(scenario["concurrency"]), "--out", tmp]
+        out_f, err_f = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        with open(out_f, "w") as so, open(err_f, "w") as se:
+            child = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=ROOT)
+            tree_peak = _watch(child, timeout)
+        lost = {"client": client, "rows_ok": 0, "rows_lost": rows}
+        if tree_peak is None:
+            return lost | {"failed": f"did not finish in {timeout:.0f}s"}
+        lines = [ln for ln in out_f.read_text().splitlines() if ln.startswith("{")]
+        if child.returncode != 0 or not lines:
+            return lost | {"failed": err_f.read_text().strip()[-600:]}
+        res = json.loads(lines[-1])
+        # distilabel works in child processes of its own: the peak is of the whole process
+        # tree, sampled every 50 ms, or the main process's own high-water mark if higher
+        res["peak_rss_mb"] = round(max(res["peak_rss_mb"], tree_peak), 1)
+    all_stats = [server_stats(u) for u in urls]
+    keys = ("requests", "answered", "injected_500", "injected_429")
+    res["server"] = {k: sum(st.get(k, 0) for st in all_stats) for k in keys}
+    res["server"]["peak_in_flight"] = max(st.get("peak_in_flight") or 0 for st in all_stats)
+    if len(urls) > 1:
+        res["server"]["answered_per_replica"] = [st.get("answered", 0) for st in all_stats]
+    return res
 
 
 def _watch(child: subprocess.Popen, timeout: float) -> float | None:
@@ -252,6 +263,19 @@ def run(rows: int, repeats: int, peer_python: str | None, only: list[str] | None
             if best.get("errors"):
                 entry["errors"] = best["errors"]
             results[name][c] = entry
+    # the scale-out path: two replicas of the C = 64 server behind one config (llm.replicas), the
+    # workbench alone (the peers have no such setting); the limit is 2 C / L
+    replicas = None
+    if "workbench" in clients:
+        scen = {"concurrency": 64, "replicas": 2}
+        res = run_client("workbench", pythons["workbench"], scen, rows, 120, server)
+        limit = 2 * 64 / LATENCY
+        ideal = rows / ideal_seconds(rows, 128) / limit
+        res["ratio_to_limit"] = round(res["rows_ok"] / res["seconds"] / limit, 3) if res.get("seconds") else 0
+        res["ratio_to_ideal"] = round(res["ratio_to_limit"] / ideal, 3)
+        print(f"c64 x2 replicas workbench ratio {res['ratio_to_limit']:.3f}  ok {res['rows_ok']}", flush=True)
+        keep = ("ratio_to_limit", "ratio_to_ideal", "rows_ok", "rows_lost", "seconds", "peak_rss_mb", "server")
+        replicas = {k: res.get(k) for k in keep} | {"limit_rps": limit, "ideal_ratio": round(ideal, 3)}
     settings = {
         "rows": rows,
         "repeats": repeats,
@@ -260,7 +284,7 @@ def run(rows: int, repeats: int, peer_python: str | None, only: list[str] | None
         "peers_missing": [p for p in PEERS if p not in peers],
         "server_loop": "uvloop" if server != sys.executable else "asyncio",
     }
-    return {"settings": settings, "scenarios": results}
+    return {"settings": settings, "scenarios": results, "replicas_c64x2": replicas}
 
 
 def main() -> int:

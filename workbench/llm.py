@@ -164,24 +164,24 @@ class LLM:
             # answers are written to the cache in batches (one SQLite commit each) by a writer
             # thread: a commit per answer on the event loop costs more CPU than the HTTP call.
             # A crash loses at most the last half second of answers.
-            unsaved: list[tuple[str, list[dict]]] = []
+            # The JSON is made here, a row at a time; the writer thread only runs SQLite, which lets
+            # go of the GIL while it works (JSON there held it for milliseconds, and the event loop
+            # waited on it).
+            unsaved: list[tuple[str, bytes]] = []
             saved_at = time.monotonic()
             writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
-
-            def write(batch: list[tuple[str, list[dict]]]) -> None:
-                self.cache.put_many([(k, json.dumps(rows).encode()) for k, rows in batch])
 
             def save() -> None:
                 nonlocal saved_at
                 if unsaved:
-                    writer.submit(write, unsaved.copy())
+                    writer.submit(self.cache.put_many, unsaved.copy())
                     unsaved.clear()
                 saved_at = time.monotonic()
 
             def done(j: int, rows: list[dict]) -> None:  # j indexes `reqs`
                 key = keys[todo[j]]
                 if all(r["error"] is None for r in rows):
-                    unsaved.append((key, rows))
+                    unsaved.append((key, json.dumps(rows).encode()))
                     if len(unsaved) >= 256 or time.monotonic() - saved_at > 0.5:
                         save()
                 else:
@@ -295,21 +295,25 @@ def _completion_rows(cfg: LLMConfig, req: Request, obj: Any, latency: float | No
 def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage: dict | None, latency) -> list[dict]:
     ptok = usage.get("prompt_tokens") if usage else None
     ctok = usage.get("completion_tokens") if usage else None
-    return [
-        _row(
-            "openai",
-            cfg.model,
-            req.seed + i,
-            i,
-            texts.get(i, ""),
-            prompt_tokens=ptok,
-            # usage counts all n candidates together; each row gets its share
-            completion_tokens=round(ctok / req.n) if ctok is not None else None,
-            latency_s=latency,
-            ttft_s=ttft.get(i),
-            finish_reason=finish.get(i),
-            error=None if i in texts else "endpoint returned fewer choices than n",
-        )
+    # usage counts all n candidates together; each row gets its share
+    share = round(ctok / req.n) if ctok is not None else None
+    return [  # the fields of _row, built directly: this runs once per answer, on the event loop
+        {
+            "provider": "openai",
+            "model": cfg.model,
+            "seed": req.seed + i,
+            "candidate": i,
+            "text": texts.get(i, ""),
+            "parsed": None,
+            "prompt_tokens": ptok,
+            "completion_tokens": share,
+            "latency_s": latency,
+            "ttft_s": ttft.get(i),
+            "finish_reason": finish.get(i),
+            "first_probs": None,
+            "error": None if i in texts else "endpoint returned fewer choices than n",
+            "cached": False,
+        }
         for i in range(req.n)
     ]
 
@@ -361,8 +365,7 @@ class _OpenAIRunner:
                         expired.add(task)
                         task.cancel()
 
-        async def attempt(j: int, pool: http.Pool) -> list[dict]:
-            me = asyncio.current_task()
+        async def attempt(j: int, pool: http.Pool, me: asyncio.Task) -> list[dict] | tuple[bytes, float]:
             deadline[me] = loop.time() + self.cfg.timeout_s
             try:
                 return await self._once(reqs[j], pool)
@@ -375,8 +378,24 @@ class _OpenAIRunner:
                 deadline.pop(me, None)
                 expired.discard(me)
 
+        def fail(j: int, e: Exception) -> list[dict] | None:
+            """Error rows for a request that failed for good, or None when it was put back for a retry."""
+            retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
+            if not retry:
+                return self._error_rows(reqs[j], str(e))
+            if attempts[j] >= self.cfg.max_retries:
+                return self._error_rows(reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
+            attempts[j] += 1
+            self.stats["retries"] += 1
+            wait = _retry_after(e.headers.get("retry-after")) if isinstance(e, http.HTTPStatus) else None
+            if wait is None:
+                wait = min(30.0, 0.2 * 2 ** (attempts[j] - 1)) * (0.5 + random.random())
+            log.debug("retry %d of request %d in %.2fs after %s", attempts[j], j, wait, e)
+            loop.call_later(wait, requeue, j)
+            return None
+
         async def worker(pool: http.Pool) -> None:
-            nonlocal left
+            me = asyncio.current_task()
             while left:
                 if not ready:
                     wake.clear()
@@ -384,44 +403,47 @@ class _OpenAIRunner:
                     continue
                 j = ready.popleft()
                 try:
-                    rows = await attempt(j, pool)
+                    result = await attempt(j, pool, me)
                 except (http.Transport, http.HTTPStatus, _BadReply) as e:
-                    retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
-                    if not retry:
-                        rows = self._error_rows(reqs[j], str(e))
-                    elif attempts[j] >= self.cfg.max_retries:
-                        rows = self._error_rows(reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
-                    else:
-                        attempts[j] += 1
-                        self.stats["retries"] += 1
-                        wait = _retry_after(e.headers.get("retry-after")) if isinstance(e, http.HTTPStatus) else None
-                        if wait is None:
-                            wait = min(30.0, 0.2 * 2 ** (attempts[j] - 1)) * (0.5 + random.random())
-                        log.debug("retry %d of request %d in %.2fs after %s", attempts[j], j, wait, e)
-                        loop.call_later(wait, requeue, j)
+                    result = fail(j, e)
+                    if result is None:
                         continue
-                left -= 1
-                # the rows are recorded after this worker has sent its next request: when many
-                # answers arrive at once, every worker's next request goes out before the bookkeeping
-                unrecorded.append((j, rows))
+                # the answer is read and recorded after this worker has sent its next request: when
+                # many answers arrive at once, every worker's next request goes out before the bookkeeping
+                unrecorded.append((j, result))
                 if len(unrecorded) == 1:
                     loop.call_soon(record)
-                if not left:
-                    wake.set()
 
         unrecorded: collections.deque = collections.deque()
         failed: list[BaseException] = []  # an error of the caller's `done` stops the run
 
         def record() -> None:
+            nonlocal left
             while unrecorded and not failed:
+                j, result = unrecorded.popleft()
+                if isinstance(result, tuple):  # (body, latency) of a plain answer, read here
+                    raw, latency = result
+                    try:
+                        try:
+                            obj = json.loads(raw)
+                        except ValueError:
+                            raise _BadReply(f"unreadable answer (not JSON): {raw[:120]!r}") from None
+                        result = _completion_rows(self.cfg, reqs[j], obj, latency)
+                    except _BadReply as e:
+                        result = fail(j, e)
+                        if result is None:
+                            continue
                 try:
-                    done(*unrecorded.popleft())
+                    done(j, result)
                 except BaseException as e:
                     failed.append(e)
                     for t in workers:
                         t.cancel()
                     return
+                left -= 1
                 bar.update(1)
+                if not left:
+                    wake.set()
 
         sweeper = asyncio.create_task(sweep())
         # max_concurrency workers per endpoint replica, all taking from one queue: a faster replica
@@ -451,7 +473,7 @@ class _OpenAIRunner:
     def _body(self, req: Request) -> bytes:
         return json.dumps(_chat_body(self.cfg, req, self.cfg.stream)).encode()
 
-    async def _once(self, req: Request, pool: http.Pool) -> list[dict]:
+    async def _once(self, req: Request, pool: http.Pool) -> list[dict] | tuple[bytes, float]:
         t0 = time.perf_counter()
         texts: dict[int, str] = {}
         finish: dict[int, str | None] = {}
@@ -459,12 +481,7 @@ class _OpenAIRunner:
         usage: dict | None = None
         if not self.cfg.stream:
             raw = await pool.post("/chat/completions", self._body(req))
-            latency = time.perf_counter() - t0
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                raise _BadReply(f"unreadable answer (not JSON): {raw[:120]!r}") from None
-            return _completion_rows(self.cfg, req, obj, latency)
+            return raw, time.perf_counter() - t0  # parsed by the caller, after its next request went out
         else:
             events = _SSE()
 
