@@ -166,8 +166,19 @@ def markdown(res: dict) -> str:
                 f"| {cell['c256'].get('ratio_to_limit')} | {f.get('ratio_to_limit')} ({f.get('rows_lost')} lost) "
                 f"| {cell['c64'].get('peak_rss_mb')} MB | {cell['c64'].get('cpu_ms_per_row')} ms |"
             )
+        ideal = " · ".join(f"{k} {v.get('ideal_ratio')}" for k, v in s["scenarios"].items())
+        lines += ["", f"An ideal client (no CPU of its own, retries the moment they are allowed) would reach: {ideal}."]
         if s.get("peers_missing"):
             lines += ["", f"Peers not installed, not run: {', '.join(s['peers_missing'])}."]
+        rep = ep.get("replicas_c64x2")
+        if rep:
+            per = (rep.get("server") or {}).get("answered_per_replica")
+            lines += [
+                "",
+                f"Scale-out: two C = 64 replicas behind one config (`llm.replicas`), the workbench alone: "
+                f"ratio {rep['ratio_to_limit']} of 2 C / L = {rep['limit_rps']:.0f} requests/s (ideal "
+                f"{rep['ideal_ratio']}); rows answered per replica {per}, {rep['rows_lost']} lost.",
+            ]
         lines.append("")
     if res.get("cache"):
         c = res["cache"]
