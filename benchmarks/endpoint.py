@@ -172,13 +172,17 @@ def _run_client(client: str, python: str, scenario: dict, rows: int, timeout: fl
             tree_peak = _watch(child, timeout)
         lost = {"client": client, "rows_ok": 0, "rows_lost": rows}
         if tree_peak is None:
-            return lost | {"failed": f"did not finish in {timeout:.0f}s"}
+            st = [server_stats(u) for u in urls]
+            answered = sum(x.get("answered", 0) for x in st)
+            tail = err_f.read_text().strip()[-300:]
+            return lost | {"failed": f"did not finish in {timeout:.0f}s; the server had answered {answered} "
+                           f"requests; stderr: {tail}"}  # fmt: skip
         lines = [ln for ln in out_f.read_text().splitlines() if ln.startswith("{")]
         if child.returncode != 0 or not lines:
             return lost | {"failed": err_f.read_text().strip()[-600:]}
         res = json.loads(lines[-1])
         # distilabel works in child processes of its own: the peak is of the whole process
-        # tree, sampled every 50 ms, or the main process's own high-water mark if higher
+        # tree, sampled every 250 ms, or the main process's own high-water mark if higher
         res["peak_rss_mb"] = round(max(res["peak_rss_mb"], tree_peak), 1)
     all_stats = [server_stats(u) for u in urls]
     keys = ("requests", "answered", "injected_500", "injected_429")
@@ -209,7 +213,7 @@ def _watch(child: subprocess.Popen, timeout: float) -> float | None:
         except psutil.Error:
             pass
         peak = max(peak, total / 2**20)
-        time.sleep(0.05)
+        time.sleep(0.25)  # more often costs the 2 cores the client and the server share
     return peak
 
 
