@@ -105,11 +105,16 @@ def start_server(python: str, concurrency: int, rows: int, **faults) -> tuple[su
     args += ["--max-requests", str(rows * 20), "--max-seconds", "600"]
     for k, v in faults.items():
         args += ["--" + k.replace("_", "-"), str(v)]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file: a pipe nobody reads fills up (64 KB of the event loop's warnings about
+    # connections a client dropped) and then blocks the server, which looked like a hung client
+    log = tempfile.NamedTemporaryFile("w+", prefix="simserver-", suffix=".log", delete=False)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()
     if not line.startswith("listening "):
         proc.kill()
-        raise RuntimeError(f"simserver did not start: {line!r} {proc.stderr.read()[-500:]}")
+        log.seek(0)
+        raise RuntimeError(f"simserver did not start: {line!r} {log.read()[-500:]}")
+    proc.log_path = log.name  # removed by run_client once the server is stopped
     return proc, line.split()[1]
 
 
@@ -158,6 +163,7 @@ def run_client(client: str, python: str, scenario: dict, rows: int, timeout: flo
         for p in procs:
             p.kill()
             p.wait()
+            Path(p.log_path).unlink(missing_ok=True)
 
 
 def _run_client(client: str, python: str, scenario: dict, rows: int, timeout: float, urls: list[str]) -> dict:
