@@ -177,14 +177,16 @@ def _run_client(client: str, python: str, scenario: dict, rows: int, timeout: fl
             child = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=ROOT)
             tree_peak = _watch(child, timeout)
         lost = {"client": client, "rows_ok": 0, "rows_lost": rows}
-        if tree_peak is None:
+        lines = [ln for ln in out_f.read_text().splitlines() if ln.startswith("{")]
+        if tree_peak is None and not lines:
             st = [server_stats(u) for u in urls]
             answered = sum(x.get("answered", 0) for x in st)
             tail = err_f.read_text().strip()[-300:]
             return lost | {"failed": f"did not finish in {timeout:.0f}s; the server had answered {answered} "
                            f"requests; stderr: {tail}"}  # fmt: skip
-        lines = [ln for ln in out_f.read_text().splitlines() if ln.startswith("{")]
-        if child.returncode != 0 or not lines:
+        if tree_peak is None:  # it printed its result, then did not exit in time (and was killed)
+            tree_peak = 0.0
+        elif child.returncode != 0 or not lines:
             return lost | {"failed": err_f.read_text().strip()[-600:]}
         res = json.loads(lines[-1])
         # distilabel works in child processes of its own: the peak is of the whole process
