@@ -1,20 +1,34 @@
 """A simulated OpenAI-compatible endpoint on 127.0.0.1, for benchmarks and fault tests.
 
-    python -m workbench.simserver --latency 0.2 --concurrency 64 [--over-limit queue|429]
+    python -m workbench.simserver --latency 0.2 --concurrency 64 [--over-limit queue|429|slow]
         [--per-token 0.005] [--tokens 16] [--p500 0.05] [--p429 0.05] [--retry-after 1]
-        [--p-timeout 0] [--max-requests 100000] [--max-seconds 600] [--seed 0]
+        [--p-timeout 0] [--p-reset 0] [--p-truncated 0] [--p-nonjson 0] [--p-slow 0]
+        [--api-key KEY] [--models a,b] [--max-n 0] [--schedule 0:16,5:128]
+        [--max-requests 100000] [--max-seconds 600] [--seed 0]
 
 It prints `listening http://127.0.0.1:PORT/v1` and serves `POST /v1/chat/completions` (with `n`,
-`stream` as server-sent events and `usage` blocks) and `GET /v1/stats` (counters as JSON).
+`stream` as server-sent events and `usage` blocks), `GET /v1/models` and `GET /v1/stats`
+(counters as JSON; `?arrivals=1` adds each chat request's arrival time, prompt tokens and
+max_tokens × n, for rate-limit tests).
 
 The model is an endpoint that serves at most `concurrency` requests at once, each taking
 `latency + per_token * completion tokens` seconds, so its hard limit is concurrency / latency
 requests per second. Requests beyond the cap wait in a FIFO queue (`queue`) or are refused with
 429 at once (`429`). Injected faults are decided per attempt from the request's messages, its
 attempt number and the seed, so every client meets the same faults on the same rows; they cost
-no serving time: HTTP 500, HTTP 429 with `Retry-After`, or a hang (`p_timeout`: the request is held
-for `hang` seconds, then its connection is closed without an answer). Streams send the first
-token after `latency` and the others `per_token` apart.
+no serving time: HTTP 500, HTTP 429 with `Retry-After`, a hang (`p_timeout`: the request is held
+for `hang` seconds, then its connection is closed without an answer), a reset (`p_reset`: the
+connection is closed at once), a truncated answer (`p_truncated`: headers and half the body, then
+the connection closes), a body that is not JSON (`p_nonjson`: status 200, an HTML error page), or
+a slow answer (`p_slow`: streamed a few bytes at a time over `slow` seconds). Streams send the
+first token after `latency` and the others `per_token` apart.
+
+`over_limit: slow` is a self-hosted server (vLLM-like) that never refuses or queues: a request
+started with `active` requests in flight takes `latency * max(1, active / concurrency)`, so
+latency rises with load. `schedule` changes `concurrency` over time ("0:16,5:128": 16 from the
+start, 128 after 5 seconds). `api_key` answers 401 to any other bearer key, `models` 404 to any
+other model, `max_n` 400 to a larger `n`, as real endpoints do. `answered_again` in the stats
+counts requests that arrived again after the same request (messages, seed, n) had been answered.
 
 Bounded: it stops after `max_requests` requests or `max_seconds` seconds, whichever comes first,
 so a benchmark or a test that dies never leaves it running. Only 127.0.0.1 is served.
@@ -40,12 +54,21 @@ class SimConfig:
     per_token: float = 0.0
     tokens: int = 16
     concurrency: int = 64
-    over_limit: str = "queue"  # queue | 429
+    over_limit: str = "queue"  # queue | 429 | slow
     p500: float = 0.0
     p429: float = 0.0
     retry_after: float = 1.0
     p_timeout: float = 0.0
     hang: float = 30.0
+    p_reset: float = 0.0
+    p_truncated: float = 0.0
+    p_nonjson: float = 0.0
+    p_slow: float = 0.0
+    slow: float = 1.0
+    api_key: str = ""
+    models: str = ""
+    max_n: int = 0
+    schedule: str = ""
     batch_seconds: float = 1.0
     batch_expire: float = 0.0
     max_requests: int = 100_000
@@ -60,9 +83,18 @@ def draw(seed: int, messages_json: str, attempt: int) -> float:
 
 
 def fault(cfg: SimConfig, messages_json: str, attempt: int) -> str | None:
-    """The fault injected into this attempt: "500", "429", "timeout" or None."""
+    """The fault injected into this attempt: "500", "429", "timeout", "reset", "truncated",
+    "nonjson", "slow" or None."""
     r = draw(cfg.seed, messages_json, attempt)
-    for name, p in (("500", cfg.p500), ("429", cfg.p429), ("timeout", cfg.p_timeout)):
+    for name, p in (
+        ("500", cfg.p500),
+        ("429", cfg.p429),
+        ("timeout", cfg.p_timeout),
+        ("reset", cfg.p_reset),
+        ("truncated", cfg.p_truncated),
+        ("nonjson", cfg.p_nonjson),
+        ("slow", cfg.p_slow),
+    ):
         if r < p:
             return name
         r -= p
@@ -87,7 +119,17 @@ def _file_obj(fid: str, size: int, purpose: str) -> dict:
             "purpose": purpose, "status": "processed"}  # fmt: skip
 
 
-_REASON = {200: b"OK", 404: b"Not Found", 429: b"Too Many Requests", 500: b"Internal Server Error", 503: b"Busy"}
+_REASON = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 429: b"Too Many Requests",
+           500: b"Internal Server Error", 503: b"Busy"}  # fmt: skip
+
+
+def _schedule(text: str) -> list[tuple[float, int]]:
+    """ "0:16,5:128" -> [(0.0, 16), (5.0, 128)]"""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        t, _, c = part.partition(":")
+        out.append((float(t), int(c)))
+    return sorted(out)
 
 
 class Sim:
@@ -99,6 +141,9 @@ class Sim:
         self.active = 0
         self.waiting: collections.deque = collections.deque()
         self.stats = collections.Counter()
+        self.answered: set[str] = set()  # requests (messages, seed, n) that got an answer
+        self.arrivals: list[tuple[float, int, int]] = []  # (seconds since start, prompt tokens, max_tokens * n)
+        self.schedule = _schedule(cfg.schedule)
         self.peak = 0
         self.t0 = time.monotonic()
         self.stopped = asyncio.Event()
@@ -118,8 +163,18 @@ class Sim:
             conn.send(503, {"error": {"message": "simserver: max_requests reached"}})
             self.stopped.set()
             return
-        if method == b"GET" and path.endswith(b"/stats"):
-            return conn.send(200, dict(st, peak_in_flight=self.peak, in_flight=self.active, waiting=len(self.waiting)))
+        if method == b"GET" and b"/stats" in path:
+            out = dict(st, peak_in_flight=self.peak, in_flight=self.active, waiting=len(self.waiting))
+            if b"arrivals=1" in path:
+                out["arrivals"] = self.arrivals
+            return conn.send(200, out)
+        if self.cfg.api_key and _bearer(head) != self.cfg.api_key:
+            st["refused_401"] += 1
+            return conn.send(401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                             "code": "invalid_api_key"}})  # fmt: skip
+        if method == b"GET" and path.rstrip(b"/").endswith(b"/models"):
+            names = [m for m in self.cfg.models.split(",") if m] or ["sim"]
+            return conn.send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in names]})
         if b"/files" in path or b"/batches" in path:
             return self._batch_api(conn, method, path.decode(), body, head)
         if method != b"POST" or not path.endswith(b"/chat/completions"):
@@ -130,10 +185,23 @@ class Sim:
         except (ValueError, KeyError, TypeError):
             st["bad_requests"] += 1
             return conn.send(400, {"error": {"message": "simserver: body is not a chat completion request"}})
+        c = self.cfg
+        if c.models and req.get("model") not in c.models.split(","):
+            st["refused_404"] += 1
+            return conn.send(404, {"error": {"message": f"The model `{req.get('model')}` does not exist.",
+                                             "code": "model_not_found"}})  # fmt: skip
+        n = int(req.get("n") or 1)
+        if c.max_n and n > c.max_n:
+            st["refused_400"] += 1
+            return conn.send(400, {"error": {"message": f"n: must be at most {c.max_n}, got {n}", "param": "n"}})
         key = json.dumps(req["messages"], sort_keys=True)
         self.sent[key] += 1
+        akey = f"{key}|{req.get('seed')}|{n}"
+        if akey in self.answered:
+            st["answered_again"] += 1
+        prompt = sum(len(str(m.get("content", "")).split()) for m in req["messages"])
+        self.arrivals.append((round(self.now() - self.t0, 4), prompt, int(req.get("max_tokens") or 0) * n))
         f = fault(self.cfg, key, self.sent[key])
-        c = self.cfg
         if f == "500":
             st["injected_500"] += 1
             return conn.send(500, {"error": {"message": "simserver: injected 500", "type": "server_error"}})
@@ -144,13 +212,20 @@ class Sim:
             st["injected_timeout"] += 1
             asyncio.get_running_loop().call_later(c.hang, conn.abort)
             return
-        if self.active >= c.concurrency:
-            if c.over_limit == "429":
-                st["refused_429"] += 1
-                return conn.send(429, {"error": {"message": "simserver: over capacity"}}, retry_after=c.retry_after)
-            self.waiting.append((conn, req))
-            return
-        self._start(conn, req, self.now())
+        if f == "reset":
+            st["injected_reset"] += 1
+            return conn.abort()
+        if f == "nonjson":
+            st["injected_nonjson"] += 1
+            return conn.send_bytes(200, b"<html><body>502 Bad Gateway</body></html>", content_type=b"text/html")
+        req["_fault"] = f  # truncated or slow: decided when the answer is sent
+        req["_key"] = akey
+        if c.over_limit == "slow" or self.active < self.capacity():
+            return self._start(conn, req, self.now())
+        if c.over_limit == "429":
+            st["refused_429"] += 1
+            return conn.send(429, {"error": {"message": "simserver: over capacity"}}, retry_after=c.retry_after)
+        self.waiting.append((conn, req))
 
     # ------------------------------------------------------------------ the batch API
 
@@ -231,23 +306,70 @@ class Sim:
         b["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
         b["status"] = "expired" if err else "completed"
 
+    def capacity(self) -> int:
+        """`concurrency`, or what `schedule` says it is by now."""
+        c = self.cfg.concurrency
+        if self.schedule:
+            elapsed = time.monotonic() - self.t0
+            for t, cap in self.schedule:
+                if elapsed >= t:
+                    c = cap
+        return c
+
     def _start(self, conn: _Conn, req: dict, t0: float) -> None:
         self.active += 1
         self.peak = max(self.peak, self.active)
         n = int(req.get("n") or 1)
         tokens = max(1, min(self.cfg.tokens, int(req.get("max_tokens") or self.cfg.tokens)))
+        latency = self.cfg.latency
+        if self.cfg.over_limit == "slow":  # a shared accelerator: everyone in flight slows down
+            latency *= max(1.0, self.active / self.capacity())
         loop = asyncio.get_running_loop()
         if req.get("stream"):
             conn.start_stream()
-            loop.call_at(t0 + self.cfg.latency, self._stream_step, conn, req, n, tokens, 0)
+            loop.call_at(t0 + latency, self._stream_step, conn, req, n, tokens, 0)
         else:  # the answer is built now, so that sending it when due costs one write
             answer = self._answer(req, n, tokens)
-            loop.call_at(t0 + self.cfg.latency + self.cfg.per_token * tokens, self._send_answer, conn, answer, t0)
+            due = t0 + latency + self.cfg.per_token * tokens
+            if req.get("_fault") == "truncated":
+                loop.call_at(due, self._send_truncated, conn, answer)
+            elif req.get("_fault") == "slow":
+                loop.call_at(due, self._send_slowly, conn, answer, req["_key"])
+            else:
+                loop.call_at(due, self._send_answer, conn, answer, req["_key"])
 
-    def _done(self, t_end: float) -> None:
+    def _send_truncated(self, conn: _Conn, answer: bytes) -> None:
+        self.stats["injected_truncated"] += 1
+        self._done(asyncio.get_running_loop().time(), answered=False)
+        if not conn.closed:
+            conn.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
+                + answer[: len(answer) // 2]
+            )
+            conn.transport.close()
+
+    def _send_slowly(self, conn: _Conn, answer: bytes, key: str, sent: int = -1) -> None:
+        """The answer a few bytes at a time, spread over `slow` seconds."""
+        if conn.closed:
+            return self._done(asyncio.get_running_loop().time(), answered=False)
+        if sent < 0:
+            self.stats["injected_slow"] += 1
+            conn.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
+            )
+            sent = 0
+        step = max(1, len(answer) // 10)
+        conn.transport.write(answer[sent : sent + step])
+        if sent + step >= len(answer):
+            self.answered.add(key)
+            return self._done(asyncio.get_running_loop().time())
+        asyncio.get_running_loop().call_later(self.cfg.slow / 10, self._send_slowly, conn, answer, key, sent + step)
+
+    def _done(self, t_end: float, answered: bool = True) -> None:
         self.active -= 1
-        self.stats["answered"] += 1
-        while self.waiting and self.active < self.cfg.concurrency:
+        if answered:
+            self.stats["answered"] += 1
+        while self.waiting and self.active < self.capacity():
             conn, req = self.waiting.popleft()
             if not conn.closed:
                 self._start(conn, req, t_end)  # a queued request starts when a slot frees
@@ -259,8 +381,10 @@ class Sim:
     def _text(self, req: dict, i: int, tokens: int) -> str:
         return f"seed {req.get('seed')} choice {i}: " + " ".join(self._words[: max(0, tokens - 4)])
 
-    def _send_answer(self, conn: _Conn, answer: bytes, t0: float) -> None:
-        self._done(asyncio.get_running_loop().time())
+    def _send_answer(self, conn: _Conn, answer: bytes, key: str) -> None:
+        self._done(asyncio.get_running_loop().time(), answered=not conn.closed)
+        if not conn.closed:
+            self.answered.add(key)
         conn.send_bytes(200, answer)
 
     def _answer(self, req: dict, n: int, tokens: int) -> bytes:
@@ -286,7 +410,11 @@ class Sim:
         """Token `step` of every choice; after the last, finish reasons, usage and [DONE]."""
         model = req.get("model", "sim")
         if conn.closed:
-            return self._done(asyncio.get_running_loop().time())
+            return self._done(asyncio.get_running_loop().time(), answered=False)
+        if step == tokens // 2 and req.get("_fault") == "truncated":  # half the tokens, then the line drops
+            self.stats["injected_truncated"] += 1
+            conn.transport.close()
+            return self._done(asyncio.get_running_loop().time(), answered=False)
         for i in range(n):
             words = self._text(req, i, tokens).split(" ")
             piece = (" " if step else "") + words[step] if step < len(words) else ""
@@ -295,12 +423,17 @@ class Sim:
             conn.event({"id": "sim", "object": "chat.completion.chunk", "model": model,
                         "choices": [{"index": i, "delta": delta, "finish_reason": finish}]})  # fmt: skip
         if step < tokens - 1:
-            asyncio.get_running_loop().call_later(self.cfg.per_token, self._stream_step, conn, req, n, tokens, step + 1)
+            gap = self.cfg.slow / tokens if req.get("_fault") == "slow" else self.cfg.per_token
+            if step == 0 and req.get("_fault") == "slow":
+                self.stats["injected_slow"] += 1
+            asyncio.get_running_loop().call_later(gap, self._stream_step, conn, req, n, tokens, step + 1)
             return
         if (req.get("stream_options") or {}).get("include_usage"):
             conn.event({"id": "sim", "object": "chat.completion.chunk", "model": model, "choices": [],
                         "usage": self._usage(req, n, tokens)})  # fmt: skip
         conn.end_stream()
+        if not conn.closed:
+            self.answered.add(req["_key"])
         self._done(asyncio.get_running_loop().time())
 
 
@@ -376,6 +509,15 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+def _bearer(head: bytes) -> str:
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"authorization":
+            v = v.strip()
+            return v[7:].decode("latin-1") if v.lower().startswith(b"bearer ") else ""
+    return ""
+
+
 class _ArrivalSelector(selectors.DefaultSelector):
     """Records when each wait for socket events returned."""
 
@@ -411,8 +553,12 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(ap.parse_args(argv))
     port = args.pop("port")
     cfg = SimConfig(**args)
-    if cfg.over_limit not in ("queue", "429"):
-        ap.error(f"--over-limit: expected queue or 429, got {cfg.over_limit!r}")
+    if cfg.over_limit not in ("queue", "429", "slow"):
+        ap.error(f"--over-limit: expected queue, 429 or slow, got {cfg.over_limit!r}")
+    try:
+        _schedule(cfg.schedule)
+    except ValueError:
+        ap.error(f"--schedule: expected SECONDS:CONCURRENCY pairs like 0:16,5:128, got {cfg.schedule!r}")
 
     def ready(url: str) -> None:
         print(f"listening {url}", flush=True)
