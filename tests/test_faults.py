@@ -4,11 +4,15 @@ answers and bodies that are not JSON. Every row completes or is recorded as fail
 request is sent again; no row is duplicated."""
 
 import collections
+import json
+import time
+import urllib.request
 
 import pytest
 
 from tests.test_http import llm_for, reqs, simserver, stats
 from workbench.cache import Cache
+from workbench.llm import Request
 
 FAULTS = {  # 10% of attempts in all
     "p500": 0.02,
@@ -19,6 +23,12 @@ FAULTS = {  # 10% of attempts in all
     "p_slow": 0.01,
     "p_timeout": 0.01,
 }
+
+
+def _arrivals(url: str) -> list:
+    """(seconds since the server started, prompt words, max_tokens x n) of every chat request."""
+    with urllib.request.urlopen(url + "/stats?arrivals=1", timeout=5) as r:
+        return json.loads(r.read())["arrivals"]
 
 
 def _generate_counting(llm, requests):
@@ -82,3 +92,80 @@ def test_rows_that_exhaust_their_retries_are_failed_rows_and_retry_alone(tmp_pat
     assert [rows[0]["text"] for i, rows in enumerate(second) if i not in failed] == [
         rows[0]["text"] for i, rows in enumerate(first) if i not in failed
     ]
+
+
+def _runner(url, tmp_path, monkeypatch, **kw):
+    from workbench.llm import _OpenAIRunner
+
+    llm = llm_for(url, tmp_path, monkeypatch, **kw)
+    return _OpenAIRunner(llm.cfg, llm.stats)
+
+
+def test_concurrency_falls_when_a_self_hosted_server_slows_down_and_rises_when_it_recovers(tmp_path, monkeypatch):
+    from workbench.llm import _run_async
+
+    # a vLLM-like server: never refuses, every request in flight slows down past its capacity;
+    # capacity 64 (more than the client sends), then 8 from 3 s, then 64 again from 7 s
+    with simserver(over_limit="slow", concurrency=64, schedule="0:64,3:8,7:64", latency=0.05) as url:
+        runner = _runner(url, tmp_path, monkeypatch, max_concurrency=32)
+        answered = []
+        t_start = time.monotonic()
+        _run_async(runner.run(reqs(4000), lambda j, rows: answered.append(j), "aimd"))
+    assert sorted(answered) == list(range(4000))
+    trace = [(t - t_start, limit, median) for t, limit, median in runner.limits[0].trace]
+    before = [x for x in trace if x[0] < 2.8]
+    slow = [x for x in trace if 4.5 < x[0] < 6.8]
+    after = [x for x in trace if x[0] > 7.2]
+    assert before and slow and after, trace
+    assert min(limit for _, limit, _ in before) == 32  # no congestion: the ceiling held
+    # under load it came down from 32 to about twice the server's capacity, where latency is 2x
+    assert max(limit for _, limit, _ in slow) <= 20, slow
+    assert sorted(m for _, _, m in slow)[len(slow) // 2] < 0.05 * 2.6, slow
+    # and climbed back once the server recovered
+    assert after[-1][1] == 32, after
+
+
+def test_adaptive_concurrency_off_keeps_the_ceiling(tmp_path, monkeypatch):
+    from workbench.llm import _run_async
+
+    with simserver(over_limit="slow", concurrency=4, latency=0.02) as url:
+        runner = _runner(url, tmp_path, monkeypatch, max_concurrency=16, adaptive_concurrency=False)
+        _run_async(runner.run(reqs(300), lambda j, rows: None, "fixed"))
+        st = stats(url)
+    assert runner.limits[0].limit == 16 and runner.limits[0].trace == []
+    assert st["peak_in_flight"] == 16
+
+
+def _windows_ok(events, per_minute, w):
+    """Every window of w seconds holds at most what a limit/61-a-second bucket allows."""
+    rate = per_minute / 61
+    for i, (t, _) in enumerate(events):
+        total = sum(c for u, c in events[i:] if u < t + w)
+        assert total <= rate + rate * w + 1e-6, (t, total, rate)
+
+
+def test_requests_per_minute_are_kept(tmp_path, monkeypatch):
+    with simserver(latency=0.002) as url:
+        llm = llm_for(url, tmp_path, monkeypatch, max_concurrency=16, rpm=600)
+        t0 = time.monotonic()
+        llm.generate(reqs(60))
+        took = time.monotonic() - t0
+        arrivals = _arrivals(url)
+    events = [(t, 1) for t, _, _ in arrivals]
+    assert len(events) == 60
+    for w in (0.5, 1, 2, 4):
+        _windows_ok(events, 600, w)
+    assert took >= (60 - 600 / 61) / (600 / 61) - 0.2  # 60 requests at 9.8 a second, the first 9.8 at once
+
+
+def test_tokens_per_minute_are_kept(tmp_path, monkeypatch):
+    with simserver(latency=0.002) as url:
+        llm = llm_for(url, tmp_path, monkeypatch, max_concurrency=16, tpm=30_000)
+        llm.generate([Request.chat(None, f"row {i}", max_tokens=50, seed=i) for i in range(40)])
+        arrivals = _arrivals(url)
+    # the server counts max_tokens x n per request, a lower bound of what the client counts
+    events = [(t, cost) for t, _, cost in arrivals]
+    assert len(events) == 40
+    for w in (0.5, 1, 2):
+        _windows_ok(events, 30_000, w)
+    assert events[-1][0] - events[0][0] > (40 * 50 - 30_000 / 61) / (30_000 / 61) - 0.2

@@ -234,6 +234,24 @@ class LLMConfig(_Section):
     )
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds (openai).")
     max_retries: int = Field(5, ge=0, le=50, description="Retries on 429/5xx/timeouts, honouring Retry-After (openai).")
+    adaptive_concurrency: bool = Field(
+        True,
+        description="Lower the requests in flight when the endpoint's latency rises above latency_tolerance times the "
+        "lowest seen (a self-hosted server slowing down under load), and raise them again as it recovers: "
+        "additive increase, multiplicative decrease, at most max_concurrency (openai).",
+    )
+    latency_tolerance: float = Field(
+        2.0, gt=1, description="adaptive_concurrency: how many times the lowest latency seen counts as congestion."
+    )
+    rpm: int | None = Field(
+        None, ge=1, description="Requests per minute the endpoint allows (openai); null means no limit is kept."
+    )
+    tpm: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per minute the endpoint allows (openai): each request counts its prompt (about 4 "
+        "characters a token) plus max_tokens x n, as providers count it; null means no limit is kept.",
+    )
     stream: bool = Field(False, description="Stream responses to measure time to first token (openai).")
     batch_api: bool = Field(
         False,

@@ -322,13 +322,92 @@ def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage
 _RETRY_STATUS = {408, 409, 425, 429} | set(range(500, 600))
 
 
+class _Concurrency:
+    """Requests in flight on one endpoint replica, adapted to its latency (AIMD).
+
+    Latencies of answered requests are taken in windows of about one round (`limit` answers, at
+    least 8). A window whose median is above `tolerance` times the lowest window median seen is
+    congestion: the limit is multiplied by 0.7, and requests sent before the cut are not counted
+    in the next window (they measure the old limit). Any other window adds 1,
+    up to `ceiling`. Workers whose number is at or above the limit wait, so a lowered limit takes
+    effect as requests finish. A server that is already overloaded when the run starts looks
+    normal to it: the lowest latency seen is its yardstick."""
+
+    def __init__(self, ceiling: int, tolerance: float, adaptive: bool):
+        self.ceiling, self.tolerance, self.adaptive = ceiling, tolerance, adaptive
+        self.limit = float(ceiling)
+        self.base: float | None = None
+        self.window: list[float] = []
+        self.trace: list[tuple[float, int, float]] = []  # (time, limit, window median): tests and reports
+        self.cut_at = 0.0
+        self.wake = asyncio.Event()
+
+    def allows(self, k: int) -> bool:
+        return k < int(self.limit)
+
+    def sample(self, sent: float, now: float) -> None:
+        """A request sent at `sent` ended (answered or timed out) at `now` (the loop's clock)."""
+        if not self.adaptive or sent < self.cut_at:
+            return
+        self.window.append(now - sent)
+        if len(self.window) < max(8, int(self.limit)):
+            return
+        w = sorted(self.window)
+        median = w[len(w) // 2]
+        self.window.clear()
+        self.base = median if self.base is None else min(self.base, median)
+        if median > self.tolerance * self.base:
+            self.limit = max(1.0, self.limit * 0.7)
+            self.cut_at = now
+            log.info("endpoint latency %.3fs is %.1fx the lowest seen: %d requests in flight at most",
+                     median, median / self.base, int(self.limit))  # fmt: skip
+        elif self.limit < self.ceiling:
+            self.limit = min(float(self.ceiling), self.limit + 1)
+            self.wake.set()
+        self.trace.append((time.monotonic(), int(self.limit), median))
+
+
+class _Rate:
+    """Requests or tokens per minute: a bucket refilled at limit/61 a second that holds at most
+    limit/61, so any 60-second window stays within the limit (and any second within 1/61 of it,
+    as providers that enforce a minute's limit per second do). A request that costs more than the
+    bucket holds waits for a full bucket and leaves it in debt."""
+
+    def __init__(self, per_minute: int):
+        self.rate = per_minute / 61
+        self.capacity = self.rate
+        self.level = self.capacity
+        self.t = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self, cost: float) -> None:
+        async with self.lock:  # first come, first served
+            while True:
+                now = time.monotonic()
+                self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+                self.t = now
+                need = min(cost, self.capacity)
+                if self.level >= need:
+                    self.level -= cost
+                    return
+                await asyncio.sleep((need - self.level) / self.rate)
+
+
+def _token_cost(req: Request) -> int:
+    """Tokens a request counts against a tokens-per-minute limit: its prompt at about 4 characters
+    a token, plus max_tokens for each of its n completions."""
+    return sum(len(c) for _, c in req.messages) // 4 + req.max_tokens * req.n
+
+
 class _OpenAIRunner:
     """Calls an OpenAI-compatible endpoint with `max_concurrency` workers.
 
     Each worker takes the next request, sends it and records its rows. A request that failed
     with something worth retrying is put back after its wait (Retry-After, else exponential
     backoff with jitter) and its worker moves on at once, so a wait never holds a slot; retried
-    requests go to the front of the queue."""
+    requests go to the front of the queue. With `adaptive_concurrency` each replica's workers
+    follow its `_Concurrency` limit; `rpm` and `tpm` are kept by `_Rate` buckets every worker
+    takes from before it sends."""
 
     def __init__(self, cfg: LLMConfig, stats: dict):
         key = _endpoint_key(cfg)
@@ -339,6 +418,7 @@ class _OpenAIRunner:
             except ValueError as e:
                 raise ConfigError(f"llm.{name}: {e}") from None
         self.cfg, self.stats = cfg, stats
+        self.limits: list[_Concurrency] = []
 
     async def run(self, reqs: list[Request], done: Any, desc: str) -> None:
         loop = asyncio.get_running_loop()
@@ -394,20 +474,34 @@ class _OpenAIRunner:
             loop.call_later(wait, requeue, j)
             return None
 
-        async def worker(pool: http.Pool) -> None:
+        async def worker(pool: http.Pool, lim: _Concurrency, k: int) -> None:
             me = asyncio.current_task()
             while left:
+                if not lim.allows(k):
+                    lim.wake.clear()
+                    await lim.wake.wait()
+                    continue
                 if not ready:
                     wake.clear()
                     await wake.wait()
                     continue
                 j = ready.popleft()
+                if rpm is not None or tpm is not None:
+                    if rpm is not None:
+                        await rpm.take(1)
+                    if tpm is not None:
+                        await tpm.take(_token_cost(reqs[j]))
+                t0 = loop.time()
                 try:
                     result = await attempt(j, pool, me)
                 except (http.Transport, http.HTTPStatus, _BadReply) as e:
+                    if isinstance(e, http.Transport) and str(e).startswith("timed out"):
+                        lim.sample(t0, loop.time())  # no answer in time is the highest latency there is
                     result = fail(j, e)
                     if result is None:
                         continue
+                else:
+                    lim.sample(t0, loop.time())
                 # the answer is read and recorded after this worker has sent its next request: when
                 # many answers arrive at once, every worker's next request goes out before the bookkeeping
                 unrecorded.append((j, result))
@@ -444,12 +538,21 @@ class _OpenAIRunner:
                 bar.update(1)
                 if not left:
                     wake.set()
+                    for lim in limits:
+                        lim.wake.set()
 
         sweeper = asyncio.create_task(sweep())
         # max_concurrency workers per endpoint replica, all taking from one queue: a faster replica
         # takes more of the work, and a retried request may go to another replica
         per_pool = min(self.cfg.max_concurrency, len(reqs))
-        workers = [asyncio.create_task(worker(pool)) for _ in range(per_pool) for pool in self.pools]
+        c = self.cfg
+        limits = [_Concurrency(per_pool, c.latency_tolerance, c.adaptive_concurrency) for _ in self.pools]
+        self.limits = limits
+        rpm = _Rate(c.rpm) if c.rpm else None
+        tpm = _Rate(c.tpm) if c.tpm else None
+        workers = [
+            asyncio.create_task(worker(pool, lim, k)) for k in range(per_pool) for pool, lim in zip(self.pools, limits)
+        ]
         try:
             try:
                 await asyncio.gather(*workers)
