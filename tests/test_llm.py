@@ -139,7 +139,7 @@ def local_rows(reqs: list[Request], batch_size: int) -> list[list[dict]]:
     from workbench.runs import cache_dir
 
     out: dict[int, list[dict]] = {}
-    _LocalModel(LLMConfig(batch_size=batch_size), cache_dir()).run(reqs, out.__setitem__, "test")
+    _LocalModel(LLMConfig(batch_size=batch_size), cache_dir()).run(reqs, list(range(len(reqs))), out.__setitem__, "t")
     return [out[i] for i in range(len(reqs))]
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -79,3 +80,70 @@ def test_stage_failure_stops_the_run_and_keeps_the_notebook(tmp_path, monkeypatc
     assert "02_responses" not in prov["stages"]
     assert (run / "notebooks" / "01_prompts.ipynb").is_file()
     assert "planted failure" in (run / "report" / "01_prompts.html").read_text()
+
+
+def _fake_stages(monkeypatch, tmp_path, names):
+    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    for n in names:
+        make_notebook(tmp_path / f"{n}.ipynb", 'config = ""\nrun_dir = ""')
+
+
+def test_an_unfinished_run_of_the_same_config_is_found_and_locked(tmp_path, monkeypatch, root):
+    cfg = root / "configs" / "smoke.yaml"
+    stages = ["00_task", "01_prompts"]
+    done = runs.new_run(cfg, runs_root=tmp_path, stages=stages)
+    prov = json.loads((done / "provenance.json").read_text())
+    (done / "provenance.json").write_text(json.dumps(dict(prov, status="partial")))
+    other = runs.new_run(cfg, ["seed=7"], runs_root=tmp_path, stages=stages)
+    unfinished = runs.new_run(cfg, runs_root=tmp_path, stages=stages)
+    assert other != unfinished
+    found = runs.find_resumable(cfg, runs_root=tmp_path, stages=stages)
+    assert found is not None and found[0] == unfinished
+    # while it is held (a process executing it), nobody else gets it
+    assert runs.find_resumable(cfg, runs_root=tmp_path, stages=stages) is None
+    with pytest.raises(RunError, match="another process is executing this run"):
+        runs.execute(unfinished, stages)
+    found[1].release()
+    assert runs.find_resumable(cfg, ["seed=7"], runs_root=tmp_path, stages=stages)[0] == other
+    assert runs.find_resumable(cfg, runs_root=tmp_path, stages=["00_task"]) is None  # other stages: a new run
+
+
+def test_resume_skips_done_stages_and_marks_the_dead_one_interrupted(tmp_path, monkeypatch, root):
+    names = ["00_task", "01_prompts", "02_responses"]
+    _fake_stages(monkeypatch, tmp_path, names)
+    run = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path / "runs", stages=names)
+    prov = json.loads((run / "provenance.json").read_text())
+    prov.update(status="running", stages={"00_task": {"status": "done"}, "01_prompts": {"status": "running"}})
+    (run / "provenance.json").write_text(json.dumps(prov))  # as a process killed in 01 leaves it
+    (run / "artifacts" / ".prompts.parquet.tmp4242").write_text("half")
+    ran = []
+    real = runs.papermill_execute
+
+    def spy(src, out, **kw):
+        ran.append(Path(src).stem)
+        return real(src, out, **kw)
+
+    monkeypatch.setattr(runs, "papermill_execute", spy)
+    runs.execute(run, names)
+    prov = json.loads((run / "provenance.json").read_text())
+    assert ran == ["01_prompts", "02_responses"]
+    assert prov["stages"]["01_prompts"]["status"] == "done"
+    assert len(prov["stages"]["01_prompts"]["interrupted"]) == 1
+    assert [a["from_stage"] for a in prov["attempts"]] == ["01_prompts"]
+    assert not (run / "artifacts" / ".prompts.parquet.tmp4242").exists()
+
+
+def test_ctrl_c_marks_the_stage_and_run_interrupted(tmp_path, monkeypatch, root):
+    names = ["00_task", "01_prompts"]
+    _fake_stages(monkeypatch, tmp_path, names)
+    run = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path / "runs", stages=names)
+
+    def interrupted(src, out, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "papermill_execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runs.execute(run, names)
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "interrupted" and prov["stages"]["00_task"]["status"] == "interrupted"
+    assert runs.RunLock(run).acquire()  # the lock went with the interrupted process

@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.config import ConfigError, RunConfig, TrainConfig
+from workbench.runs import replace_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -232,16 +234,21 @@ def fit(
     trained = trainer.model
     result = {"method": method, "train_rows": len(data), "train_seconds": round(seconds, 1)}
     result["steps"] = int(trainer.state.global_step)
+    # each folder is written under a temporary name and renamed: a crash never leaves a half-saved model
     if cfg.train.lora is not None:
-        trained.save_pretrained(out / "adapter")
+        tmp = out / f".adapter.tmp{os.getpid()}"
+        trained.save_pretrained(tmp)
+        replace_dir(tmp, out / "adapter")
         result["adapter"] = str(out / "adapter")
         trained = trained.merge_and_unload()
     trained = trained.to(torch.float32)
-    trained.save_pretrained(out / "merged")
-    tok.save_pretrained(out / "merged")
+    tmp = out / f".merged.tmp{os.getpid()}"
+    trained.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    replace_dir(tmp, out / "merged")
     result["merged"] = str(out / "merged")
     history = [h for h in trainer.state.log_history if "step" in h]
-    (out / "curve.json").write_text(json.dumps(history, indent=1))
+    write_atomic(out / "curve.json", json.dumps(history, indent=1))
     result["curve"] = str(out / "curve.json")
     return result
 

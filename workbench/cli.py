@@ -1,6 +1,8 @@
 """The `workbench` command.
 
-workbench run CONFIG [--set key=value …] [--stages 01_prompts,02_responses] [--runs-dir runs]
+workbench run CONFIG [--set key=value …] [--stages 01_prompts,02_responses] [--runs-dir runs] [--new]
+               resumes the latest unfinished run of the same config, unless --new
+workbench resume RUN_DIR                                       go on with an unfinished run
 workbench check CONFIG [--set key=value …]
 workbench iterate RUN_DIR (--accept e1,e3 | --accept-all)     the next iteration, from RUN_DIR's 07 patch
 workbench loop CONFIG --iterations K [--set key=value …]       K iterations, every proposed edit accepted
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from pathlib import Path
 
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
-from workbench.runs import ROOT, STAGES, RunError, execute, iterate, new_run, validate_stages
+from workbench.runs import ROOT, STAGES, RunError, execute, find_resumable, iterate, new_run, validate_stages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     run.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    run.add_argument("--new", action="store_true", help="start a new run even when an unfinished one can be resumed")
+    res = sub.add_parser("resume", help="go on with a run that did not finish (killed, interrupted, a stage failed)")
+    res.add_argument("run_dir")
     chk = sub.add_parser("check", help="validate a config and print it fully resolved")
     chk.add_argument("config")
     chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook paths repeat ours
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`: the run is marked interrupted, like Ctrl-C
 
     try:
         if args.cmd == "check":
@@ -67,19 +75,37 @@ def main(argv: list[str] | None = None) -> int:
             return _execute(run_dir, None)
         if args.cmd == "loop":
             return _loop(args)
+        if args.cmd == "resume":
+            from workbench.runs import _read_json
+
+            prov = _read_json(Path(args.run_dir) / "provenance.json")
+            return _execute(Path(args.run_dir), prov.get("stages_requested"))
         stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
         if stages is None or "05_train" in stages:
             _check_trainers(load_config(args.config, args.set)[0])
+        found = None if args.new else find_resumable(args.config, args.set, args.runs_dir, stages)
+        if found:
+            run_dir, lock = found
+            print(f"resuming {run_dir} (it did not finish; --new starts a new run instead)", flush=True)
+            return _execute(run_dir, stages, lock)
         run_dir = new_run(args.config, args.set, args.runs_dir, stages=stages)
         return _execute(run_dir, stages)
     except (ConfigError, RunError) as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted; the run is marked so in its provenance.json, and the same command "
+              "resumes it", file=sys.stderr)  # fmt: skip
+        return 130
 
 
-def _execute(run_dir, stages) -> int:
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _execute(run_dir, stages, lock=None) -> int:
     print(f"run folder: {run_dir}", flush=True)
-    execute(run_dir, stages)
+    execute(run_dir, stages, lock)
     print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
     if (run_dir.parent / "index.html").is_file():
         print(f"lineage:    {run_dir.parent / 'index.html'}")

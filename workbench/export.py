@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -138,7 +139,7 @@ def write_exports(
 ) -> dict[str, Path]:
     from datasets import Dataset
 
-    from workbench.runs import write_atomic
+    from workbench.runs import replace_dir, write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     sft = sft_records(cfg, rows, labels)
@@ -151,7 +152,9 @@ def write_exports(
     }
     write_atomic(paths["sft"], _jsonl(sft))
     write_atomic(paths["dpo"], _jsonl(dpo))
-    Dataset.from_list(sft or [], features=None).save_to_disk(str(paths["hf"]))
+    tmp = folder / f".hf.tmp{os.getpid()}"
+    Dataset.from_list(sft or [], features=None).save_to_disk(str(tmp))
+    replace_dir(tmp, paths["hf"])
     write_atomic(paths["card"], card(cfg, rows, funnel, len(dpo), config_text, models, licence))
     return paths
 

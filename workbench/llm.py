@@ -128,12 +128,13 @@ def _row(provider: str, model: str, seed: int, candidate: int, text: str, **kw: 
 class LLM:
     """The one entry point. `cache_dir` holds the call cache and converted local models."""
 
-    def __init__(self, cfg: LLMConfig, cache_dir: str | Path):
+    def __init__(self, cfg: LLMConfig, cache_dir: str | Path, on_stats: Any = None):
         self.cfg = cfg
         self.cache_dir = Path(cache_dir)
         self.cache = Cache(self.cache_dir / "llm.sqlite")
         self._local: _LocalModel | None = None
         self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0}
+        self.on_stats = on_stats  # called with `stats` after every generate (a stage records them)
 
     @property
     def identity(self) -> str:
@@ -178,11 +179,14 @@ class LLM:
                     unsaved.clear()
                 saved_at = time.monotonic()
 
+            local = self.cfg.provider == "local"
+
             def done(j: int, rows: list[dict]) -> None:  # j indexes `reqs`
                 key = keys[todo[j]]
                 if all(r["error"] is None for r in rows):
                     unsaved.append((key, json.dumps(rows).encode()))
-                    if len(unsaved) >= 256 or time.monotonic() - saved_at > 0.5:
+                    # the local model saves once per batch (see _LocalModel.run)
+                    if not local and (len(unsaved) >= 256 or time.monotonic() - saved_at > 0.5):
                         save()
                 else:
                     self.stats["errors"] += 1
@@ -192,9 +196,9 @@ class LLM:
 
             reqs = [requests[i] for i in todo]
             try:
-                if self.cfg.provider == "local":
+                if local:
                     self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
-                    self._local.run(reqs, done, desc)
+                    self._local.run(requests, todo, done, desc, save)
                 elif self.cfg.batch_api:
                     _BatchRunner(self.cfg, self.stats, self.cache_dir).run(reqs, [keys[i] for i in todo], done, desc)
                 else:
@@ -202,6 +206,8 @@ class LLM:
             finally:
                 save()  # also when interrupted: what was paid for is kept
                 writer.shutdown(wait=True)
+        if self.on_stats is not None:
+            self.on_stats(self.stats)
         out = []
         for req, k in zip(requests, keys):
             if k in fresh:
@@ -833,35 +839,52 @@ class _LocalModel:
         }
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.stop_ids))
 
-    def run(self, reqs: list[Request], done: Any, desc: str) -> None:
+    def run(self, reqs: list[Request], todo: list[int], done: Any, desc: str, flush: Any = None) -> None:
+        """Rows for `reqs[i]`, i in `todo` (the others are in the cache): `done(j, rows)` with j the
+        position of i in `todo`, and `flush()` after every batch.
+
+        Batches are cut from the whole of `reqs`, cached or not, and a batch with anything to do
+        runs whole: a row's numbers depend on the rows it is batched with, so this way a run
+        resumed after a crash (its finished batches cached, one flush each) samples exactly what
+        the uninterrupted run would have."""
+        need = {i: j for j, i in enumerate(todo)}
         items: list[_Item] = []
+        ids_of: dict[tuple, list[int]] = {}
         for j, r in enumerate(reqs):
-            ids = self.tok.apply_chat_template(r.openai_messages(), add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            items += [_Item(j, i, r.seed + i, list(ids)) for i in range(r.n)]
+            if r.messages not in ids_of:
+                ids = self.tok.apply_chat_template(r.openai_messages(), add_generation_prompt=True, tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                    ids = ids["input_ids"]
+                ids_of[r.messages] = list(ids)
+            items += [_Item(j, i, r.seed + i, ids_of[r.messages]) for i in range(r.n)]
         # group by sampling parameters, then by length, so batches pad little
         items.sort(key=lambda it: (_params(reqs[it.req_index]), len(it.ids)))
-        results: dict[int, list[_Item]] = {j: [] for j in range(len(reqs))}
-        bs = self.cfg.batch_size
-        bar = tqdm(total=len(items), desc=desc, unit="row")
-        start = 0
+        batches, start, bs = [], 0, self.cfg.batch_size
         while start < len(items):
             p = _params(reqs[items[start].req_index])
             end = start
             while end < len(items) and end - start < bs and _params(reqs[items[end].req_index]) == p:
                 end += 1
-            batch = items[start:end]
+            batches.append((items[start:end], p))
+            start = end
+        batches = [(b, p) for b, p in batches if any(it.req_index in need for it in b)]
+        results: dict[int, list[_Item]] = {i: [] for i in need}
+        bar = tqdm(total=sum(len(b) for b, _ in batches), desc=desc, unit="row")
+        for batch, p in batches:
+            batch = [_Item(it.req_index, it.candidate, it.seed, it.ids) for it in batch]  # fresh outputs
             ttft = self._generate(batch, *p)
             for it in batch:
+                if it.req_index not in need:
+                    continue  # in the cache already: generated again only to keep the batch whole
                 results[it.req_index].append(it)
                 if len(results[it.req_index]) == reqs[it.req_index].n:
                     done(
-                        it.req_index,
+                        need[it.req_index],
                         [self._to_row(x, ttft) for x in sorted(results[it.req_index], key=lambda x: x.candidate)],
                     )
+            if flush is not None:
+                flush()
             bar.update(len(batch))
-            start = end
         bar.close()
 
     def _to_row(self, it: _Item, ttft: float) -> dict:

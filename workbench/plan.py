@@ -48,10 +48,9 @@ def record_throughput(cfg: RunConfig, cache_dir: str | Path, stage: str, rows: p
         "seconds": round(seconds, 2),
         "batch_size": cfg.llm.batch_size if cfg.llm.provider == "local" else cfg.llm.max_concurrency,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    from workbench.runs import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2))  # its temporary file is per process: runs may share the cache
 
 
 def _measured(cfg: RunConfig, cache_dir: str | Path | None, stage: str) -> dict | None:

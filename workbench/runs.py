@@ -10,21 +10,28 @@ A run is `runs/<task>/<NNN>-<YYYYmmdd-HHMMSS>/` holding:
     report/            offline HTML of every stage (code hidden) and index.html
     report.html        the summary page (99_report) with links to every stage
 
-A finished run is never rewritten. Notebooks read their context through `open_stage`.
+A finished run is never rewritten. A run that did not finish (killed, interrupted, a stage
+failed) is resumed by `workbench run` with the same config: the stages marked done are kept, the
+interrupted stage is marked so in provenance and runs again, and the LLM calls it had paid for are
+answered from the cache. While a process executes a run it holds an exclusive lock on `.lock` in
+the run folder; the kernel drops the lock when the process dies, even by kill -9, which is how a
+dead run is told from a running one. Notebooks read their context through `open_stage`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import importlib.metadata
 import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +84,67 @@ def cache_dir() -> Path:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file and rename, so `path` never exists half-written."""
+    """Write via a temporary file and rename, so `path` never exists half-written. When the write
+    fails (disk full, …) the temporary file is removed and the error names `path`; an earlier
+    version of `path` stays as it was."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{path}: not written ({e.strerror or e}); nothing half-written was left") from e
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put a folder written in full at `tmp` in place of `out` (e.g. a saved model): `out` is
+    either the old folder or the new one, never a half-written one."""
+    old = out.with_name(f".{out.name}.old{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class RunLock:
+    """An exclusive lock on `run/.lock` for as long as a process executes the run (flock: the
+    kernel releases it when the process dies, kill -9 included)."""
+
+    def __init__(self, run: Path):
+        self.path = Path(run) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def _read_json(path: Path) -> dict:
@@ -134,6 +197,7 @@ def new_run(
     (run / "artifacts").mkdir()
     write_atomic(run / "config.yaml", dump_config(cfg, doc))
     prov = {
+        "stages_requested": stages,
         "run": run.name,
         "task": cfg.task.name,
         "config_source": str(Path(config_path).resolve()),
@@ -149,6 +213,39 @@ def new_run(
     prov.update(extra or {})
     write_atomic(run / "provenance.json", json.dumps(prov, indent=2))
     return run
+
+
+UNFINISHED = ("created", "running", "interrupted", "failed")
+
+
+def find_resumable(
+    config_path: str | Path,
+    overrides: list[str] | None = None,
+    runs_root: str | Path = ROOT / "runs",
+    stages: list[str] | None = None,
+) -> tuple[Path, RunLock] | None:
+    """The latest run of this config (same resolved config text, same stages, not an iteration)
+    that did not finish and that no process is executing, locked for the caller; None when there
+    is none."""
+    cfg, doc = load_config(config_path, overrides)
+    task_dir = Path(runs_root) / cfg.task.name
+    if not task_dir.is_dir():
+        return None
+    text = dump_config(cfg, doc)
+    for run in sorted((p for p in task_dir.iterdir() if re.match(r"^\d{3,}-", p.name)), reverse=True):
+        prov = _read_json(run / "provenance.json")
+        if (
+            prov.get("status") not in UNFINISHED
+            or prov.get("parent")
+            or prov.get("stages_requested", stages) != stages
+            or not (run / "config.yaml").is_file()
+            or (run / "config.yaml").read_text() != text
+        ):
+            continue
+        lock = RunLock(run)
+        if lock.acquire():
+            return run, lock
+    return None
 
 
 def iterate(parent: str | Path, accept: list[str] | None = None, accept_all: bool = False) -> Path:
@@ -239,22 +336,51 @@ def _update_provenance(run: Path, **changes: Any) -> dict:
     return prov
 
 
-def execute(run: Path, stages: list[str] | None = None) -> Path:
-    """Execute the stage notebooks in order; stop at the first failure with its notebook kept."""
-    import papermill
+def execute(run: Path, stages: list[str] | None = None, lock: RunLock | None = None) -> Path:
+    """Execute the stage notebooks in order; stop at the first failure with its notebook kept.
 
+    Stages already done (a resumed run) are skipped; a stage left `running` by a process that
+    died is marked `interrupted` first. Ctrl-C or SIGTERM marks the current stage and the run
+    `interrupted`. `lock`: the run's lock when the caller already holds it."""
     run = Path(run).resolve()
     prov = _read_json(run / "provenance.json")
     if not prov:
         raise RunError(f"{run}: not a run folder (no provenance.json)")
     if prov.get("status") == "finished":
         raise RunError(f"{run}: this run finished at {prov.get('finished')} and is never rewritten; start a new run")
-    stages = validate_stages(stages)
+    lock = lock or RunLock(run)
+    if lock.fd is None and not lock.acquire():
+        raise RunError(f"{run}: another process is executing this run (pid, host: {lock.holder()}); wait for it")
+    try:
+        return _execute(run, prov, validate_stages(stages), stages is None)
+    finally:
+        lock.release()
+
+
+def papermill_execute(src: str, out: str, **kw: Any) -> Any:
+    """papermill.execute_notebook (a seam for tests)."""
+    import papermill
+
+    return papermill.execute_notebook(src, out, **kw)
+
+
+def _execute(run: Path, prov: dict, stages: list[str], all_stages: bool) -> Path:
+    now = dt.datetime.now().isoformat(timespec="seconds")
+    done_before = [s for s in stages if prov.get("stages", {}).get(s, {}).get("status") == "done"]
+    # a stage left `running` by a process that died (kill -9, a crash, the machine going down)
+    dead = {s: {"status": "interrupted", "interrupted": v.get("interrupted", []) + [{"noticed": now}]}
+            for s, v in prov.get("stages", {}).items() if v.get("status") == "running"}  # fmt: skip
+    todo = [s for s in stages if s not in done_before]
+    attempt = {"started": now, "pid": os.getpid(), "host": socket.gethostname(), "git": _git()["sha"],
+               "from_stage": todo[0] if todo else None}  # fmt: skip
+    if done_before or dead:
+        log.info("resuming %s: done %s; from %s", run.name, ", ".join(done_before) or "nothing", attempt["from_stage"])
+        _remove_leftovers(run)
     # the "python3" kernel must be this environment's, not one a user registered elsewhere
     os.environ.setdefault("JUPYTER_PREFER_ENV_PATH", "1")
-    _update_provenance(run, status="running")
+    _update_provenance(run, status="running", attempts=prov.get("attempts", []) + [attempt], stages=dead)
     (run / "notebooks").mkdir(exist_ok=True)
-    for s in stages:
+    for s in todo:
         out = run / "notebooks" / f"{s}.ipynb"
         t0 = time.time()
         _update_provenance(
@@ -262,7 +388,7 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
         )
         log.info("stage %s …", s)
         try:
-            papermill.execute_notebook(
+            papermill_execute(
                 str(NOTEBOOKS / f"{s}.ipynb"),
                 str(out),
                 parameters={"config": str(run / "config.yaml"), "run_dir": str(run)},
@@ -271,6 +397,12 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
                 progress_bar=False,
                 log_output=False,
             )
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into this)
+            was = _read_json(run / "provenance.json").get("stages", {}).get(s, {}).get("interrupted", [])
+            when = {"noticed": dt.datetime.now().isoformat(timespec="seconds"), "after_s": round(time.time() - t0, 1)}
+            stopped = {s: {"status": "interrupted", "interrupted": was + [when]}}
+            _update_provenance(run, status="interrupted", stages=stopped)
+            raise
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             _update_provenance(
                 run,
@@ -283,7 +415,7 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
         _update_provenance(run, stages={s: {"status": "done", "seconds": seconds}})
         log.info("stage %s done in %.1f s", s, seconds)
     export_html(run)
-    if set(stages) == set(STAGES):
+    if all_stages or set(stages) == set(STAGES):
         _update_provenance(run, status="finished", finished=dt.datetime.now().isoformat(timespec="seconds"))
     else:
         _update_provenance(run, status="partial")
@@ -294,6 +426,17 @@ def execute(run: Path, stages: list[str] | None = None) -> Path:
     except Exception as e:  # the run itself is done; a lineage page that cannot be built must not undo it
         log.warning("runs/%s/index.html not written: %s: %s", run.parent.name, type(e).__name__, e)
     return run
+
+
+def _remove_leftovers(run: Path) -> None:
+    """Temporary files and folders a killed process left (write_atomic's `.NAME.tmpPID`,
+    replace_dir's `.NAME.oldPID`): never a valid artifact, so removed before a run resumes."""
+    import shutil
+
+    for p in sorted(run.rglob(".*"), key=lambda p: -len(p.parts)):
+        if re.search(r"\.(tmp|old)\d+$", p.name):
+            log.info("removing %s, left by an interrupted write", p)
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 def _short_error(e: Exception) -> str:
@@ -362,15 +505,27 @@ class Stage:
     name: str
     cfg: RunConfig
     run_dir: Path
+    _llm_stats: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
     def artifacts(self) -> Path:
         return self.run_dir / "artifacts"
 
     def llm(self):
+        """The stage's LLM. Its calls are counted in metrics.json under the stage's `llm_calls`
+        (calls, answered from the cache, errors, retries; summed over the stage's LLMs), so a
+        resumed stage shows how many of its calls had already been paid for."""
         from workbench.llm import LLM
 
-        return LLM(self.cfg.llm, cache_dir())
+        return LLM(self.cfg.llm, cache_dir(), on_stats=self._count_llm)
+
+    def _count_llm(self, stats: dict) -> None:
+        self._llm_stats[id(stats)] = dict(stats)
+        total: dict[str, int] = {}
+        for st in self._llm_stats.values():
+            for k, v in st.items():
+                total[k] = total.get(k, 0) + v
+        self.record(llm_calls=total)
 
     def save(self, df: pd.DataFrame, name: str) -> Path:
         path = self.artifacts / f"{name}.parquet"
