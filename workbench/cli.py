@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             prov = _read_json(Path(args.run_dir) / "provenance.json")
             return _execute(Path(args.run_dir), prov.get("stages_requested"))
         stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
+        cfg = load_config(args.config, args.set)[0]
+        check_runnable(cfg, stages)
         if stages is None or "05_train" in stages:
-            _check_trainers(load_config(args.config, args.set)[0])
+            _check_trainers(cfg)
+        preflight(cfg)
         found = None if args.new else find_resumable(args.config, args.set, args.runs_dir, stages)
         if found:
             run_dir, lock = found
@@ -129,6 +132,21 @@ def _loop(args: argparse.Namespace) -> int:
             run_dir = iterate(run_dir, accept_all=True)
         _execute(run_dir, None)
     return 0
+
+
+def preflight(cfg: RunConfig) -> None:
+    """What can be checked before a run folder exists, so a mistake costs nothing: the labels and
+    the data (the dataset's files, the seeds file: columns, encoding, labels) and the endpoint
+    (it answers, takes the key, serves the model)."""
+    from workbench import data
+
+    data.labels(cfg)
+    if cfg.data.seeds_file or cfg.data.dataset:
+        data.seeds(cfg)
+    if cfg.llm.provider == "openai":
+        from workbench.llm import preflight as endpoint
+
+        endpoint(cfg.llm)
 
 
 def _check_trainers(cfg: RunConfig) -> None:

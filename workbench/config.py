@@ -918,6 +918,13 @@ def _describe(err: dict, doc: Any, source: str, overrides: dict[tuple, str]) -> 
         valid = ", ".join(parent.model_fields) if parent else "?"
         return f"{where}: field '{dotted}': unknown key; valid keys here: {valid}"
     received = err.get("input")
+    if "key" in str(loc[-1] if loc else "") and isinstance(received, str) and len(received) > 8:
+        # llm.api_key_env holding the key itself: the message must not carry the secret on
+        return (
+            f"{where}: field '{dotted}': expected the name of an environment variable (letters, digits, _) that "
+            f"holds the key, never the key; received a {len(received)}-character value starting {received[:3]!r}…"
+            " Put the key in an environment variable and name that variable here."
+        )
     if err["type"] == "value_error" and isinstance(received, dict):  # a whole section: the message says it
         return f"{where}: field '{dotted}': {err['msg'].removeprefix('Value error, ')}"
     return f"{where}: field '{dotted}': {err['msg']} (received {received!r})"

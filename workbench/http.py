@@ -67,12 +67,19 @@ class Pool:
         self._idle: list[_Conn] = []
         self.opened = 0  # connections opened, for benchmarks and tests
 
-    async def post(self, path: str, body: bytes, on_piece: Callable[[bytes], None] | None = None) -> bytes:
+    async def get(self, path: str) -> bytes:
+        """GET prefix + path and return the answer's body (status < 400)."""
+        return await self.post(path, b"", method=b"GET")
+
+    async def post(
+        self, path: str, body: bytes, on_piece: Callable[[bytes], None] | None = None, method: bytes = b"POST"
+    ) -> bytes:
         """POST `body` to prefix + path and return the answer's body (status < 400).
 
         `on_piece`, when given, receives the body as it arrives (each chunk of a streamed answer)."""
         req = (
-            b"POST "
+            method
+            + b" "
             + (self.prefix + path).encode()
             + b" HTTP/1.1\r\n"
             + self._head

@@ -263,6 +263,76 @@ def _endpoint_key(cfg: LLMConfig) -> str:
     return key
 
 
+class EndpointError(RuntimeError):
+    """The endpoint refuses every request for a reason retrying cannot fix (the key, the model
+    name, a parameter): the call stops at once, and the message says which config field to fix."""
+
+
+def _redact(text: str, key: str) -> str:
+    return text.replace(key, "***") if key else text
+
+
+def _fatal(cfg: LLMConfig, e: http.HTTPStatus, url: str, key: str) -> EndpointError:
+    msg = _redact(str(e), key)
+    if e.status in (401, 403):
+        return EndpointError(
+            f"llm.api_key_env: {url} refused the key in ${cfg.api_key_env} ({msg}); export the endpoint's key in "
+            f"{cfg.api_key_env}, or name the variable that holds it in llm.api_key_env"
+        )
+    if e.status == 404:
+        return EndpointError(
+            f"llm.model / llm.base_url: {url} answered {msg} for model {cfg.model!r}; check the model name the "
+            "server serves (GET /v1/models lists them) and that base_url ends with the API's prefix (e.g. /v1)"
+        )
+    return EndpointError(
+        f"{url} refused the requests ({msg}); the config's sampling parameters are sent as they are (n, "
+        "max_tokens, temperature, response_format): fix the one the message names, e.g. generate.candidates "
+        "for an endpoint that serves only n=1"
+    )
+
+
+def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
+    """Before a run spends anything: each endpoint (base_url and replicas) answers, accepts the key
+    and serves `model` (GET /models). ConfigError naming the field to fix, else the served models
+    of the first endpoint (empty when it does not list them)."""
+    key = _endpoint_key(cfg)
+    served: list[str] = []
+    for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
+
+        async def probe(url: str = url) -> bytes:
+            pool = http.Pool(url, {"Authorization": f"Bearer {key}"}, timeout_s=timeout_s)
+            try:
+                return await pool.get("/models")
+            finally:
+                await pool.close()
+
+        try:
+            raw = _run_async(probe())
+        except ValueError as e:
+            raise ConfigError(f"llm.{name}: {e}") from None
+        except http.Transport as e:
+            raise ConfigError(
+                f"llm.{name}: cannot reach {url} ({_redact(str(e), key)}); is the server running, and is the URL "
+                "right (scheme, host, port, /v1)?"
+            ) from None
+        except http.HTTPStatus as e:
+            if e.status == 404:  # a server that does not list its models: nothing to check here
+                log.warning("%s: GET /models answered 404; the model name is checked by the first call", url)
+                continue
+            raise ConfigError(str(_fatal(cfg, e, url, key))) from None
+        try:
+            ids = [m["id"] for m in json.loads(raw)["data"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: GET /models answered something else than a model list; not checked", url)
+            continue
+        if cfg.model not in ids:
+            raise ConfigError(
+                f"llm.model: {cfg.model!r} is not served by {url}; it serves {', '.join(ids[:20]) or 'nothing'}"
+            )
+        served = served or ids
+    return served
+
+
 def _chat_body(cfg: LLMConfig, req: Request, stream: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": cfg.model,
@@ -416,7 +486,7 @@ class _OpenAIRunner:
     takes from before it sends."""
 
     def __init__(self, cfg: LLMConfig, stats: dict):
-        key = _endpoint_key(cfg)
+        key = self.key = _endpoint_key(cfg)
         self.pools = []
         for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
             try:
@@ -465,9 +535,14 @@ class _OpenAIRunner:
                 expired.discard(me)
 
         def fail(j: int, e: Exception) -> list[dict] | None:
-            """Error rows for a request that failed for good, or None when it was put back for a retry."""
+            """Error rows for a request that failed for good, or None when it was put back for a retry.
+            A refusal no retry can fix (the key, the model, a parameter every request carries) stops
+            the whole call with an EndpointError."""
             retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
             if not retry:
+                refused[0] += 1
+                if e.status in (401, 403, 404) or (not answered[0] and refused[0] >= min(5, len(reqs))):
+                    raise _fatal(self.cfg, e, self.cfg.base_url, self.key)
                 return self._error_rows(reqs[j], str(e))
             if attempts[j] >= self.cfg.max_retries:
                 return self._error_rows(reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
@@ -515,7 +590,8 @@ class _OpenAIRunner:
                     loop.call_soon(record)
 
         unrecorded: collections.deque = collections.deque()
-        failed: list[BaseException] = []  # an error of the caller's `done` stops the run
+        failed: list[BaseException] = []  # an error of the caller's `done`, or an EndpointError, stops the run
+        answered, refused = [0], [0]  # answers, and refusals no retry can fix
 
         def record() -> None:
             nonlocal left
@@ -533,6 +609,8 @@ class _OpenAIRunner:
                         result = fail(j, e)
                         if result is None:
                             continue
+                if result[0]["error"] is None:
+                    answered[0] += 1
                 try:
                     done(j, result)
                 except BaseException as e:
@@ -577,6 +655,7 @@ class _OpenAIRunner:
                 await pool.close()
 
     def _error_rows(self, req: Request, msg: str) -> list[dict]:
+        msg = _redact(msg, self.key)  # an endpoint that echoes the key back never gets it into a row
         return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
     def _body(self, req: Request) -> bytes:

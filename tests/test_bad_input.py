@@ -1,0 +1,312 @@
+"""The bad-input matrix: each case is what a user gets wrong, run through the `workbench` command
+where it can be. Each must give a message that says what was wrong, where (file:line:field,
+stage, row id) and how to fix it, exit non-zero, and leave nothing half-written marked complete."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from scripted_llm import ScriptedLLM
+from test_http import simserver
+from test_judge import SEEDS, prompt_rows
+
+from workbench import cli, judge, runs
+from workbench.config import LLMConfig, RunConfig
+from workbench.llm import LLM, EndpointError, Request
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = (ROOT / "configs" / "smoke.yaml").read_text()
+
+
+def cli_error(argv: list[str], capsys) -> str:
+    """Run the command; it must fail with exit status 2 and say why on stderr."""
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("workbench: error: "), err
+    return err
+
+
+def config(tmp_path: Path, text: str = SMOKE, *, replace: tuple[str, str] | None = None, name: str = "c.yaml") -> Path:
+    if replace:
+        assert replace[0] in text, replace[0]
+        text = text.replace(*replace)
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def run_check(tmp_path, capsys, p: Path, *extra: str) -> str:
+    """`workbench run` of config `p` into tmp_path/runs; nothing may be created there."""
+    err = cli_error(["run", str(p), "--runs-dir", str(tmp_path / "runs"), *extra], capsys)
+    made = list((tmp_path / "runs").rglob("provenance.json")) if (tmp_path / "runs").exists() else []
+    assert made == [], "a run folder was created for a config that cannot run"
+    return err
+
+
+# ---------------------------------------------------------------- the config file
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
+    p = config(tmp_path, replace=("  name: smoke\n", "  name: [smoke\n"))
+    err = run_check(tmp_path, capsys, p)
+    assert f"{p}:" in err and "YAML syntax error" in err
+
+
+def test_unknown_key_names_line_and_the_valid_keys(tmp_path, capsys):
+    p = config(tmp_path, replace=("  rows_per_label: 6", "  rows_per_lable: 6"))
+    err = run_check(tmp_path, capsys, p)
+    line = SMOKE.splitlines().index("  rows_per_label: 6") + 1
+    assert f"{p}:{line}: field 'sampling.rows_per_lable': unknown key" in err and "rows_per_label" in err
+
+
+def test_wrong_type_names_field_and_value(tmp_path, capsys):
+    p = config(tmp_path, replace=("  rows_per_label: 6", "  rows_per_label: six"))
+    err = run_check(tmp_path, capsys, p)
+    assert "field 'sampling.rows_per_label'" in err and "'six'" in err and "integer" in err
+
+
+def test_out_of_range_value(tmp_path, capsys):
+    p = config(tmp_path, replace=("  jurors: 2 ", "  jurors: -1 "))
+    err = run_check(tmp_path, capsys, p)
+    assert "field 'judge.jurors'" in err and "-1" in err and "greater than or equal" in err
+
+
+def test_empty_label_set(tmp_path, capsys):
+    p = config(tmp_path, replace=("  labels: [card_arrival, lost_or_stolen_card, exchange_rate, top_up_failed, "
+                                  "cash_withdrawal_charge]", "  labels: []"))  # fmt: skip
+    err = run_check(tmp_path, capsys, p)
+    assert "task.labels" in err and "empty" in err.lower()
+
+
+def test_duplicate_labels(tmp_path, capsys):
+    p = config(tmp_path, replace=("[card_arrival, lost_or_stolen_card,", "[card_arrival, card_arrival,"))
+    err = run_check(tmp_path, capsys, p)
+    assert f"{p}:8: field 'task.labels'" in err and "duplicate labels: ['card_arrival']" in err
+
+
+def test_config_file_not_utf8(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(SMOKE.replace("Classify online-banking", "Classify caf\xe9 online-banking").encode("latin-1"))
+    err = run_check(tmp_path, capsys, p)
+    assert f"{p}: not UTF-8" in err
+
+
+def test_config_file_missing(tmp_path, capsys):
+    err = run_check(tmp_path, capsys, tmp_path / "nope.yaml")
+    assert "nope.yaml: config file not found" in err
+
+
+def test_override_without_a_value(tmp_path, capsys):
+    err = run_check(tmp_path, capsys, ROOT / "configs" / "smoke.yaml", "--set", "sampling.rows_per_label")
+    assert "--set" in err and "sampling.rows_per_label" in err and "KEY=VALUE" in err
+
+
+def test_unknown_stage(tmp_path, capsys):
+    err = run_check(tmp_path, capsys, ROOT / "configs" / "smoke.yaml", "--stages", "00_task,02_respones")
+    assert "unknown stages ['02_respones']" in err and "02_responses" in err
+
+
+# ---------------------------------------------------------------- data files
+
+
+def _with_seeds(tmp_path, content: bytes, suffix: str = ".csv") -> Path:
+    seeds = tmp_path / f"seeds{suffix}"
+    seeds.write_bytes(content)
+    return config(tmp_path, replace=("  seeds_per_label: 3", f"  seeds_per_label: 3\n  seeds_file: {seeds}"))
+
+
+def test_missing_seeds_file(tmp_path, capsys):
+    p = config(tmp_path, replace=("  seeds_per_label: 3", f"  seeds_per_label: 3\n  seeds_file: {tmp_path}/no.csv"))
+    err = run_check(tmp_path, capsys, p)
+    assert f"{tmp_path}/no.csv: file not found" in err
+
+
+def test_seeds_csv_with_the_wrong_columns(tmp_path, capsys):
+    p = _with_seeds(tmp_path, b"message,intent\nwhere is my card,card_arrival\n")
+    err = run_check(tmp_path, capsys, p)
+    assert "seeds.csv:1: expected columns text,label; found ['message', 'intent']" in err
+
+
+def test_seeds_file_not_utf8(tmp_path, capsys):
+    p = _with_seeds(tmp_path, "text,label\nmy caf\xe9 card never came,card_arrival\n".encode("latin-1"))
+    err = run_check(tmp_path, capsys, p)
+    assert "seeds.csv: not UTF-8" in err and "byte" in err
+
+
+def test_seeds_file_with_a_label_outside_the_task(tmp_path, capsys):
+    p = _with_seeds(tmp_path, b"text,label\nwhere is my card,card_arrival\nhow do I fly,book_flight\n")
+    err = run_check(tmp_path, capsys, p)
+    assert "seeds.csv: unknown labels at line 3 ('book_flight')" in err
+
+
+def test_seeds_jsonl_with_a_broken_line(tmp_path, capsys):
+    p = _with_seeds(tmp_path, b'{"text": "where is my card", "label": "card_arrival"}\n{"text": "oops"\n', ".jsonl")
+    err = run_check(tmp_path, capsys, p)
+    assert "seeds.jsonl:2: not JSON" in err
+
+
+# ---------------------------------------------------------------- the endpoint
+
+
+def endpoint_config(tmp_path, url: str, model: str = "sim", env: str = "WB_TEST_KEY") -> Path:
+    return config(tmp_path, replace=("  provider: local          # the embedded SmolLM2-135M-Instruct\n",
+                                     f"  provider: openai\n  model: {model}\n  base_url: {url}\n  api_key_env: {env}\n"))  # fmt: skip
+
+
+def test_api_key_variable_not_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WB_TEST_KEY", raising=False)
+    err = run_check(tmp_path, capsys, endpoint_config(tmp_path, "http://127.0.0.1:9/v1"))
+    assert "llm.api_key_env: environment variable WB_TEST_KEY is not set" in err and "export" in err
+
+
+def test_the_key_itself_in_api_key_env_is_refused_and_not_echoed(tmp_path, capsys):
+    key = "sk-proj-Zx81LmQ0aaaabbbbccccdddd"
+    err = run_check(tmp_path, capsys, endpoint_config(tmp_path, "http://127.0.0.1:9/v1", env=key))
+    assert "llm.api_key_env" in err and "name of an environment variable" in err
+    assert key not in err and key[6:] not in err
+
+
+def test_endpoint_that_refuses_connections(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WB_TEST_KEY", "sk-test")
+    err = run_check(tmp_path, capsys, endpoint_config(tmp_path, "http://127.0.0.1:9/v1"))
+    assert "llm.base_url: cannot reach http://127.0.0.1:9/v1" in err and "is the server running" in err
+
+
+def test_wrong_api_key_401(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WB_TEST_KEY", "sk-wrong-key-123")
+    with simserver(api_key="sk-right") as url:
+        err = run_check(tmp_path, capsys, endpoint_config(tmp_path, url))
+    assert "llm.api_key_env" in err and "refused the key in $WB_TEST_KEY" in err and "HTTP 401" in err
+    assert "sk-wrong-key-123" not in err
+
+
+def test_model_the_endpoint_does_not_serve_404(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WB_TEST_KEY", "sk-test")
+    with simserver(models="llama-3-8b,qwen-7b") as url:
+        err = run_check(tmp_path, capsys, endpoint_config(tmp_path, url, model="gpt-9"))
+    assert "llm.model: 'gpt-9' is not served by" in err and "llama-3-8b, qwen-7b" in err
+
+
+def test_model_refused_mid_run_stops_the_call_at_once(tmp_path, monkeypatch):
+    """A server whose /models is silent still refuses the model on the first call: every
+    request would fail the same way, so the call stops instead of filling a stage with errors."""
+    monkeypatch.setenv("WB_TEST_KEY", "sk-test")
+    with simserver(models="llama-3-8b") as url:
+        llm = LLM(LLMConfig(provider="openai", model="gpt-9", base_url=url, api_key_env="WB_TEST_KEY"), tmp_path)
+        with pytest.raises(EndpointError, match=r"llm.model / llm.base_url: .*HTTP 404.*gpt-9"):
+            llm.generate([Request.chat(None, f"row {i}", seed=i) for i in range(50)])
+
+
+def test_n_the_endpoint_does_not_support(tmp_path, monkeypatch):
+    monkeypatch.setenv("WB_TEST_KEY", "sk-test")
+    with simserver(max_n=1) as url:
+        llm = LLM(LLMConfig(provider="openai", model="sim", base_url=url, api_key_env="WB_TEST_KEY"), tmp_path)
+        with pytest.raises(EndpointError, match=r"HTTP 400: n: must be at most 1, got 4.*generate.candidates"):
+            llm.generate([Request.chat(None, f"row {i}", seed=i, n=4) for i in range(50)])
+    assert len(list(tmp_path.glob("llm.sqlite"))) == 1  # the cache exists, and holds nothing false
+    assert len(__import__("workbench.cache", fromlist=["Cache"]).Cache(tmp_path / "llm.sqlite")) == 0
+
+
+# ---------------------------------------------------------------- runs and notebooks
+
+
+def _notebook(path: Path, params: str, *cells: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+
+
+def test_notebook_with_wrong_parameters(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    _notebook(tmp_path / "00_task.ipynb", 'config = ""\nrun_dir = ""\nrows = 3')
+    err = run_check(tmp_path, capsys, ROOT / "configs" / "smoke.yaml", "--stages", "00_task")
+    assert "00_task.ipynb: parameters cell declares ['config', 'rows', 'run_dir']" in err
+    assert "expected exactly ['config', 'run_dir']" in err
+
+
+def test_resuming_a_run_that_already_finished(tmp_path, capsys):
+    run = runs.new_run(ROOT / "configs" / "smoke.yaml", runs_root=tmp_path)
+    prov = json.loads((run / "provenance.json").read_text())
+    (run / "provenance.json").write_text(json.dumps(dict(prov, status="finished", finished="2026-11-01T10:00:00")))
+    err = cli_error(["resume", str(run)], capsys)
+    assert "finished at 2026-11-01T10:00:00 and is never rewritten; start a new run" in err
+
+
+def test_resuming_a_folder_that_is_not_a_run(tmp_path, capsys):
+    err = cli_error(["resume", str(tmp_path)], capsys)
+    assert f"{tmp_path}: not a run folder (no provenance.json)" in err
+
+
+def test_disk_full_while_writing_an_artifact(tmp_path, monkeypatch):
+    """write_atomic under ENOSPC: the error names the file, the earlier version stays whole and no
+    temporary file is left."""
+    path = tmp_path / "artifacts" / "rows.parquet"
+    runs.write_atomic(path, b"the earlier, whole version")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", full)
+    with pytest.raises(OSError, match=f"{path}: not written \\(No space left on device\\)"):
+        runs.write_atomic(path, b"x" * 1000)
+    assert path.read_bytes() == b"the earlier, whole version"
+    assert [p.name for p in path.parent.iterdir()] == ["rows.parquet"]
+
+
+def test_disk_full_in_a_stage_fails_the_stage_and_marks_nothing_done(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    _notebook(
+        tmp_path / "00_task.ipynb",
+        'config = ""\nrun_dir = ""',
+        "import os, pandas as pd\nfrom workbench.runs import open_stage\nstage = open_stage(config, run_dir, '00_task')",
+        "def full(fd):\n    raise OSError(28, 'No space left on device')\nos.fsync = full",
+        "stage.save(pd.DataFrame({'a': [1]}), 'seeds')",
+    )
+    err = cli_error(["run", str(ROOT / "configs" / "smoke.yaml"), "--runs-dir", str(tmp_path / "runs"),
+                     "--stages", "00_task"], capsys)  # fmt: skip
+    assert "stage 00_task failed" in err and "seeds.parquet: not written (No space left on device)" in err
+    run = next((tmp_path / "runs" / "smoke").iterdir())
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "failed" and prov["stages"]["00_task"]["status"] == "failed"
+    assert not list((run / "artifacts").iterdir())  # no seeds.parquet, whole or half
+
+
+# ---------------------------------------------------------------- what the LLM replies
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["", "Sure! I would rate it highly.", '{"rating": "great", "why": "clear"}', '{"score": "excellent"}'],
+    ids=["empty", "not-json", "json-of-the-wrong-shape", "json-score-not-a-number"],
+)
+def test_judge_reply_that_cannot_be_read_is_kept_raw_and_rejected_by_row(tmp_path, reply):
+    cfg = RunConfig.model_validate({"task": {"labels": ["card_arrival", "lost_or_stolen_card"]}})
+    cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"rubric": ["correctness"], "jury": []})})
+    llm = ScriptedLLM(lambda req, i: "5 - on topic" if i == 0 else reply, tmp_path)
+    rows = prompt_rows(["Where is my card?", "My card is late"], ["card_arrival"] * 2)
+    out, judgments = judge.judge_rows(cfg, rows, pd.DataFrame(), SEEDS, llm, tmp_path)
+    assert out.loc[0, "keep_judge"] and out.loc[0, "id"] == "r0"
+    assert out.loc[1, "id"] == "r1" and out.loc[1, "reject_reason_judge"] == "unparseable"
+    assert not out.loc[1, "keep_judge"] and judgments.loc[1, "raw"] == reply  # kept, to be read
+
+
+def test_generator_reply_that_is_empty_is_a_reject_with_its_reason(tmp_path):
+    from test_prompts import LABELS, Replies, cfg_for, flat
+    from test_prompts import SEEDS as PROMPT_SEEDS
+
+    from workbench import prompts
+
+    cfg = cfg_for(rounds=1)
+    rows = prompts.build_prompts(
+        cfg, PROMPT_SEEDS, ScriptedLLM(Replies(lambda req, user: "" if "exchange rate" in user else None), tmp_path), flat,
+        LABELS,
+    )  # fmt: skip
+    empty = rows[rows["label"] == "exchange_rate"]
+    assert len(empty) and (empty["reject_reason_prompts"] == "empty").all() and not empty["keep_prompts"].any()
+    assert empty["id"].notna().all() and rows["id"].is_unique
