@@ -127,7 +127,7 @@ def test_kill_9_in_generation_judging_and_training_then_the_same_command_resumes
     assert prov["status"] == "partial"  # the stages asked for are done
     # calls paid for before each kill were answered from the cache when the stage ran again
     metrics = json.loads((run / "metrics.json").read_text())
-    resumed_from_cache = {s: metrics[s]["llm_calls"]["cached"] for s in ("02_responses", "03_judge")}
+    resumed_from_cache = {s: metrics[s]["llm"]["cached"] for s in ("02_responses", "03_judge")}
     assert all(v > 0 for v in resumed_from_cache.values()), metrics
     # nothing half-written: no temporary file left, every table readable, the model saved whole
     assert [p for p in run.rglob("*") if ".tmp" in p.name] == []
@@ -140,7 +140,7 @@ def test_kill_9_in_generation_judging_and_training_then_the_same_command_resumes
     _finish(_start(ref_runs, ref_cache, tmp_path / "ref.log"), tmp_path / "ref.log")
     ref = _run_dir(ref_runs)
     ref_metrics = json.loads((ref / "metrics.json").read_text())
-    assert ref_metrics["02_responses"]["llm_calls"]["cached"] == 0
+    assert ref_metrics["02_responses"]["llm"]["cached"] == 0
     pd.testing.assert_frame_equal(_rows(run), _rows(ref))
     print(f"resumed calls answered from the cache: {resumed_from_cache}")
 

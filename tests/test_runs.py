@@ -97,6 +97,10 @@ def test_an_unfinished_run_of_the_same_config_is_found_and_locked(tmp_path, monk
     other = runs.new_run(cfg, ["seed=7"], runs_root=tmp_path, stages=stages)
     unfinished = runs.new_run(cfg, runs_root=tmp_path, stages=stages)
     assert other != unfinished
+    # the process that creates a run holds it until it executes it
+    assert runs.find_resumable(cfg, runs_root=tmp_path, stages=stages) is None
+    for r in (other, unfinished):  # as if the process that made them had died
+        runs._HELD.pop(r.resolve()).release()
     found = runs.find_resumable(cfg, runs_root=tmp_path, stages=stages)
     assert found is not None and found[0] == unfinished
     # while it is held (a process executing it), nobody else gets it

@@ -160,7 +160,7 @@ def cluster_map(clustered: pd.DataFrame) -> go.Figure:
     """The failures' 2-D map coloured by cluster; noise (-1) in grey; hover shows the text."""
     df = clustered.assign(
         cluster=clustered["cluster"].map(lambda c: "noise" if c == -1 else f"cluster {c}"),
-        hover=clustered["text"].str.slice(0, 120),
+        hover=clustered["text"].str.slice(0, 120).map(shown),
     )
     fig = px.scatter(
         df,
@@ -178,8 +178,8 @@ def cluster_map(clustered: pd.DataFrame) -> go.Figure:
 def cluster_table(summary: pd.DataFrame):
     """The cluster table for a page: text left-aligned and wrapped, exemplars on one line each
     joined by ' · ', every value HTML-escaped (cluster names and exemplars are generated text)."""
-    t = summary.drop(columns=["name_raw"], errors="ignore").copy()
-    t["exemplars"] = t["exemplars"].map(lambda xs: " · ".join(map(str, xs)))
+    t = redacted(summary.drop(columns=["name_raw"], errors="ignore").copy())
+    t["exemplars"] = t["exemplars"].map(lambda xs: " · ".join(redacted(pd.DataFrame({"text": list(xs)}))["text"]))
     return (
         t.style.format(escape="html", precision=2)
         .set_properties(**{"text-align": "left", "white-space": "normal", "min-width": "60px"})
@@ -241,11 +241,46 @@ def defect_rate(table: pd.DataFrame) -> go.Figure:
     )
 
 
+def shown(text) -> str:
+    """Generated or real text as a shared page may show it: PII redacted ([EMAIL], [PHONE], …,
+    the rule of the PII filter) and HTML-escaped, so a row cannot carry a script or a link into
+    the report. Plotly renders the entities as the characters they stand for."""
+    import html
+
+    from workbench.quality import redact
+
+    return html.escape(redact(str(text))[0], quote=True)
+
+
+# columns of generated or real text: their cells are redacted wherever a page shows a table
+TEXT_COLUMNS = ("text", "raw", "response", "reply", "rationale", "feedback", "exemplar", "message", "prompt",
+                "critique_reason", "description", "name")  # fmt: skip
+
+
+def is_text_column(name) -> bool:
+    return any(t in str(name) for t in TEXT_COLUMNS)
+
+
+def redacted(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with PII redacted in its text columns (see `shown`), for display; the escaping is the
+    table renderer's (pandas escapes cells)."""
+    from workbench.quality import redact
+
+    cols = [c for c in df.columns if is_text_column(c) and (df[c].dtype == object or str(df[c].dtype) == "str")]
+    if not cols:
+        return df
+    out = df.copy()
+    for c in cols:
+        out[c] = out[c].map(lambda v: redact(v)[0] if isinstance(v, str) else v)
+    return out
+
+
 def _cell(v) -> str:
-    """A table cell as text: '—' for missing, 3 decimals for floats, at most 160 characters."""
+    """A table cell as text: '—' for missing, 3 decimals for floats, at most 160 characters,
+    PII redacted and HTML-escaped (`shown`)."""
     if v is None or (isinstance(v, float) and v != v):
         return "—"
-    return f"{v:.3f}" if isinstance(v, float) else str(v)[:160]
+    return f"{v:.3f}" if isinstance(v, float) else shown(str(v)[:160])
 
 
 def reject_table(

@@ -114,6 +114,9 @@ def replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_HELD: dict[Path, RunLock] = {}  # runs this process created and holds, until it executes them
+
+
 class RunLock:
     """An exclusive lock on `run/.lock` for as long as a process executes the run (flock: the
     kernel releases it when the process dies, kill -9 included)."""
@@ -194,6 +197,11 @@ def new_run(
             break
         except FileExistsError:
             time.sleep(0.05)
+    # locked before it has a provenance: another `workbench run` of the same config, looking for
+    # an unfinished run to resume, never takes one that is being created
+    lock = RunLock(run)
+    lock.acquire()
+    _HELD[run.resolve()] = lock
     (run / "artifacts").mkdir()
     write_atomic(run / "config.yaml", dump_config(cfg, doc))
     prov = {
@@ -348,7 +356,7 @@ def execute(run: Path, stages: list[str] | None = None, lock: RunLock | None = N
         raise RunError(f"{run}: not a run folder (no provenance.json)")
     if prov.get("status") == "finished":
         raise RunError(f"{run}: this run finished at {prov.get('finished')} and is never rewritten; start a new run")
-    lock = lock or RunLock(run)
+    lock = lock or _HELD.pop(run, None) or RunLock(run)
     if lock.fd is None and not lock.acquire():
         raise RunError(f"{run}: another process is executing this run (pid, host: {lock.holder()}); wait for it")
     try:
@@ -450,12 +458,10 @@ def _short_error(e: Exception) -> str:
 def export_html(run: Path) -> Path:
     """Each executed notebook → report/<stage>.html (code hidden); report.html joins the summary
     page (99_report) with links to every stage; index.html lists stages with their status."""
-    from nbconvert import HTMLExporter
-
     run = Path(run)
     out = run / "report"
     out.mkdir(exist_ok=True)
-    exporter = HTMLExporter(
+    exporter = _inert_exporter_class()(
         template_name="lab", exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
     )
     prov = _read_json(run / "provenance.json")
@@ -486,6 +492,34 @@ def export_html(run: Path) -> Path:
     return run / "report.html"
 
 
+def _inert_exporter_class():
+    from jinja2 import pass_context
+    from nbconvert import HTMLExporter
+    from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+
+    class InertHTMLExporter(HTMLExporter):
+        """nbconvert's HTML exporter with HTML in Markdown escaped: a stage that displays
+        Markdown built from data (labels, cluster names, generated text) shows any tag in it as
+        text; nbconvert passes raw HTML in Markdown through. Pandas tables escape their cells,
+        Stylers are told to (open_stage), and plotly keeps its data out of the page's HTML."""
+
+        @pass_context
+        def markdown2html(self, context, source):
+            cell = context.get("cell", {})
+            renderer = IPythonRenderer(
+                escape=True,
+                attachments=cell.get("attachments", {}),
+                embed_images=self.embed_images,
+                path=context.get("resources", {}).get("metadata", {}).get("path", ""),
+                anchor_link_text=self.anchor_link_text,
+                exclude_anchor_links=self.exclude_anchor_links,
+                **self.lexer_options,
+            )
+            return MarkdownWithMath(renderer=renderer).render(source)
+
+    return InertHTMLExporter
+
+
 def _nav(body: str, stage: str, run: Path, prefix: str = "") -> str:
     links = " · ".join(f"<a href='{prefix}{s}.html'>{s}</a>" if s != stage else f"<b>{s}</b>" for s in STAGES)
     bar = (
@@ -512,7 +546,7 @@ class Stage:
         return self.run_dir / "artifacts"
 
     def llm(self):
-        """The stage's LLM. Its calls are counted in metrics.json under the stage's `llm_calls`
+        """The stage's LLM. Its calls are counted in metrics.json under the stage's `llm`
         (calls, answered from the cache, errors, retries; summed over the stage's LLMs), so a
         resumed stage shows how many of its calls had already been paid for."""
         from workbench.llm import LLM
@@ -525,7 +559,7 @@ class Stage:
         for st in self._llm_stats.values():
             for k, v in st.items():
                 total[k] = total.get(k, 0) + v
-        self.record(llm_calls=total)
+        self.record(llm=total)
 
     def save(self, df: pd.DataFrame, name: str) -> Path:
         path = self.artifacts / f"{name}.parquet"
@@ -625,12 +659,46 @@ def ancestors(run: Path) -> list[Path]:
         run = p
 
 
+def _inert_tables() -> None:
+    """Tables a stage displays are safe to share: Stylers escape HTML (pandas tables do already;
+    a Styler's `format()` resets escaping unless told, so it is told here once for every call),
+    and every DataFrame shows its text columns with PII redacted (plots.redacted)."""
+    from pandas.io.formats.style import Styler
+
+    pd.set_option("styler.format.escape", "html")
+    if not getattr(Styler.format, "_escapes", False):
+        plain = Styler.format
+
+        def format(self, *args, escape="html", **kw):  # noqa: A001 (Styler.format's name)
+            return plain(self, *args, escape=escape, **kw)
+
+        format._escapes = True
+        Styler.format = format
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    from workbench.plots import redacted
+
+    def styler_html(st: Styler) -> str:
+        st.data = redacted(st.data)  # a Styler renders from `data` when shown; same index and columns
+        return st._repr_html_()
+
+    html_formatter = ip.display_formatter.formatters["text/html"]
+    html_formatter.for_type(pd.DataFrame, lambda df: redacted(df)._repr_html_())
+    html_formatter.for_type(Styler, styler_html)
+
+
 def open_stage(config: str, run_dir: str, name: str) -> Stage:
     """Context for a notebook. With an empty `run_dir` (Run All in JupyterLab) the stage works in
     `runs/<task>/scratch/`, a folder that is not a numbered run and may be overwritten."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     pd.set_option("display.max_colwidth", 160)  # reject piles are read for their text
     pd.set_option("display.max_rows", 60)
+    _inert_tables()
     cfg, doc = load_config(config)
     sys.audit("workbench.stage", name)  # lets a test see which stage a kernel runs (see test_smoke)
     if run_dir:

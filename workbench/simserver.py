@@ -26,7 +26,10 @@ first token after `latency` and the others `per_token` apart.
 `over_limit: slow` is a self-hosted server (vLLM-like) that never refuses or queues: a request
 started with `active` requests in flight takes `latency * max(1, active / concurrency)`, so
 latency rises with load. `schedule` changes `concurrency` over time ("0:16,5:128": 16 from the
-start, 128 after 5 seconds). `api_key` answers 401 to any other bearer key, `models` 404 to any
+start, 128 after 5 seconds). `replies: plausible` answers a JSON schema's request with an instance of it and other requests
+with a sentence of the prompt's words, so a whole run can go through it; `inject` adds a text
+(a script tag, PII, …) to the start of a share `p_inject` of those sentences. `api_key` answers 401 to
+any other bearer key, `models` 404 to any
 other model, `max_n` 400 to a larger `n`, as real endpoints do. `answered_again` in the stats
 counts requests that arrived again after the same request (messages, seed, n) had been answered.
 
@@ -69,6 +72,9 @@ class SimConfig:
     models: str = ""
     max_n: int = 0
     schedule: str = ""
+    replies: str = "words"  # words | plausible
+    inject: str = ""  # with replies plausible: this text is added to a share p_inject of the text replies
+    p_inject: float = 0.0
     batch_seconds: float = 1.0
     batch_expire: float = 0.0
     max_requests: int = 100_000
@@ -379,6 +385,12 @@ class Sim:
         return {"prompt_tokens": prompt, "completion_tokens": n * tokens, "total_tokens": prompt + n * tokens}
 
     def _text(self, req: dict, i: int, tokens: int) -> str:
+        if self.cfg.replies == "plausible":
+            text = _plausible(req, i)
+            key = f"{req.get('seed')}|{i}|{json.dumps(req['messages'], sort_keys=True)}"
+            if self.cfg.inject and not req.get("response_format") and draw(self.cfg.seed, key, 0) < self.cfg.p_inject:
+                text = f"{self.cfg.inject} {text}"  # first: a stage that keeps one sentence keeps it
+            return text
         return f"seed {req.get('seed')} choice {i}: " + " ".join(self._words[: max(0, tokens - 4)])
 
     def _send_answer(self, conn: _Conn, answer: bytes, key: str) -> None:
@@ -507,6 +519,47 @@ class _Conn(asyncio.Protocol):
     def abort(self) -> None:
         if not self.closed:
             self.transport.abort()
+
+
+def _plausible(req: dict, i: int) -> str:
+    """`replies: plausible`: an instance of the request's JSON schema when it sends one (enums,
+    numbers in range, strings of the prompt's words), else a customer-style sentence made of the
+    last user message's words; fixed by the messages, seed and choice. Enough for every stage to
+    run end to end against the simulated endpoint (tests of the endpoint path, not of quality)."""
+    msgs = req.get("messages") or [{}]
+    user = next((m.get("content", "") for m in reversed(msgs) if m.get("role") == "user"), "")
+    rnd = random.Random(zlib.crc32(f"{req.get('seed')}|{i}|{user}".encode()))
+    words = [w.strip(".,:;!?\"'()[]{}").lower() for w in str(user).split()]
+    words = [w for w in words if w.isalpha() and len(w) > 2] or ["card", "account", "payment"]
+
+    def phrase(k: int) -> str:
+        return " ".join(rnd.choice(words) for _ in range(k))
+
+    def instance(schema: dict):
+        if "enum" in schema:
+            return rnd.choice(schema["enum"])
+        for alt in ("anyOf", "oneOf"):
+            if alt in schema:
+                return instance(schema[alt][0])
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "string")
+        if kind == "object":
+            return {k: instance(v) for k, v in (schema.get("properties") or {}).items()}
+        if kind == "array":
+            return [instance(schema.get("items") or {}) for _ in range(max(1, schema.get("minItems", 1)))]
+        if kind in ("integer", "number"):
+            lo = schema.get("minimum", 1)
+            hi = schema.get("maximum", lo + 4)
+            return rnd.randint(int(lo), int(hi)) if kind == "integer" else round(rnd.uniform(lo, hi), 2)
+        if kind == "boolean":
+            return rnd.random() < 0.5
+        return phrase(6)
+
+    fmt = req.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return json.dumps(instance((fmt.get("json_schema") or {}).get("schema") or {}))
+    return f"Hello, I have a question about my {phrase(3)}. Could you help me with the {phrase(4)} please?"
 
 
 def _bearer(head: bytes) -> str:

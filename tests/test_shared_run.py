@@ -1,0 +1,174 @@
+"""What a run leaves to be shared: a whole run against the simulated endpoint (workbench.simserver
+with plausible replies), its API key planted in the environment and hostile text (a script tag,
+an image with onerror, a javascript: link, an email address and a phone number) injected into a
+third of the generated messages.
+
+- Secrets: the key is in no file of the run folder, the cache or the command's output.
+- Inert reports: every page of the report, opened in headless Chromium, runs none of the injected
+  script, has no javascript: link and no element with the injected handler, and shows no raw PII.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from test_http import simserver
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-planted-7f3a9c1e5b2d4f60a8e7c9b1d3f5a7c9"
+EMAIL, PHONE = "jane.doe.planted@example.com", "+44 7700 900123"
+HOSTILE = (
+    "<script>document.title='PWNED-SCRIPT'</script> "
+    "<img src=x onerror=\"document.title='PWNED-IMG'\"> "
+    "<a href=\"javascript:document.title='PWNED-LINK'\">click</a> "
+    f"write to {EMAIL} or call {PHONE}"
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shared")
+    cache = tmp / "cache"
+    cache.mkdir()
+    from workbench.runs import cache_dir
+
+    for sub in ("models", "embeddings"):  # the converted student model and embeddings; no LLM calls
+        if (cache_dir() / sub).exists():
+            (cache / sub).symlink_to(cache_dir() / sub)
+    with simserver(replies="plausible", api_key=KEY, inject=HOSTILE, p_inject=0.33, max_seconds=1500) as url:
+        env = dict(os.environ, WB_SHARED_KEY=KEY, WORKBENCH_CACHE=str(cache), HF_HUB_OFFLINE="1")
+        cmd = [sys.executable, "-m", "workbench.cli", "run", str(ROOT / "configs" / "smoke.yaml"),
+               "--runs-dir", str(tmp / "runs"), "--set", "llm.provider=openai", "--set", f"llm.base_url={url}",
+               "--set", "llm.model=sim", "--set", "llm.api_key_env=WB_SHARED_KEY"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = next((tmp / "runs" / "smoke").glob("[0-9]*-*"))
+    return {"run": run, "cache": cache, "output": proc.stdout + proc.stderr}
+
+
+@pytest.mark.slow
+def test_the_api_key_is_in_no_file_of_the_run_nor_the_cache_nor_the_output(shared_run):
+    run, cache = shared_run["run"], shared_run["cache"]
+    needles = [KEY.encode(), KEY[3:].encode(), KEY[-16:].encode()]
+    files = [p for p in list(run.rglob("*")) + list(cache.glob("*")) if p.is_file() and not p.is_symlink()]
+    assert len(files) > 40  # notebooks, artifacts, report pages, provenance, the call cache
+    leaks = [str(p) for p in files if any(n in p.read_bytes() for n in needles)]
+    assert leaks == []
+    assert KEY not in shared_run["output"]
+    # what is recorded is the variable's name, where the config says it
+    assert "api_key_env: WB_SHARED_KEY" in (run / "config.yaml").read_text()
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "finished" and "llm.api_key_env=WB_SHARED_KEY" in prov["overrides"]
+
+
+@pytest.mark.slow
+def test_hostile_rows_reached_the_data_and_the_reject_pile(shared_run):
+    import pandas as pd
+
+    rows = pd.read_parquet(shared_run["run"] / "artifacts" / "dataset.parquet")
+    hostile = rows[rows["text"].str.contains("onerror", regex=False)]
+    assert len(hostile) and (~hostile["keep"]).any()  # the test is about something: rows to show, rejected ones too
+    assert rows["keep"].any()
+
+
+def _dom(page: Path, tmp: Path) -> str:
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "<body" in out.stdout, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium)")
+def test_every_report_page_is_inert_in_a_browser_and_shows_no_raw_pii(shared_run):
+    run = shared_run["run"]
+    pages = [run / "report.html", *sorted((run / "report").glob("*.html"))]
+    assert len(pages) >= 10
+    with tempfile.TemporaryDirectory() as profile:
+        for page in pages:
+            source = page.read_text()
+            assert EMAIL not in source and "7700 900123" not in source, f"raw PII in {page.name}"
+            dom = _dom(page, Path(profile))
+            titles = re.findall(r"<title>([^<]*)</title>", dom)
+            assert titles and not any("PWNED" in t for t in titles), f"a script ran in {page.name}: {titles}"
+            # elements, not text: the injected tags may be on the page only as escaped text
+            assert not re.search(r"<a\b[^>]*href=\"javascript:", dom, re.I), f"a javascript: link in {page.name}"
+            assert not re.search(r"<img\b[^>]*onerror", dom, re.I), f"an onerror handler in {page.name}"
+    # the injected text is on the pages as text: escaped in the HTML the reader sees
+    report = (run / "report" / "01_prompts.html").read_text() + (run / "report" / "04_filter.html").read_text()
+    assert "&lt;script&gt;" in report or "\\u003cscript\\u003e" in report
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium)")
+def test_markdown_styler_and_table_outputs_built_from_data_are_inert(tmp_path, monkeypatch):
+    """The three ways a stage shows data on a page, each fed the hostile text: Markdown from an
+    f-string (nbconvert passes HTML in Markdown through unless told), a Styler with a format
+    (pandas resets its escaping), and a plain DataFrame. The page runs none of it and shows no PII."""
+    import nbformat
+    import papermill
+
+    from workbench import runs
+
+    run = runs.new_run(ROOT / "configs" / "smoke.yaml", runs_root=tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('config = ""\nrun_dir = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "import pandas as pd\nfrom IPython.display import Markdown, display\n"
+            "from workbench.runs import open_stage\nstage = open_stage(config, run_dir, '00_task')\n"
+            f"hostile = {HOSTILE!r}"
+        ),
+        # a cluster name (generated, not a row: its HTML is the risk; rows reach pages through tables)
+        nbformat.v4.new_code_cell('display(Markdown(f"**Cluster:** {hostile.split(\' write to\')[0]}"))'),
+        nbformat.v4.new_code_cell(
+            'pd.DataFrame({"name": [hostile], "score": [0.5]}).style.format({"score": "{:.1%}"})'
+        ),
+        nbformat.v4.new_code_cell('pd.DataFrame({"id": ["r1"], "text": [hostile]})'),
+    ]
+    (run / "notebooks").mkdir()
+    src = tmp_path / "00_task.ipynb"
+    nbformat.write(nb, src)
+    papermill.execute_notebook(
+        str(src),
+        str(run / "notebooks" / "00_task.ipynb"),
+        parameters={"config": str(ROOT / "configs" / "smoke.yaml"), "run_dir": str(run)},
+        kernel_name="python3",
+        progress_bar=False,  # fmt: skip
+    )
+    runs.export_html(run)
+    page = run / "report" / "00_task.html"
+    source = page.read_text()
+    assert EMAIL not in source and "7700 900123" not in source  # PII shown redacted
+    dom = _dom(page, tmp_path / "profile")
+    assert not any("PWNED" in t for t in re.findall(r"<title>([^<]*)</title>", dom))
+    assert not re.search(r"<a\b[^>]*href=\"javascript:", dom, re.I)
+    assert not re.search(r"<img\b[^>]*onerror", dom, re.I)
+    assert dom.count("&lt;script&gt;document.title") >= 3  # all three outputs show it, as text
