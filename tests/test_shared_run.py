@@ -147,7 +147,7 @@ def test_markdown_styler_and_table_outputs_built_from_data_are_inert(tmp_path, m
             f"hostile = {HOSTILE!r}"
         ),
         # a cluster name (generated, not a row: its HTML is the risk; rows reach pages through tables)
-        nbformat.v4.new_code_cell('display(Markdown(f"**Cluster:** {hostile.split(\' write to\')[0]}"))'),
+        nbformat.v4.new_code_cell("display(Markdown(f\"**Cluster:** {hostile.split(' write to')[0]}\"))"),
         nbformat.v4.new_code_cell(
             'pd.DataFrame({"name": [hostile], "score": [0.5]}).style.format({"score": "{:.1%}"})'
         ),
