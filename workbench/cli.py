@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             if bool(args.accept) == args.accept_all:
                 raise RunError("iterate: give --accept e1,e2 (edit ids of the patch) or --accept-all, not both")
             accept = [a.strip() for a in args.accept.split(",")] if args.accept else None
+            if (Path(args.run_dir) / "config.yaml").is_file():  # the endpoint and data, before a new run exists
+                preflight(load_config(Path(args.run_dir) / "config.yaml")[0])
             run_dir = iterate(args.run_dir, accept, args.accept_all)
             return _execute(run_dir, None)
         if args.cmd == "loop":
@@ -119,7 +121,10 @@ def _loop(args: argparse.Namespace) -> int:
     if args.iterations < 1:
         raise RunError(f"loop: --iterations must be at least 1; got {args.iterations}")
     validate_stages(None)
-    _check_trainers(load_config(args.config, args.set)[0])
+    cfg = load_config(args.config, args.set)[0]
+    check_runnable(cfg)
+    _check_trainers(cfg)
+    preflight(cfg)
     run_dir = new_run(args.config, args.set, args.runs_dir)
     for k in range(1, args.iterations + 1):
         print(f"iteration {k} of {args.iterations}", flush=True)
