@@ -204,7 +204,7 @@ def test_n_the_endpoint_does_not_support(tmp_path, monkeypatch):
     monkeypatch.setenv("WB_TEST_KEY", "sk-test")
     with simserver(max_n=1) as url:
         llm = LLM(LLMConfig(provider="openai", model="sim", base_url=url, api_key_env="WB_TEST_KEY"), tmp_path)
-        with pytest.raises(EndpointError, match=r"HTTP 400: n: must be at most 1, got 4.*generate.candidates"):
+        with pytest.raises(EndpointError, match=r"HTTP 400: n: must be at most 1, got 4.*responses.candidates"):
             llm.generate([Request.chat(None, f"row {i}", seed=i, n=4) for i in range(50)])
     assert len(list(tmp_path.glob("llm.sqlite"))) == 1  # the cache exists, and holds nothing false
     assert len(__import__("workbench.cache", fromlist=["Cache"]).Cache(tmp_path / "llm.sqlite")) == 0

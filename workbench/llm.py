@@ -286,7 +286,7 @@ def _fatal(cfg: LLMConfig, e: http.HTTPStatus, url: str, key: str) -> EndpointEr
         )
     return EndpointError(
         f"{url} refused the requests ({msg}); the config's sampling parameters are sent as they are (n, "
-        "max_tokens, temperature, response_format): fix the one the message names, e.g. generate.candidates "
+        "max_tokens, temperature, response_format): fix the one the message names, e.g. responses.candidates "
         "for an endpoint that serves only n=1"
     )
 
@@ -950,7 +950,6 @@ class _LocalModel:
         results: dict[int, list[_Item]] = {i: [] for i in need}
         bar = tqdm(total=sum(len(b) for b, _ in batches), desc=desc, unit="row")
         for batch, p in batches:
-            batch = [_Item(it.req_index, it.candidate, it.seed, it.ids) for it in batch]  # fresh outputs
             ttft = self._generate(batch, *p)
             for it in batch:
                 if it.req_index not in need:

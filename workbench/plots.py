@@ -160,7 +160,7 @@ def cluster_map(clustered: pd.DataFrame) -> go.Figure:
     """The failures' 2-D map coloured by cluster; noise (-1) in grey; hover shows the text."""
     df = clustered.assign(
         cluster=clustered["cluster"].map(lambda c: "noise" if c == -1 else f"cluster {c}"),
-        hover=clustered["text"].str.slice(0, 120).map(shown),
+        hover=clustered["text"].map(lambda t: shown(t, 120)),
     )
     fig = px.scatter(
         df,
@@ -179,7 +179,7 @@ def cluster_table(summary: pd.DataFrame):
     """The cluster table for a page: text left-aligned and wrapped, exemplars on one line each
     joined by ' · ', every value HTML-escaped (cluster names and exemplars are generated text)."""
     t = redacted(summary.drop(columns=["name_raw"], errors="ignore").copy())
-    t["exemplars"] = t["exemplars"].map(lambda xs: " · ".join(redacted(pd.DataFrame({"text": list(xs)}))["text"]))
+    t["exemplars"] = t["exemplars"].map(lambda xs: " · ".join(_redact(str(x)) for x in xs))
     return (
         t.style.format(escape="html", precision=2)
         .set_properties(**{"text-align": "left", "white-space": "normal", "min-width": "60px"})
@@ -241,15 +241,21 @@ def defect_rate(table: pd.DataFrame) -> go.Figure:
     )
 
 
-def shown(text) -> str:
+def shown(text, limit: int | None = None) -> str:
     """Generated or real text as a shared page may show it: PII redacted ([EMAIL], [PHONE], …,
-    the rule of the PII filter) and HTML-escaped, so a row cannot carry a script or a link into
-    the report. Plotly renders the entities as the characters they stand for."""
+    the rule of the PII filter), cut to `limit` characters (after the redaction, so no PII is cut
+    in half and missed) and HTML-escaped, so a row cannot carry a script or a link into the
+    report. Plotly renders the entities as the characters they stand for."""
     import html
 
+    return html.escape(_redact(str(text))[:limit], quote=True)
+
+
+def _redact(v):
+    """A cell with its PII redacted (strings only; anything else as it is)."""
     from workbench.quality import redact
 
-    return html.escape(redact(str(text))[0], quote=True)
+    return redact(v)[0] if isinstance(v, str) else v
 
 
 # columns of generated or real text: their cells are redacted wherever a page shows a table
@@ -264,14 +270,12 @@ def is_text_column(name) -> bool:
 def redacted(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with PII redacted in its text columns (see `shown`), for display; the escaping is the
     table renderer's (pandas escapes cells)."""
-    from workbench.quality import redact
-
     cols = [c for c in df.columns if is_text_column(c) and (df[c].dtype == object or str(df[c].dtype) == "str")]
     if not cols:
         return df
     out = df.copy()
     for c in cols:
-        out[c] = out[c].map(lambda v: redact(v)[0] if isinstance(v, str) else v)
+        out[c] = out[c].map(_redact)
     return out
 
 
@@ -280,7 +284,7 @@ def _cell(v) -> str:
     PII redacted and HTML-escaped (`shown`)."""
     if v is None or (isinstance(v, float) and v != v):
         return "—"
-    return f"{v:.3f}" if isinstance(v, float) else shown(str(v)[:160])
+    return f"{v:.3f}" if isinstance(v, float) else shown(v, 160)
 
 
 def reject_table(
