@@ -248,7 +248,7 @@ def shown(text, limit: int | None = None) -> str:
     report. Plotly renders the entities as the characters they stand for."""
     import html
 
-    return html.escape(_redact(str(text))[:limit], quote=True)
+    return html.escape(_redact(str(text))[:limit], quote=False)  # plotly decodes &lt; &gt; &amp;, not &quot;
 
 
 def _redact(v):
