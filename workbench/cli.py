@@ -112,9 +112,20 @@ def _execute(run_dir, stages, lock=None) -> int:
     print(f"run folder: {run_dir}", flush=True)
     execute(run_dir, stages, lock)
     print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
+    calls = [v["llm"] for v in _metrics(run_dir).values() if isinstance(v, dict) and "llm" in v]
+    if calls:  # on a resumed run, the calls paid for before it stopped are among the cached ones
+        print(f"LLM calls:  {sum(c['calls'] for c in calls)}, answered from the cache "
+              f"{sum(c['cached'] for c in calls)}, failed {sum(c['errors'] for c in calls)}")  # fmt: skip
     if (run_dir.parent / "index.html").is_file():
         print(f"lineage:    {run_dir.parent / 'index.html'}")
     return 0
+
+
+def _metrics(run_dir) -> dict:
+    import json
+
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _loop(args: argparse.Namespace) -> int:
