@@ -93,9 +93,14 @@ def test_gives_up_after_max_retries_and_does_not_cache_failures(tmp_path):
 
 
 def test_client_errors_are_not_retried(tmp_path):
+    """A refused key is not retried: it would be refused for every row, so the call stops at once
+    with the config field to fix (tests/test_bad_input.py has the whole matrix)."""
+    from workbench.llm import EndpointError
+
     with FakeOpenAI() as srv:
-        [[row]] = openai_llm(srv, tmp_path).generate([req("[401] x")])
-        assert row["error"].startswith("HTTP 401") and srv.attempts["[401] x"] == 1
+        with pytest.raises(EndpointError, match=r"llm.api_key_env: .* refused the key in \$TEST_KEY \(HTTP 401"):
+            openai_llm(srv, tmp_path).generate([req("[401] x")])
+        assert srv.attempts["[401] x"] == 1
 
 
 def test_concurrency_is_bounded(tmp_path):
