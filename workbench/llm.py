@@ -318,6 +318,11 @@ def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage
     ]
 
 
+def _error_rows(cfg: LLMConfig, req: Request, msg: str) -> list[dict]:
+    """The n rows of a request that failed for good, each carrying `msg`."""
+    return [_row("openai", cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
+
+
 # statuses worth another attempt: rate limits, timeouts, conflicts and server errors
 _RETRY_STATUS = {408, 409, 425, 429} | set(range(500, 600))
 
@@ -382,9 +387,9 @@ class _OpenAIRunner:
             """Error rows for a request that failed for good, or None when it was put back for a retry."""
             retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
             if not retry:
-                return self._error_rows(reqs[j], str(e))
+                return _error_rows(self.cfg, reqs[j], str(e))
             if attempts[j] >= self.cfg.max_retries:
-                return self._error_rows(reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
+                return _error_rows(self.cfg, reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
             attempts[j] += 1
             self.stats["retries"] += 1
             wait = _retry_after(e.headers.get("retry-after")) if isinstance(e, http.HTTPStatus) else None
@@ -467,9 +472,6 @@ class _OpenAIRunner:
             for pool in self.pools:
                 await pool.close()
 
-    def _error_rows(self, req: Request, msg: str) -> list[dict]:
-        return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
-
     def _body(self, req: Request) -> bytes:
         return json.dumps(_chat_body(self.cfg, req, self.cfg.stream)).encode()
 
@@ -548,14 +550,14 @@ class _BatchRunner:
                     last_error[cid] = error
                     continue
                 j = left.pop(cid)
-                done(j, rows if error is None else self._error_rows(reqs[j], error))
+                done(j, rows if error is None else _error_rows(self.cfg, reqs[j], error))
             state_path.unlink(missing_ok=True)
             if not left:
                 return
             self.stats["retries"] += len(left)
             log.info("%s: batch %s left %d requests undone; round %d", desc, batch.id, len(left), round_ + 2)
         for cid, j in left.items():
-            done(j, self._error_rows(reqs[j], f"batch: not answered after {self.cfg.max_retries + 1} batches: "
+            done(j, _error_rows(self.cfg, reqs[j], f"batch: not answered after {self.cfg.max_retries + 1} batches: "
                                                f"{last_error.get(cid, 'undone')}"))  # fmt: skip
 
     def _submit(self, reqs: list[Request], left: dict[str, int], state_path: Path, desc: str) -> dict:
@@ -624,9 +626,6 @@ class _BatchRunner:
                     yield cid, _completion_rows(self.cfg, reqs[left[cid]], resp.get("body"), None), None, False
                 except _BadReply as e:
                     yield cid, None, str(e), True
-
-    def _error_rows(self, req: Request, msg: str) -> list[dict]:
-        return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
 
 class _BadReply(Exception):
