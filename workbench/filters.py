@@ -63,8 +63,7 @@ def toxicity(rows: pd.DataFrame, todo: pd.Index, gate: str = "filter", num_proc:
     """Reject rows with threats, harassment or hate (`quality.toxic`); the phrases go to `toxic_found`."""
     if "toxic_found" not in rows:
         rows["toxic_found"] = None
-    texts = [t if isinstance(t, str) else "" for t in (rows.loc[todo, "text"].tolist() if len(todo) else [])]
-    res = gates.map_rows(check_toxicity, {"text": texts}, num_proc)
+    res = gates.map_rows(check_toxicity, {"text": gates.row_texts(rows, todo)}, num_proc)
     for i, found in zip(todo, res["toxic"]):
         if found:
             rows.at[i, "toxic_found"] = found

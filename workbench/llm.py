@@ -394,6 +394,11 @@ def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage
     ]
 
 
+def _error_rows(cfg: LLMConfig, req: Request, msg: str) -> list[dict]:
+    """The n rows of a request that failed for good, each carrying `msg`."""
+    return [_row("openai", cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
+
+
 # statuses worth another attempt: rate limits, timeouts, conflicts and server errors
 _RETRY_STATUS = {408, 409, 425, 429} | set(range(500, 600))
 
@@ -655,8 +660,8 @@ class _OpenAIRunner:
                 await pool.close()
 
     def _error_rows(self, req: Request, msg: str) -> list[dict]:
-        msg = _redact(msg, self.key)  # an endpoint that echoes the key back never gets it into a row
-        return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
+        # an endpoint that echoes the key back never gets it into a row
+        return _error_rows(self.cfg, req, _redact(msg, self.key))
 
     def _body(self, req: Request) -> bytes:
         return json.dumps(_chat_body(self.cfg, req, self.cfg.stream)).encode()
@@ -736,14 +741,14 @@ class _BatchRunner:
                     last_error[cid] = error
                     continue
                 j = left.pop(cid)
-                done(j, rows if error is None else self._error_rows(reqs[j], error))
+                done(j, rows if error is None else _error_rows(self.cfg, reqs[j], error))
             state_path.unlink(missing_ok=True)
             if not left:
                 return
             self.stats["retries"] += len(left)
             log.info("%s: batch %s left %d requests undone; round %d", desc, batch.id, len(left), round_ + 2)
         for cid, j in left.items():
-            done(j, self._error_rows(reqs[j], f"batch: not answered after {self.cfg.max_retries + 1} batches: "
+            done(j, _error_rows(self.cfg, reqs[j], f"batch: not answered after {self.cfg.max_retries + 1} batches: "
                                                f"{last_error.get(cid, 'undone')}"))  # fmt: skip
 
     def _submit(self, reqs: list[Request], left: dict[str, int], state_path: Path, desc: str) -> dict:
@@ -812,9 +817,6 @@ class _BatchRunner:
                     yield cid, _completion_rows(self.cfg, reqs[left[cid]], resp.get("body"), None), None, False
                 except _BadReply as e:
                     yield cid, None, str(e), True
-
-    def _error_rows(self, req: Request, msg: str) -> list[dict]:
-        return [_row("openai", self.cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
 
 class _BadReply(Exception):

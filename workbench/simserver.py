@@ -298,8 +298,7 @@ class Sim:
                 error = {"code": "batch_expired", "message": "This request could not be executed before the window."}
                 err.append({"id": f"req_{len(err)}", "custom_id": item["custom_id"], "response": None, "error": error})
                 continue
-            n = int(req.get("n") or 1)
-            tokens = max(1, min(self.cfg.tokens, int(req.get("max_tokens") or self.cfg.tokens)))
+            n, tokens = self._sizes(req)
             body = json.loads(self._answer(req, n, tokens))
             response = {"status_code": 200, "request_id": f"r{len(out)}", "body": body}
             out.append({"id": f"req_{len(out)}", "custom_id": item["custom_id"], "response": response, "error": None})
@@ -322,11 +321,14 @@ class Sim:
                     c = cap
         return c
 
+    def _sizes(self, req: dict) -> tuple[int, int]:
+        """(choices, tokens per choice) of an answer: `n`, and `max_tokens` capped at `tokens`."""
+        return int(req.get("n") or 1), max(1, min(self.cfg.tokens, int(req.get("max_tokens") or self.cfg.tokens)))
+
     def _start(self, conn: _Conn, req: dict, t0: float) -> None:
         self.active += 1
         self.peak = max(self.peak, self.active)
-        n = int(req.get("n") or 1)
-        tokens = max(1, min(self.cfg.tokens, int(req.get("max_tokens") or self.cfg.tokens)))
+        n, tokens = self._sizes(req)
         latency = self.cfg.latency
         if self.cfg.over_limit == "slow":  # a shared accelerator: everyone in flight slows down
             latency *= max(1.0, self.active / self.capacity())
