@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             from workbench.runs import _read_json
 
             prov = _read_json(Path(args.run_dir) / "provenance.json")
+            if prov and prov.get("status") != "finished" and (Path(args.run_dir) / "config.yaml").is_file():
+                preflight(load_config(Path(args.run_dir) / "config.yaml")[0])  # the endpoint may have moved on
             return _execute(Path(args.run_dir), prov.get("stages_requested"))
         stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
         cfg = load_config(args.config, args.set)[0]
