@@ -19,7 +19,17 @@ import sys
 from pathlib import Path
 
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
-from workbench.runs import ROOT, STAGES, RunError, execute, find_resumable, iterate, new_run, validate_stages
+from workbench.runs import (
+    ROOT,
+    STAGES,
+    RunError,
+    _read_json,
+    execute,
+    find_resumable,
+    iterate,
+    new_run,
+    validate_stages,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "loop":
             return _loop(args)
         if args.cmd == "resume":
-            from workbench.runs import _read_json
-
             prov = _read_json(Path(args.run_dir) / "provenance.json")
             if prov and prov.get("status") != "finished" and (Path(args.run_dir) / "config.yaml").is_file():
                 preflight(load_config(Path(args.run_dir) / "config.yaml")[0])  # the endpoint may have moved on
@@ -114,20 +122,13 @@ def _execute(run_dir, stages, lock=None) -> int:
     print(f"run folder: {run_dir}", flush=True)
     execute(run_dir, stages, lock)
     print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
-    calls = [v["llm"] for v in _metrics(run_dir).values() if isinstance(v, dict) and "llm" in v]
+    calls = [v["llm"] for v in _read_json(run_dir / "metrics.json").values() if isinstance(v, dict) and "llm" in v]
     if calls:  # on a resumed run, the calls paid for before it stopped are among the cached ones
         print(f"LLM calls:  {sum(c['calls'] for c in calls)}, answered from the cache "
               f"{sum(c['cached'] for c in calls)}, failed {sum(c['errors'] for c in calls)}")  # fmt: skip
     if (run_dir.parent / "index.html").is_file():
         print(f"lineage:    {run_dir.parent / 'index.html'}")
     return 0
-
-
-def _metrics(run_dir) -> dict:
-    import json
-
-    path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _loop(args: argparse.Namespace) -> int:
