@@ -572,11 +572,10 @@ class _OpenAIRunner:
                     await wake.wait()
                     continue
                 j = ready.popleft()
-                if rpm is not None or tpm is not None:
-                    if rpm is not None:
-                        await rpm.take(1)
-                    if tpm is not None:
-                        await tpm.take(_token_cost(reqs[j]))
+                if rpm is not None:
+                    await rpm.take(1)
+                if tpm is not None:
+                    await tpm.take(_token_cost(reqs[j]))
                 t0 = loop.time()
                 try:
                     result = await attempt(j, pool, me)
