@@ -191,3 +191,14 @@ def test_local_n_candidates_read_the_prompt_once_and_match_single_requests():
     alone = [local_rows([Request.chat(None, "Name a colour.", seed=7 + i, **kw)], batch_size=8)[0][0] for i in range(3)]
     assert [r["text"] for r in together] == [r["text"] for r in alone]
     assert [r["seed"] for r in together] == [7, 8, 9]
+
+
+def test_error_rows_never_carry_the_key(monkeypatch):
+    """An endpoint that echoes the key back in an error gets it into no row (both runners use this)."""
+    from workbench import llm
+
+    key = "sk-live-0123456789abcdef"
+    monkeypatch.setenv("WB_ROW_KEY", key)
+    cfg = LLMConfig(provider="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="WB_ROW_KEY")
+    rows = llm._error_rows(cfg, Request.chat(None, "hi", seed=1, n=2), f"HTTP 400: bad token {key}")
+    assert [r["error"] for r in rows] == ["HTTP 400: bad token ***"] * 2

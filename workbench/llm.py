@@ -395,7 +395,9 @@ def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage
 
 
 def _error_rows(cfg: LLMConfig, req: Request, msg: str) -> list[dict]:
-    """The n rows of a request that failed for good, each carrying `msg`."""
+    """The n rows of a request that failed for good, each carrying `msg` (with the key redacted:
+    an endpoint that echoes the key back never gets it into a row)."""
+    msg = _redact(msg, os.environ.get(cfg.api_key_env, ""))
     return [_row("openai", cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
 
@@ -548,9 +550,9 @@ class _OpenAIRunner:
                 refused[0] += 1
                 if e.status in (401, 403, 404) or (not answered[0] and refused[0] >= min(5, len(reqs))):
                     raise _fatal(self.cfg, e, self.cfg.base_url, self.key)
-                return self._error_rows(reqs[j], str(e))
+                return _error_rows(self.cfg, reqs[j], str(e))
             if attempts[j] >= self.cfg.max_retries:
-                return self._error_rows(reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
+                return _error_rows(self.cfg, reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
             attempts[j] += 1
             self.stats["retries"] += 1
             wait = _retry_after(e.headers.get("retry-after")) if isinstance(e, http.HTTPStatus) else None
@@ -657,10 +659,6 @@ class _OpenAIRunner:
             bar.close()
             for pool in self.pools:
                 await pool.close()
-
-    def _error_rows(self, req: Request, msg: str) -> list[dict]:
-        # an endpoint that echoes the key back never gets it into a row
-        return _error_rows(self.cfg, req, _redact(msg, self.key))
 
     def _body(self, req: Request) -> bytes:
         return json.dumps(_chat_body(self.cfg, req, self.cfg.stream)).encode()
