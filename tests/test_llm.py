@@ -202,3 +202,12 @@ def test_error_rows_never_carry_the_key(monkeypatch):
     cfg = LLMConfig(provider="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="WB_ROW_KEY")
     rows = llm._error_rows(cfg, Request.chat(None, "hi", seed=1, n=2), f"HTTP 400: bad token {key}")
     assert [r["error"] for r in rows] == ["HTTP 400: bad token ***"] * 2
+
+
+def test_a_placeholder_key_does_not_garble_error_messages(monkeypatch):
+    from workbench import llm
+
+    monkeypatch.setenv("WB_ROW_KEY", "x")  # a local server that checks no key
+    cfg = LLMConfig(provider="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="WB_ROW_KEY")
+    msg = "gave up after 6 attempts: HTTP 400: max_tokens exceeds the context"
+    assert llm._error_rows(cfg, Request.chat(None, "hi", seed=1), msg)[0]["error"] == msg

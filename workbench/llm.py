@@ -269,7 +269,9 @@ class EndpointError(RuntimeError):
 
 
 def _redact(text: str, key: str) -> str:
-    return text.replace(key, "***") if key else text
+    """`text` with `key` replaced by ***. A placeholder key of a few characters (`x`, `EMPTY`, for a
+    server that checks none) is no secret, and replacing it would garble the message."""
+    return text.replace(key, "***") if len(key) >= 8 else text
 
 
 def _fatal(cfg: LLMConfig, e: http.HTTPStatus, url: str, key: str) -> EndpointError:
