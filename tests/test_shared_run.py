@@ -69,6 +69,17 @@ def test_the_api_key_is_in_no_file_of_the_run_nor_the_cache_nor_the_output(share
 
 
 @pytest.mark.slow
+def test_the_command_counts_the_llm_calls_of_each_stage(shared_run):
+    metrics = json.loads((shared_run["run"] / "metrics.json").read_text())
+    llm = {s: v["llm"] for s, v in metrics.items() if isinstance(v, dict) and "llm" in v}
+    assert {"01_prompts", "02_responses", "03_judge"} <= set(llm), metrics
+    assert all(c["calls"] > 0 for c in llm.values()), llm
+    total = {k: sum(c[k] for c in llm.values()) for k in ("calls", "cached", "errors")}
+    line = f"LLM calls:  {total['calls']}, answered from the cache {total['cached']}, failed {total['errors']}"
+    assert line in shared_run["output"]
+
+
+@pytest.mark.slow
 def test_hostile_rows_reached_the_data_and_the_reject_pile(shared_run):
     import pandas as pd
 
