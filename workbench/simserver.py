@@ -350,10 +350,7 @@ class Sim:
         self.stats["injected_truncated"] += 1
         self._done(asyncio.get_running_loop().time(), answered=False)
         if not conn.closed:
-            conn.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
-                + answer[: len(answer) // 2]
-            )
+            conn.transport.write(_head(200, len(answer)) + answer[: len(answer) // 2])
             conn.transport.close()
 
     def _send_slowly(self, conn: _Conn, answer: bytes, key: str, sent: int = -1) -> None:
@@ -362,9 +359,7 @@ class Sim:
             return self._done(asyncio.get_running_loop().time(), answered=False)
         if sent < 0:
             self.stats["injected_slow"] += 1
-            conn.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
-            )
+            conn.transport.write(_head(200, len(answer)))
             sent = 0
         step = max(1, len(answer) // 10)
         conn.transport.write(answer[sent : sent + step])
@@ -491,14 +486,8 @@ class _Conn(asyncio.Protocol):
     def send_bytes(
         self, status: int, data: bytes, retry_after: float | None = None, content_type: bytes = b"application/json"
     ) -> None:
-        if self.closed:
-            return
-        extra = b"Retry-After: %g\r\n" % retry_after if retry_after is not None else b""
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
-            % (status, _REASON.get(status, b"Error"), content_type, len(data), extra)
-            + data
-        )
+        if not self.closed:
+            self.transport.write(_head(status, len(data), retry_after, content_type) + data)
 
     def start_stream(self) -> None:
         if not self.closed:
@@ -562,6 +551,15 @@ def _plausible(req: dict, i: int) -> str:
     if fmt.get("type") == "json_schema":
         return json.dumps(instance((fmt.get("json_schema") or {}).get("schema") or {}))
     return f"Hello, I have a question about my {phrase(3)}. Could you help me with the {phrase(4)} please?"
+
+
+def _head(
+    status: int, length: int, retry_after: float | None = None, content_type: bytes = b"application/json"
+) -> bytes:
+    """The status line and headers of an answer whose body is `length` bytes."""
+    extra = b"Retry-After: %g\r\n" % retry_after if retry_after is not None else b""
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+        status, _REASON.get(status, b"Error"), content_type, length, extra)  # fmt: skip
 
 
 def _bearer(head: bytes) -> str:
