@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_http import simserver
+from test_resume import cache_with_models
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = "00_task,01_prompts,02_responses,03_judge"
@@ -25,13 +26,7 @@ def _cmd(runs: Path, url: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_runs_of_one_config_at_once_get_their_own_folders_and_leave_the_cache_whole(tmp_path):
-    from workbench.runs import cache_dir
-
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    for sub in ("models", "embeddings"):
-        if (cache_dir() / sub).exists():
-            (cache / sub).symlink_to(cache_dir() / sub)
+    cache = cache_with_models(tmp_path / "cache")
     env = dict(os.environ, WB_CONC_KEY="sk-conc", WORKBENCH_CACHE=str(cache), HF_HUB_OFFLINE="1")
     runs = tmp_path / "runs"
     with simserver(replies="plausible", latency=0.02, max_seconds=900) as url:

@@ -23,8 +23,9 @@ TOPICS = ["the sea", "a bank card", "rain", "exchange rates", "a lost wallet", "
           "winter", "an ATM", "music", "a top-up that failed", "bread", "mountains", "a refund", "stars"]  # fmt: skip
 
 
-def _cache_with_models(path: Path) -> Path:
-    """An empty call cache that shares the converted embedded model (and embeddings) of the tests'."""
+def cache_with_models(path: Path) -> Path:
+    """An empty call cache that shares the converted embedded model (and embeddings) of the tests'
+    (test_shared_run and test_concurrent_runs use it too)."""
     path.mkdir(parents=True)
     for sub in ("models", "embeddings"):
         if (cache_dir() / sub).exists():
@@ -107,7 +108,7 @@ def _rows(run: Path) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_kill_9_in_generation_judging_and_training_then_the_same_command_resumes(tmp_path):
-    runs, cache = tmp_path / "runs", _cache_with_models(tmp_path / "cache")
+    runs, cache = tmp_path / "runs", cache_with_models(tmp_path / "cache")
     logs = [tmp_path / f"attempt{i}.log" for i in range(4)]
     _kill_in(_start(runs, cache, logs[0]), runs, cache, "02_responses", logs[0])
     _kill_in(_start(runs, cache, logs[1]), runs, cache, "03_judge", logs[1])
@@ -136,7 +137,7 @@ def test_kill_9_in_generation_judging_and_training_then_the_same_command_resumes
     assert list((run / "artifacts").rglob("merged/config.json"))
 
     # the same command, never interrupted, on an empty cache: the same dataset
-    ref_runs, ref_cache = tmp_path / "ref_runs", _cache_with_models(tmp_path / "ref_cache")
+    ref_runs, ref_cache = tmp_path / "ref_runs", cache_with_models(tmp_path / "ref_cache")
     _finish(_start(ref_runs, ref_cache, tmp_path / "ref.log"), tmp_path / "ref.log")
     ref = _run_dir(ref_runs)
     ref_metrics = json.loads((ref / "metrics.json").read_text())
@@ -156,9 +157,9 @@ def test_local_generation_resumed_after_a_crash_samples_what_an_uninterrupted_ru
         for i, t in enumerate(TOPICS)
     ]
     cfg = LLMConfig(batch_size=4)
-    ref = LLM(cfg, _cache_with_models(tmp_path / "a")).generate(reqs)
+    ref = LLM(cfg, cache_with_models(tmp_path / "a")).generate(reqs)
 
-    crashed = LLM(cfg, _cache_with_models(tmp_path / "b"))
+    crashed = LLM(cfg, cache_with_models(tmp_path / "b"))
     seen = []
 
     def on_result(i, rows):

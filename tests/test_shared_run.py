@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from test_http import simserver
+from test_resume import cache_with_models
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-planted-7f3a9c1e5b2d4f60a8e7c9b1d3f5a7c9"
@@ -35,13 +36,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shared")
-    cache = tmp / "cache"
-    cache.mkdir()
-    from workbench.runs import cache_dir
-
-    for sub in ("models", "embeddings"):  # the converted student model and embeddings; no LLM calls
-        if (cache_dir() / sub).exists():
-            (cache / sub).symlink_to(cache_dir() / sub)
+    cache = cache_with_models(tmp / "cache")  # the converted student model and embeddings; no LLM calls
     with simserver(replies="plausible", api_key=KEY, inject=HOSTILE, p_inject=0.33, max_seconds=1500) as url:
         env = dict(os.environ, WB_SHARED_KEY=KEY, WORKBENCH_CACHE=str(cache), HF_HUB_OFFLINE="1")
         cmd = [sys.executable, "-m", "workbench.cli", "run", str(ROOT / "configs" / "smoke.yaml"),
