@@ -4,9 +4,7 @@ answers and bodies that are not JSON. Every row completes or is recorded as fail
 request is sent again; no row is duplicated."""
 
 import collections
-import json
 import time
-import urllib.request
 
 import pytest
 
@@ -23,12 +21,6 @@ FAULTS = {  # 10% of attempts in all
     "p_slow": 0.01,
     "p_timeout": 0.01,
 }
-
-
-def _arrivals(url: str) -> list:
-    """(seconds since the server started, prompt words, max_tokens x n) of every chat request."""
-    with urllib.request.urlopen(url + "/stats?arrivals=1", timeout=5) as r:
-        return json.loads(r.read())["arrivals"]
 
 
 def _generate_counting(llm, requests):
@@ -151,7 +143,7 @@ def test_requests_per_minute_are_kept(tmp_path, monkeypatch):
         t0 = time.monotonic()
         llm.generate(reqs(60))
         took = time.monotonic() - t0
-        arrivals = _arrivals(url)
+        arrivals = stats(url, arrivals=True)["arrivals"]
     events = [(t, 1) for t, _, _ in arrivals]
     assert len(events) == 60
     for w in (0.5, 1, 2, 4):
@@ -163,7 +155,7 @@ def test_tokens_per_minute_are_kept(tmp_path, monkeypatch):
     with simserver(latency=0.002) as url:
         llm = llm_for(url, tmp_path, monkeypatch, max_concurrency=16, tpm=30_000)
         llm.generate([Request.chat(None, f"row {i}", max_tokens=50, seed=i) for i in range(40)])
-        arrivals = _arrivals(url)
+        arrivals = stats(url, arrivals=True)["arrivals"]
     # the server counts max_tokens x n per request, a lower bound of what the client counts
     events = [(t, cost) for t, _, cost in arrivals]
     assert len(events) == 40

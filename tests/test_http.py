@@ -32,8 +32,10 @@ def simserver(**opts):
         proc.wait()
 
 
-def stats(url: str) -> dict:
-    with urllib.request.urlopen(url + "/stats", timeout=5) as r:
+def stats(url: str, arrivals: bool = False) -> dict:
+    """The server's counters; `arrivals`: also each chat request's (seconds since the server
+    started, prompt words, max_tokens x n)."""
+    with urllib.request.urlopen(url + "/stats" + ("?arrivals=1" if arrivals else ""), timeout=5) as r:
         return json.loads(r.read())
 
 
