@@ -1,0 +1,472 @@
+"""Typed run configuration: one pydantic model per stage section plus the run.
+
+YAML files hold values only; names, types, defaults and help text live here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from workbench.config.task import METRICS, SAMPLING, DataConfig, Share, TaskConfig, _Section, _unique, task_kind
+
+
+class LLMConfig(_Section):
+    provider: Literal["local", "openai"] = Field(
+        "local", description="local: the embedded SmolLM2-135M-Instruct; openai: any OpenAI-compatible endpoint."
+    )
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="Model name sent to the endpoint; for local, 'smollm2-135m-instruct' or a folder.",
+    )
+    base_url: str | None = Field(None, description="Endpoint base URL, e.g. http://localhost:8000/v1 (openai only).")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the API key (never the key).",
+    )
+    replicas: list[str] = Field(
+        [],
+        description="More base URLs serving the same model (openai): the requests are shared among base_url "
+        "and these, max_concurrency in flight on each; the cache does not care which answered.",
+    )
+    max_concurrency: int = Field(
+        16, ge=1, le=4096, description="Requests in flight at once, per endpoint replica (openai)."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds (openai).")
+    max_retries: int = Field(5, ge=0, le=50, description="Retries on 429/5xx/timeouts, honouring Retry-After (openai).")
+    adaptive_concurrency: bool = Field(
+        True,
+        description="Lower the requests in flight when the endpoint's latency rises above latency_tolerance times the "
+        "lowest seen (a self-hosted server slowing down under load), and raise them again as it recovers: "
+        "additive increase, multiplicative decrease, at most max_concurrency (openai).",
+    )
+    latency_tolerance: float = Field(
+        2.0, gt=1, description="adaptive_concurrency: how many times the lowest latency seen counts as congestion."
+    )
+    rpm: int | None = Field(
+        None, ge=1, description="Requests per minute the endpoint allows (openai); null means no limit is kept."
+    )
+    tpm: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per minute the endpoint allows (openai): each request counts its prompt (about 4 "
+        "characters a token) plus max_tokens x n, as providers count it; null means no limit is kept.",
+    )
+    stream: bool = Field(False, description="Stream responses to measure time to first token (openai).")
+    batch_api: bool = Field(
+        False,
+        description="Send the calls through the provider's batch API (/v1/batches; openai): cheaper and slower. "
+        "The batch id is kept in the cache folder, so a re-run collects the batch instead of paying again.",
+    )
+    batch_poll_s: float = Field(30.0, gt=0, description="Seconds between checks of a running batch (batch_api).")
+    batch_wait_s: float = Field(
+        86400.0,
+        gt=0,
+        description="How long one run waits for its batch before stopping with a 're-run to collect' error (batch_api).",
+    )
+    batch_window: Literal["24h"] = Field("24h", description="The batch's completion window (batch_api).")
+    batch_size: int = Field(32, ge=1, le=1024, description="Rows per forward pass (local).")
+    threads: int | None = Field(None, ge=1, description="Torch CPU threads (local); null means all cores.")
+    dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description="Weights and activations of the local model. bfloat16 is 2x faster on CPUs with "
+        "AVX512-BF16/AMX (measured: benchmarks in README); use float32 on CPUs without them.",
+    )
+    price_input_per_1m: float | None = Field(None, ge=0, description="Price per million prompt tokens (estimate).")
+    price_output_per_1m: float | None = Field(None, ge=0, description="Price per million completion tokens (estimate).")
+
+
+class SamplingConfig(_Section):
+    rows_per_label: int = Field(4, ge=1, le=100000, description="Inputs to generate per label (balanced plan).")
+    total_rows: int | None = Field(
+        None, ge=1, description="Inputs to generate in all, split by class_balance; set this or rows_per_label."
+    )
+    class_balance: Literal["balanced", "proportional"] | dict[str, float] = Field(
+        "balanced",
+        description="balanced: equal rows per label; proportional: as in the dataset's train split; or label → weight.",
+    )
+    extra_rows: dict[str, int] = Field(
+        {},
+        description="Label → inputs to generate on top of the plan (07_gaps proposes these for labels the "
+        "student confuses).",
+    )
+
+    @field_validator("extra_rows")
+    @classmethod
+    def _extra(cls, v):
+        bad = {k: n for k, n in v.items() if n < 0}
+        if bad:
+            raise ValueError(f"extra rows must be non-negative; got {bad}")
+        return v
+
+
+class QualityConfig(_Section):
+    min_chars: int = Field(10, ge=0, description="Rows shorter than this are rejected as too_short.")
+    max_chars: int = Field(300, ge=1, description="Rows longer than this are rejected as too_long.")
+    language: str | None = Field(
+        "en", pattern=r"^[a-z]{2}$", description="ISO 639-1 code rows must be written in; null = any."
+    )
+    profanity: Literal["reject", "allow"] = Field("reject", description="reject: rows with profanity are rejected.")
+    pii: Literal["redact", "reject", "allow"] = Field(
+        "redact", description="Emails, phone, card and IBAN numbers, IP addresses: redact, reject the row, or allow."
+    )
+    forbidden: list[str] = Field(
+        [], description="Regular expressions (case-insensitive) rows must not match; a match is rejected as forbidden."
+    )
+
+    @field_validator("forbidden")
+    @classmethod
+    def _regexes(cls, v):
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_chars >= self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must be below max_chars ({self.max_chars})")
+        return self
+
+
+class DiversityConfig(_Section):
+    personas: list[Share] = Field([], description="Who writes the inputs, with target shares.")
+    tones: list[Share] = Field([], description="Tones of voice, with target shares.")
+    difficulty: dict[Literal["easy", "medium", "hard"], float] = Field(
+        {}, description="Target shares of easy / medium / hard inputs; {} = not asked for."
+    )
+    sentiment: dict[Literal["negative", "neutral", "positive"], float] = Field(
+        {}, description="Target shares of negative / neutral / positive inputs; {} = not asked for."
+    )
+    entities: list[Share] = Field(
+        [], description="Entities inputs must mention (share = proportion of rows); rows missing theirs are rejected."
+    )
+    edge_case_share: float = Field(
+        0.0, ge=0, le=1, description="Proportion of inputs written as one of task.edge_cases."
+    )
+    refusal_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Proportion of inputs that ask for something the assistant must refuse (marked refusal=True).",
+    )
+
+    @field_validator("personas", "tones", "entities")
+    @classmethod
+    def _shares(cls, v, info):
+        _unique(v, info.field_name)
+        given = sum(x.share for x in v if x.share is not None)
+        if given > 1 + 1e-6:
+            raise ValueError(f"shares add up to {given:g}; they must not exceed 1")
+        if info.field_name != "entities" and v and all(x.share is not None for x in v) and abs(given - 1) > 0.01:
+            raise ValueError(f"shares add up to {given:g}; they must add up to 1 (or leave some null)")
+        return v
+
+    @field_validator("difficulty", "sentiment")
+    @classmethod
+    def _proportions(cls, v):
+        if v and (any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1) > 0.01):
+            raise ValueError(f"proportions {dict(v)} must be non-negative and add up to 1")
+        return v
+
+
+class PromptsConfig(_Section):
+    examples_per_call: int = Field(3, ge=1, le=20, description="Seed examples shown in each generation call.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null = by task type.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass; null = by task type.")
+    max_tokens: int = Field(48, ge=1, le=4096, description="Cap on tokens per generated input.")
+    rounds: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Generation rounds: round 1 follows the plan, later ones top up cells that fell short.",
+    )
+    topup_factor: float = Field(
+        2.0, ge=1, le=10, description="Attempts per missing prompt in a top-up round; the surplus is down-sampled."
+    )
+    critique: bool = Field(True, description="Run the LLM critic (vague / redundant / mis-scoped / unrealistic).")
+    critic_max_tokens: int = Field(96, ge=16, le=2048, description="Cap on tokens of one critique.")
+    min_domain_score: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        description="Prompts whose embedding similarity to the seeds and label definitions is below this are off_domain.",
+    )
+    balance_tolerance: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Kept share of a label or difficulty may differ from its target by this fraction of the target.",
+    )
+
+
+class ResponsesConfig(_Section):
+    candidates: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Candidate responses per prompt, sampled in one request (n). Classification: the model's "
+        "blind answers, which vote in the jury; candidate 0 is always the intended label.",
+    )
+    choices: int = Field(
+        5, ge=2, le=20, description="Classification: labels shown per question (the intended one and its nearest)."
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; null = by task type.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass; null = by task type.")
+    max_tokens: int | None = Field(
+        None, ge=1, le=8192, description="Cap on tokens per response; null = by task type (classification: 2)."
+    )
+
+
+# The judge's rubric: dimension → criterion ({topic}: the row's label; {domain}: task.domain).
+RUBRIC: dict[str, str] = {
+    "correctness": "the message is really about {topic}",
+    "helpfulness": "the response does what the user asked, completely and usefully",
+    "policy_compliance": "the text is something a {domain} dataset may contain: nothing harmful, abusive or "
+    "private, and a request that must be refused is refused",
+    "formatting": "it reads as the message itself: no preamble, notes, placeholders or markup",
+    "tool_usage": "tool calls name the right tool with correct arguments, and only when needed",
+    "refusal_quality": "a refusal is brief and polite, says why, and offers a safe alternative",
+}
+
+
+class JudgeConfig(_Section):
+    rubric: list[Literal[tuple(RUBRIC)]] | None = Field(
+        None,
+        description="Rubric dimensions each row is scored on (1-5, with a rationale): "
+        + ", ".join(RUBRIC)
+        + "; null = by task type; [] = no rubric judge.",
+    )
+    jurors: int = Field(
+        1, ge=1, le=9, description="Rubric judges per row: the same model with its own seed and prompt wording each."
+    )
+    anchor: bool = Field(True, description="Show the judge one real seed example of the row's label.")
+    min_score: float = Field(
+        0.0, ge=0, le=1, description="Rows whose mean rubric score (0-1) is below this are rejected as low_score."
+    )
+    max_tokens: int = Field(24, ge=1, le=1024, description="Cap on tokens of one judgment (score and rationale).")
+    temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature (0 = greedy).")
+    jury: list[Literal["probe", "knn", "llm"]] = Field(
+        ["probe", "knn", "llm"],
+        description="Classification: jurors that re-label each input blind (probe = MiniLM + logistic regression "
+        "on the seeds; knn = nearest seed; llm = stage 02's candidates); [] = no label jury.",
+    )
+    aggregate: Literal["majority", "mean"] = Field(
+        "majority", description="Jury verdict: the label most jurors name (majority) or the highest mean probability."
+    )
+    max_spread: float = Field(
+        0.5, ge=0, le=1, description="Rubric jurors whose scores spread more than this put the row in the queue."
+    )
+    pair_margin: float = Field(
+        0.5, ge=0, le=1, description="DPO pair: the best candidate must score at least this above the worst."
+    )
+
+
+class FilterConfig(_Section):
+    near_dup_threshold: float = Field(
+        0.7, gt=0, le=1, description="Jaccard similarity of character shingles above which rows are near-duplicates."
+    )
+    shingle_size: int = Field(5, ge=2, le=20, description="Characters per shingle for near-duplicate detection.")
+    toxicity: Literal["reject", "allow"] = Field(
+        "reject", description="reject: rows with threats, harassment or slurs (a word-pattern check) are rejected."
+    )
+    min_domain_score: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="On-domain score (MiniLM, against the task definition, labels and seeds) below which a row is "
+        "rejected as off_domain; null = prompts.min_domain_score.",
+    )
+    rewrite: str | None = Field(
+        None,
+        description="Optional rewrite of each kept row, e.g. 'in the voice of a retired customer, under 25 words'; "
+        "the rewritten text is checked again. null = no rewrite.",
+    )
+    rewrite_max_tokens: int = Field(64, ge=8, le=2048, description="Cap on tokens of one rewrite.")
+    num_proc: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes for the row-by-row checks of stage 04 (constraints, PII, toxicity) via "
+        "datasets.map; near-dedup stays in one process, its index grows with the rows it keeps.",
+    )
+
+
+class TrainConfig(_Section):
+    students: list[Literal["probe", "causal"]] = Field(
+        ["probe", "causal"],
+        min_length=1,
+        description="probe: frozen all-MiniLM-L6-v2 encoder + logistic-regression head (seconds on a CPU); "
+        "causal: a chat LM fine-tuned with trl (train.methods).",
+    )
+    C: float = Field(10.0, gt=0, description="probe: inverse regularisation strength of the logistic-regression head.")
+    max_iter: int = Field(2000, ge=10, description="probe: iterations for the logistic-regression solver.")
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="causal: the base model; the embedded SmolLM2-135M-Instruct (its GGUF converted once to "
+        "safetensors in the cache) or a local model folder.",
+    )
+    methods: list[Literal["sft", "dpo", "grpo"]] = Field(
+        ["sft", "dpo", "grpo"],
+        description="causal: sft on seeds + kept rows; dpo on 03's best-vs-worst pairs and grpo (RFT, reward: "
+        "the generated label is the intended one) both start from the SFT model.",
+    )
+    lora: dict[str, Any] | None = Field(
+        default_factory=lambda: {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear"},
+        description="causal: peft.LoraConfig fields for every method; null = full fine-tune. (lora_dropout 0: on a CPU "
+        "dropout costs a fifth of each step.)",
+    )
+    sft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="causal: trl.SFTConfig fields, over the defaults in workbench/causal.py (TRAINER_DEFAULTS).",
+    )
+    dpo: dict[str, Any] = Field(default_factory=dict, description="causal: trl.DPOConfig fields, over the defaults.")
+    grpo: dict[str, Any] = Field(default_factory=dict, description="causal: trl.GRPOConfig fields, over the defaults.")
+    reference: bool = Field(
+        True,
+        description="Also train each student on the real train split: the clearly labelled reference row "
+        "(curated real data), never mixed into the synthetic rows or their numbers.",
+    )
+    reference_rows: int | None = Field(
+        None, ge=1, description="Real train rows the reference is trained on (a seeded sample); null = all of them."
+    )
+
+    @model_validator(mode="after")
+    def _methods(self):
+        if {"dpo", "grpo"} & set(self.methods) and "sft" not in self.methods:
+            raise ValueError(f"train.methods {self.methods}: dpo and grpo start from the SFT model; add sft")
+        return self
+
+
+class EvaluateConfig(_Section):
+    bootstrap: int = Field(1000, ge=0, le=100000, description="Bootstrap resamples for 95% confidence intervals.")
+    metrics: list[str] | None = Field(
+        None, description="Metrics 06_evaluate reports; null = the task type's (METRICS in workbench/config/task.py)."
+    )
+    causal_test_per_label: int | None = Field(
+        None,
+        ge=1,
+        description="Test rows per label the causal students are scored on (a seeded sample of the test rows; the "
+        "probes are scored on them too, so every row of the table shares them); null = all test rows.",
+    )
+    safety_rows: int | None = Field(
+        100,
+        ge=0,
+        description="AdvBench harmful instructions (a seeded sample) each causal model answers, for the refusal "
+        "rate before/after; null = all 520; 0 = no safety check.",
+    )
+    safety_max_tokens: int = Field(48, ge=4, le=1024, description="Tokens of each answer to a harmful instruction.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Rows per forward pass when a causal model is scored.")
+
+
+class GapsConfig(_Section):
+    sources: list[Literal["dev", "low_judge", "jury"]] = Field(
+        ["dev", "low_judge", "jury"],
+        min_length=1,
+        description="Failures to cluster: dev = real dev rows the student misclassifies; low_judge = judged synthetic "
+        "rows the judge scored below gaps.low_score; jury = judged synthetic rows the label jury gave another label.",
+    )
+    low_score: float = Field(0.5, ge=0, le=1, description="Judge score (0-1) below which a judged row is a failure.")
+    umap_neighbors: int = Field(10, ge=2, description="UMAP n_neighbors.")
+    min_cluster_size: int = Field(4, ge=2, description="HDBSCAN min_cluster_size.")
+    selection: Literal["leaf", "eom"] = Field(
+        "leaf",
+        description="HDBSCAN cluster_selection_method: leaf = many small, tight failure modes (stable as rows are "
+        "added); eom = the most persistent clusters, which on 212 Banking77 failures swung between 15 and 2 "
+        "as min_cluster_size went from 4 to 5.",
+    )
+    random_state: int = Field(0, description="UMAP random_state, fixed so maps are reproducible.")
+    max_edits: int = Field(
+        12, ge=0, le=200, description="Most config edits the patch proposes (largest clusters first)."
+    )
+    extra_rows: int | None = Field(
+        None, ge=1, le=10000, description="Inputs a 'more rows' edit adds to a confused label; null = rows_per_label."
+    )
+    name_max_tokens: int = Field(40, ge=8, le=512, description="Cap on tokens of the LLM's name for a cluster.")
+
+
+class RunConfig(_Section):
+    task: TaskConfig = Field(default_factory=TaskConfig, description="TASK: what the fine-tuned model must do.")
+    data: DataConfig = Field(default_factory=DataConfig, description="DATA: real seeds, dev and test rows.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="SAMPLING PLAN: how many inputs, per label."
+    )
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="QUALITY CONTROLS: enforced by the 04_filter gates."
+    )
+    diversity: DiversityConfig = Field(
+        default_factory=DiversityConfig, description="DIVERSITY CONTROLS: the 01_prompts generation grid."
+    )
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM: the model behind every LLM call.")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="STAGE 01: input generation.")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="STAGE 02: responses.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="STAGE 03: LLM judge.")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="STAGE 04: final filter (duplicates).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="STAGE 05: the student.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="STAGE 06: evaluation.")
+    gaps: GapsConfig = Field(default_factory=GapsConfig, description="STAGE 07: failure clusters.")
+    seed: int = Field(0, description="Seed for every sampled LLM call and split in the run.")
+
+    _reasons: dict[str, str] = PrivateAttr(default_factory=dict)  # why each by-type default was chosen
+
+    def __eq__(self, other: object) -> bool:  # equal values are equal configs, however they were written
+        return isinstance(other, RunConfig) and self.model_dump() == other.model_dump()
+
+    __hash__ = None
+
+    @model_validator(mode="after")
+    def _resolve(self):
+        kind = task_kind(self.task)
+        for section in ("prompts", "responses"):
+            key = self.task.type + ("/tools" if self.task.type == "dialogue" and self.task.tools else "")
+            t, p, why = SAMPLING.get((section, "*")) or SAMPLING[(section, key)]
+            sec = getattr(self, section)
+            for name, value in (("temperature", t), ("top_p", p)):
+                if getattr(sec, name) is None:
+                    sec.__dict__[name] = value  # no re-validation: the table's values are in range
+                    self._reasons[f"{section}.{name}"] = f"{value} chosen for {self.task.type}: {why}; override freely"
+        if self.responses.max_tokens is None:
+            n = 2 if self.task.type == "classification" else 512
+            self.responses.__dict__["max_tokens"] = n
+            why = "an option number" if n == 2 else "room for a full answer"
+            self._reasons["responses.max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
+        valid = METRICS[kind]
+        if self.evaluate.metrics is None:
+            self.evaluate.__dict__["metrics"] = list(valid)
+        else:
+            bad = [m for m in self.evaluate.metrics if m not in valid]
+            if bad:
+                raise ValueError(f"evaluate.metrics {bad} do not apply to {kind}; valid: {list(valid)}")
+        s = self.sampling
+        if {"rows_per_label", "total_rows"} <= s.model_fields_set and s.total_rows is not None:
+            raise ValueError("sampling: set rows_per_label or total_rows, not both")
+        if self.diversity.edge_case_share > 0 and not self.task.edge_cases:
+            raise ValueError("diversity.edge_case_share > 0 but task.edge_cases is empty: list the edge cases")
+        names = self.task.label_names()
+        if names is not None:
+            check_plan(self, names)
+        return self
+
+
+def check_plan(cfg: RunConfig, labels: list[str]) -> None:
+    """Contradictions between the sampling plan and the labels (also checked once a dataset's labels are known)."""
+    s = cfg.sampling
+    if isinstance(s.class_balance, dict):
+        unknown = sorted(set(s.class_balance) - set(labels))
+        if unknown:
+            raise ValueError(f"sampling.class_balance names unknown labels {unknown}")
+        if any(w < 0 for w in s.class_balance.values()) or not sum(s.class_balance.values()) > 0:
+            raise ValueError("sampling.class_balance weights must be non-negative with a positive sum")
+    unknown = sorted(set(s.extra_rows) - set(labels))
+    if unknown:
+        raise ValueError(f"sampling.extra_rows names unknown labels {unknown}")
+    if s.total_rows is not None and s.class_balance == "balanced" and s.total_rows < len(labels):
+        raise ValueError(
+            f"sampling.total_rows={s.total_rows} cannot give each of {len(labels)} labels a row under a "
+            "balanced plan; raise total_rows or use rows_per_label"
+        )

@@ -1,0 +1,200 @@
+"""The task section of the config (what a row is, the labels, the tools) and the data section.
+
+ConfigError and the section base class live here, at the bottom of the config package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says what, where and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+TASK_TYPES = ("classification", "extraction", "summarization", "dialogue")
+
+# What a row is and how it is evaluated, per task type. Shown by `workbench check`, written into
+# drafted configs and shown in 00_task, so a reader knows what the data will look like.
+ROW_SCHEMA: dict[str, dict[str, str]] = {
+    "classification": {
+        "row": "input: str (a user message); label: str, one of task.labels",
+        "evaluated": "accuracy and macro-F1 on the real test split, per-label accuracy, confused pairs",
+    },
+    "classification/multi_label": {
+        "row": "input: str; labels: list[str], a subset of task.labels (possibly empty)",
+        "evaluated": "subset accuracy, micro- and macro-F1 on the real test split",
+    },
+    "extraction": {
+        "row": "input: str (a document or message); target: object with task.fields (name: typed value)",
+        "evaluated": "exact match of the whole object and per-field F1 on held-out rows",
+    },
+    "summarization": {
+        "row": "input: str (a document); target: str (a summary of at most task.summary_max_words words)",
+        "evaluated": "ROUGE-L against reference summaries and judge win-rate against the base model",
+    },
+    "dialogue": {
+        "row": "messages: list of {role: user|assistant|tool, content, tool_calls?} ending in an assistant turn",
+        "evaluated": "judge win-rate against the base model; tool-call accuracy (name and arguments) when tools",
+    },
+}
+
+METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1", "per_label", "confused_pairs"),
+    "classification/multi_label": ("subset_accuracy", "micro_f1", "macro_f1"),
+    "extraction": ("exact_match", "field_f1"),
+    "summarization": ("rouge_l", "judge_win_rate"),
+    "dialogue": ("judge_win_rate", "tool_call_accuracy"),
+}
+
+# Sampling defaults by what the text must be: (temperature, top_p, reason). Inputs are generated
+# creatively whatever the task (they must vary); responses are as deterministic as the task needs.
+SAMPLING: dict[tuple[str, str], tuple[float, float, str]] = {
+    ("prompts", "*"): (0.9, 0.95, "inputs must vary in wording: creative range 0.7-1.0"),
+    ("responses", "classification"): (0.2, 0.9, "a label is a fixed answer: deterministic range 0.1-0.3"),
+    ("responses", "extraction"): (0.1, 0.9, "field values must be copied exactly: deterministic range 0.1-0.3"),
+    ("responses", "summarization"): (0.3, 0.9, "a summary must stay faithful to its source: deterministic 0.1-0.3"),
+    ("responses", "dialogue"): (0.7, 0.95, "conversation benefits from varied replies: creative range 0.7-1.0"),
+    ("responses", "dialogue/tools"): (0.2, 0.9, "tool calls need exact names and arguments: deterministic 0.1-0.3"),
+}
+
+
+def task_kind(task: TaskConfig) -> str:
+    """Key into ROW_SCHEMA and METRICS: the type, with '/multi_label' for multi-label classification."""
+    return "classification/multi_label" if task.type == "classification" and task.multi_label else task.type
+
+
+class LabelSpec(_Section):
+    name: str = Field(min_length=1, max_length=100, description="The label as it appears in the data.")
+    definition: str | None = Field(None, description="One sentence: what belongs under this label.")
+    positive: list[str] = Field([], description="Example inputs that belong under this label.")
+    negative: list[str] = Field([], description="Inputs that look similar but do not belong (near misses).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class FieldSpec(_Section):
+    name: str = Field(pattern=_NAME, description="Field name in the extracted object.")
+    type: Literal["string", "integer", "number", "boolean", "date", "list"] = Field(
+        "string", description="Value type; date is ISO 8601 (YYYY-MM-DD); list is a list of strings."
+    )
+    description: str = Field("", description="What the field holds.")
+    required: bool = Field(True, description="Whether every row must have a value for it.")
+
+
+class ToolSpec(_Section):
+    name: str = Field(pattern=_NAME, description="Function name the assistant calls.")
+    description: str = Field(min_length=1, description="When the assistant should call it.")
+    parameters: dict[str, Literal["string", "integer", "number", "boolean"]] = Field(
+        {}, description="Argument name → type."
+    )
+
+
+class Share(_Section):
+    name: str = Field(min_length=1, description="A persona, tone or entity.")
+    share: float | None = Field(None, ge=0, le=1, description="Target proportion of rows; null = an equal part.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+def _unique(items: list, what: str) -> list:
+    names = [x.name if isinstance(x, BaseModel) else x for x in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {what}: {dupes}")
+    return items
+
+
+class TaskConfig(_Section):
+    name: str = Field("banking77", pattern=r"^[A-Za-z0-9_.-]+$", description="Short name; runs go to runs/<name>/.")
+    type: Literal["classification", "extraction", "summarization", "dialogue"] = Field(
+        "classification", description="Task type; ROW_SCHEMA in workbench/config/task.py says what a row is per type."
+    )
+    multi_label: bool = Field(False, description="Classification only: a row may carry several labels.")
+    description: str = Field(
+        "Classify online-banking customer messages by intent.",
+        min_length=10,
+        description="One or two sentences saying what the fine-tuned model must do.",
+    )
+    domain: str = Field("online banking customer support", description="The domain generated text must stay in.")
+    style: str | None = Field(None, description="Style guidelines for generated text (register, length, spelling).")
+    definitions: dict[str, str] = Field({}, description="Domain terms → definitions, shown to the generator.")
+    labels: list[LabelSpec] | None = Field(
+        None,
+        description="Classification: labels (a name, or name + definition + positive/negative examples). "
+        "null = every label of data.dataset.",
+    )
+    fields: list[FieldSpec] = Field([], description="Extraction: the fields to extract, with types.")
+    summary_max_words: int = Field(60, ge=5, le=2000, description="Summarization: longest acceptable summary.")
+    tools: list[ToolSpec] = Field([], description="Dialogue: tools the assistant may call.")
+    max_turns: int = Field(4, ge=1, le=50, description="Dialogue: most user turns per conversation.")
+    edge_cases: list[str] = Field([], description="Situations the data must include (see diversity.edge_case_share).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, v):
+        if v is not None and not v:
+            raise ValueError("empty label list; list at least two labels, or null for every label of the dataset")
+        return _unique(v, "labels") if v else v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_unique(cls, v):
+        return _unique(v, "field names")
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_unique(cls, v):
+        return _unique(v, "tool names")
+
+    @model_validator(mode="after")
+    def _by_type(self):
+        if self.type == "extraction" and not self.fields:
+            raise ValueError("type extraction needs task.fields: at least one field to extract")
+        if self.multi_label and self.type != "classification":
+            raise ValueError(f"multi_label applies to classification, not {self.type}")
+        if self.type == "classification" and self.labels is not None and len(self.labels) < 2:
+            raise ValueError(f"classification needs at least two labels; got {[x.name for x in self.labels]}")
+        return self
+
+    def label_names(self) -> list[str] | None:
+        return None if self.labels is None else [x.name for x in self.labels]
+
+    def label(self, name: str) -> LabelSpec:
+        """The spec of one label (a bare name when the config does not list it)."""
+        for x in self.labels or []:
+            if x.name == name:
+                return x
+        return LabelSpec(name=name)
+
+
+class DataConfig(_Section):
+    dataset: str | None = Field(
+        "banking77",
+        description="Folder under data/ (or a path) with train.csv and test.csv (columns text,category); "
+        "null = no real data (stages 05-07 cannot run).",
+    )
+    seeds_file: str | None = Field(
+        None, description="CSV (text,label) or JSONL of your own seed examples; null = sample them from the dataset."
+    )
+    seeds_per_label: int = Field(3, ge=1, le=50, description="Real rows per label shown to the generator.")
+    dev_per_label: int = Field(
+        5, ge=1, le=100, description="Real train rows per label (disjoint from seeds) for failure analysis."
+    )
+    test_per_label: int | None = Field(
+        None, ge=1, description="Cap on real test rows per label for 06_evaluate; null means all."
+    )
+    seed: int = Field(0, description="Seed for choosing seeds, dev and test samples.")

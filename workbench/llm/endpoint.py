@@ -1,0 +1,432 @@
+"""An OpenAI-compatible endpoint: the preflight check, request bodies, answers as rows, and the
+runner that keeps `max_concurrency` requests in flight with retries and backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import os
+import random
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from workbench.config import ConfigError, LLMConfig
+from workbench.llm import http
+from workbench.llm.limits import _RETRY_STATUS, _Concurrency, _Rate, _retry_after, _token_cost
+from workbench.llm.types import Request, _row
+
+log = logging.getLogger(__name__)
+
+
+def _run_async(coro: Any) -> Any:
+    """Run a coroutine to completion, also from inside Jupyter's running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, coro).result()
+
+
+def _endpoint_key(cfg: LLMConfig) -> str:
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"llm.api_key_env: environment variable {cfg.api_key_env} is not set; export it with the "
+            "endpoint's key (any non-empty value for servers that need none)"
+        )
+    if not cfg.base_url:
+        raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
+    return key
+
+
+class EndpointError(RuntimeError):
+    """The endpoint refuses every request for a reason retrying cannot fix (the key, the model
+    name, a parameter): the call stops at once, and the message says which config field to fix."""
+
+
+def _redact(text: str, key: str) -> str:
+    """`text` with `key` replaced by ***. A placeholder key of a few characters (`x`, `EMPTY`, for a
+    server that checks none) is no secret, and replacing it would garble the message."""
+    return text.replace(key, "***") if len(key) >= 8 else text
+
+
+def _fatal(cfg: LLMConfig, e: http.HTTPStatus, url: str, key: str) -> EndpointError:
+    msg = _redact(str(e), key)
+    if e.status in (401, 403):
+        return EndpointError(
+            f"llm.api_key_env: {url} refused the key in ${cfg.api_key_env} ({msg}); export the endpoint's key in "
+            f"{cfg.api_key_env}, or name the variable that holds it in llm.api_key_env"
+        )
+    if e.status == 404:
+        return EndpointError(
+            f"llm.model / llm.base_url: {url} answered {msg} for model {cfg.model!r}; check the model name the "
+            "server serves (GET /v1/models lists them) and that base_url ends with the API's prefix (e.g. /v1)"
+        )
+    return EndpointError(
+        f"{url} refused the requests ({msg}); the config's sampling parameters are sent as they are (n, "
+        "max_tokens, temperature, response_format): fix the one the message names, e.g. responses.candidates "
+        "for an endpoint that serves only n=1"
+    )
+
+
+def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
+    """Before a run spends anything: each endpoint (base_url and replicas) answers, accepts the key
+    and serves `model` (GET /models). ConfigError naming the field to fix, else the served models
+    of the first endpoint (empty when it does not list them)."""
+    key = _endpoint_key(cfg)
+    served: list[str] = []
+    for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
+
+        async def probe(url: str = url) -> bytes:
+            pool = http.Pool(url, {"Authorization": f"Bearer {key}"}, timeout_s=timeout_s)
+            try:
+                return await pool.get("/models")
+            finally:
+                await pool.close()
+
+        try:
+            raw = _run_async(probe())
+        except ValueError as e:
+            raise ConfigError(f"llm.{name}: {e}") from None
+        except http.Transport as e:
+            raise ConfigError(
+                f"llm.{name}: cannot reach {url} ({_redact(str(e), key)}); is the server running, and is the URL "
+                "right (scheme, host, port, /v1)?"
+            ) from None
+        except http.HTTPStatus as e:
+            if e.status == 404:  # a server that does not list its models: nothing to check here
+                log.warning("%s: GET /models answered 404; the model name is checked by the first call", url)
+                continue
+            raise ConfigError(str(_fatal(cfg, e, url, key))) from None
+        try:
+            ids = [m["id"] for m in json.loads(raw)["data"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: GET /models answered something else than a model list; not checked", url)
+            continue
+        if cfg.model not in ids:
+            raise ConfigError(
+                f"llm.model: {cfg.model!r} is not served by {url}; it serves {', '.join(ids[:20]) or 'nothing'}"
+            )
+        served = served or ids
+    return served
+
+
+def _chat_body(cfg: LLMConfig, req: Request, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": cfg.model,
+        "messages": req.openai_messages(),
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "max_tokens": req.max_tokens,
+        "seed": req.seed,
+        "n": req.n,
+    }
+    if req.schema:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": json.loads(req.schema), "strict": False},
+        }
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _completion_rows(cfg: LLMConfig, req: Request, obj: Any, latency: float | None) -> list[dict]:
+    """The rows of one chat.completion object; _BadReply when it is not one."""
+    texts: dict[int, str] = {}
+    finish: dict[int, str | None] = {}
+    try:
+        for c in obj["choices"]:
+            texts[c["index"]] = c["message"].get("content") or ""
+            finish[c["index"]] = c.get("finish_reason")
+        usage = obj.get("usage")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _BadReply(f"unreadable answer ({type(e).__name__}): {str(obj)[:120]}") from None
+    return _choice_rows(cfg, req, texts, finish, {}, usage, latency)
+
+
+def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage: dict | None, latency) -> list[dict]:
+    ptok = usage.get("prompt_tokens") if usage else None
+    ctok = usage.get("completion_tokens") if usage else None
+    # usage counts all n candidates together; each row gets its share
+    share = round(ctok / req.n) if ctok is not None else None
+    return [  # the fields of _row, built directly: this runs once per answer, on the event loop
+        {
+            "provider": "openai",
+            "model": cfg.model,
+            "seed": req.seed + i,
+            "candidate": i,
+            "text": texts.get(i, ""),
+            "parsed": None,
+            "prompt_tokens": ptok,
+            "completion_tokens": share,
+            "latency_s": latency,
+            "ttft_s": ttft.get(i),
+            "finish_reason": finish.get(i),
+            "first_probs": None,
+            "error": None if i in texts else "endpoint returned fewer choices than n",
+            "cached": False,
+        }
+        for i in range(req.n)
+    ]
+
+
+def _error_rows(cfg: LLMConfig, req: Request, msg: str) -> list[dict]:
+    """The n rows of a request that failed for good, each carrying `msg` (with the key redacted:
+    an endpoint that echoes the key back never gets it into a row)."""
+    msg = _redact(msg, os.environ.get(cfg.api_key_env, ""))
+    return [_row("openai", cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
+
+
+# statuses worth another attempt: rate limits, timeouts, conflicts and server errors
+
+
+class _OpenAIRunner:
+    """Calls an OpenAI-compatible endpoint with `max_concurrency` workers.
+
+    Each worker takes the next request, sends it and records its rows. A request that failed
+    with something worth retrying is put back after its wait (Retry-After, else exponential
+    backoff with jitter) and its worker moves on at once, so a wait never holds a slot; retried
+    requests go to the front of the queue. With `adaptive_concurrency` each replica's workers
+    follow its `_Concurrency` limit; `rpm` and `tpm` are kept by `_Rate` buckets every worker
+    takes from before it sends."""
+
+    def __init__(self, cfg: LLMConfig, stats: dict):
+        key = self.key = _endpoint_key(cfg)
+        self.pools = []
+        for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
+            try:
+                self.pools.append(http.Pool(url, {"Authorization": f"Bearer {key}"}))
+            except ValueError as e:
+                raise ConfigError(f"llm.{name}: {e}") from None
+        self.cfg, self.stats = cfg, stats
+        self.limits: list[_Concurrency] = []
+
+    async def run(self, reqs: list[Request], done: Any, desc: str) -> None:
+        loop = asyncio.get_running_loop()
+        ready = collections.deque(range(len(reqs)))
+        attempts = [0] * len(reqs)
+        left = len(reqs)
+        wake = asyncio.Event()
+        bar = tqdm(total=len(reqs), desc=desc, unit="req")
+        # request timeouts: one sweep a quarter second over the workers' deadlines, cheaper than a
+        # timer per request (asyncio.timeout); a late request is cancelled and counts as a timeout
+        deadline: dict[asyncio.Task, float] = {}
+        expired: set[asyncio.Task] = set()
+
+        def requeue(j: int) -> None:
+            ready.appendleft(j)
+            wake.set()
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(min(0.25, self.cfg.timeout_s / 4))
+                now = loop.time()
+                for task, t in list(deadline.items()):
+                    if t < now and task not in expired:
+                        expired.add(task)
+                        task.cancel()
+
+        async def attempt(j: int, pool: http.Pool, me: asyncio.Task) -> list[dict] | tuple[bytes, float]:
+            deadline[me] = loop.time() + self.cfg.timeout_s
+            try:
+                return await self._once(reqs[j], pool)
+            except asyncio.CancelledError:
+                if me not in expired:
+                    raise
+                me.uncancel()
+                raise http.Transport(f"timed out after {self.cfg.timeout_s:g}s") from None
+            finally:
+                deadline.pop(me, None)
+                expired.discard(me)
+
+        def fail(j: int, e: Exception) -> list[dict] | None:
+            """Error rows for a request that failed for good, or None when it was put back for a retry.
+            A refusal no retry can fix (the key, the model, a parameter every request carries) stops
+            the whole call with an EndpointError."""
+            retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
+            if not retry:
+                refused[0] += 1
+                if e.status in (401, 403, 404) or (not answered[0] and refused[0] >= min(5, len(reqs))):
+                    raise _fatal(self.cfg, e, self.cfg.base_url, self.key)
+                return _error_rows(self.cfg, reqs[j], str(e))
+            if attempts[j] >= self.cfg.max_retries:
+                return _error_rows(self.cfg, reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
+            attempts[j] += 1
+            self.stats["retries"] += 1
+            wait = _retry_after(e.headers.get("retry-after")) if isinstance(e, http.HTTPStatus) else None
+            if wait is None:
+                wait = min(30.0, 0.2 * 2 ** (attempts[j] - 1)) * (0.5 + random.random())
+            log.debug("retry %d of request %d in %.2fs after %s", attempts[j], j, wait, e)
+            loop.call_later(wait, requeue, j)
+            return None
+
+        async def worker(pool: http.Pool, lim: _Concurrency, k: int) -> None:
+            me = asyncio.current_task()
+            while left:
+                if not lim.allows(k):
+                    lim.wake.clear()
+                    await lim.wake.wait()
+                    continue
+                if not ready:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                j = ready.popleft()
+                if rpm is not None:
+                    await rpm.take(1)
+                if tpm is not None:
+                    await tpm.take(_token_cost(reqs[j]))
+                t0 = loop.time()
+                try:
+                    result = await attempt(j, pool, me)
+                except (http.Transport, http.HTTPStatus, _BadReply) as e:
+                    if isinstance(e, http.Transport) and str(e).startswith("timed out"):
+                        lim.sample(t0, loop.time())  # no answer in time is the highest latency there is
+                    result = fail(j, e)
+                    if result is None:
+                        continue
+                else:
+                    lim.sample(t0, loop.time())
+                # the answer is read and recorded after this worker has sent its next request: when
+                # many answers arrive at once, every worker's next request goes out before the bookkeeping
+                unrecorded.append((j, result))
+                if len(unrecorded) == 1:
+                    loop.call_soon(record)
+
+        unrecorded: collections.deque = collections.deque()
+        failed: list[BaseException] = []  # an error of the caller's `done`, or an EndpointError, stops the run
+        answered, refused = [0], [0]  # answers, and refusals no retry can fix
+
+        def record() -> None:
+            nonlocal left
+            while unrecorded and not failed:
+                j, result = unrecorded.popleft()
+                if isinstance(result, tuple):  # (body, latency) of a plain answer, read here
+                    raw, latency = result
+                    try:
+                        try:
+                            obj = json.loads(raw)
+                        except ValueError:
+                            raise _BadReply(f"unreadable answer (not JSON): {raw[:120]!r}") from None
+                        result = _completion_rows(self.cfg, reqs[j], obj, latency)
+                    except _BadReply as e:
+                        result = fail(j, e)
+                        if result is None:
+                            continue
+                if result[0]["error"] is None:
+                    answered[0] += 1
+                try:
+                    done(j, result)
+                except BaseException as e:
+                    failed.append(e)
+                    for t in workers:
+                        t.cancel()
+                    return
+                left -= 1
+                bar.update(1)
+                if not left:
+                    wake.set()
+                    for lim in limits:
+                        lim.wake.set()
+
+        sweeper = asyncio.create_task(sweep())
+        # max_concurrency workers per endpoint replica, all taking from one queue: a faster replica
+        # takes more of the work, and a retried request may go to another replica
+        per_pool = min(self.cfg.max_concurrency, len(reqs))
+        c = self.cfg
+        limits = [_Concurrency(per_pool, c.latency_tolerance, c.adaptive_concurrency) for _ in self.pools]
+        self.limits = limits
+        rpm = _Rate(c.rpm) if c.rpm else None
+        tpm = _Rate(c.tpm) if c.tpm else None
+        workers = [
+            asyncio.create_task(worker(pool, lim, k)) for k in range(per_pool) for pool, lim in zip(self.pools, limits)
+        ]
+        try:
+            try:
+                await asyncio.gather(*workers)
+            except asyncio.CancelledError:
+                if not failed:
+                    raise
+            record()
+            if failed:
+                raise failed[0]
+        finally:
+            for t in workers:
+                t.cancel()
+            sweeper.cancel()
+            bar.close()
+            for pool in self.pools:
+                await pool.close()
+
+    def _body(self, req: Request) -> bytes:
+        return json.dumps(_chat_body(self.cfg, req, self.cfg.stream)).encode()
+
+    async def _once(self, req: Request, pool: http.Pool) -> list[dict] | tuple[bytes, float]:
+        t0 = time.perf_counter()
+        texts: dict[int, str] = {}
+        finish: dict[int, str | None] = {}
+        ttft: dict[int, float] = {}
+        usage: dict | None = None
+        if not self.cfg.stream:
+            raw = await pool.post("/chat/completions", self._body(req))
+            return raw, time.perf_counter() - t0  # parsed by the caller, after its next request went out
+        else:
+            events = _SSE()
+
+            def piece(data: bytes) -> None:
+                nonlocal usage
+                try:
+                    objs = list(events.feed(data))
+                except ValueError as e:
+                    raise _BadReply(f"unreadable stream event: {e}") from None
+                for obj in objs:
+                    if obj.get("usage"):
+                        usage = obj["usage"]
+                    for c in obj.get("choices") or ():
+                        i = c.get("index", 0)
+                        delta = (c.get("delta") or {}).get("content")
+                        if delta:
+                            ttft.setdefault(i, time.perf_counter() - t0)
+                            texts[i] = texts.get(i, "") + delta
+                        if c.get("finish_reason"):
+                            finish[i] = c["finish_reason"]
+
+            await pool.post("/chat/completions", self._body(req), piece)
+            latency = time.perf_counter() - t0
+            if not events.done and not finish:
+                raise _BadReply("stream ended without [DONE] or a finish_reason")
+        return _choice_rows(self.cfg, req, texts, finish, ttft, usage, latency)
+
+
+class _BadReply(Exception):
+    """A 200 answer that is not the JSON the API promises (truncated, not JSON, wrong shape)."""
+
+
+class _SSE:
+    """Server-sent events from body pieces: yields each `data:` JSON object; `done` after [DONE]."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.done = False
+
+    def feed(self, data: bytes):
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            yield json.loads(payload)

@@ -1,0 +1,136 @@
+"""One LLM interface for every stage: an OpenAI-compatible endpoint or the embedded model.
+
+`LLM(cfg, cache_dir).generate(requests)` returns, for each request, its `n` completions as
+plain dicts (one row each):
+
+    provider, model, seed, candidate, text (raw), parsed (dict or None, when JSON was asked for),
+    prompt_tokens, completion_tokens, latency_s, ttft_s (None when not measured),
+    finish_reason, first_probs (embedded model with `first_tokens`: each allowed string's
+    probability as the first token, else None), error (None or a message), cached (answered
+    from the on-disk cache)
+
+Latency and time to first token: for an endpoint, per request (TTFT only when `stream` is on);
+for the embedded model, from the start of the row's batch to its first sampled token and to
+its end of message.
+
+Every successful call is stored in an SQLite cache keyed by a hash of (provider, model,
+messages, sampling parameters, seed, n) the moment it completes, so a re-run is free and
+an interrupted run resumes where it stopped. Failed calls are returned with `error` set and
+are not cached. Unparseable JSON is data: the raw text is kept and `parsed` is None."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench.cache import Cache
+from workbench.config import LLMConfig
+from workbench.llm.batch import _BatchRunner
+from workbench.llm.embedded import _LocalModel
+from workbench.llm.endpoint import _OpenAIRunner, _run_async
+from workbench.llm.types import Request, cache_key, parse_json
+
+log = logging.getLogger(__name__)
+
+
+class LLM:
+    """The one entry point. `cache_dir` holds the call cache and converted local models."""
+
+    def __init__(self, cfg: LLMConfig, cache_dir: str | Path, on_stats: Any = None):
+        self.cfg = cfg
+        self.cache_dir = Path(cache_dir)
+        self.cache = Cache(self.cache_dir / "llm.sqlite")
+        self._local: _LocalModel | None = None
+        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0}
+        self.on_stats = on_stats  # called with `stats` after every generate (a stage records them)
+
+    @property
+    def identity(self) -> str:
+        """The model as the cache sees it: the local model's dtype changes its answers."""
+        return f"{self.cfg.model}@{self.cfg.dtype}" if self.cfg.provider == "local" else self.cfg.model
+
+    def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
+        """Completions for every request, in order; answered from the cache where possible.
+
+        `on_result(i, rows)`, when given, is called once per request as its rows arrive: cached
+        ones first, then each fresh one the moment it completes (for streaming rows to disk and
+        live views)."""
+        keys = [cache_key(self.cfg.provider, self.identity, r) for r in requests]
+        hits = {k: json.loads(v) for k, v in self.cache.get_many(list(set(keys))).items()}
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in hits}.values())
+        self.stats["calls"] += len(requests)
+        self.stats["cached"] += len(requests) - len(todo)
+        log.info(
+            "%s: %d requests, %d from cache, %d to call", desc, len(requests), len(requests) - len(todo), len(todo)
+        )
+        fresh: dict[str, list[dict]] = {}
+        if on_result is not None:
+            todo_set = set(todo)
+            for i, (req, k) in enumerate(zip(requests, keys)):
+                if i not in todo_set:
+                    on_result(i, self._finish(req, [dict(r, cached=True) for r in hits[k]]))
+        if todo:
+            # answers are written to the cache in batches (one SQLite commit each) by a writer
+            # thread: a commit per answer on the event loop costs more CPU than the HTTP call.
+            # A crash loses at most the last half second of answers.
+            # The JSON is made here, a row at a time; the writer thread only runs SQLite, which lets
+            # go of the GIL while it works (JSON there held it for milliseconds, and the event loop
+            # waited on it).
+            unsaved: list[tuple[str, bytes]] = []
+            saved_at = time.monotonic()
+            writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cache-writer")
+
+            def save() -> None:
+                nonlocal saved_at
+                if unsaved:
+                    writer.submit(self.cache.put_many, unsaved.copy())
+                    unsaved.clear()
+                saved_at = time.monotonic()
+
+            local = self.cfg.provider == "local"
+
+            def done(j: int, rows: list[dict]) -> None:  # j indexes `reqs`
+                key = keys[todo[j]]
+                if all(r["error"] is None for r in rows):
+                    unsaved.append((key, json.dumps(rows).encode()))
+                    # the local model saves once per batch (see _LocalModel.run)
+                    if not local and (len(unsaved) >= 256 or time.monotonic() - saved_at > 0.5):
+                        save()
+                else:
+                    self.stats["errors"] += 1
+                fresh[key] = rows
+                if on_result is not None:
+                    on_result(todo[j], self._finish(requests[todo[j]], [dict(r) for r in rows]))
+
+            reqs = [requests[i] for i in todo]
+            try:
+                if local:
+                    self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
+                    self._local.run(requests, todo, done, desc, save)
+                elif self.cfg.batch_api:
+                    _BatchRunner(self.cfg, self.stats, self.cache_dir).run(reqs, [keys[i] for i in todo], done, desc)
+                else:
+                    _run_async(_OpenAIRunner(self.cfg, self.stats).run(reqs, done, desc))
+            finally:
+                save()  # also when interrupted: what was paid for is kept
+                writer.shutdown(wait=True)
+        if self.on_stats is not None:
+            self.on_stats(self.stats)
+        out = []
+        for req, k in zip(requests, keys):
+            if k in fresh:
+                rows = [dict(r) for r in fresh[k]]
+            else:
+                rows = [dict(r, cached=True) for r in hits[k]]
+            out.append(self._finish(req, rows))
+        return out
+
+    @staticmethod
+    def _finish(req: Request, rows: list[dict]) -> list[dict]:
+        for r in rows:
+            r["parsed"] = parse_json(r["text"]) if req.json or req.schema else None
+        return rows
