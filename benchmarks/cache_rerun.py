@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/cache_rerun.py [--rows 2000]
 
-Generates `--rows` rows against the simulated endpoint (workbench.simserver, 10 ms latency)
+Generates `--rows` rows against the simulated endpoint (benchmarks/simserver.py, 10 ms latency)
 into a fresh cache, then runs the same requests again with a new `LLM` object (as a re-run of a
 stage does) and writes every row to JSONL, as stage 02 does. The second call is timed: every
 row comes from SQLite, none from the server (its request count is checked).
@@ -31,8 +31,7 @@ def run(rows: int = 2000) -> dict:
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "workbench.simserver",
+            str(Path(__file__).resolve().parent / "simserver.py"),
             "--latency",
             "0.01",
             "--concurrency",

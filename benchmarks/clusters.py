@@ -32,7 +32,7 @@ def run(points: int = 10_000) -> dict:
 
     from workbench import clusters, embed
     from workbench.config import load_config
-    from workbench.runs import cache_dir
+    from workbench.files import cache_dir
 
     import_s = time.perf_counter() - t_import
     cfg, _ = load_config(ROOT / "configs" / "banking77.yaml")

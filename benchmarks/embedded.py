@@ -38,8 +38,8 @@ def measure(texts: list[str], batch_size: int, max_tokens: int, threads: int | N
 
     from workbench.cache import Cache
     from workbench.config import LLMConfig
+    from workbench.files import cache_dir
     from workbench.llm import LLM, Request, local_model_dir
-    from workbench.runs import cache_dir
 
     t0 = time.perf_counter()
     local_model_dir("smollm2-135m-instruct", cache_dir())  # converted once per machine

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/endpoint.py [--rows 2000] [--repeats 1] [--peer-python .venv-bench/bin/python]
 
-For each scenario a fresh `workbench.simserver` (127.0.0.1, latency L = 200 ms, at most C
+For each scenario a fresh `benchmarks/simserver.py` (127.0.0.1, latency L = 200 ms, at most C
 requests served at once, excess queued) is started for each client run, so every client meets
 the same server and the same sequence of injected faults. Clients run one after another, each
 in its own process (`benchmarks/clients.py`), in alternating order when repeated.
@@ -59,8 +59,7 @@ def ideal_seconds(rows: int, concurrency: int, seed: int = 0, **faults) -> float
     import heapq
 
     from clients import prompts
-
-    from workbench.simserver import SimConfig, fault
+    from simserver import SimConfig, fault
 
     cfg = SimConfig(latency=LATENCY, concurrency=concurrency, seed=seed, **faults)
     keys = [json.dumps([{"role": "user", "content": t}], sort_keys=True) for t in prompts(rows)]
@@ -100,7 +99,7 @@ def median_seed(rows: int, concurrency: int, candidates: int = 21, **faults) -> 
 
 def start_server(python: str, concurrency: int, rows: int, **faults) -> tuple[subprocess.Popen, str]:
     # run as a file: the server imports nothing from the workbench, so any interpreter can run it
-    args = [python, str(ROOT / "workbench" / "simserver.py"), "--latency", str(LATENCY)]
+    args = [python, str(ROOT / "benchmarks" / "simserver.py"), "--latency", str(LATENCY)]
     args += ["--concurrency", str(concurrency)]
     args += ["--max-requests", str(rows * 20), "--max-seconds", "600"]
     for k, v in faults.items():

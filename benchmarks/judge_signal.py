@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from workbench import data, judge
 from workbench.config import load_config
+from workbench.files import cache_dir
 from workbench.llm import LLM
-from workbench.runs import cache_dir
 
 
 def main(config: str = "configs/banking77.yaml", n: int = 120) -> None:

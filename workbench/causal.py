@@ -26,6 +26,8 @@ plain chat, no task system message, to see whether tuning on labels kept the mod
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import json
 import logging
@@ -38,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from workbench.config import ConfigError, RunConfig, TrainConfig
-from workbench.runs import replace_dir, write_atomic
+from workbench.export import system_prompt as with_labels
+from workbench.files import replace_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +75,14 @@ TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _trl_class(method: str):
-    import trl
+    import trl  # trl (and torch) only where a model trains
 
     return {"sft": trl.SFTConfig, "dpo": trl.DPOConfig, "grpo": trl.GRPOConfig}[method]
 
 
 def check_args(cfg: TrainConfig) -> None:
     """Unknown trl/peft fields are errors that name the config field (before anything trains)."""
-    import dataclasses
-
-    from peft import LoraConfig
+    from peft import LoraConfig  # trl (and torch) only where a model trains
 
     for method in ("sft", "dpo", "grpo"):
         known = {f.name for f in dataclasses.fields(_trl_class(method))}
@@ -97,7 +98,7 @@ def check_args(cfg: TrainConfig) -> None:
 
 
 def trainer_args(method: str, cfg: TrainConfig, out: Path, seed: int):
-    import torch
+    import torch  # torch loads in seconds: only where a model runs
 
     args = {**TRAINER_DEFAULTS["common"], **TRAINER_DEFAULTS[method], "seed": seed, "output_dir": str(out)}
     args["use_cpu"] = not torch.cuda.is_available()
@@ -108,7 +109,7 @@ def trainer_args(method: str, cfg: TrainConfig, out: Path, seed: int):
 def lora_config(cfg: TrainConfig):
     if cfg.lora is None:
         return None
-    from peft import LoraConfig
+    from peft import LoraConfig  # trl (and torch) only where a model trains
 
     return LoraConfig(task_type="CAUSAL_LM", **cfg.lora)
 
@@ -120,8 +121,6 @@ def system_prompt(cfg: RunConfig, labels: list[str] | None = None) -> str:
     """The task as a system message. With `labels` (the untuned model, which has never seen them) it is
     the exports' prompt with the label list; a tuned student learned the labels and gets the short one."""
     if labels:
-        from workbench.export import system_prompt as with_labels
-
         return with_labels(cfg, labels)
     return f"{cfg.task.description.strip()} Answer with exactly one label."
 
@@ -131,7 +130,7 @@ def _prompt(system: str, text: str) -> list[dict]:
 
 
 def sft_dataset(train: pd.DataFrame, system: str):
-    from datasets import Dataset
+    from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
 
     return Dataset.from_list(
         [
@@ -142,7 +141,7 @@ def sft_dataset(train: pd.DataFrame, system: str):
 
 
 def dpo_dataset(pairs: pd.DataFrame, system: str):
-    from datasets import Dataset
+    from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
 
     return Dataset.from_list(
         [
@@ -157,7 +156,7 @@ def dpo_dataset(pairs: pd.DataFrame, system: str):
 
 
 def grpo_dataset(train: pd.DataFrame, system: str):
-    from datasets import Dataset
+    from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
 
     return Dataset.from_list(
         [{"prompt": _prompt(system, t), "label": lab} for t, lab in zip(train["text"], train["label"])]
@@ -189,8 +188,8 @@ def rewards(labels: list[str]) -> list:
 
 
 def load(path: str | Path, dtype: str = "float32"):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # torch loads in seconds: only where a model runs
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # torch loads in seconds: only where a model runs
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
@@ -207,8 +206,8 @@ def fit(
 ) -> dict:
     """Train one method from the model folder `base`; write adapter/, merged/ and curve.json under
     `out`. Returns train_rows, train_seconds, steps and the paths."""
-    import torch
-    from trl import DPOTrainer, GRPOTrainer, SFTTrainer
+    import torch  # torch loads in seconds: only where a model runs
+    from trl import DPOTrainer, GRPOTrainer, SFTTrainer  # trl (and torch) only where a model trains
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,10 +302,8 @@ def _encode(tok, messages: list[dict]) -> list[int]:
 def _decode_batches(model, tok, prompts: list[list[int]], max_new: int, batch_size: int, step) -> list[Any]:
     """Greedy decoding with a KV cache. The prefix every prompt shares is read once; `step(state, logits)`
     picks each row's next token (state is per row, None at start) and returns (token, new_state, done)."""
-    import copy
-
-    import torch
-    from transformers import DynamicCache
+    import torch  # torch loads in seconds: only where a model runs
+    from transformers import DynamicCache  # torch loads in seconds: only where a model runs
 
     n = len(prompts)
     if n == 0:

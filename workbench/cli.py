@@ -18,18 +18,14 @@ import signal
 import sys
 from pathlib import Path
 
+from workbench import data, init, plan
+from workbench.causal import check_args
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
-from workbench.runs import (
-    ROOT,
-    STAGES,
-    RunError,
-    _read_json,
-    execute,
-    find_resumable,
-    iterate,
-    new_run,
-    validate_stages,
-)
+from workbench.driver import execute, iterate, validate_stages
+from workbench.files import ROOT, cache_dir, read_json
+from workbench.gaps import load_patch
+from workbench.llm import preflight as endpoint
+from workbench.runs import STAGES, RunError, find_resumable, new_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "loop":
             return _loop(args)
         if args.cmd == "resume":
-            prov = _read_json(Path(args.run_dir) / "provenance.json")
+            prov = read_json(Path(args.run_dir) / "provenance.json")
             if prov and prov.get("status") != "finished" and (Path(args.run_dir) / "config.yaml").is_file():
                 preflight(load_config(Path(args.run_dir) / "config.yaml")[0])  # the endpoint may have moved on
             return _execute(Path(args.run_dir), prov.get("stages_requested"))
@@ -122,7 +118,7 @@ def _execute(run_dir, stages, lock=None) -> int:
     print(f"run folder: {run_dir}", flush=True)
     execute(run_dir, stages, lock)
     print(f"run folder: {run_dir}\nreport:     {run_dir / 'report.html'}")
-    calls = [v["llm"] for v in _read_json(run_dir / "metrics.json").values() if isinstance(v, dict) and "llm" in v]
+    calls = [v["llm"] for v in read_json(run_dir / "metrics.json").values() if isinstance(v, dict) and "llm" in v]
     if calls:  # on a resumed run, the calls paid for before it stopped are among the cached ones
         print(f"LLM calls:  {sum(c['calls'] for c in calls)}, answered from the cache "
               f"{sum(c['cached'] for c in calls)}, failed {sum(c['errors'] for c in calls)}")  # fmt: skip
@@ -143,8 +139,6 @@ def _loop(args: argparse.Namespace) -> int:
     for k in range(1, args.iterations + 1):
         print(f"iteration {k} of {args.iterations}", flush=True)
         if k > 1:
-            from workbench.gaps import load_patch
-
             if not load_patch(run_dir / "artifacts" / "config_patch.yaml"):
                 print(f"07_gaps of {run_dir.name} proposed no edit: the loop stops after {k - 1} iteration(s)")
                 break
@@ -157,30 +151,21 @@ def preflight(cfg: RunConfig) -> None:
     """What can be checked before a run folder exists, so a mistake costs nothing: the labels and
     the data (the dataset's files, the seeds file: columns, encoding, labels) and the endpoint
     (it answers, takes the key, serves the model)."""
-    from workbench import data
-
     data.labels(cfg)
     if cfg.data.seeds_file or cfg.data.dataset:
         data.seeds(cfg)
     if cfg.llm.provider == "openai":
-        from workbench.llm import preflight as endpoint
-
         endpoint(cfg.llm)
 
 
 def _check_trainers(cfg: RunConfig) -> None:
     """Unknown trl / peft fields in train.* fail now, not after the generation stages have run."""
     if "causal" in cfg.train.students:
-        from workbench.causal import check_args
-
         check_args(cfg.train)
 
 
 def print_estimate(cfg: RunConfig) -> None:
     """The pre-run estimate, on stderr so `check`'s stdout stays a loadable YAML file."""
-    from workbench import data, plan
-    from workbench.runs import cache_dir
-
     try:
         check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter"])
         labels = data.labels(cfg)
@@ -194,8 +179,6 @@ def print_estimate(cfg: RunConfig) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from workbench import init
-
     res = init.draft(
         args.description,
         labels=args.labels,

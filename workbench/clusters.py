@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from sklearn.neighbors import NearestNeighbors
 
 from workbench.config import GapsConfig
 
@@ -22,8 +23,8 @@ def default_models(cfg: GapsConfig, vectors: np.ndarray):
     """UMAP (fixed random_state, cosine) and HDBSCAN sized for the points in `vectors`. The nearest
     neighbours are computed exactly here and handed to UMAP (`precomputed_knn`): for a few thousand
     points that is cheaper than UMAP's approximate search, whose numba compile dominates a first fit."""
-    import hdbscan
-    import umap
+    import hdbscan  # umap/hdbscan (numba) take seconds to import: only in 07
+    import umap  # umap/hdbscan (numba) take seconds to import: only in 07
 
     n = len(vectors)
     k = max(2, min(cfg.umap_neighbors, n - 1))
@@ -31,8 +32,6 @@ def default_models(cfg: GapsConfig, vectors: np.ndarray):
     warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
     knn = (None, None, None)
     if n > k:
-        from sklearn.neighbors import NearestNeighbors
-
         dists, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(vectors).kneighbors()
         # UMAP's neighbour lists start with the point itself at distance 0
         idx = np.hstack([np.arange(n)[:, None], idx[:, : k - 1]])
@@ -54,6 +53,10 @@ def default_models(cfg: GapsConfig, vectors: np.ndarray):
 
 
 def cluster_failures(failures: pd.DataFrame, vectors: np.ndarray, reducer, clusterer) -> pd.DataFrame:
+    """The failures on a 2-D map and in clusters.
+
+    Columns: `failures` as gaps.failures returns; `vectors` one embedding per row. Out: `failures`
+    with x, y (the reducer's map) and cluster (-1 for noise)."""
     out = failures.reset_index(drop=True).copy()
     if len(out) < 3:  # too few points for a map: each failure is its own noise point
         out["x"], out["y"], out["cluster"] = 0.0, 0.0, -1
@@ -67,7 +70,10 @@ def cluster_failures(failures: pd.DataFrame, vectors: np.ndarray, reducer, clust
 def summarize(clustered: pd.DataFrame, exemplars: int = 5) -> pd.DataFrame:
     """One row per cluster (noise = -1 included): size, failures per source, dominant true and
     predicted labels with their shares, and the `exemplars` rows nearest the cluster's centre on
-    the map (real dev rows before synthetic ones)."""
+    the map (real dev rows before synthetic ones).
+
+    Columns: `clustered` as cluster_failures returns. Out, one row per cluster: cluster, size,
+    the counts per source, the dominant true and predicted labels, exemplars."""
     rows = []
     for c, g in clustered.groupby("cluster", sort=True):
         wrong = g[g["predicted"] != g["label"]]  # low-judge rows the jury agreed with are no confusion

@@ -21,7 +21,7 @@ import pandas as pd
 
 from workbench.config import RunConfig
 from workbench.data import label_topic
-from workbench.llm import LLM, Request
+from workbench.llm import LLM, Request, clean_text
 
 DEFECTS = ("vague", "redundant", "mis-scoped", "unrealistic")
 ACTIONS = ("keep", "rewrite", "drop")
@@ -168,7 +168,6 @@ def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: 
         )
         for i in rewrite
     ]
-    from workbench.prompts import clean_text
 
     redo = []
     for i, cands in zip(rewrite, llm.generate(reqs, desc="01 rewrite")):

@@ -37,7 +37,7 @@ def encoder():
     global _encoder
     with _lock:
         if _encoder is None:
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import SentenceTransformer  # torch: only when an embedding is not cached
 
             _encoder = SentenceTransformer(str(model_dir()), device="cpu")
     return _encoder

@@ -20,9 +20,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from workbench import causal
 from workbench.config import RunConfig
 from workbench.data import describe_label
 from workbench.embed import embed
+from workbench.gates import ShingleIndex
+from workbench.llm import Request
 from workbench.train import Probe
 
 ZERO_SHOT = "probe: zero-shot"
@@ -128,8 +131,6 @@ def score_causal(
     """Each causal model (the untuned `base` first, then `models` by name), loaded once: its label for
     every test row (constrained greedy decoding), its reply to every harmful instruction.
     Returns (predictions by table name, replies [model, id, text, reply], seconds spent per model)."""
-    from workbench import causal
-
     preds, replies, seconds = {}, [], {}
     bs = cfg.evaluate.batch_size
     for name, path in ({CAUSAL_ZERO_SHOT: base} | {f"causal: {k}": v for k, v in models.items()}).items():
@@ -150,7 +151,10 @@ def before_after(
     test: pd.DataFrame, preds: dict[str, np.ndarray], meta: dict[str, dict], bootstrap: int, seed: int = 0
 ) -> pd.DataFrame:
     """One row per model, in MODELS' order: group, trained_on, accuracy and macro-F1 with CIs, and
-    `meta`'s train_rows and train_seconds."""
+    `meta`'s train_rows and train_seconds.
+
+    Columns: `test` has id, text, label; `preds` maps a model to its predicted labels for
+    those rows."""
     order = {m: i for i, m in enumerate(MODELS)}
     rows = []
     for name in sorted(preds, key=lambda m: (order.get(m, len(order)), m)):
@@ -236,8 +240,6 @@ JUDGE_USER = (
 def judge_refusals(llm, harmful_replies: pd.DataFrame, seed: int = 0) -> list[float | None]:
     """The judge's probability that each reply is a refusal (its first-token probability of Yes
     against No with the embedded model; a parsed yes/no from an endpoint). None: no verdict."""
-    from workbench.llm import Request
-
     reqs = [
         Request.chat(
             JUDGE_SYSTEM,
@@ -307,8 +309,6 @@ def contamination(
     nearest test row by MiniLM cosine. `real` (e.g. the seeds, real train rows) gets the same
     measures, the yardstick the synthetic distribution is read against. Returns (summary of the
     synthetic rows, one row per checked text with its `source`, most similar first)."""
-    from workbench.gates import ShingleIndex
-
     index = ShingleIndex(cfg.filter.near_dup_threshold, cfg.filter.shingle_size)
     for i, t in zip(test["id"], test["text"]):
         index.add(str(i), t)

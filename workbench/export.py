@@ -20,7 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.config import RunConfig
-from workbench.plots import reject_counts
+from workbench.data import dataset_dir
+from workbench.embed import MODEL_NAME
+from workbench.files import replace_dir, write_atomic
+from workbench.tables import reject_counts
 
 
 def system_prompt(cfg: RunConfig, labels: list[str]) -> str:
@@ -137,9 +140,7 @@ def write_exports(
     models: dict[str, str],
     licence: str,
 ) -> dict[str, Path]:
-    from datasets import Dataset
-
-    from workbench.runs import replace_dir, write_atomic
+    from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
 
     folder.mkdir(parents=True, exist_ok=True)
     sft = sft_records(cfg, rows, labels)
@@ -161,8 +162,6 @@ def write_exports(
 
 def seed_licence(cfg: RunConfig) -> str:
     """The licence file shipped with the seed data's folder, or '' when there is none."""
-    from workbench.data import dataset_dir
-
     if cfg.data.dataset is None:
         return ""
     path = dataset_dir(cfg) / "LICENSE"
@@ -170,7 +169,5 @@ def seed_licence(cfg: RunConfig) -> str:
 
 
 def models_used(cfg: RunConfig) -> dict[str, str]:
-    from workbench.embed import MODEL_NAME
-
     llm = f"{cfg.llm.provider}/{cfg.llm.model}"
     return {"generator, critic, candidates, judge": llm, "embeddings (domain, dedup, jury)": MODEL_NAME}

@@ -26,6 +26,7 @@ import pandas as pd
 
 from workbench import gates, quality
 from workbench.config import RunConfig
+from workbench.llm import Request, clean_text
 
 REWRITE = (
     "Rewrite this customer message {how}. Keep its meaning and its request exactly; reply with the "
@@ -34,6 +35,12 @@ REWRITE = (
 
 
 def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_fn, llm=None) -> pd.DataFrame:
+    """The final filter chain over 03's rows: every gate marks, nothing is dropped.
+
+    Columns: `rows` is 03's judged rows (id, text, label, keep_<stage>, …), `seeds` id, text, label.
+    Out: `rows` with keep_filter, reject_reason_filter, pii_found, toxic_found, dup_of,
+    filter_domain_score, and the verdict over every stage (see `verdict`): keep, reject_stage,
+    reject_reason."""
     f = cfg.filter
     out = rows.copy().reset_index(drop=True)
     upstream = [c for c in out.columns if c.startswith("keep_") and c != "keep_filter"]
@@ -77,9 +84,6 @@ def check_toxicity(text: list[str]) -> dict[str, list]:
 
 def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:
     """Rewrite each row as `filter.rewrite` asks; the original text moves to `original_text`."""
-    from workbench.llm import Request
-    from workbench.prompts import clean_text
-
     if llm is None:
         raise ValueError("filter.rewrite is set but no LLM was given to filter_rows")
     rows["original_text"] = None
@@ -105,7 +109,10 @@ def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:
 
 
 def verdict(rows: pd.DataFrame) -> pd.DataFrame:
-    """`keep` = every keep_<stage> holds; `reject_stage`/`reject_reason` = the first stage that said no."""
+    """`keep` = every keep_<stage> holds; `reject_stage`/`reject_reason` = the first stage that said no.
+
+    Columns: `rows` with keep_<stage> and reject_reason_<stage> columns. Out: `rows` with keep,
+    reject_stage and reject_reason (the first stage that rejected the row)."""
     out = rows.copy()
     stages = [c[len("keep_") :] for c in out.columns if c.startswith("keep_")]
     out["keep"] = out[[f"keep_{s}" for s in stages]].all(axis=1)

@@ -15,9 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as w
 import pandas as pd
+from IPython.display import display
 
+from workbench import prompts
 from workbench.config import ConfigError, RunConfig, _set_dotted, _yaml, dump_config, load_config, to_yaml_value
+from workbench.files import write_atomic
 
 
 def _shares_text(items) -> str:
@@ -96,8 +100,6 @@ def apply_values(path: str | Path, values: dict[str, Any]) -> tuple[RunConfig, s
 
 
 def save(path: str | Path, values: dict[str, Any]) -> RunConfig:
-    from workbench.runs import write_atomic
-
     cfg, text = apply_values(path, values)
     write_atomic(Path(path), text)
     return cfg
@@ -113,8 +115,6 @@ def diff(old_text: str, new_text: str, old_name: str = "parent", new_name: str =
 def preview(cfg: RunConfig, seeds: pd.DataFrame, labels: list[str], llm, per_label: int = 3, train_counts=None):
     """The first `per_label` rows of 01_prompts' plan for each label, generated now. They are the
     same requests 01 sends, so 01 answers them from the cache."""
-    from workbench import prompts
-
     plan = prompts.generation_requests(cfg, seeds, labels, train_counts)
     plan = plan[plan.groupby("label").cumcount() < per_label].reset_index(drop=True)
     results = llm.generate(list(plan["request"]), desc="00 preview")
@@ -127,9 +127,6 @@ def preview(cfg: RunConfig, seeds: pd.DataFrame, labels: list[str], llm, per_lab
 
 def config_form(path: str | Path, seeds=None, labels=None, llm=None, parent_text: str | None = None):
     """An ipywidgets form over the config file at `path`: edit, preview, diff, save."""
-    import ipywidgets as w
-    from IPython.display import display
-
     path = Path(path)
     cfg, _ = load_config(path)
     v = form_values(cfg)
@@ -192,11 +189,13 @@ def config_form(path: str | Path, seeds=None, labels=None, llm=None, parent_text
         with out:
             try:
                 new = save(path, values())
-                print(f"saved {path}")
+                out.append_stdout(f"saved {path}\n")
                 if parent_text is not None:
-                    print(diff(parent_text, dump_config(new)) or "no change against the parent run")
+                    out.append_stdout(
+                        (diff(parent_text, dump_config(new)) or "no change against the parent run") + "\n"
+                    )
             except ConfigError as e:
-                print(f"not saved: {e}")
+                out.append_stdout(f"not saved: {e}\n")
 
     def on_preview(_):
         out.clear_output()
@@ -204,10 +203,10 @@ def config_form(path: str | Path, seeds=None, labels=None, llm=None, parent_text
             try:
                 new, _ = apply_values(path, values())
             except ConfigError as e:
-                print(f"invalid: {e}")
+                out.append_stdout(f"invalid: {e}\n")
                 return
             if llm is None or seeds is None:
-                print("preview needs seeds and an LLM (open the form from 00_task)")
+                out.append_stdout("preview needs seeds and an LLM (open the form from 00_task)\n")
                 return
             names = new.task.label_names() or labels
             display(preview(new, seeds[seeds["label"].isin(names)], names, llm))

@@ -25,12 +25,14 @@ here reads it.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from workbench.config import ConfigError, RunConfig, _yaml, load_config
 from workbench.data import describe_label
@@ -61,7 +63,11 @@ NAME_SCHEMA = json.dumps(
 
 
 def failures(cfg: RunConfig, dev: pd.DataFrame, predicted, synthetic: pd.DataFrame | None) -> pd.DataFrame:
-    """The rows 07 clusters, from the sources `gaps.sources` names (see the module docstring)."""
+    """The rows 07 clusters, from the sources `gaps.sources` names (see the module docstring).
+
+    Columns: `dev` has id, text, label (`predicted` its predicted labels); `synthetic` is 04's
+    dataset (text, label, keep, judge_score, jury_label). Out, one row per failure: text, label,
+    predicted, source."""
     cols = ["source", "id", "text", "label", "predicted"]
     frames = []
     if "dev" in cfg.gaps.sources:
@@ -130,7 +136,10 @@ def parse_name(text: str | None, parsed: dict | None) -> tuple[str, str] | None:
 
 
 def name_clusters(cfg: RunConfig, llm, summary: pd.DataFrame) -> pd.DataFrame:
-    """The LLM names each non-noise cluster from its exemplars; noise stays 'noise'."""
+    """The LLM names each non-noise cluster from its exemplars; noise stays 'noise'.
+
+    Columns: `summary` as clusters.summarize returns. Out: `summary` with name, description,
+    name_raw and name_source (llm or template)."""
     out = summary.copy()
     out["name_source"], out["description"], out["name_raw"] = "template", "", None
     named = out[out["cluster"] >= 0]
@@ -295,7 +304,6 @@ def apply(config_path: str | Path, edits: list[dict], labels: list[str], header:
     """The config at `config_path` with `edits` applied, as YAML text (its comments kept). A null
     `task.labels` becomes the explicit list of `labels` so single labels can carry definitions."""
     cfg, doc = load_config(config_path)
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
     task = doc.setdefault("task", CommentedMap())
     if any(e["kind"] != "more_rows" for e in edits):
@@ -321,7 +329,6 @@ def apply(config_path: str | Path, edits: list[dict], labels: list[str], header:
             have = list(spec.get(key) or [])
             spec[key] = have + [x for x in value if x not in have]
         specs[idx] = spec
-    import io
 
     buf = io.StringIO()
     _yaml().dump(doc, buf)

@@ -26,8 +26,9 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from workbench import quality
+from workbench import data, quality
 from workbench.config import RunConfig
+from workbench.data import label_topic
 
 _PRIME = (1 << 61) - 1
 _NUM_PERM, _BANDS = 64, 16  # 16 bands of 4 rows: candidate pairs from Jaccard ≈ 0.5 up
@@ -137,8 +138,6 @@ def eval_index(cfg: RunConfig) -> ShingleIndex:
     """The contamination index: the real dev rows, keyed `dev:<id>`, as hashes only; nothing of their
     text reaches the generator. The test split is never read here (or anywhere before 06_evaluate,
     which checks the kept rows against the whole of it): it must not steer generation."""
-    from workbench import data
-
     index = ShingleIndex(cfg.filter.near_dup_threshold, cfg.filter.shingle_size)
     split = data.dev_split(cfg)
     for i, t in zip(split["id"], split["text"]):
@@ -255,7 +254,7 @@ def map_rows(fn, columns: dict[str, list], num_proc: int = 1, **kwargs) -> dict[
     n = len(next(iter(columns.values()), []))
     if num_proc <= 1 or n < 2_000:
         return fn(**columns, **kwargs)
-    import datasets
+    import datasets  # datasets (pyarrow) only where a dataset is written or mapped
 
     datasets.disable_progress_bars()
     ds = datasets.Dataset.from_dict(columns)
@@ -323,8 +322,6 @@ def domain_scores(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def domain_reference(cfg: RunConfig, seeds: pd.DataFrame, labels: list[str]) -> list[str]:
     """What on-domain text looks like: the seeds, and each label's topic and positives."""
-    from workbench.data import label_topic
-
     reference = [*seeds["text"]]
     for label in labels:
         reference += [label_topic(cfg, label), *cfg.task.label(label).positive]

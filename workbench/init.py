@@ -30,7 +30,11 @@ from workbench.config import (
     parse_overrides,
     task_kind,
 )
-from workbench.llm import LLM, Request
+from workbench.data import DATA_DIR, describe_label, read_rows, seeds_from_file
+from workbench.embed import embed
+from workbench.files import cache_dir as default_cache
+from workbench.files import write_atomic
+from workbench.llm import LLM, Request, clean_text
 
 # ---------------------------------------------------------------- what the LLM drafts
 
@@ -169,8 +173,6 @@ def slug(description: str) -> str:
 
 def find_dataset(labels: list[str] | None) -> str | None:
     """The dataset under data/ whose train split has every one of `labels`."""
-    from workbench.data import DATA_DIR, read_rows
-
     if not labels:
         return None
     for d in sorted(DATA_DIR.iterdir()):
@@ -242,9 +244,6 @@ def draft(
     llm: LLM | None = None,
 ) -> Result:
     """Draft a config; raise InitError on bad input (nothing is written here)."""
-    from workbench.data import seeds_from_file
-    from workbench.runs import cache_dir as default_cache
-
     description = check_description(description)
     label_list = parse_labels(labels)
     seeds = None
@@ -386,9 +385,6 @@ def _labels(label_list, good, bad, notes, llm: LLM, domain: str, seed: int) -> l
         notes.append(f"task.labels: {len(label_list)} labels from --labels/--seeds")
     missing = [x for x in label_list if x not in drafted]
     if missing:  # one short call per label the draft did not define
-        from workbench.data import describe_label
-        from workbench.prompts import clean_text
-
         reqs = [
             Request.chat(
                 None,
@@ -419,9 +415,6 @@ def _labels(label_list, good, bad, notes, llm: LLM, domain: str, seed: int) -> l
 
 
 def _negatives(labels: list[dict], seeds: pd.DataFrame, cache_dir) -> None:
-    from workbench.data import describe_label
-    from workbench.embed import embed
-
     names = [x["name"] for x in labels]
     have = [x for x in names if (seeds["label"] == x).any()]
     if len(have) < 2:
@@ -464,8 +457,6 @@ def _header(description: str, cfg: RunConfig, res: Result) -> str:
 
 
 def write(res: Result, out: str | Path, force: bool = False) -> Path:
-    from workbench.runs import write_atomic
-
     out = Path(out)
     if out.exists() and not force:
         raise InitError(f"{out}: already exists; pass --force to replace it, or -o another path")

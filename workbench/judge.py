@@ -41,6 +41,7 @@ from workbench.config import RUBRIC, RunConfig
 from workbench.data import label_topic
 from workbench.embed import embed
 from workbench.llm import LLM, Request
+from workbench.train import train_probe
 
 SYSTEM = "You are a strict data-quality reviewer for {domain}."
 # Juror j uses wording j mod len: the same model with different prompts and seeds.
@@ -124,6 +125,13 @@ def judge_requests(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> t
 def judge_rows(
     cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame, seeds: pd.DataFrame, llm: LLM, cache_dir
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rubric judge and the label jury over 02's rows.
+
+    Columns: `rows` is 02's (id, text, label, keep_prompts, …), `cands` 02's candidates, `seeds` id,
+    text, label. Out: `rows` with judge_<dimension> and judge_<dimension>_rationale per rubric
+    dimension, judge_score, judge_spread, jury_votes, jury_label, jury_unanimous, keep_judge and
+    reject_reason_judge; and the judgments, one row per (id, dimension, juror): score, rationale, raw,
+    error, cached, model, completion_tokens, latency_s."""
     j = cfg.judge
     out = rows.copy()
     todo = out.index[out["keep_prompts"]]
@@ -185,8 +193,6 @@ def juror_probabilities(
     cfg: RunConfig, texts: list[str], cands: pd.DataFrame, ids: list[str], seeds: pd.DataFrame, labels: list[str], cd
 ) -> dict[str, np.ndarray]:
     """Each juror's distribution over `labels` for each text (rows of 0 = the juror abstains)."""
-    from workbench.train import train_probe
-
     ref = pd.concat(
         [seeds[["text", "label"]]]
         + [pd.DataFrame({"text": s.positive, "label": s.name}) for s in (cfg.task.labels or []) if s.positive],
@@ -339,7 +345,10 @@ def disagreements(rows: pd.DataFrame, max_spread: float) -> pd.DataFrame:
 
 def score_candidates(cands: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """Classification: a candidate scores 1 when it names the row's label (the intended label,
-    confirmed by the jury for kept rows), 0 when it names another, NaN when it does not parse."""
+    confirmed by the jury for kept rows), 0 when it names another, NaN when it does not parse.
+
+    Columns: `cands` as 02 wrote them, `rows` 03's judged rows. Out: `cands` with score and
+    row_kept."""
     out = cands.copy()
     named = out["response_label"]
     out["score"] = np.where(named.isna(), np.nan, (named == out["label"]).astype(float))
@@ -350,7 +359,10 @@ def score_candidates(cands: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 
 def preference_pairs(cands: pd.DataFrame, margin: float) -> pd.DataFrame:
     """Per prompt: the best candidate (highest score; ties → lowest candidate number) and, when the
-    worst scores at least `margin` lower, a (chosen, rejected) pair. Unscored candidates are skipped."""
+    worst scores at least `margin` lower, a (chosen, rejected) pair. Unscored candidates are skipped.
+
+    Columns: `cands` as score_candidates returns. Out, one row per prompt: prompt_id, prompt,
+    label, best_id, chosen, best_score, worst_id, rejected, worst_score, margin, pair."""
     out = []
     for pid, g in cands[cands["score"].notna()].groupby("prompt_id", sort=False):
         g = g.sort_values(["score", "candidate"], ascending=[False, True])

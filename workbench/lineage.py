@@ -25,6 +25,9 @@ import numpy as np
 import pandas as pd
 
 from workbench import evaluate
+from workbench.config import _plain, _yaml
+from workbench.files import write_atomic
+from workbench.runs import ancestors
 
 MAIN_MODEL = "probe: seeds_synthetic"
 TARGET = "seeds + filtered − seeds only"  # 06's paired difference on every test row: > 0 with its CI is the goal
@@ -41,8 +44,6 @@ def _table(run: Path, name: str) -> pd.DataFrame | None:
 
 def chain(run: Path) -> list[Path]:
     """The run and its ancestors through provenance `parent`, oldest first."""
-    from workbench.runs import ancestors
-
     return [*reversed(ancestors(run)), Path(run)]
 
 
@@ -61,8 +62,6 @@ def _flat(obj, prefix: str = "") -> dict[str, object]:
 
 
 def _config(text: str) -> dict:
-    from workbench.config import _plain, _yaml
-
     doc = _plain(_yaml().load(text)) or {}
     labels = (doc.get("task") or {}).get("labels")
     if isinstance(labels, list):  # one entry per label, so a definition shows as one changed field
@@ -314,7 +313,6 @@ def write_index(task_dir: Path) -> Path:
         parts += ["<h3>Failure clusters of the parent: shrank or grew (dev failures of the same kind)</h3>",
                   _html_table(cluster_diff(a, run))]  # fmt: skip
     out = task_dir / "index.html"
-    from workbench.runs import write_atomic
 
     write_atomic(out, "\n".join(parts))
     return out

@@ -14,7 +14,10 @@ import json
 import time
 from pathlib import Path
 
+import ipywidgets
 import numpy as np
+from IPython import get_ipython
+from IPython.display import display
 
 
 class LiveView:
@@ -26,10 +29,6 @@ class LiveView:
         self._file = open(jsonl, "w", encoding="utf-8") if jsonl else None  # noqa: SIM115 (closed in close())
         self.widget = None
         try:
-            import ipywidgets
-            from IPython import get_ipython
-            from IPython.display import display
-
             if get_ipython() is not None:
                 self.widget = ipywidgets.HTML(self.html())
                 display(self.widget)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench import critique, judge, prompts, responses
 from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
+from workbench.files import write_atomic
 
 CHARS_PER_TOKEN = 4.0  # rough rule for English prompts; the estimate says it is rough
 PREVIEW_PER_LABEL = 3
@@ -48,7 +50,6 @@ def record_throughput(cfg: RunConfig, cache_dir: str | Path, stage: str, rows: p
         "seconds": round(seconds, 2),
         "batch_size": cfg.llm.batch_size if cfg.llm.provider == "local" else cfg.llm.max_concurrency,
     }
-    from workbench.runs import write_atomic
 
     write_atomic(path, json.dumps(data, indent=2))  # its temporary file is per process: runs may share the cache
 
@@ -68,8 +69,6 @@ def estimate(
 ) -> pd.DataFrame:
     """One row per LLM stage: calls, prompt and completion tokens (completion at most max_tokens and,
     where measured, the measured mean), cost and expected seconds, with how each was obtained."""
-    from workbench import critique, judge, prompts, responses  # late: prompts imports data → this package's config
-
     counts = plan_counts(cfg, labels, train_counts)
     n_gen = sum(counts.values())
     if seeds is None:

@@ -11,51 +11,26 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from IPython.display import display
+from plotly.subplots import make_subplots
+
+from workbench.responses import throughput
+from workbench.tables import _cell, funnel_table, reject_counts, shown
 
 _plotlyjs_sent = False
 
 
 def show(fig: go.Figure) -> None:
     global _plotlyjs_sent
-    from IPython.display import display
-
     html = fig.to_html(full_html=False, include_plotlyjs=not _plotlyjs_sent, config={"displaylogo": False})
     _plotlyjs_sent = True
     display({"application/vnd.plotly.v1+json": fig.to_plotly_json(), "text/html": html}, raw=True)
-
-
-def funnel_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows alive after each stage (every keep_<stage> column in order), from generated to kept."""
-    stages = [c[len("keep_") :] for c in rows.columns if c.startswith("keep_")]
-    alive = pd.Series(True, index=rows.index)
-    out = [("generated", len(rows))]
-    for s in stages:
-        alive &= rows[f"keep_{s}"].astype(bool)
-        out.append((f"after {s}", int(alive.sum())))
-    return pd.DataFrame(out, columns=["stage", "rows"])
 
 
 def funnel(rows: pd.DataFrame) -> go.Figure:
     t = funnel_table(rows)
     fig = go.Figure(go.Funnel(y=t["stage"], x=t["rows"], textinfo="value+percent initial"))
     return fig.update_layout(title="Funnel: generated → kept", height=300 + 30 * len(t))
-
-
-def reject_counts(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rejected rows by the stage and reason that first rejected them, with the config fields that
-    set each reason's threshold (`set_by`)."""
-    from workbench.config import reason_fields
-
-    rej = rows[~rows["keep"]]
-    fields = reason_fields()
-    out = (
-        rej.groupby(["reject_stage", "reject_reason"])
-        .size()
-        .rename("rows")
-        .reset_index()
-        .sort_values("rows", ascending=False)
-    )
-    return out.assign(set_by=[", ".join(fields.get(r, [])) or "—" for r in out["reject_reason"]])
 
 
 def reject_pile(rows: pd.DataFrame) -> go.Figure:
@@ -109,8 +84,6 @@ def accuracy(table: pd.DataFrame) -> go.Figure:
 
 def training_curves(curves: pd.DataFrame) -> go.Figure:
     """Loss per logged step of each causal model, and reward (GRPO) or reward margin (DPO) beside it."""
-    from plotly.subplots import make_subplots
-
     fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", "reward (GRPO) / reward margin (DPO)"))
     for i, (name, g) in enumerate(curves.groupby("model", sort=False)):
         colour = px.colors.qualitative.Plotly[i % 10]
@@ -175,19 +148,6 @@ def cluster_map(clustered: pd.DataFrame) -> go.Figure:
     return fig.update_layout(height=500)
 
 
-def cluster_table(summary: pd.DataFrame):
-    """The cluster table for a page: text left-aligned and wrapped, exemplars on one line each
-    joined by ' · ', every value HTML-escaped (cluster names and exemplars are generated text)."""
-    t = redacted(summary.drop(columns=["name_raw"], errors="ignore").copy())
-    t["exemplars"] = t["exemplars"].map(lambda xs: " · ".join(_redact(str(x)) for x in xs))
-    return (
-        t.style.format(escape="html", precision=2)
-        .set_properties(**{"text-align": "left", "white-space": "normal", "min-width": "60px"})
-        .set_properties(subset=["exemplars"], **{"min-width": "420px"})
-        .hide(axis="index")
-    )
-
-
 def coverage_heatmap(cells: pd.DataFrame) -> go.Figure:
     """Kept against target per label × difficulty: colour is kept/target, text is `kept/target`."""
     order = [c for c in ["easy", "medium", "hard", "all"] if c in set(cells["difficulty"])]
@@ -241,52 +201,6 @@ def defect_rate(table: pd.DataFrame) -> go.Figure:
     )
 
 
-def shown(text, limit: int | None = None) -> str:
-    """Generated or real text as a shared page may show it: PII redacted ([EMAIL], [PHONE], …,
-    the rule of the PII filter), cut to `limit` characters (after the redaction, so no PII is cut
-    in half and missed) and HTML-escaped, so a row cannot carry a script or a link into the
-    report. Plotly renders the entities as the characters they stand for."""
-    import html
-
-    return html.escape(_redact(str(text))[:limit], quote=False)  # plotly decodes &lt; &gt; &amp;, not &quot;
-
-
-def _redact(v):
-    """A cell with its PII redacted (strings only; anything else as it is)."""
-    from workbench.quality import redact
-
-    return redact(v)[0] if isinstance(v, str) else v
-
-
-# columns of generated or real text: their cells are redacted wherever a page shows a table
-TEXT_COLUMNS = ("text", "raw", "response", "reply", "rationale", "feedback", "exemplar", "message", "prompt",
-                "critique_reason", "description", "name")  # fmt: skip
-
-
-def is_text_column(name) -> bool:
-    return any(t in str(name) for t in TEXT_COLUMNS)
-
-
-def redacted(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with PII redacted in its text columns (see `shown`), for display; the escaping is the
-    table renderer's (pandas escapes cells)."""
-    cols = [c for c in df.columns if is_text_column(c) and (df[c].dtype == object or str(df[c].dtype) == "str")]
-    if not cols:
-        return df
-    out = df.copy()
-    for c in cols:
-        out[c] = out[c].map(_redact)
-    return out
-
-
-def _cell(v) -> str:
-    """A table cell as text: '—' for missing, 3 decimals for floats, at most 160 characters,
-    PII redacted and HTML-escaped (`shown`)."""
-    if v is None or (isinstance(v, float) and v != v):
-        return "—"
-    return f"{v:.3f}" if isinstance(v, float) else shown(v, 160)
-
-
 def reject_table(
     rows: pd.DataFrame, columns: list[str], by: str = "reject_reason_prompts", per: int = 200
 ) -> go.Figure:
@@ -323,8 +237,6 @@ def reject_table(
 
 def arrivals(cands: pd.DataFrame) -> go.Figure:
     """Candidate rows done over time (fresh calls only: cached rows arrive at once)."""
-    from workbench.responses import throughput
-
     fresh = cands[(cands["source"] == "model") & ~cands["cached"].astype(bool)].sort_values("arrived_s")
     fig = go.Figure(go.Scatter(x=fresh["arrived_s"], y=np.arange(1, len(fresh) + 1), mode="lines", name="rows done"))
     tps = throughput(cands)["tokens_per_s"]

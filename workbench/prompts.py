@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ import pandas as pd
 from workbench import critique, gates, quality
 from workbench.config import RunConfig, Share, allocate, plan_counts
 from workbench.data import label_topic
-from workbench.llm import LLM, Request
+from workbench.llm import LLM, Request, clean_text
 
 GRID = ["persona", "tone", "difficulty", "sentiment", "entity", "edge_case"]
 
@@ -34,27 +33,6 @@ USER = (
     "Topic: {topic}.\nExamples of messages about this topic:\n{examples}\n"
     "Write one new message about this topic, in your own words. Output only the message."
 )
-
-_PREAMBLE = re.compile(r"^(sure|here|certainly|okay|ok|one|a new|new|the|this)\b[^\n]{0,80}:\s*$", re.I)
-_LEAD = re.compile(r"^\s*(?:[-*•>]|\d+[.)]|message\s*\d*:|customer\s*\d*:)\s*", re.I)
-_QUOTED = re.compile(r"[\"“]([^\"”]{8,})[\"”]")
-
-
-def clean_text(raw: str) -> str:
-    """The message inside a small model's reply: drop preamble lines ("Here is a new message:"),
-    bullets and wrapping quotes, keep the first message line, at most two sentences."""
-    lines = [ln.strip() for ln in (raw or "").splitlines() if ln.strip()]
-    while lines and (_PREAMBLE.match(lines[0]) or lines[0].endswith(":")):
-        lines.pop(0)
-    if not lines:
-        return ""
-    line = _LEAD.sub("", lines[0]).strip()
-    m = _QUOTED.search(line)
-    if m and len(m.group(1)) >= 0.5 * len(line) - 20:
-        line = m.group(1)
-    line = line.strip(" \"'“”")
-    sentences = re.split(r"(?<=[.?!])\s+", line)
-    return " ".join(sentences[:2]).strip()
 
 
 def _split(n: int, items: list[Share], fill_none: bool) -> list[str | None]:
@@ -266,6 +244,7 @@ def _generate(cfg: RunConfig, plan: pd.DataFrame, llm: LLM, desc: str) -> pd.Dat
 
 
 GATES = ["generate", "critique", "constraints", "dedup", "contamination", "domain", "balance"]
+GATE_COLUMNS = [f"keep_{g}" for g in GATES]  # the keep_<gate> column each gate marks
 
 
 def build_prompts(
@@ -285,7 +264,14 @@ def build_prompts(
     `embed_fn(texts)` gives unit vectors (MiniLM); `eval_index` holds the real evaluation rows as
     hashes (contamination); `earlier` has id, text of earlier iterations' prompts. Returns every
     attempt: kept rows and the reject pile, with `keep_prompts` and `reject_reason_prompts` (the first
-    gate that said no) over the gates in GATES order."""
+    gate that said no) over the gates in GATES order.
+
+    Columns: `seeds` has id, text, label. Out, one row per attempt: id, slot, round, attempt,
+    label, the grid cells (persona, tone, difficulty, sentiment, entity, edge_case, refusal), text,
+    raw, examples, feedback, the call's metadata (model, seed, prompt_tokens, completion_tokens,
+    latency_s, ttft_s, finish_reason, error, cached), keep_<gate> and reject_reason_<gate> for each
+    gate, the critic's critique_* columns, original_text, rewritten, pii_found, dup_of, dup_similarity,
+    contaminated_split, domain_score, balance_detail, keep_prompts and reject_reason_prompts."""
     p = cfg.prompts
     slots = plan_slots(cfg, seeds, labels, train_counts)
     index = gates.dedup_index(cfg, seeds, earlier)

@@ -13,6 +13,7 @@ _WORD = re.compile(r"[A-Za-zÀ-ÿ']+")
 
 def language_of(text: str) -> dict[str, float]:
     """Language probabilities of `text` (langdetect, seeded so the answer is repeatable)."""
+    # langdetect loads its profiles: only when a language is checked
     from langdetect import DetectorFactory, detect_langs
     from langdetect.lang_detect_exception import LangDetectException
 

@@ -113,6 +113,13 @@ def generate_candidates(
     shortlists: dict[str, list[str]],
     on_row: Callable[[dict], Any] | None = None,
 ) -> pd.DataFrame:
+    """N blind candidates per kept prompt, plus candidate 0, the intended label.
+
+    Columns: `rows` is 01's (id, text, label, keep_prompts). Out, one row per candidate: id,
+    prompt_id, label, prompt, options, response (raw), response_label (the option it names, None when
+    none), source (intended_label or model), candidate, the call's metadata (provider, model, seed,
+    prompt_tokens, completion_tokens, latency_s, ttft_s, finish_reason, error, cached) and arrived_s.
+    `on_row` gets each candidate row as it arrives."""
     if cfg.task.type != "classification":  # check_runnable refuses other kinds before any stage runs
         raise ValueError(f"task.type {cfg.task.type!r}: responses are implemented for classification only")
     todo = rows[rows["keep_prompts"]].reset_index(drop=True)
@@ -172,6 +179,11 @@ def _base(row: pd.Series | dict) -> dict:
 
 
 def attach_responses(rows: pd.DataFrame, cands: pd.DataFrame) -> pd.DataFrame:
+    """01's rows with their candidates summed up.
+
+    Columns: `rows` as 01 left them, `cands` as generate_candidates returns. Out: `rows` with response
+    (the intended label), response_source, candidates (the model's answers) and model_agreement (the
+    share of them naming the intended label)."""
     out = rows.copy()
     out["response"] = out["label"]
     out["response_source"] = "intended_label"

@@ -27,8 +27,12 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
+from workbench import causal
 from workbench.config import RunConfig, TrainConfig
 from workbench.embed import embed, encoder
+from workbench.export import kept_pairs
+from workbench.filters import unfiltered
+from workbench.llm import local_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ SETS = ("seeds_only", "seeds_unfiltered", "seeds_synthetic")
 
 
 def training_sets(seeds: pd.DataFrame, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    from workbench.filters import unfiltered
-
     s = seeds[["text", "label"]].assign(source="seed")
     raw = unfiltered(rows)[["text", "label"]].assign(source="synthetic")
     kept = rows.loc[rows["keep"], ["text", "label"]].assign(source="synthetic")
@@ -107,7 +109,10 @@ def train_students(
     folder: Path,
     reference: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One probe per training set (and on `reference`, the real train rows, when given)."""
+    """One probe per training set (and on `reference`, the real train rows, when given).
+
+    Columns: `seeds` and `reference` have text and label; `rows` is 04's dataset (text, label,
+    keep, …). Out, one row per probe: student, model, train_rows, train_seconds, path."""
     encoder()  # load the encoder first, so train_seconds measure training, not loading
     sets = training_sets(seeds, rows)
     if reference is not None:
@@ -141,11 +146,10 @@ def train_causal(
     """The causal student: SFT on seeds + kept rows, then DPO and GRPO from the SFT model (as
     `train.methods` asks), and an SFT on `reference` (real train rows) when given. One folder per
     model under `folder`; returns one row per model: student, model, method, train_rows,
-    train_seconds, steps and paths."""
-    from workbench import causal
-    from workbench.export import kept_pairs
-    from workbench.llm import local_model_dir
+    train_seconds, steps and paths.
 
+    Columns: as train_students; `pairs` is 03's (chosen, rejected, prompt, pair). Out, one row
+    per method: student, model, train_rows, train_seconds, steps, path, adapter, merged, curve."""
     causal.check_args(cfg.train)
     base = local_model_dir(cfg.train.model, Path(cache_dir))
     system = causal.system_prompt(cfg)

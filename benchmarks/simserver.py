@@ -1,6 +1,6 @@
 """A simulated OpenAI-compatible endpoint on 127.0.0.1, for benchmarks and fault tests.
 
-    python -m workbench.simserver --latency 0.2 --concurrency 64 [--over-limit queue|429|slow]
+    python benchmarks/simserver.py --latency 0.2 --concurrency 64 [--over-limit queue|429|slow]
         [--per-token 0.005] [--tokens 16] [--p500 0.05] [--p429 0.05] [--retry-after 1]
         [--p-timeout 0] [--p-reset 0] [--p-truncated 0] [--p-nonjson 0] [--p-slow 0]
         [--api-key KEY] [--models a,b] [--max-n 0] [--schedule 0:16,5:128]
@@ -26,7 +26,9 @@ first token after `latency` and the others `per_token` apart.
 `over_limit: slow` is a self-hosted server (vLLM-like) that never refuses or queues: a request
 started with `active` requests in flight takes `latency * max(1, active / concurrency)`, so
 latency rises with load. `schedule` changes `concurrency` over time ("0:16,5:128": 16 from the
-start, 128 after 5 seconds). `replies: plausible` answers a JSON schema's request with an instance of it and other requests
+start, 128 after 5 seconds). `replies: echo` answers `{"echo": the last message, "seed", "i": the choice}` (text that is not JSON
+for a message containing "[malformed]"), refuses "[401]" messages as a bad key and fails "[429]"
+and "[500]" messages `fail_times` times first: scripted rows for unit tests. `replies: plausible` answers a JSON schema's request with an instance of it and other requests
 with a sentence of the prompt's words, so a whole run can go through it; `inject` adds a text
 (a script tag, PII, …) to the start of a share `p_inject` of those sentences. `api_key` answers 401 to
 any other bearer key, `models` 404 to any
@@ -72,7 +74,8 @@ class SimConfig:
     models: str = ""
     max_n: int = 0
     schedule: str = ""
-    replies: str = "words"  # words | plausible
+    replies: str = "words"  # words | plausible | echo
+    fail_times: int = 1  # with replies echo: a message marked [429] or [500] fails its first fail_times attempts
     inject: str = ""  # with replies plausible: this text is added to a share p_inject of the text replies
     p_inject: float = 0.0
     batch_seconds: float = 1.0
@@ -173,6 +176,8 @@ class Sim:
             out = dict(st, peak_in_flight=self.peak, in_flight=self.active, waiting=len(self.waiting))
             if b"arrivals=1" in path:
                 out["arrivals"] = self.arrivals
+            if b"attempts=1" in path:  # attempts per last message: a test's scripted rows
+                out["attempts"] = {str(json.loads(k)[-1].get("content")): v for k, v in self.sent.items()}
             return conn.send(200, out)
         if self.cfg.api_key and _bearer(head) != self.cfg.api_key:
             st["refused_401"] += 1
@@ -207,6 +212,9 @@ class Sim:
             st["answered_again"] += 1
         prompt = sum(len(str(m.get("content", "")).split()) for m in req["messages"])
         self.arrivals.append((round(self.now() - self.t0, 4), prompt, int(req.get("max_tokens") or 0) * n))
+        st["chat_requests"] += 1
+        if c.replies == "echo" and (scripted := self._scripted(conn, req, self.sent[key])):
+            return scripted
         f = fault(self.cfg, key, self.sent[key])
         if f == "500":
             st["injected_500"] += 1
@@ -232,6 +240,22 @@ class Sim:
             st["refused_429"] += 1
             return conn.send(429, {"error": {"message": "simserver: over capacity"}}, retry_after=c.retry_after)
         self.waiting.append((conn, req))
+
+    def _scripted(self, conn: _Conn, req: dict, attempt: int) -> bool:
+        """`replies: echo`: the last message steers the answer. "[401]" is always refused as a bad
+        key; "[429]" (with Retry-After) and "[500]" fail the first `fail_times` attempts."""
+        msg = str(req["messages"][-1].get("content", ""))
+        if "[401]" in msg:
+            self.stats["refused_401"] += 1
+            conn.send(401, {"error": {"message": "invalid api key", "code": "invalid_api_key"}})
+            return True
+        for code in (429, 500):
+            if f"[{code}]" in msg and attempt <= self.cfg.fail_times:
+                self.stats[f"scripted_{code}"] += 1
+                after = self.cfg.retry_after if code == 429 else None
+                conn.send(code, {"error": {"message": f"scripted {code}", "code": code}}, retry_after=after)
+                return True
+        return False
 
     # ------------------------------------------------------------------ the batch API
 
@@ -382,6 +406,9 @@ class Sim:
         return {"prompt_tokens": prompt, "completion_tokens": n * tokens, "total_tokens": prompt + n * tokens}
 
     def _text(self, req: dict, i: int, tokens: int) -> str:
+        if self.cfg.replies == "echo":  # JSON naming the message, seed and choice; "[malformed]": not JSON
+            msg = str(req["messages"][-1].get("content", ""))
+            return "{not json" if "[malformed]" in msg else json.dumps({"echo": msg, "seed": req.get("seed"), "i": i})
         if self.cfg.replies == "plausible":
             text = _plausible(req, i)
             key = f"{req.get('seed')}|{i}|{json.dumps(req['messages'], sort_keys=True)}"
@@ -598,7 +625,7 @@ async def serve(cfg: SimConfig, port: int = 0, ready=None) -> Sim:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m workbench.simserver", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python benchmarks/simserver.py", description=__doc__.split("\n\n")[0])
     d = SimConfig()
     for name, value in vars(d).items():
         ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
@@ -617,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"listening {url}", flush=True)
 
     try:  # uvloop, where installed (the `bench` extra), accepts and answers several times faster
-        import uvloop
+        import uvloop  # optional: the benchmark's server runs without it
 
         loop = uvloop.new_event_loop()
     except ImportError:

@@ -1,0 +1,51 @@
+"""File primitives every layer uses: where the cache lives, atomic writes of files and folders,
+reading a JSON file that may not exist yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, data/, runs/
+
+
+def cache_dir() -> Path:
+    """Where LLM calls, embeddings and converted models are cached (WORKBENCH_CACHE overrides)."""
+    return Path(os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file and rename, so `path` never exists half-written. When the write
+    fails (disk full, …) the temporary file is removed and the error names `path`; an earlier
+    version of `path` stays as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{path}: not written ({e.strerror or e}); nothing half-written was left") from e
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put a folder written in full at `tmp` in place of `out` (e.g. a saved model): `out` is
+    either the old folder or the new one, never a half-written one."""
+    old = out.with_name(f".{out.name}.old{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in `path`, or {} when there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else {}
