@@ -1,0 +1,78 @@
+"""Notebooks only call the package and draw: every code cell at most 10 lines, with no `def`,
+`class`, `lambda` or loop (a comprehension is a loop too). What a cell would compute belongs in the
+package, where it is tested; the notebook records and shows it."""
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_LINES = 10
+BANNED = {
+    ast.FunctionDef: "def",
+    ast.AsyncFunctionDef: "def",
+    ast.ClassDef: "class",
+    ast.Lambda: "lambda",
+    ast.For: "for loop",
+    ast.AsyncFor: "for loop",
+    ast.While: "while loop",
+    ast.ListComp: "comprehension",
+    ast.SetComp: "comprehension",
+    ast.DictComp: "comprehension",
+    ast.GeneratorExp: "comprehension",
+}
+
+
+def cell_problems(path: Path) -> list[str]:
+    """What breaks the rules in each code cell of the notebook at `path` (cell numbers from 0)."""
+    out = []
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        lines = [ln for ln in cell.source.splitlines() if ln.strip()]
+        if len(lines) > MAX_LINES:
+            out.append(f"{path.name} cell {i}: {len(lines)} lines (at most {MAX_LINES})")
+        found = sorted({BANNED[type(n)] for n in ast.walk(ast.parse(cell.source)) if type(n) in BANNED})
+        if found:
+            out.append(f"{path.name} cell {i}: {', '.join(found)} (belongs in the package)")
+    return out
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_stage_notebooks():
+    assert [p.stem for p in NOTEBOOKS][:2] == ["00_task", "01_prompts"] and len(NOTEBOOKS) == 9
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_only_call_and_draw(path):
+    assert cell_problems(path) == []
+
+
+@pytest.mark.parametrize(
+    "source, problem",
+    [
+        ("\n".join(f"x{i} = {i}" for i in range(11)), "11 lines (at most 10)"),
+        ("def f(rows):\n    return rows", "def (belongs in the package)"),
+        ("for r in rows:\n    print(r)", "for loop (belongs in the package)"),
+        ("labels = [r.label for r in rows.itertuples()]", "comprehension (belongs in the package)"),
+        ("rows.apply(lambda r: r.text, axis=1)", "lambda (belongs in the package)"),
+    ],
+    ids=["11-line cell", "def", "loop", "comprehension", "lambda"],
+)
+def test_a_planted_cell_is_caught(tmp_path, source, problem):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"), nbformat.v4.new_code_cell(source)]
+    nbformat.write(nb, tmp_path / "planted.ipynb")
+    assert cell_problems(tmp_path / "planted.ipynb") == [f"planted.ipynb cell 1: {problem}"]
+
+
+def test_ten_lines_of_calls_pass(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("\n".join(f"x{i} = f({i})" for i in range(10)))]
+    nbformat.write(nb, tmp_path / "ok.ipynb")
+    assert cell_problems(tmp_path / "ok.ipynb") == []
