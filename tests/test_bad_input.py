@@ -9,10 +9,9 @@ import nbformat
 import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
-from test_http import simserver
-from test_judge import SEEDS, prompt_rows
+from support import SEEDS, prompt_rows, simserver
 
-from workbench import cli, judge, runs
+from workbench import cli, driver, files, judge, runs
 from workbench.config import LLMConfig, RunConfig
 from workbench.llm import LLM, EndpointError, Request
 
@@ -223,7 +222,7 @@ def _notebook(path: Path, params: str, *cells: str) -> None:
 
 
 def test_notebook_with_wrong_parameters(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(driver, "NOTEBOOKS", tmp_path)
     _notebook(tmp_path / "00_task.ipynb", 'config = ""\nrun_dir = ""\nrows = 3')
     err = run_check(tmp_path, capsys, ROOT / "configs" / "smoke.yaml", "--stages", "00_task")
     assert "00_task.ipynb: parameters cell declares ['config', 'rows', 'run_dir']" in err
@@ -257,24 +256,24 @@ def test_disk_full_while_writing_an_artifact(tmp_path, monkeypatch):
     """write_atomic under ENOSPC: the error names the file, the earlier version stays whole and no
     temporary file is left."""
     path = tmp_path / "artifacts" / "rows.parquet"
-    runs.write_atomic(path, b"the earlier, whole version")
+    files.write_atomic(path, b"the earlier, whole version")
 
     def full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(OSError, match=f"{path}: not written \\(No space left on device\\)"):
-        runs.write_atomic(path, b"x" * 1000)
+        files.write_atomic(path, b"x" * 1000)
     assert path.read_bytes() == b"the earlier, whole version"
     assert [p.name for p in path.parent.iterdir()] == ["rows.parquet"]
 
 
 def test_disk_full_in_a_stage_fails_the_stage_and_marks_nothing_done(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(driver, "NOTEBOOKS", tmp_path)
     _notebook(
         tmp_path / "00_task.ipynb",
         'config = ""\nrun_dir = ""',
-        "import os, pandas as pd\nfrom workbench.runs import open_stage\nstage = open_stage(config, run_dir, '00_task')",
+        "import os, pandas as pd\nfrom workbench.stage import open_stage\nstage = open_stage(config, run_dir, '00_task')",
         "def full(fd):\n    raise OSError(28, 'No space left on device')\nos.fsync = full",
         "stage.save(pd.DataFrame({'a': [1]}), 'seeds')",
     )

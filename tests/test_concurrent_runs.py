@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_http import simserver
-from test_resume import cache_with_models
+from support import cache_with_models, simserver
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = "00_task,01_prompts,02_responses,03_judge"

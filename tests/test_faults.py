@@ -1,4 +1,4 @@
-"""Endpoint faults: the openai runner against the simulated server (workbench.simserver, a real
+"""Endpoint faults: the openai runner against the simulated server (benchmarks/simserver.py, a real
 process on 127.0.0.1) injecting 500s, 429s with Retry-After, resets, hangs, slow and truncated
 answers and bodies that are not JSON. Every row completes or is recorded as failed; no answered
 request is sent again; no row is duplicated."""
@@ -7,8 +7,8 @@ import collections
 import time
 
 import pytest
+from support import llm_for, reqs, simserver, stats
 
-from tests.test_http import llm_for, reqs, simserver, stats
 from workbench.cache import Cache
 from workbench.llm import Request
 
@@ -87,14 +87,14 @@ def test_rows_that_exhaust_their_retries_are_failed_rows_and_retry_alone(tmp_pat
 
 
 def _runner(url, tmp_path, monkeypatch, **kw):
-    from workbench.llm import _OpenAIRunner
+    from workbench.llm.endpoint import _OpenAIRunner
 
     llm = llm_for(url, tmp_path, monkeypatch, **kw)
     return _OpenAIRunner(llm.cfg, llm.stats)
 
 
 def test_concurrency_falls_when_a_self_hosted_server_slows_down_and_rises_when_it_recovers(tmp_path, monkeypatch):
-    from workbench.llm import _run_async
+    from workbench.llm.endpoint import _run_async
 
     # a vLLM-like server: never refuses, every request in flight slows down past its capacity;
     # capacity 64 (more than the client sends), then 8 from 3 s, then 64 again from 7 s
@@ -119,7 +119,7 @@ def test_concurrency_falls_when_a_self_hosted_server_slows_down_and_rises_when_i
 
 
 def test_adaptive_concurrency_off_keeps_the_ceiling(tmp_path, monkeypatch):
-    from workbench.llm import _run_async
+    from workbench.llm.endpoint import _run_async
 
     with simserver(over_limit="slow", concurrency=4, latency=0.02) as url:
         runner = _runner(url, tmp_path, monkeypatch, max_concurrency=16, adaptive_concurrency=False)

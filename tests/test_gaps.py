@@ -13,7 +13,8 @@ from sklearn.decomposition import PCA
 
 from workbench import clusters, gaps, lineage
 from workbench.config import ConfigError, RunConfig, load_config, plan_counts
-from workbench.runs import RunError, iterate
+from workbench.driver import iterate
+from workbench.runs import RunError
 
 LABELS = ["card_arrival", "card_delivery_estimate", "exchange_rate", "top_up_failed"]
 
@@ -319,7 +320,7 @@ def test_lineage_reports_the_paired_change_and_the_clusters_that_shrank(tmp_path
 
 
 def test_an_iteration_carries_the_rows_of_the_iterations_before_it(tmp_path):
-    from workbench.runs import Stage
+    from workbench.stage import Stage
 
     def run(name, parent, ids, carried=None):
         r = tmp_path / "t" / name

@@ -1,52 +1,15 @@
-"""The endpoint client (workbench.http + the openai runner in workbench.llm) against the
-simulated server (workbench.simserver), started as a real process on 127.0.0.1."""
+"""The endpoint client (workbench.llm.http + the runner in workbench.llm.endpoint) against the
+simulated server (benchmarks/simserver.py), started as a real process on 127.0.0.1."""
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
-import urllib.request
-from contextlib import contextmanager
 
 import pytest
+from support import llm_for, reqs, simserver, stats
 
-from workbench import http
 from workbench.cache import Cache
-from workbench.config import LLMConfig
-from workbench.llm import LLM, Request, cache_key
-
-
-@contextmanager
-def simserver(**opts):
-    args = [sys.executable, "-m", "workbench.simserver", "--max-seconds", "60"]
-    for k, v in {"latency": 0.01, **opts}.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("listening "), proc.stderr.read()
-        yield line.split()[1]
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def stats(url: str, arrivals: bool = False) -> dict:
-    """The server's counters; `arrivals`: also each chat request's (seconds since the server
-    started, prompt words, max_tokens x n)."""
-    with urllib.request.urlopen(url + "/stats" + ("?arrivals=1" if arrivals else ""), timeout=5) as r:
-        return json.loads(r.read())
-
-
-def llm_for(url: str, tmp_path, monkeypatch, **kw) -> LLM:
-    monkeypatch.setenv("SIM_KEY", "sk-sim")
-    cfg = LLMConfig(provider="openai", model="sim", base_url=url, api_key_env="SIM_KEY", **kw)
-    return LLM(cfg, tmp_path / "cache")
-
-
-def reqs(n: int, **kw) -> list[Request]:
-    return [Request.chat(None, f"row {i}", max_tokens=8, seed=i, **kw) for i in range(n)]
+from workbench.llm import Request, cache_key, http
 
 
 def test_cache_keys_are_stable_across_versions():

@@ -3,8 +3,8 @@
 import json
 
 import pytest
+from scripted_llm import ScriptedLLM, draft_reply
 
-from tests.scripted_llm import ScriptedLLM, draft_reply
 from workbench import cli, init
 from workbench.config import ConfigError, check_runnable, load_config
 
@@ -196,7 +196,8 @@ def test_init_llm_settings_come_from_set(tmp_path):
 def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path):
     """The done-means: the embedded model's weak draft is carried by repair and defaults, and the
     written config runs end to end (small sizes, through --set)."""
-    from workbench.runs import execute, new_run
+    from workbench.driver import execute
+    from workbench.runs import new_run
 
     labels = "card_arrival,lost_or_stolen_card,exchange_rate"
     out = tmp_path / "banking.yaml"

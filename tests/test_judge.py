@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
+from support import SEEDS, prompt_rows
 
 from workbench import judge
 from workbench.config import RunConfig
@@ -73,26 +74,6 @@ def test_best_and_worst_pairs_respect_the_margin():
     assert pairs.loc["p3", "pair"] and pairs.loc["p3", "margin"] == 0.5  # the unscored candidate is skipped
     assert not pairs.loc["p4", "pair"]  # all equal: a best row, no pair
     assert judge.preference_pairs(c, margin=0.2).set_index("prompt_id").loc["p2", "pair"]
-
-
-def prompt_rows(texts, labels):
-    return pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts, "label": labels}).assign(
-        keep_prompts=True, reject_reason_prompts=None
-    )
-
-
-SEEDS = pd.DataFrame(
-    {
-        "id": ["s1", "s2", "s3", "s4"],
-        "text": [
-            "My new card still has not arrived in the post",
-            "When will the card I ordered be delivered?",
-            "I lost my card on the train yesterday",
-            "Someone stole my wallet with my bank card in it",
-        ],
-        "label": ["card_arrival", "card_arrival", "lost_or_stolen_card", "lost_or_stolen_card"],
-    }
-)
 
 
 def test_unparseable_judge_replies_are_kept_raw_and_rejected(tmp_path):

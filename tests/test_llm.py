@@ -1,5 +1,5 @@
 import pytest
-from fake_openai import FakeOpenAI
+from support import simserver, stats
 
 from workbench.config import ConfigError, LLMConfig
 from workbench.llm import LLM, Request, cache_key, parse_json
@@ -10,11 +10,20 @@ def api_key(monkeypatch):
     monkeypatch.setenv("TEST_KEY", "sk-test")
 
 
-def openai_llm(server: FakeOpenAI, tmp_path, **kw) -> LLM:
+def echo_server(**opts):
+    """The simulated endpoint answering scripted rows (benchmarks/simserver.py, `replies: echo`)."""
+    return simserver(**{"replies": "echo", "latency": 0.0, **opts})
+
+
+def attempts(url: str) -> dict[str, int]:
+    return stats(url, attempts=True)["attempts"]
+
+
+def openai_llm(url: str, tmp_path, **kw) -> LLM:
     cfg = LLMConfig(
         provider="openai",
         model="fake",
-        base_url=server.base_url,
+        base_url=url,
         api_key_env="TEST_KEY",
         max_concurrency=kw.pop("max_concurrency", 4),
         max_retries=kw.pop("max_retries", 3),
@@ -51,8 +60,8 @@ def test_cache_key_covers_everything_that_changes_the_answer():
 
 
 def test_rows_carry_metadata_and_parse_json(tmp_path):
-    with FakeOpenAI() as srv:
-        [[row]] = openai_llm(srv, tmp_path).generate([req("hello", seed=7)])
+    with echo_server(tokens=5, latency=0.01) as url:
+        [[row]] = openai_llm(url, tmp_path).generate([req("hello", seed=7)])
     assert row["parsed"] == {"echo": "hello", "seed": 7, "i": 0}
     assert row["model"] == "fake" and row["seed"] == 7 and row["error"] is None
     assert row["prompt_tokens"] == 1 and row["completion_tokens"] == 5
@@ -60,14 +69,14 @@ def test_rows_carry_metadata_and_parse_json(tmp_path):
 
 
 def test_malformed_json_is_kept_raw(tmp_path):
-    with FakeOpenAI() as srv:
-        [[row]] = openai_llm(srv, tmp_path).generate([req("[malformed] please")])
+    with echo_server() as url:
+        [[row]] = openai_llm(url, tmp_path).generate([req("[malformed] please")])
     assert row["text"] == "{not json" and row["parsed"] is None and row["error"] is None
 
 
 def test_n_candidates_and_streaming_ttft(tmp_path):
-    with FakeOpenAI() as srv:
-        [rows] = openai_llm(srv, tmp_path, stream=True).generate([req("many", n=3, seed=10)])
+    with echo_server() as url:
+        [rows] = openai_llm(url, tmp_path, stream=True).generate([req("many", n=3, seed=10)])
     assert [r["candidate"] for r in rows] == [0, 1, 2]
     assert [r["seed"] for r in rows] == [10, 11, 12]
     assert [r["parsed"]["i"] for r in rows] == [0, 1, 2]
@@ -76,17 +85,17 @@ def test_n_candidates_and_streaming_ttft(tmp_path):
 
 
 def test_retries_honour_retry_after_and_recover(tmp_path):
-    with FakeOpenAI(fail_times=2, retry_after="0.2") as srv:
-        llm = openai_llm(srv, tmp_path)
+    with echo_server(fail_times=2, retry_after=0.2) as url:
+        llm = openai_llm(url, tmp_path)
         out = llm.generate([req("[429] a"), req("[500] b"), req("plain")])
         assert [r[0]["error"] for r in out] == [None, None, None]
-        assert srv.attempts["[429] a"] == 3 and srv.attempts["[500] b"] == 3 and srv.attempts["plain"] == 1
+        assert attempts(url) == {"[429] a": 3, "[500] b": 3, "plain": 1}
         assert llm.stats["retries"] == 4
 
 
 def test_gives_up_after_max_retries_and_does_not_cache_failures(tmp_path):
-    with FakeOpenAI(fail_times=10) as srv:
-        llm = openai_llm(srv, tmp_path, max_retries=1)
+    with echo_server(fail_times=10) as url:
+        llm = openai_llm(url, tmp_path, max_retries=1)
         [[row]] = llm.generate([req("[500] x")])
         assert "gave up after 2 attempts" in row["error"] and row["text"] == ""
         assert len(llm.cache) == 0
@@ -97,28 +106,28 @@ def test_client_errors_are_not_retried(tmp_path):
     with the config field to fix (tests/test_bad_input.py has the whole matrix)."""
     from workbench.llm import EndpointError
 
-    with FakeOpenAI() as srv:
+    with echo_server() as url:
         with pytest.raises(EndpointError, match=r"llm.api_key_env: .* refused the key in \$TEST_KEY \(HTTP 401"):
-            openai_llm(srv, tmp_path).generate([req("[401] x")])
-        assert srv.attempts["[401] x"] == 1
+            openai_llm(url, tmp_path).generate([req("[401] x")])
+        assert attempts(url) == {"[401] x": 1}
 
 
 def test_concurrency_is_bounded(tmp_path):
-    with FakeOpenAI(delay_s=0.05) as srv:
-        openai_llm(srv, tmp_path, max_concurrency=3).generate([req(f"r{i}") for i in range(20)])
-        assert srv.peak <= 3 and srv.requests == 20
+    with echo_server(latency=0.05) as url:
+        openai_llm(url, tmp_path, max_concurrency=3).generate([req(f"r{i}") for i in range(20)])
+        s = stats(url)
+        assert 0 < s["peak_in_flight"] <= 3 and s["chat_requests"] == 20
 
 
 def test_cache_hit_and_resume(tmp_path):
     """A re-run is answered from the cache; after a partial failure only the failed calls are repeated."""
-    with FakeOpenAI(fail_times=10) as srv:
-        llm = openai_llm(srv, tmp_path, max_retries=0)
-        reqs = [req(f"ok {i}") for i in range(5)] + [req("[500] flaky")]
-        first = llm.generate(reqs)
-        assert srv.requests == 6 and first[-1][0]["error"]
-        srv.fail_times = 0  # the endpoint recovers; an interrupted run is started again
-        second = openai_llm(srv, tmp_path).generate(reqs)
-        assert srv.requests == 7  # only the failed call went out again
+    reqs = [req(f"ok {i}") for i in range(5)] + [req("[500] flaky")]
+    with echo_server(fail_times=10) as url:
+        first = openai_llm(url, tmp_path, max_retries=0).generate(reqs)
+        assert stats(url)["chat_requests"] == 6 and first[-1][0]["error"]
+    with echo_server(fail_times=0) as url:  # the endpoint recovers; an interrupted run is started again
+        second = openai_llm(url, tmp_path).generate(reqs)
+        assert stats(url)["chat_requests"] == 1  # only the failed call went out again
         assert [r[0]["cached"] for r in second] == [True] * 5 + [False]
         assert [r[0]["text"] for r in second[:5]] == [r[0]["text"] for r in first[:5]]
         assert second[-1][0]["error"] is None
@@ -126,22 +135,22 @@ def test_cache_hit_and_resume(tmp_path):
 
 def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_KEY")
-    with FakeOpenAI() as srv:
+    with echo_server() as url:
         with pytest.raises(ConfigError, match="environment variable TEST_KEY"):
-            openai_llm(srv, tmp_path).generate([req("x")])
+            openai_llm(url, tmp_path).generate([req("x")])
 
 
 def test_key_is_not_in_the_cache(tmp_path):
-    with FakeOpenAI() as srv:
-        openai_llm(srv, tmp_path).generate([req("x")])
+    with echo_server() as url:
+        openai_llm(url, tmp_path).generate([req("x")])
     files = list((tmp_path / "cache").glob("llm.sqlite*"))  # the database and its WAL
     assert files and all(b"sk-test" not in f.read_bytes() for f in files)
 
 
 def local_rows(reqs: list[Request], batch_size: int) -> list[list[dict]]:
     """Run the embedded model directly, bypassing the call cache."""
-    from workbench.llm import _LocalModel
-    from workbench.runs import cache_dir
+    from workbench.files import cache_dir
+    from workbench.llm.embedded import _LocalModel
 
     out: dict[int, list[dict]] = {}
     _LocalModel(LLMConfig(batch_size=batch_size), cache_dir()).run(reqs, list(range(len(reqs))), out.__setitem__, "t")
@@ -195,7 +204,7 @@ def test_local_n_candidates_read_the_prompt_once_and_match_single_requests():
 
 def test_error_rows_never_carry_the_key(monkeypatch):
     """An endpoint that echoes the key back in an error gets it into no row (both runners use this)."""
-    from workbench import llm
+    from workbench.llm import endpoint as llm
 
     key = "sk-live-0123456789abcdef"
     monkeypatch.setenv("WB_ROW_KEY", key)
@@ -205,7 +214,7 @@ def test_error_rows_never_carry_the_key(monkeypatch):
 
 
 def test_a_placeholder_key_does_not_garble_error_messages(monkeypatch):
-    from workbench import llm
+    from workbench.llm import endpoint as llm
 
     monkeypatch.setenv("WB_ROW_KEY", "x")  # a local server that checks no key
     cfg = LLMConfig(provider="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="WB_ROW_KEY")

@@ -285,7 +285,7 @@ def test_the_default_domain_threshold_passes_real_rows_and_stops_off_domain_ones
     """The measurement behind prompts.min_domain_score's default, on real Banking77 dev rows."""
     from workbench import embed
     from workbench.config import load_config
-    from workbench.runs import cache_dir
+    from workbench.files import cache_dir
 
     cfg, _ = load_config(root / "configs" / "smoke.yaml")
     seeds, dev = data.seeds(cfg), data.dev_split(cfg)

@@ -13,24 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import SMOKE_RUN, cache_with_models
 
 from workbench.cache import Cache
 from workbench.config import LLMConfig
 from workbench.llm import LLM, Request
-from workbench.runs import cache_dir
 
 TOPICS = ["the sea", "a bank card", "rain", "exchange rates", "a lost wallet", "coffee", "trains", "a cat",
           "winter", "an ATM", "music", "a top-up that failed", "bread", "mountains", "a refund", "stars"]  # fmt: skip
-
-
-def cache_with_models(path: Path) -> Path:
-    """An empty call cache that shares the converted embedded model (and embeddings) of the tests'
-    (test_shared_run and test_concurrent_runs use it too)."""
-    path.mkdir(parents=True)
-    for sub in ("models", "embeddings"):
-        if (cache_dir() / sub).exists():
-            (path / sub).symlink_to(cache_dir() / sub)
-    return path
 
 
 class Crash(Exception):
@@ -45,8 +35,7 @@ VOLATILE = ("latency_s", "ttft_s", "cached", "critique_cached", "arrived_s")
 
 def _start(runs: Path, cache: Path, log: Path) -> subprocess.Popen:
     """`workbench run` of the smoke config, as a user types it (the same command every time)."""
-    cmd = [sys.executable, "-m", "workbench.cli", "run", str(ROOT / "configs" / "smoke.yaml"),
-           "--runs-dir", str(runs), "--stages", STAGES, "--set", "llm.batch_size=8"]  # fmt: skip
+    cmd = [sys.executable, "-m", "workbench.cli", *SMOKE_RUN, "--runs-dir", str(runs), "--stages", STAGES]
     env = dict(os.environ, WORKBENCH_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # noqa: SIM115
 
@@ -107,7 +96,7 @@ def _rows(run: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_kill_9_in_generation_judging_and_training_then_the_same_command_resumes(tmp_path):
+def test_kill_9_in_generation_judging_and_training_then_the_same_command_resumes(tmp_path, smoke_run):
     runs, cache = tmp_path / "runs", cache_with_models(tmp_path / "cache")
     logs = [tmp_path / f"attempt{i}.log" for i in range(4)]
     _kill_in(_start(runs, cache, logs[0]), runs, cache, "02_responses", logs[0])
@@ -136,10 +125,9 @@ def test_kill_9_in_generation_judging_and_training_then_the_same_command_resumes
         pd.read_parquet(p)
     assert list((run / "artifacts").rglob("merged/config.json"))
 
-    # the same command, never interrupted, on an empty cache: the same dataset
-    ref_runs, ref_cache = tmp_path / "ref_runs", cache_with_models(tmp_path / "ref_cache")
-    _finish(_start(ref_runs, ref_cache, tmp_path / "ref.log"), tmp_path / "ref.log")
-    ref = _run_dir(ref_runs)
+    # the same command, never interrupted, on an empty cache (the session's smoke run): the same dataset
+    runs_dir, _, _ = smoke_run
+    ref = _run_dir(runs_dir)
     ref_metrics = json.loads((ref / "metrics.json").read_text())
     assert ref_metrics["02_responses"]["llm"]["cached"] == 0
     pd.testing.assert_frame_equal(_rows(run), _rows(ref))

@@ -4,7 +4,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from workbench import runs
+from workbench import driver, runs
 from workbench.runs import RunError
 
 
@@ -18,30 +18,30 @@ def make_notebook(path, params: str):
 
 
 def test_driver_refuses_notebook_with_wrong_parameters(tmp_path, monkeypatch, root):
-    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(driver, "NOTEBOOKS", tmp_path)
     make_notebook(tmp_path / "00_task.ipynb", 'config = ""\nrun_dir = ""')
     make_notebook(tmp_path / "01_prompts.ipynb", 'config = ""\nrun_dir = ""\nlabels = 3')
     run = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path / "runs")
     with pytest.raises(RunError) as e:
-        runs.execute(run, ["00_task", "01_prompts"])
+        driver.execute(run, ["00_task", "01_prompts"])
     assert "01_prompts.ipynb: parameters cell declares ['config', 'labels', 'run_dir']" in str(e.value)
     assert "00_task" not in str(e.value)
     assert not (run / "notebooks").exists()  # nothing ran
 
 
 def test_missing_broken_notebook_and_unknown_stage(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(driver, "NOTEBOOKS", tmp_path)
     with pytest.raises(RunError, match="00_task.ipynb: notebook not found"):
-        runs.validate_stages(["00_task"])
+        driver.validate_stages(["00_task"])
     (tmp_path / "00_task.ipynb").write_text("{ not a notebook")
     with pytest.raises(RunError, match="00_task.ipynb: cannot read its parameters"):
-        runs.validate_stages(["00_task"])
+        driver.validate_stages(["00_task"])
     with pytest.raises(RunError, match=r"unknown stages \['05_trian'\]"):
-        runs.validate_stages(["05_trian"])
+        driver.validate_stages(["05_trian"])
 
 
 def test_shipped_notebooks_take_exactly_config_and_run_dir():
-    assert runs.validate_stages(None) == runs.STAGES
+    assert driver.validate_stages(None) == runs.STAGES
 
 
 def test_run_folders_are_numbered_and_hold_config_and_provenance(tmp_path, root):
@@ -61,11 +61,11 @@ def test_finished_run_is_never_rewritten(tmp_path, root):
     prov.update(status="finished", finished="2026-01-01T00:00:00")
     (run / "provenance.json").write_text(json.dumps(prov))
     with pytest.raises(RunError, match="never rewritten"):
-        runs.execute(run)
+        driver.execute(run)
 
 
 def test_stage_failure_stops_the_run_and_keeps_the_notebook(tmp_path, monkeypatch, root):
-    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(driver, "NOTEBOOKS", tmp_path)
     make_notebook(tmp_path / "00_task.ipynb", 'config = ""\nrun_dir = ""')
     bad = nbformat.read(tmp_path / "00_task.ipynb", as_version=4)
     bad.cells.append(nbformat.v4.new_code_cell("raise ValueError('planted failure')"))
@@ -73,7 +73,7 @@ def test_stage_failure_stops_the_run_and_keeps_the_notebook(tmp_path, monkeypatc
     make_notebook(tmp_path / "02_responses.ipynb", 'config = ""\nrun_dir = ""')
     run = runs.new_run(root / "configs" / "smoke.yaml", runs_root=tmp_path / "runs")
     with pytest.raises(RunError, match="(?s)stage 01_prompts failed.*ValueError: planted failure"):
-        runs.execute(run, ["00_task", "01_prompts", "02_responses"])
+        driver.execute(run, ["00_task", "01_prompts", "02_responses"])
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "failed"
     assert prov["stages"]["00_task"]["status"] == "done" and prov["stages"]["01_prompts"]["status"] == "failed"
@@ -83,7 +83,7 @@ def test_stage_failure_stops_the_run_and_keeps_the_notebook(tmp_path, monkeypatc
 
 
 def _fake_stages(monkeypatch, tmp_path, names):
-    monkeypatch.setattr(runs, "NOTEBOOKS", tmp_path)
+    monkeypatch.setattr(driver, "NOTEBOOKS", tmp_path)
     for n in names:
         make_notebook(tmp_path / f"{n}.ipynb", 'config = ""\nrun_dir = ""')
 
@@ -106,7 +106,7 @@ def test_an_unfinished_run_of_the_same_config_is_found_and_locked(tmp_path, monk
     # while it is held (a process executing it), nobody else gets it
     assert runs.find_resumable(cfg, runs_root=tmp_path, stages=stages) is None
     with pytest.raises(RunError, match="another process is executing this run"):
-        runs.execute(unfinished, stages)
+        driver.execute(unfinished, stages)
     found[1].release()
     assert runs.find_resumable(cfg, ["seed=7"], runs_root=tmp_path, stages=stages)[0] == other
     assert runs.find_resumable(cfg, runs_root=tmp_path, stages=["00_task"]) is None  # other stages: a new run
@@ -121,14 +121,14 @@ def test_resume_skips_done_stages_and_marks_the_dead_one_interrupted(tmp_path, m
     (run / "provenance.json").write_text(json.dumps(prov))  # as a process killed in 01 leaves it
     (run / "artifacts" / ".prompts.parquet.tmp4242").write_text("half")
     ran = []
-    real = runs.papermill_execute
+    real = driver.papermill_execute
 
     def spy(src, out, **kw):
         ran.append(Path(src).stem)
         return real(src, out, **kw)
 
-    monkeypatch.setattr(runs, "papermill_execute", spy)
-    runs.execute(run, names)
+    monkeypatch.setattr(driver, "papermill_execute", spy)
+    driver.execute(run, names)
     prov = json.loads((run / "provenance.json").read_text())
     assert ran == ["01_prompts", "02_responses"]
     assert prov["stages"]["01_prompts"]["status"] == "done"
@@ -145,9 +145,23 @@ def test_ctrl_c_marks_the_stage_and_run_interrupted(tmp_path, monkeypatch, root)
     def interrupted(src, out, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "papermill_execute", interrupted)
+    monkeypatch.setattr(driver, "papermill_execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        runs.execute(run, names)
+        driver.execute(run, names)
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "interrupted" and prov["stages"]["00_task"]["status"] == "interrupted"
     assert runs.RunLock(run).acquire()  # the lock went with the interrupted process
+
+
+def test_a_notebook_opened_without_a_run_folder_works_in_the_scratch_folder(root, tmp_path, monkeypatch):
+    """Run All in JupyterLab: a notebook's default parameters (the smoke config, no run_dir) give a
+    stage in `runs/<task>/scratch/`, a folder that is not a numbered run."""
+    from workbench import stage as stage_module
+
+    monkeypatch.setattr(stage_module, "ROOT", tmp_path)
+    st = stage_module.open_stage(str(root / "configs" / "smoke.yaml"), "", "00_task")
+    assert st.run_dir == tmp_path / "runs" / "smoke" / "scratch" and st.artifacts.is_dir()
+    assert (st.run_dir / "config.yaml").read_text().startswith("# Smoke config")
+    assert st.provenance() == {} and st.stage_times().empty and st.parent_config() is None
+    st.record(rows=3)
+    assert st.metrics() == {"00_task": {"rows": 3}}

@@ -1,4 +1,4 @@
-"""What a run leaves to be shared: a whole run against the simulated endpoint (workbench.simserver
+"""What a run leaves to be shared: a whole run against the simulated endpoint (benchmarks/simserver.py
 with plausible replies), its API key planted in the environment and hostile text (a script tag,
 an image with onerror, a javascript: link, an email address and a phone number) injected into a
 third of the generated messages.
@@ -18,8 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_http import simserver
-from test_resume import cache_with_models
+from support import cache_with_models, simserver
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-planted-7f3a9c1e5b2d4f60a8e7c9b1d3f5a7c9"
@@ -138,7 +137,7 @@ def test_markdown_styler_and_table_outputs_built_from_data_are_inert(tmp_path, m
     import nbformat
     import papermill
 
-    from workbench import runs
+    from workbench import report, runs
 
     run = runs.new_run(ROOT / "configs" / "smoke.yaml", runs_root=tmp_path)
     nb = nbformat.v4.new_notebook()
@@ -149,7 +148,7 @@ def test_markdown_styler_and_table_outputs_built_from_data_are_inert(tmp_path, m
         params,
         nbformat.v4.new_code_cell(
             "import pandas as pd\nfrom IPython.display import Markdown, display\n"
-            "from workbench.runs import open_stage\nstage = open_stage(config, run_dir, '00_task')\n"
+            "from workbench.stage import open_stage\nstage = open_stage(config, run_dir, '00_task')\n"
             f"hostile = {HOSTILE!r}"
         ),
         # a cluster name (generated, not a row: its HTML is the risk; rows reach pages through tables)
@@ -169,7 +168,7 @@ def test_markdown_styler_and_table_outputs_built_from_data_are_inert(tmp_path, m
         kernel_name="python3",
         progress_bar=False,  # fmt: skip
     )
-    runs.export_html(run)
+    report.export_html(run)
     page = run / "report" / "00_task.html"
     source = page.read_text()
     assert EMAIL not in source and "7700 900123" not in source  # PII shown redacted

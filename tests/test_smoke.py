@@ -1,10 +1,8 @@
-"""The real chain end to end: `workbench run configs/smoke.yaml` on the embedded model."""
+"""The real chain end to end: `workbench run configs/smoke.yaml` on the embedded model (the
+session's shared smoke run, `smoke_run` in conftest.py)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -27,48 +25,8 @@ ARTIFACTS = [
 ]
 
 
-# Loaded by every Python process of the run (the CLI and each stage's kernel) through PYTHONPATH:
-# records which stage opened the dataset's test.csv (stages announce themselves in open_stage).
-AUDIT = """
-import os, sys
-_stage = [None]
-def _hook(event, args):
-    if event == "workbench.stage":
-        _stage[0] = args[0]
-    elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-        path = os.fsdecode(args[0])
-        if path.endswith(os.sep + "test.csv"):
-            with open(os.environ["WORKBENCH_AUDIT_LOG"], "a") as f:
-                f.write(f"{os.getpid()}\\t{_stage[0]}\\t{path}\\n")
-sys.addaudithook(_hook)
-"""
-
-
 def runs_in(folder):
     return [p for p in folder.iterdir() if p.is_dir()]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, request):
-    root = request.config.rootpath
-    runs_dir = tmp_path_factory.mktemp("runs")
-    audit = tmp_path_factory.mktemp("audit")
-    (audit / "sitecustomize.py").write_text(AUDIT)
-    env = os.environ.copy()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(audit), env.get("PYTHONPATH")]))
-    env["WORKBENCH_AUDIT_LOG"] = str(audit / "opens.tsv")
-    cli = [
-        sys.executable,
-        "-m",
-        "workbench.cli",
-        "run",
-        str(root / "configs" / "smoke.yaml"),
-        "--runs-dir",
-        str(runs_dir),
-    ]
-    proc = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return runs_dir, proc.stdout, audit / "opens.tsv"
 
 
 @pytest.mark.slow

@@ -1,0 +1,147 @@
+"""Helpers the tests share (no test module imports another): the simulated endpoint started as a
+real process, a cache that shares the converted embedded model, and a few real-looking rows."""
+
+import ast
+import json
+import subprocess
+import sys
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.config import LLMConfig
+from workbench.files import cache_dir
+from workbench.llm import LLM, Request
+
+ROOT = Path(__file__).resolve().parent.parent
+SIMSERVER = ROOT / "benchmarks" / "simserver.py"
+
+# The smoke run's command, as a user types it. Batches of 8 rows, so each LLM stage saves its
+# answers several times: test_resume kills the same command between two batches and compares
+# what it resumes to with this run.
+SMOKE_RUN = ["run", str(ROOT / "configs" / "smoke.yaml"), "--set", "llm.batch_size=8"]
+
+
+@contextmanager
+def simserver(**opts):
+    args = [sys.executable, str(SIMSERVER), "--max-seconds", "60"]
+    for k, v in {"latency": 0.01, **opts}.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening "), proc.stderr.read()
+        yield line.split()[1]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def stats(url: str, arrivals: bool = False, attempts: bool = False) -> dict:
+    """The server's counters; `arrivals`: also each chat request's (seconds since the server
+    started, prompt words, max_tokens x n); `attempts`: requests per last message."""
+    query = "&".join(q for q, on in (("arrivals=1", arrivals), ("attempts=1", attempts)) if on)
+    with urllib.request.urlopen(url + "/stats" + ("?" + query if query else ""), timeout=5) as r:
+        return json.loads(r.read())
+
+
+def llm_for(url: str, tmp_path, monkeypatch, **kw) -> LLM:
+    monkeypatch.setenv("SIM_KEY", "sk-sim")
+    cfg = LLMConfig(provider="openai", model="sim", base_url=url, api_key_env="SIM_KEY", **kw)
+    return LLM(cfg, tmp_path / "cache")
+
+
+def reqs(n: int, **kw) -> list[Request]:
+    return [Request.chat(None, f"row {i}", max_tokens=8, seed=i, **kw) for i in range(n)]
+
+
+def cache_with_models(path: Path) -> Path:
+    """An empty call cache that shares the converted embedded model (and embeddings) of the tests'
+    ."""
+    path.mkdir(parents=True)
+    for sub in ("models", "embeddings"):
+        if (cache_dir() / sub).exists():
+            (path / sub).symlink_to(cache_dir() / sub)
+    return path
+
+
+def prompt_rows(texts, labels):
+    return pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts, "label": labels}).assign(
+        keep_prompts=True, reject_reason_prompts=None
+    )
+
+
+SEEDS = pd.DataFrame(
+    {
+        "id": ["s1", "s2", "s3", "s4"],
+        "text": [
+            "My new card still has not arrived in the post",
+            "When will the card I ordered be delivered?",
+            "I lost my card on the train yesterday",
+            "Someone stole my wallet with my bank card in it",
+        ],
+        "label": ["card_arrival", "card_arrival", "lost_or_stolen_card", "lost_or_stolen_card"],
+    }
+)
+
+
+# ---------------------------------------------------------------- the package's import graph
+
+
+def modules(package: Path) -> dict[str, Path]:
+    out = {}
+    for p in sorted(package.rglob("*.py")):
+        parts = p.relative_to(package.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, ast.AST]]:
+    """(module imported, node) for every import of a package module in `path`, at any depth.
+    `from pkg import sub` counts as importing pkg.sub when sub is a module, else pkg."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node) for a in node.names if a.name in known]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            for a in node.names:
+                target = f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                if target in known and target != name:
+                    out.append((target, node))
+    return out
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` as a path that ends where it starts, or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 finished
+    path: list[str] = []
+
+    def visit(v: str) -> list[str] | None:
+        state[v] = 1
+        path.append(v)
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                return path[path.index(w) :] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        state[v] = 2
+        path.pop()
+        return None
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(graph) + 100))
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def graph_of(package: Path) -> dict[str, set[str]]:
+    known = modules(package)
+    return {name: {m for m, _ in imports(name, path, known)} for name, path in known.items()}
