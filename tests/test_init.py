@@ -212,6 +212,8 @@ def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path):
                 str(out),
                 "--repair-rounds",
                 "1",
+                "--set",
+                "llm.dtype=float32",  # fast on any CPU, as the smoke config
             ]
         )
         == 0
@@ -225,6 +227,7 @@ def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path):
         "gaps.min_cluster_size=2",
         "gaps.umap_neighbors=3",
         "train.students=[probe]",  # the causal student's path is the smoke run's; this test is about the draft
+        "llm.dtype=float32",
     ]
     run = new_run(out, small, runs_root=tmp_path / "runs")
     execute(run)

@@ -153,7 +153,9 @@ def local_rows(reqs: list[Request], batch_size: int) -> list[list[dict]]:
     from workbench.llm.embedded import _LocalModel
 
     out: dict[int, list[dict]] = {}
-    _LocalModel(LLMConfig(batch_size=batch_size), cache_dir()).run(reqs, list(range(len(reqs))), out.__setitem__, "t")
+    _LocalModel(LLMConfig(batch_size=batch_size, dtype="float32"), cache_dir()).run(
+        reqs, list(range(len(reqs))), out.__setitem__, "t"
+    )
     return [out[i] for i in range(len(reqs))]
 
 
