@@ -241,7 +241,7 @@ def test_resuming_a_run_whose_endpoint_is_gone(tmp_path, capsys, monkeypatch):
     """`workbench resume` checks the endpoint before it starts a stage, and the run stays resumable."""
     monkeypatch.setenv("WB_TEST_KEY", "sk-test")
     run = runs.new_run(endpoint_config(tmp_path, "http://127.0.0.1:9/v1"), runs_root=tmp_path / "runs")
-    runs._HELD.pop(run.resolve()).release()  # as if the process that created it had died
+    runs.held_lock(run).release()  # as if the process that created it had died
     err = cli_error(["resume", str(run)], capsys)
     assert "llm.base_url: cannot reach http://127.0.0.1:9/v1" in err
     assert json.loads((run / "provenance.json").read_text())["status"] == "created"

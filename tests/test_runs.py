@@ -100,7 +100,7 @@ def test_an_unfinished_run_of_the_same_config_is_found_and_locked(tmp_path, monk
     # the process that creates a run holds it until it executes it
     assert runs.find_resumable(cfg, runs_root=tmp_path, stages=stages) is None
     for r in (other, unfinished):  # as if the process that made them had died
-        runs._HELD.pop(r.resolve()).release()
+        runs.held_lock(r).release()
     found = runs.find_resumable(cfg, runs_root=tmp_path, stages=stages)
     assert found is not None and found[0] == unfinished
     # while it is held (a process executing it), nobody else gets it

@@ -21,7 +21,7 @@ from workbench import data, gaps, lineage
 from workbench.config import load_config
 from workbench.files import ROOT, read_json, write_atomic
 from workbench.report import export_html
-from workbench.runs import _HELD, STAGES, RunError, RunLock, _git, new_run, update_provenance
+from workbench.runs import STAGES, RunError, RunLock, git_state, held_lock, new_run, update_provenance
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def execute(run: Path, stages: list[str] | None = None, lock: RunLock | None = N
         raise RunError(f"{run}: not a run folder (no provenance.json)")
     if prov.get("status") == "finished":
         raise RunError(f"{run}: this run finished at {prov.get('finished')} and is never rewritten; start a new run")
-    lock = lock or _HELD.pop(run, None) or RunLock(run)
+    lock = lock or held_lock(run) or RunLock(run)
     if lock.fd is None and not lock.acquire():
         raise RunError(f"{run}: another process is executing this run (pid, host: {lock.holder()}); wait for it")
     try:
@@ -136,7 +136,7 @@ def _execute(run: Path, prov: dict, stages: list[str], all_stages: bool) -> Path
     dead = {s: {"status": "interrupted", "interrupted": v.get("interrupted", []) + [{"noticed": now}]}
             for s, v in prov.get("stages", {}).items() if v.get("status") == "running"}  # fmt: skip
     todo = [s for s in stages if s not in done_before]
-    attempt = {"started": now, "pid": os.getpid(), "host": socket.gethostname(), "git": _git()["sha"],
+    attempt = {"started": now, "pid": os.getpid(), "host": socket.gethostname(), "git": git_state()["sha"],
                "from_stage": todo[0] if todo else None}  # fmt: skip
     if done_before or dead:
         log.info("resuming %s: done %s; from %s", run.name, ", ".join(done_before) or "nothing", attempt["from_stage"])

@@ -15,7 +15,7 @@ from IPython.display import display
 from plotly.subplots import make_subplots
 
 from workbench.responses import throughput
-from workbench.tables import _cell, funnel_table, reject_counts, shown
+from workbench.tables import cell_text, funnel_table, reject_counts, shown
 
 _plotlyjs_sent = False
 
@@ -214,7 +214,7 @@ def reject_table(
         fig.add_trace(
             go.Table(
                 header=dict(values=columns, align="left"),
-                cells=dict(values=[[_cell(v) for v in part[c]] for c in columns], align="left"),
+                cells=dict(values=[[cell_text(v) for v in part[c]] for c in columns], align="left"),
                 columnwidth=[3 if c == "text" else 1 for c in columns],
                 visible=k == 0,
             )

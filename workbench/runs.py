@@ -109,7 +109,9 @@ class RunLock:
             self.fd = None
 
 
-def _git() -> dict:
+def git_state() -> dict:
+    """The checkout's commit and whether tracked files differ from it (provenance)."""
+
     def git(*args: str) -> str:
         r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""
@@ -166,7 +168,7 @@ def new_run(
         "config_source": str(Path(config_path).resolve()),
         "overrides": list(overrides or []),
         "parent": parent,
-        "git": _git(),
+        "git": git_state(),
         "packages": _versions(),
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "finished": None,
@@ -176,6 +178,12 @@ def new_run(
     prov.update(extra or {})
     write_atomic(run / "provenance.json", json.dumps(prov, indent=2))
     return run
+
+
+def held_lock(run: Path) -> RunLock | None:
+    """The lock this process took when it created `run` (new_run), handed once to whoever executes
+    the run in this process; None when another process created it."""
+    return _HELD.pop(Path(run).resolve(), None)
 
 
 UNFINISHED = ("created", "running", "interrupted", "failed")

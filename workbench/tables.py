@@ -71,7 +71,7 @@ def redacted(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _cell(v) -> str:
+def cell_text(v) -> str:
     """A table cell as text: '—' for missing, 3 decimals for floats, at most 160 characters,
     PII redacted and HTML-escaped (`shown`)."""
     if v is None or (isinstance(v, float) and v != v):
