@@ -213,8 +213,8 @@ class Sim:
         prompt = sum(len(str(m.get("content", "")).split()) for m in req["messages"])
         self.arrivals.append((round(self.now() - self.t0, 4), prompt, int(req.get("max_tokens") or 0) * n))
         st["chat_requests"] += 1
-        if c.replies == "echo" and (scripted := self._scripted(conn, req, self.sent[key])):
-            return scripted
+        if c.replies == "echo" and self._scripted(conn, req, self.sent[key]):
+            return
         f = fault(self.cfg, key, self.sent[key])
         if f == "500":
             st["injected_500"] += 1
@@ -242,7 +242,7 @@ class Sim:
         self.waiting.append((conn, req))
 
     def _scripted(self, conn: _Conn, req: dict, attempt: int) -> bool:
-        """`replies: echo`: the last message steers the answer. "[401]" is always refused as a bad
+        """True when it answered: `replies: echo`'s last message steers the answer. "[401]" is always refused as a bad
         key; "[429]" (with Retry-After) and "[500]" fail the first `fail_times` attempts."""
         msg = str(req["messages"][-1].get("content", ""))
         if "[401]" in msg:

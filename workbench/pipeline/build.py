@@ -30,13 +30,13 @@ from workbench.tables import funnel_table, reject_counts
 # ---------------------------------------------------------------- 00_task
 
 
-def task(stage: Stage) -> tuple[pd.DataFrame, dict]:
-    """00: the labels, the real seed examples (saved as `seeds`: id, text, label) and their counts."""
+def task(stage: Stage) -> tuple[list[str], pd.DataFrame, dict]:
+    """00: the labels and the real seed examples (saved as `seeds`: id, text, label), with their counts."""
     cfg = stage.cfg
     labels, seeds = data.labels(cfg), data.seeds(cfg)
     stage.save(seeds, "seeds")
     summary = {"labels": len(labels), "seeds": len(seeds), "seeds_per_label": cfg.data.seeds_per_label}
-    return seeds, summary
+    return labels, seeds, summary
 
 
 def task_markdown(cfg: RunConfig, labels: list[str], seeds: pd.DataFrame) -> str:
@@ -78,7 +78,6 @@ def build_prompts(stage: Stage, llm: LLM) -> tuple[pd.DataFrame, dict]:
     fresh = rows[~rows["cached"]]
     short = prompts.shortfall(rows)
     contaminated = rows["contaminated_split"].value_counts().to_dict() if "contaminated_split" in rows else {}
-    raw = "critique_raw" in rows
     summary = {
         "target": rows["slot"].nunique(),
         "generated": len(rows),
@@ -88,7 +87,7 @@ def build_prompts(stage: Stage, llm: LLM) -> tuple[pd.DataFrame, dict]:
         "missing": int(short["missing"].sum()),
         "critiques_parsed": int(rows["critique_parsed"].sum()) if "critique_parsed" in rows else None,
         "critiques_unparseable": int((rows["critique_raw"].notna() & ~rows["critique_parsed"].astype(bool)).sum())
-        if raw
+        if "critique_raw" in rows
         else None,
         "contamination_dev": int(contaminated.get("dev", 0)),
         "reasons": rows["reject_reason_prompts"].value_counts().to_dict(),
@@ -210,10 +209,11 @@ def metrics_markdown(metrics: dict) -> str:
 # ---------------------------------------------------------------- 03_judge
 
 
-def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict, dict]:
     """03: rubric judge and label jury over 02's rows (`judge.judge_rows`), best-of-N scores and DPO
     pairs; saves `judged`, `judgments`, `scored_candidates` and `pairs`. Returns the judged rows,
-    the judgments, the pairs and the summary."""
+    the judgments, the pairs, the summary, and the agreement tables the page shows (`votes`,
+    `alpha`, `queue`: the disagreement queue)."""
     cfg = stage.cfg
     t0 = time.perf_counter()
     rows, judgments = judge.judge_rows(
@@ -226,6 +226,8 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         stage.save(df, name)
     plan.record_throughput(cfg, cache_dir(), "03_judge", judgments, seconds)
     votes = judge.vote_table(rows)
+    alpha = judge.judge_alpha(judgments)
+    queue = judge.disagreements(rows, cfg.judge.max_spread)
     judged = rows[rows["keep_prompts"]]
     summary = {
         "judged": len(judged),
@@ -236,16 +238,16 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         "reasons": judged["reject_reason_judge"].value_counts().to_dict(),
         "jury": list(votes.columns),
         "fleiss_kappa": judge.kappa_from_votes(votes),
-        "krippendorff_alpha": judge.judge_alpha(judgments).set_index("dimension")["alpha"].to_dict(),
-        "disagreements": len(judge.disagreements(rows, cfg.judge.max_spread)),
+        "krippendorff_alpha": alpha.set_index("dimension")["alpha"].to_dict(),
+        "disagreements": len(queue),
         "pairs": int(pairs["pair"].sum()),
         "seconds": round(seconds, 1),
     }
-    return rows, judgments, pairs, summary
+    return rows, judgments, pairs, summary, {"votes": votes, "alpha": alpha, "queue": queue}
 
 
-def judge_markdown(rows: pd.DataFrame, m: dict) -> str:
-    voted = len(judge.vote_table(rows).dropna())
+def judge_markdown(m: dict, votes: pd.DataFrame) -> str:
+    voted = len(votes.dropna())
     return (
         f"**{m['kept']} of {m['judged']}** judged rows kept · rejects {m['reasons'] or 'none'} · "
         f"jury Fleiss' κ = {m['fleiss_kappa']:.2f} over {voted} fully voted rows · "
@@ -276,10 +278,11 @@ def rationales(rows: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- 04_filter
 
 
-def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict, dict]:
+def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
     """04: the final filter over 03's rows (`filters.filter_rows`: every gate marks, nothing is
     dropped) plus the rows earlier iterations carried over; saves `dataset`, `dataset.jsonl` (the
-    kept text and label) and the exports. Returns the rows, the export paths and the summary."""
+    kept text and label) and the exports. Returns the rows, the export paths, the reject counts
+    (`tables.reject_counts`) and the summary."""
     cfg = stage.cfg
     seeds = stage.load("seeds")
     llm = stage.llm() if cfg.filter.rewrite else None
@@ -304,19 +307,20 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict, dict]:
     )
     with open(paths["dpo"]) as f:
         dpo_pairs = sum(1 for _ in f)
+    counts = reject_counts(rows)
     summary = {
         "rows": len(rows),
         "kept": len(kept),
         "carried": len(carried),
         "carried_kept": int(carried["keep"].sum()) if len(carried) else 0,
         "rejected": int((~rows["keep"]).sum()),
-        "reasons": reject_counts(rows).groupby("reject_reason")["rows"].sum().to_dict(),
+        "reasons": counts.groupby("reject_reason")["rows"].sum().to_dict(),
         "filter_reasons": rows["reject_reason_filter"].value_counts().to_dict(),
         "pii_redacted": int(rows.loc[rows["keep"], "pii_found"].notna().sum()),
         "dpo_pairs": dpo_pairs,
         "exports": {k: str(v.relative_to(stage.run_dir)) for k, v in paths.items()},
     }
-    return rows, paths, summary
+    return rows, paths, counts, summary
 
 
 def filter_markdown(stage: Stage, m: dict, paths: dict) -> str:
