@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench import precision
 from workbench.config import ConfigError, RunConfig, TrainConfig
 from workbench.export import system_prompt as with_labels
 from workbench.files import replace_dir, write_atomic
@@ -51,7 +52,6 @@ TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
         "logging_steps": 1,
         "report_to": [],
         "save_strategy": "no",
-        "gradient_checkpointing": False,  # trl turns it on; on a 135M model it only costs time
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     },
@@ -102,7 +102,19 @@ def trainer_args(method: str, cfg: TrainConfig, out: Path, seed: int):
 
     args = {**TRAINER_DEFAULTS["common"], **TRAINER_DEFAULTS[method], "seed": seed, "output_dir": str(out)}
     args["use_cpu"] = not torch.cuda.is_available()
-    args.update(getattr(cfg, method))
+    # trl turns checkpointing on; on a 135M model it only costs time (transformers 5 renames the field)
+    fields = {f.name for f in dataclasses.fields(_trl_class(method))}
+    args["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
+    user = getattr(cfg, method)
+    if (bf16 := precision.trainer_bf16(user)) is not None and "bf16" not in user:
+        args["bf16"] = bf16  # trl's own default is bf16 mixed precision, even on a CPU without it
+    args.update(user)
+    log.info(
+        "%s: bf16 mixed precision %s (%s)",
+        method,
+        args.get("bf16"),
+        "set in the config" if "bf16" in user or "fp16" in user else "auto",
+    )
     return _trl_class(method)(**args)
 
 
@@ -316,10 +328,11 @@ def _decode_batches(model, tok, prompts: list[list[int]], max_new: int, batch_si
     out: list[Any] = [None] * n
     order = sorted(range(n), key=lambda i: len(prompts[i]))
     model.eval()
+    kv = precision.cache_arg(model)
     with torch.inference_mode():
         prefix = DynamicCache()
         if shared:
-            model(input_ids=torch.tensor([first[:shared]]), past_key_values=prefix, use_cache=True)
+            model(input_ids=torch.tensor([first[:shared]]), use_cache=True, **{kv: prefix})
         for s in range(0, n, batch_size):
             idx = order[s : s + batch_size]
             tails = [prompts[i][shared:] for i in idx]
@@ -330,9 +343,9 @@ def _decode_batches(model, tok, prompts: list[list[int]], max_new: int, batch_si
             cache = copy.deepcopy(prefix) if shared else DynamicCache()
             if shared:
                 cache.reorder_cache(torch.zeros(len(idx), dtype=torch.long))
-            logits = model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
-            ).logits[:, -1, :]
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kv: cache}).logits[
+                :, -1, :
+            ]
             states: list[Any] = [None] * len(idx)
             active = list(range(len(idx)))
             last = pos[:, -1:]
@@ -356,7 +369,7 @@ def _decode_batches(model, tok, prompts: list[list[int]], max_new: int, batch_si
                     input_ids=torch.tensor(nxt)[:, None],
                     attention_mask=mask,
                     position_ids=last,
-                    past_key_values=cache,
+                    **{kv: cache},
                     use_cache=True,
                 ).logits[:, -1, :]
             for k, i in enumerate(idx):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench import critique, judge, prompts, responses
+from workbench import critique, judge, precision, prompts, responses
 from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
 
@@ -30,7 +30,7 @@ DATA_SECTIONS = ("task", "data", "sampling", "quality", "diversity", "prompts", 
 
 def _identity(cfg: RunConfig) -> str:
     llm = cfg.llm
-    return f"{llm.provider}/{llm.model}" + (f"@{llm.dtype}" if llm.provider == "local" else "")
+    return f"{llm.provider}/{llm.model}" + (f"@{precision.resolve(llm.dtype)}" if llm.provider == "local" else "")
 
 
 def _throughput_file(cache_dir: str | Path) -> Path:

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench import precision
 from workbench.config import check_runnable, dump_config, load_config
 from workbench.files import ROOT, read_json, write_atomic
 
@@ -132,6 +133,14 @@ def _versions() -> dict:
     return out
 
 
+def _precision(cfg) -> dict:
+    """The machine's bf16 support and what the run's models compute in (llm.dtype `auto` resolved)."""
+    out = dict(precision.facts())
+    out["llm_dtype"] = precision.resolve(cfg.llm.dtype) if cfg.llm.provider == "local" else None
+    out["train_bf16"] = {m: precision.trainer_bf16(getattr(cfg.train, m)) for m in cfg.train.methods}
+    return out
+
+
 def new_run(
     config_path: str | Path,
     overrides: list[str] | None = None,
@@ -170,6 +179,7 @@ def new_run(
         "parent": parent,
         "git": git_state(),
         "packages": _versions(),
+        "precision": _precision(cfg),
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "finished": None,
         "status": "created",

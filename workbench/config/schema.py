@@ -70,10 +70,11 @@ class LLMConfig(_Section):
     batch_window: Literal["24h"] = Field("24h", description="The batch's completion window (batch_api).")
     batch_size: int = Field(32, ge=1, le=1024, description="Rows per forward pass (local).")
     threads: int | None = Field(None, ge=1, description="Torch CPU threads (local); null means all cores.")
-    dtype: Literal["bfloat16", "float32"] = Field(
-        "bfloat16",
-        description="Weights and activations of the local model. bfloat16 is 2x faster on CPUs with "
-        "AVX512-BF16/AMX (measured: benchmarks in README); use float32 on CPUs without them.",
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="Weights and activations of the local model. auto: bfloat16 where the CPU computes in it "
+        "natively (AVX512-BF16 or AMX; about 2x faster there), else float32 (bf16 is about 9x slower than "
+        "float32 on an AVX2-only CPU). The choice is logged and kept in the run's provenance.",
     )
     price_input_per_1m: float | None = Field(None, ge=0, description="Price per million prompt tokens (estimate).")
     price_output_per_1m: float | None = Field(None, ge=0, description="Price per million completion tokens (estimate).")

@@ -14,6 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from workbench import precision
 from workbench.config import ConfigError, LLMConfig
 from workbench.llm.types import _GGUF_FILE, EMBEDDED_MODEL, Request, _row
 
@@ -85,7 +86,10 @@ class _LocalModel:
         path = local_model_dir(cfg.model, cache_dir)
         t0 = time.perf_counter()
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype)).eval()
+        self.dtype = precision.resolve(cfg.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).eval()
+        log.info("embedded model %s in %s", cfg.model, precision.why(cfg.dtype))
+        self.cache_arg = precision.cache_arg(self.model)
         self.load_s = time.perf_counter() - t0
         self.cfg = cfg
         self.stop_ids = {
@@ -190,7 +194,7 @@ class _LocalModel:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=pos,
-                past_key_values=cache,
+                **{self.cache_arg: cache},
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
@@ -238,7 +242,7 @@ class _LocalModel:
                     input_ids=torch.tensor(nxt)[:, None],
                     attention_mask=mask,
                     position_ids=pos,
-                    past_key_values=cache,
+                    **{self.cache_arg: cache},
                     use_cache=True,
                 ).logits[:, -1, :]
         return ttft

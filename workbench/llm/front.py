@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench import precision
 from workbench.cache import Cache
 from workbench.config import LLMConfig
 from workbench.llm.batch import _BatchRunner
@@ -50,8 +51,11 @@ class LLM:
 
     @property
     def identity(self) -> str:
-        """The model as the cache sees it: the local model's dtype changes its answers."""
-        return f"{self.cfg.model}@{self.cfg.dtype}" if self.cfg.provider == "local" else self.cfg.model
+        """The model as the cache sees it: the local model's dtype (resolved: `auto` is whatever this
+        machine runs) changes its answers."""
+        return (
+            f"{self.cfg.model}@{precision.resolve(self.cfg.dtype)}" if self.cfg.provider == "local" else self.cfg.model
+        )
 
     def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible.
