@@ -127,7 +127,7 @@ def test_toxicity_and_off_domain_are_reasons_and_the_threshold_is_the_filters():
         return np.array([[1, 0] if x in texts else [0, 1] for x in t], dtype=np.float32)
 
     out = filter_rows(RunConfig(), rows(texts), SEEDS, same)
-    assert list(out["reject_reason_filter"]) == ["toxicity", None] and out.loc[0, "toxic_found"] == "i will kill"
+    assert list(out["reject_reason_filter"]) == ["toxicity", None] and out.loc[0, "toxic_found"] == "i will kill you"
     cfg = RunConfig.model_validate({"filter": {"toxicity": "allow", "min_domain_score": 0.5}})
     out = filter_rows(cfg, rows(texts), SEEDS, apart)
     assert list(out["reject_reason_filter"]) == ["off_domain", "off_domain"]

@@ -9,7 +9,7 @@ from support import cycle, graph_of, modules
 
 ROOT = Path(__file__).resolve().parent.parent
 # libraries a function may import late, each slow to import or needed by one path only
-HEAVY = {"torch", "transformers", "trl", "peft", "datasets", "umap", "hdbscan", "sentence_transformers", "openai",
+HEAVY = {"presidio_analyzer", "profanity_check", "torch", "transformers", "trl", "peft", "datasets", "umap", "hdbscan", "sentence_transformers", "openai",
          "uvloop", "langdetect"}  # fmt: skip
 
 

@@ -109,3 +109,75 @@ def test_language_null_turns_the_gate_off(language):
     )
     out = filters.filter_rows(cfg, rows, pd.DataFrame({"id": [], "text": [], "label": []}), on_domain)
     assert out.loc[0, "keep"] == (language is None)
+
+
+# ---------------------------------------------------------------- the regression set (docs/gates.md)
+
+
+def _regression(root):
+    import json
+
+    return [json.loads(line) for line in (root / "data" / "gates" / "regression.jsonl").read_text().splitlines()]
+
+
+def test_the_regression_set_is_labelled_and_large_enough(root):
+    rows = _regression(root)
+    assert len(rows) >= 200
+    assert sum(bool(r["pii"]) for r in rows) >= 50 and sum(r["toxic"] or r["profane"] for r in rows) >= 40
+    assert sum(not r["pii"] and not r["toxic"] and not r["profane"] for r in rows) >= 100
+    assert {k for r in rows for k in r["pii"]} <= set(quality.PII_KINDS)
+
+
+def test_gates_keep_their_measured_precision_and_recall_on_the_regression_set(root):
+    """The figures of docs/gates.md, with a little slack: a change that makes a gate worse fails."""
+    rows = _regression(root)
+    texts = [r["text"] for r in rows]
+    probs = quality.offensive_prob(texts)
+    pii = [quality.redact(t)[1] for t in texts]
+    # every planted PII kind found, on every row that has one
+    assert all(set(r["pii"]) <= set(k) for r, k in zip(rows, pii))
+    assert sum(bool(k) for r, k in zip(rows, pii) if not r["pii"]) <= 3
+    prof = [bool(quality.profanity(t)) for t in texts]
+    assert (
+        sum(p for r, p in zip(rows, prof) if r["profane"]) >= 19
+        and sum(p for r, p in zip(rows, prof) if not r["profane"]) == 0
+    )
+    tox = [bool(quality.toxic(t, p)) for t, p in zip(texts, probs)]
+    assert sum(x for r, x in zip(rows, tox) if r["toxic"]) >= 25
+    clean = [x for r, x in zip(rows, tox) if not r["toxic"] and not r["profane"]]
+    assert sum(clean) == 0  # no clean row, hard negatives included, is called toxic
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my card will die soon",
+        "I will find it",
+        "Can I shoot you a question about fees?",
+        "Order 2024-01-15 never arrived",
+        "My order number is 123-45-6789",
+        "I was charged 150 200 300",
+        "passport X1234567",
+        "IBAN GB82 WEST 1234 5698 7654 33 was rejected",  # a bad checksum is no IBAN
+        "The exchange rate you are using is bad.This can't be right",  # a missing space is no URL
+    ],
+)
+def test_good_text_is_not_flagged(text):
+    assert quality.redact(text)[1] == [] and quality.toxic(text) == [] and quality.profanity(text) == []
+
+
+def test_the_reported_pii_siblings_are_found_as_what_they_are():
+    assert quality.redact("call (415) 555-0132 now")[0] == "call [PHONE] now"  # not "([PHONE]"
+    assert quality.redact("iban gb82 west 1234 5698 7654 32")[1] == ["iban"]  # lower case is still an IBAN
+    red, kinds = quality.redact("see https://bank.example.com/reset?u=jane from 2001:db8::8a2e:370:7334")
+    assert kinds == ["url", "ip"] and red == "see [URL] from [IP]"
+    assert quality.profanity("f u c k this sh1t, fuuuck, $hit, f*ck") == ["$hit", "f*ck", "fuck", "fuuuck", "sh1t"]
+
+
+def test_real_banking77_rows_are_almost_never_flagged(root):
+    """Target: at most 0.5% of the 13,083 real messages, which contain no PII and no abuse."""
+    real = pd.concat([pd.read_csv(root / "data" / "banking77" / f"{s}.csv") for s in ("train", "test")])["text"]
+    real = list(real)
+    probs = quality.offensive_prob(real)
+    assert sum(bool(quality.toxic(t, p)) for t, p in zip(real, probs)) <= 0.005 * len(real)
+    assert sum(bool(quality.redact(t)[1]) for t in real) <= 0.005 * len(real)

@@ -79,7 +79,8 @@ def toxicity(rows: pd.DataFrame, todo: pd.Index, gate: str = "filter", num_proc:
 
 def check_toxicity(text: list[str]) -> dict[str, list]:
     """Per text, its toxic phrases joined by ", ", or None (runs in other processes with num_proc)."""
-    return {"toxic": [", ".join(found) if (found := quality.toxic(t)) else None for t in text]}
+    probs = quality.offensive_prob(text)  # one batch through the model
+    return {"toxic": [", ".join(found) if (found := quality.toxic(t, p)) else None for t, p in zip(text, probs)]}
 
 
 def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:
