@@ -3,6 +3,9 @@ real process, a cache that shares the converted embedded model, and a few real-l
 
 import ast
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -145,3 +148,77 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def graph_of(package: Path) -> dict[str, set[str]]:
     known = modules(package)
     return {name: {m for m, _ in imports(name, path, known)} for name, path in known.items()}
+
+
+# ---------------------------------------------------------------- offline pages
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+REMOTE = re.compile(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", re.I)
+W3_NAMESPACES = re.compile(r"https?://www\.w3\.org/(?:1999/xhtml|1999/xlink|2000/svg|2000/xmlns/|XML/1998/namespace)")
+
+
+def need_browser() -> None:
+    """Skip where no Chromium is installed; fail instead under CI (.ci/run installs it and sets
+    WORKBENCH_REQUIRE_BROWSER), so the browser checks cannot silently stop running."""
+    import pytest
+
+    if CHROMIUM is None:
+        if os.environ.get("WORKBENCH_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required (WORKBENCH_REQUIRE_BROWSER) and not installed")
+        pytest.skip("needs Chromium (Debian package chromium)")
+
+
+def remote_references(html: str) -> list[str]:
+    """Everything in a page that could reach the network: a remote address in the src/href/data of
+    a script, link, img, iframe, source, embed or object; in inline script code (the XML namespace
+    identifiers plotly.js creates SVG with excepted, and plotly.js's own bundle, which the same
+    package pins, excepted); and in a CSS url() or @import."""
+    import plotly.offline
+
+    bundle = plotly.offline.get_plotlyjs()
+    found = []
+    for tag, attrs in re.findall(r"<(script|link|img|iframe|source|embed|object)\b([^>]*)>", html, re.I):
+        for m in re.finditer(r"\b(?:src|href|data|srcset)\s*=\s*[\"']?([^\"' >]+)", attrs, re.I):
+            if REMOTE.match(m.group(1)):
+                found.append(f"<{tag}> {m.group(1)}")
+    for code in re.findall(r"<script\b[^>]*>(.*?)</script>", html, re.S | re.I):
+        code = W3_NAMESPACES.sub("", code.replace(bundle, ""))
+        found += [f"inline script: {u}" for u in re.findall(r"https?://[^\s\"'`)]{0,80}", code)]
+    for style in re.findall(r"<style\b[^>]*>(.*?)</style>", html, re.S | re.I):
+        found += [f"css: {u}" for u in re.findall(r"(?:url\(|@import\s+)[\"']?(https?://[^\"')\s]+)", style)]
+    return found
+
+
+def _blocker(seen: list[str]):
+    def block(route, request) -> None:
+        if request.url.startswith(("file:", "data:", "blob:", "about:")):
+            route.continue_()
+        else:
+            seen.append(request.url)
+            route.abort()
+
+    return block
+
+
+def browser_requests(pages: list[Path]) -> dict[str, list[str]]:
+    """Per page, every request headless Chromium made for it that was not for a local file, with
+    the network cut (each such request is aborted): a page that needs the network shows up here.
+    Playwright drives Debian's Chromium; only the page's own requests count, not the browser's."""
+    from playwright.sync_api import sync_playwright
+
+    out: dict[str, list[str]] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        for page_path in pages:
+            context = browser.new_context()
+            seen: list[str] = []
+
+            context.route("**/*", _blocker(seen))
+            page = context.new_page()
+            page.on("websocket", lambda ws, seen=seen: seen.append(ws.url))
+            page.goto(page_path.as_uri(), wait_until="load", timeout=120_000)
+            page.wait_for_timeout(1500)  # scripts that fetch after load (widget managers, mermaid)
+            out[page_path.name] = sorted(set(seen))
+            context.close()
+        browser.close()
+    return out

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import cache_with_models, simserver
+from support import browser_requests, cache_with_models, need_browser, remote_references, simserver
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-planted-7f3a9c1e5b2d4f60a8e7c9b1d3f5a7c9"
@@ -177,3 +177,37 @@ def test_markdown_styler_and_table_outputs_built_from_data_are_inert(tmp_path, m
     assert not re.search(r"<a\b[^>]*href=\"javascript:", dom, re.I)
     assert not re.search(r"<img\b[^>]*onerror", dom, re.I)
     assert dom.count("&lt;script&gt;document.title") >= 3  # all three outputs show it, as text
+
+
+def test_pages_with_widgets_and_mermaid_come_out_with_nothing_remote(tmp_path):
+    """A notebook that showed ipywidgets (their saved state makes nbconvert add the unpkg.com
+    widget manager) and Markdown with a mermaid block (the lab template imports mermaid from
+    cdnjs): its page names no remote address, and Chromium, network cut, asks for nothing.
+    The same check catches a page that does (a control)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from workbench.report import _without_widgets, offline
+
+    nb = nbformat.v4.new_notebook()
+    view = {"model_id": "abc", "version_major": 2, "version_minor": 0}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("```mermaid\ngraph LR; a-->b\n```"),
+        nbformat.v4.new_code_cell(
+            "w", outputs=[nbformat.v4.new_output("display_data", {"application/vnd.jupyter.widget-view+json": view,
+                                                                   "text/plain": "HBox()"})]
+        ),  # fmt: skip
+    ]
+    nb.metadata["widgets"] = {
+        "application/vnd.jupyter.widget-state+json": {"state": {"abc": {"model_name": "HTMLModel"}}, "version_major": 2, "version_minor": 0}
+    }  # fmt: skip
+    raw, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.from_dict(nb))
+    assert remote_references(raw)  # the control: nbconvert's own page reaches out
+    page = tmp_path / "page.html"
+    page.write_text(offline(HTMLExporter(template_name="lab").from_notebook_node(_without_widgets(nb))[0]))
+    assert remote_references(page.read_text()) == []
+    need_browser()
+    bad = tmp_path / "bad.html"
+    bad.write_text(raw)
+    asked = browser_requests([page, bad])
+    assert asked["page.html"] == [] and asked["bad.html"], asked

@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 import pytest
+from support import browser_requests, need_browser, remote_references
 
 ARTIFACTS = [
     "seeds",
@@ -160,10 +161,24 @@ def test_smoke_report_is_offline_and_complete(smoke_run):
     ]:
         assert heading in html
     assert "probe: seeds_synthetic" in html
-    assert re.search(r"<script[^>]*\bsrc=[\"']https?://", html) is None  # nothing from a CDN
     assert "plotly.js v" in html  # plotly.js inline
     assert html.count("Plotly.newPlot") >= 6  # accuracy, contamination, safety, curves, funnel, cluster map
     assert "open_stage(" not in html  # code cells hidden
     for stage in ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "06_evaluate", "07_gaps", "index"]:
         assert f"href='report/{stage}.html'" in html
         assert (run / "report" / f"{stage}.html").is_file()
+
+
+@pytest.mark.slow
+def test_every_page_of_the_run_loads_nothing_from_the_network(smoke_run):
+    """No remote address in any script, link, image or frame of any page, nor in inline script
+    code; and in headless Chromium with the network cut, no page asks for anything remote."""
+    runs_dir, _, _ = smoke_run
+    [run] = runs_in(runs_dir / "smoke")
+    pages = [run / "report.html", *sorted((run / "report").glob("*.html")), runs_dir / "smoke" / "index.html"]
+    assert len(pages) >= 11
+    for page in pages:
+        assert remote_references(page.read_text()) == [], page.name
+    need_browser()
+    asked = browser_requests(pages)
+    assert len(asked) == len(pages) and not any(asked.values()), asked

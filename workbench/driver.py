@@ -19,7 +19,7 @@ import papermill
 
 from workbench import data, gaps, lineage
 from workbench.config import load_config
-from workbench.files import ROOT, read_json, write_atomic
+from workbench.files import BATCH_ENV, ROOT, read_json, write_atomic
 from workbench.report import export_html
 from workbench.runs import STAGES, RunError, RunLock, git_state, held_lock, new_run, update_provenance
 
@@ -143,6 +143,7 @@ def _execute(run: Path, prov: dict, stages: list[str], all_stages: bool) -> Path
         _remove_leftovers(run)
     # the "python3" kernel must be this environment's, not one a user registered elsewhere
     os.environ.setdefault("JUPYTER_PREFER_ENV_PATH", "1")
+    os.environ[BATCH_ENV] = "1"  # the kernels inherit it: text progress, no widgets (files.batch_mode)
     update_provenance(run, status="running", attempts=prov.get("attempts", []) + [attempt], stages=dead)
     (run / "notebooks").mkdir(exist_ok=True)
     for s in todo:

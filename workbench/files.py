@@ -7,9 +7,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm as auto_tqdm
+from tqdm.std import tqdm as text_tqdm
+
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, data/, runs/
+
+
+BATCH_ENV = "WORKBENCH_BATCH"  # set by the papermill driver: the notebook is a page, not a live session
+
+
+def batch_mode() -> bool:
+    """True inside a notebook the driver executes: no widgets (a saved page cannot run them), text
+    progress bars."""
+    return os.environ.get(BATCH_ENV) == "1"
+
+
+def progress(**kw):
+    """A tqdm progress bar: the notebook widget in JupyterLab; under the driver plain text on
+    stdout, redrawn at most every 10 s (a widget's state would need a script from a CDN)."""
+    if batch_mode():
+        return text_tqdm(file=sys.stdout, mininterval=10.0, ascii=True, **kw)
+    return auto_tqdm(**kw)
 
 
 def cache_dir() -> Path:

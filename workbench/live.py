@@ -17,7 +17,9 @@ from pathlib import Path
 import ipywidgets
 import numpy as np
 from IPython import get_ipython
-from IPython.display import display
+from IPython.display import HTML, display
+
+from workbench.files import batch_mode
 
 
 class LiveView:
@@ -29,7 +31,8 @@ class LiveView:
         self._file = open(jsonl, "w", encoding="utf-8") if jsonl else None  # noqa: SIM115 (closed in close())
         self.widget = None
         try:
-            if get_ipython() is not None:
+            # under the driver the page is saved, and a widget there would need a script from a CDN
+            if get_ipython() is not None and not batch_mode():
                 self.widget = ipywidgets.HTML(self.html())
                 display(self.widget)
         except ImportError:
@@ -85,6 +88,8 @@ class LiveView:
     def close(self) -> None:
         if self.widget is not None:
             self.widget.value = self.html()
+        elif get_ipython() is not None and batch_mode():
+            display(HTML(self.html()))  # the final state, as static HTML on the saved page
         if self._file:
             self._file.close()
             self._file = None

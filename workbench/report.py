@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import nbformat
 from jinja2 import pass_context
 from nbconvert import HTMLExporter
 from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
@@ -29,9 +30,9 @@ def export_html(run: Path) -> Path:
     for s in STAGES:
         nb = run / "notebooks" / f"{s}.ipynb"
         if nb.is_file():
-            body, _ = exporter.from_filename(str(nb))
-            # the lab template loads require.js and MathJax from a CDN; no page here needs either
-            body = re.sub(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", "", body)
+            node = _without_widgets(nbformat.read(nb, as_version=4))
+            body, _ = exporter.from_notebook_node(node, resources={"metadata": {"path": str(nb.parent)}})
+            body = offline(body)
             write_atomic(out / f"{s}.html", _nav(body, s, run))
             if s == "99_report":  # the summary page, one level up, its links pointing into report/
                 write_atomic(run / "report.html", _nav(body, s, run, prefix="report/"))
@@ -50,6 +51,61 @@ def export_html(run: Path) -> Path:
     )
     write_atomic(out / "index.html", index)
     return run / "report.html"
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _without_widgets(nb):
+    """The notebook without ipywidgets' saved state: nbconvert would add a script fetching the
+    widget manager from unpkg.com to show it. Under the driver no widget is drawn (files.batch_mode);
+    this also covers notebooks run by hand in JupyterLab and copied into a run folder."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            data = o.get("data")
+            if data and WIDGET_MIME in data:
+                del data[WIDGET_MIME]
+                if set(data) <= {"text/plain"}:  # "HBox(children=(…))" tells a reader nothing
+                    data["text/plain"] = "(an interactive widget: open the notebook in JupyterLab)"
+    return nb
+
+
+_SCRIPT = re.compile(r"<script\b([^>]*)>(.*?)</script>", re.S | re.I)
+_URL = re.compile(r"https?://", re.I)
+_ESCAPED = ":\\/\\/"  # "://" with JSON's optional escapes: "https:\/\/x" is the string "https://x"
+# the XML namespaces plotly.js creates SVG with: identifiers, never fetched
+NAMESPACES = re.compile(r"https?://www\.w3\.org/(?:1999/xhtml|1999/xlink|2000/svg|2000/xmlns/|XML/1998/namespace)")
+
+
+def _plotly_bundle(code: str) -> bool:
+    """plotly.js itself, inlined once per page by plots.show: pinned with the plotly package, it
+    names map-tile and font servers that only map traces (never drawn here) would fetch."""
+    return code.lstrip().startswith("/**") and "plotly.js v" in code[:400]
+
+
+def offline(html: str) -> str:
+    """The page with nothing that reaches the network: scripts with a remote `src`, inline scripts
+    that name a remote address (nbconvert's lab template imports mermaid from cdnjs and MathJax
+    and require.js from CDNs; no page here needs them), and remote stylesheets, fonts and frames.
+    plotly's figure config names plot.ly for its unused "edit in Chart Studio" link: removed."""
+
+    def script(m: re.Match) -> str:
+        attrs, code = m.group(1), m.group(2)
+        if _URL.search(attrs):
+            return ""
+        if _plotly_bundle(code):
+            return m.group(0)
+        code = re.sub(r'"plotlyServerURL":\s*"https?://[^"]*"', '"plotlyServerURL": ""', code)
+        if "Plotly.newPlot(" in code:  # a figure: an address in its data is text (a label, hover text)
+            code = code.replace("://", _ESCAPED)  # the same JS string, but no address in the code
+            return f"<script{attrs}>{code}</script>"
+        return "" if _URL.search(NAMESPACES.sub("", code)) else f"<script{attrs}>{code}</script>"
+
+    html = _SCRIPT.sub(script, html)
+    html = re.sub(r"<link\b[^>]*\bhref=[\"']https?://[^>]*>", "", html, flags=re.I)
+    html = re.sub(r"<(iframe|img|source|embed)\b[^>]*\bsrc=[\"']https?://[^>]*>", "", html, flags=re.I)
+    return re.sub(r"@import\s+url\([\"']?https?://[^)]*\);?", "", html, flags=re.I)
 
 
 def _inert_exporter_class():

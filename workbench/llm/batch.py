@@ -9,10 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from workbench.config import LLMConfig
-from workbench.files import write_atomic
+from workbench.files import progress, write_atomic
 from workbench.llm import http
 from workbench.llm.endpoint import _BadReply, _chat_body, _completion_rows, _endpoint_key, _error_rows
 from workbench.llm.limits import _RETRY_STATUS
@@ -94,7 +92,7 @@ class _BatchRunner:
 
     def _wait(self, batch_id: str, state_path: Path, n: int, desc: str) -> Any:
         t_end = time.monotonic() + self.cfg.batch_wait_s
-        with tqdm(total=n, desc=f"{desc} (batch {batch_id})", unit="req") as bar:
+        with progress(total=n, desc=f"{desc} (batch {batch_id})", unit="req") as bar:
             while True:
                 batch = self.client.batches.retrieve(batch_id)
                 counts = batch.request_counts

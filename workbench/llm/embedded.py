@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from workbench import precision
 from workbench.config import ConfigError, LLMConfig
+from workbench.files import progress
 from workbench.llm.types import _GGUF_FILE, EMBEDDED_MODEL, Request, _row
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ class _LocalModel:
             start = end
         batches = [(b, p) for b, p in batches if any(it.req_index in need for it in b)]
         results: dict[int, list[_Item]] = {i: [] for i in need}
-        bar = tqdm(total=sum(len(b) for b, _ in batches), desc=desc, unit="row")
+        bar = progress(total=sum(len(b) for b, _ in batches), desc=desc, unit="row")
         for batch, p in batches:
             ttft = self._generate(batch, *p)
             for it in batch:

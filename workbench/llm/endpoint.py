@@ -14,9 +14,8 @@ import random
 import time
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from workbench.config import ConfigError, LLMConfig
+from workbench.files import progress
 from workbench.llm import http
 from workbench.llm.limits import _RETRY_STATUS, _Concurrency, _Rate, _retry_after, _token_cost
 from workbench.llm.types import Request, _row
@@ -216,7 +215,7 @@ class _OpenAIRunner:
         attempts = [0] * len(reqs)
         left = len(reqs)
         wake = asyncio.Event()
-        bar = tqdm(total=len(reqs), desc=desc, unit="req")
+        bar = progress(total=len(reqs), desc=desc, unit="req")
         # request timeouts: one sweep a quarter second over the workers' deadlines, cheaper than a
         # timer per request (asyncio.timeout); a late request is cancelled and counts as a timeout
         deadline: dict[asyncio.Task, float] = {}

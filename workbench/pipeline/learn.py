@@ -22,7 +22,7 @@ from workbench import (
     train,
 )
 from workbench.config import RunConfig
-from workbench.files import cache_dir, write_atomic
+from workbench.files import batch_mode, cache_dir, write_atomic
 from workbench.llm import local_model_dir
 from workbench.stage import Stage
 
@@ -215,7 +215,16 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame, d
 
 def review_edits(stage: Stage, edits: pd.DataFrame):
     """07's review in JupyterLab: a checkbox per edit and a button that shows the config the next
-    iteration would run with (the fields that change) and the command that starts it."""
+    iteration would run with (the fields that change) and the command that starts it. Under the
+    driver (a saved page, where a widget cannot run) the command that accepts every edit."""
+    if batch_mode():
+        ids = ",".join(str(i) for i in edits["id"]) if len(edits) else ""
+        return Markdown(
+            f"Review these edits in JupyterLab (this notebook, opened from the run folder), or accept them: "
+            f"`workbench iterate {stage.run_dir} --accept {ids}`"
+            if ids
+            else "No edit proposed: the next iteration would repeat this one."
+        )
     boxes = [
         widgets.Checkbox(value=True, description=f"{e.id} · {e.kind} · {e.label}", layout={"width": "95%"})
         for e in edits.itertuples()
