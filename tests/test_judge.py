@@ -109,3 +109,37 @@ def test_the_jury_relabels_blind_and_rejects_a_label_mismatch(tmp_path):
     assert judge.juror_agreement(out).set_index("juror")["agrees_with_intended"].to_dict() == dict.fromkeys(
         ["probe", "knn", "llm"], 0.5
     )
+
+
+def _pairwise_alpha(ratings, metric):
+    """Krippendorff's alpha by its definition: every ordered pair of values (the old n × n form)."""
+    r = np.asarray(ratings, dtype=float)
+    units = [u[~np.isnan(u)] for u in r.T]
+    units = [u for u in units if len(u) >= 2]
+
+    def delta(a, b):
+        return (a - b) ** 2 if metric == "interval" else (a != b).astype(float)
+
+    n = sum(len(u) for u in units)
+    d_o = sum(delta(u[:, None], u[None, :]).sum() / (len(u) - 1) for u in units) / n
+    allv = np.concatenate(units)
+    return 1 - d_o / (delta(allv[:, None], allv[None, :]).sum() / (n * (n - 1)))
+
+
+@pytest.mark.parametrize("metric", ["interval", "nominal"])
+def test_the_closed_form_alpha_equals_the_pairwise_definition(metric):
+    rng = np.random.default_rng(0)
+    r = rng.integers(1, 6, size=(3, 400)).astype(float)
+    r[rng.random(r.shape) < 0.2] = np.nan  # missing votes, and some units left with one value
+    assert judge.krippendorff_alpha(r, metric) == pytest.approx(_pairwise_alpha(r, metric), rel=1e-9)
+
+
+def test_alpha_over_10000_rows_and_3_jurors_needs_no_n_by_n_matrix():
+    import tracemalloc
+
+    r = np.random.default_rng(1).integers(1, 6, size=(3, 10_000)).astype(float)
+    tracemalloc.start()
+    judge.krippendorff_alpha(r, "interval"), judge.krippendorff_alpha(r, "nominal")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6  # the pairwise form: 7 GB per temporary array

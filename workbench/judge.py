@@ -302,20 +302,34 @@ def kappa_from_votes(votes: pd.DataFrame) -> float:
 
 
 def krippendorff_alpha(ratings: np.ndarray, metric: str = "interval") -> float:
-    """Krippendorff's alpha of a raters × units matrix (NaN = missing), interval or nominal metric."""
+    """Krippendorff's alpha of a raters × units matrix (NaN = missing), interval or nominal metric.
+
+    In closed form: the sum of squared differences over all ordered pairs of m values is
+    2·m·Σx² − 2·(Σx)², and the number of unequal nominal pairs is m² − Σ_c count_c², so memory
+    grows with raters × units, not with the square of all values (three jurors over 10,000 rows
+    built 7 GB arrays pairwise; benchmarks/agreement.py)."""
     r = np.asarray(ratings, dtype=float)
-    units = [u[~np.isnan(u)] for u in r.T]
-    units = [u for u in units if len(u) >= 2]
-    if not units:
+    if r.ndim != 2:
         return math.nan
-
-    def delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return (a - b) ** 2 if metric == "interval" else (a != b).astype(float)
-
-    n = sum(len(u) for u in units)
-    d_o = sum(delta(u[:, None], u[None, :]).sum() / (len(u) - 1) for u in units) / n
-    allv = np.concatenate(units)
-    d_e = delta(allv[:, None], allv[None, :]).sum() / (n * (n - 1))
+    have = ~np.isnan(r)
+    m = have.sum(axis=0)
+    r, have, m = r[:, m >= 2], have[:, m >= 2], m[m >= 2]  # units with a pair to compare
+    n = float(m.sum())
+    if n == 0:
+        return math.nan
+    if metric == "interval":
+        x = np.where(have, r, 0.0)
+        s1, s2 = x.sum(axis=0), (x**2).sum(axis=0)
+        d_o = float(((2 * m * s2 - 2 * s1**2) / (m - 1)).sum()) / n
+        d_e = (2 * n * float(s2.sum()) - 2 * float(s1.sum()) ** 2) / (n * (n - 1))
+    else:
+        values, codes = np.unique(r[have], return_inverse=True)
+        units = np.nonzero(have)[1]
+        counts = np.zeros((r.shape[1], len(values)))
+        np.add.at(counts, (units, codes), 1.0)
+        d_o = float(((m**2 - (counts**2).sum(axis=1)) / (m - 1)).sum()) / n
+        total = counts.sum(axis=0)
+        d_e = (n**2 - float((total**2).sum())) / (n * (n - 1))
     return math.nan if d_e == 0 else float(1 - d_o / d_e)
 
 
