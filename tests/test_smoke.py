@@ -2,7 +2,6 @@
 session's shared smoke run, `smoke_run` in conftest.py)."""
 
 import json
-import re
 
 import pandas as pd
 import pytest
