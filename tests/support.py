@@ -42,6 +42,16 @@ def simserver(**opts):
         proc.wait()
 
 
+def free_port() -> int:
+    """A port nothing listens on, for a server that must come back at the same address (the cache
+    keys an endpoint by its URL)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stats(url: str, arrivals: bool = False, attempts: bool = False) -> dict:
     """The server's counters; `arrivals`: also each chat request's (seconds since the server
     started, prompt words, max_tokens x n); `attempts`: requests per last message."""
@@ -218,7 +228,90 @@ def browser_requests(pages: list[Path]) -> dict[str, list[str]]:
             page.on("websocket", lambda ws, seen=seen: seen.append(ws.url))
             page.goto(page_path.as_uri(), wait_until="load", timeout=120_000)
             page.wait_for_timeout(1500)  # scripts that fetch after load (widget managers, mermaid)
-            out[page_path.name] = sorted(set(seen))
+            out[f"{page_path.parent.name}/{page_path.name}"] = sorted(set(seen))
             context.close()
         browser.close()
     return out
+
+
+# ---------------------------------------------------------------- a provider, scripted byte by byte
+
+
+@contextmanager
+def provider(answer, host: str = "127.0.0.1"):
+    """An HTTP server on `host` that behaves like a given provider: `answer(req)` gets each request
+    (a dict: method, target, path, query, headers (lower-case names), body (parsed JSON or None))
+    and returns the raw bytes to send back, or a list of (seconds to wait, bytes) pieces. Yields
+    (base URL, the list of requests seen)."""
+    import socketserver
+    import threading
+    import time
+    import urllib.parse
+
+    seen: list[dict] = []
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    return
+                method, target, _ = line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while (h := self.rfile.readline()) not in (b"\r\n", b""):
+                    k, _, v = h.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                raw = self.rfile.read(int(headers.get("content-length", 0) or 0))
+                u = urllib.parse.urlsplit(target)
+                req = {"method": method, "target": target, "path": u.path, "query": dict(urllib.parse.parse_qsl(u.query)),
+                       "headers": headers, "body": json.loads(raw) if raw else None}  # fmt: skip
+                seen.append(req)
+                out = answer(req)
+                pieces = out if isinstance(out, list) else [(0, out)]
+                for wait, piece in pieces:
+                    time.sleep(wait)
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                if method == "CONNECT" or b"Connection: close" in pieces[0][1]:
+                    return
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        address_family = socket_family(host)
+
+    with Server((host, 0), Handler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        port = srv.server_address[1]
+        name = f"[{host}]" if ":" in host else host
+        try:
+            yield f"http://{name}:{port}/v1", seen
+        finally:
+            srv.shutdown()
+
+
+def socket_family(host: str):
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def http_answer(obj, status: str = "200 OK", headers: dict | None = None, raw: bytes | None = None) -> bytes:
+    """An HTTP/1.1 answer with a JSON (or `raw`) body and a Content-Length."""
+    body = raw if raw is not None else json.dumps(obj).encode()
+    head = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+    return (
+        f"HTTP/1.1 {status}\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode() + b"\r\n" + body
+    )
+
+
+def completion(req: dict, texts: list[str] | None = None, finish: str = "stop", usage: dict | None = None) -> dict:
+    """A chat.completion for `req`: one choice per text (default: one per n, echoing the seed)."""
+    body = req["body"] or {}
+    texts = texts if texts is not None else [f"answer seed {body.get('seed', 0) + i}" for i in range(body.get("n", 1))]
+    return {
+        "id": "x", "object": "chat.completion", "model": body.get("model"),
+        "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
+                    for i, t in enumerate(texts)],
+        "usage": usage if usage is not None else {"prompt_tokens": 5, "completion_tokens": 3 * len(texts)},
+    }  # fmt: skip

@@ -7,7 +7,7 @@ import collections
 import time
 
 import pytest
-from support import llm_for, reqs, simserver, stats
+from support import free_port, llm_for, reqs, simserver, stats
 
 from workbench.cache import Cache
 from workbench.llm import Request
@@ -62,7 +62,8 @@ def test_ten_thousand_requests_with_ten_percent_faults_lose_nothing(tmp_path, mo
 
 def test_rows_that_exhaust_their_retries_are_failed_rows_and_retry_alone(tmp_path, monkeypatch):
     requests = reqs(400)
-    with simserver(p500=0.5, p_reset=0.1, latency=0.002) as url:
+    port = free_port()  # the endpoint comes back at the same address
+    with simserver(p500=0.5, p_reset=0.1, latency=0.002, port=port) as url:
         llm = llm_for(url, tmp_path, monkeypatch, max_concurrency=32, max_retries=1)
         first = llm.generate(requests)
     failed = [i for i, rows in enumerate(first) if rows[0]["error"]]
@@ -74,7 +75,7 @@ def test_rows_that_exhaust_their_retries_are_failed_rows_and_retry_alone(tmp_pat
         assert "HTTP 500" in first[i][0]["error"] or "connection" in first[i][0]["error"]
     # the same call again once the endpoint is well: the answered rows come from the cache and only
     # the failed ones are sent
-    with simserver(latency=0.002) as url:
+    with simserver(latency=0.002, port=port) as url:
         llm = llm_for(url, tmp_path, monkeypatch, max_concurrency=32)
         second = llm.generate(requests)
         after = stats(url)

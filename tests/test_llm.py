@@ -1,5 +1,5 @@
 import pytest
-from support import simserver, stats
+from support import free_port, simserver, stats
 
 from workbench.config import ConfigError, LLMConfig
 from workbench.llm import LLM, Request, cache_key, parse_json
@@ -122,10 +122,11 @@ def test_concurrency_is_bounded(tmp_path):
 def test_cache_hit_and_resume(tmp_path):
     """A re-run is answered from the cache; after a partial failure only the failed calls are repeated."""
     reqs = [req(f"ok {i}") for i in range(5)] + [req("[500] flaky")]
-    with echo_server(fail_times=10) as url:
+    port = free_port()  # the same endpoint, restarted: the cache keys it by its URL
+    with echo_server(fail_times=10, port=port) as url:
         first = openai_llm(url, tmp_path, max_retries=0).generate(reqs)
         assert stats(url)["chat_requests"] == 6 and first[-1][0]["error"]
-    with echo_server(fail_times=0) as url:  # the endpoint recovers; an interrupted run is started again
+    with echo_server(fail_times=0, port=port) as url:  # the endpoint recovers; an interrupted run is started again
         second = openai_llm(url, tmp_path).generate(reqs)
         assert stats(url)["chat_requests"] == 1  # only the failed call went out again
         assert [r[0]["cached"] for r in second] == [True] * 5 + [False]

@@ -32,7 +32,8 @@ def test_generation_dtype_and_cache_identity(native, tmp_path):
     assert LLMConfig().dtype == "auto"
     assert LLM(LLMConfig(), tmp_path).identity.endswith("@" + want)
     assert LLM(LLMConfig(dtype="float32"), tmp_path).identity.endswith("@float32")
-    assert LLM(LLMConfig(provider="openai", model="m", base_url="http://127.0.0.1:1/v1"), tmp_path).identity == "m"
+    endpoint = LLMConfig(provider="openai", model="m", base_url="http://127.0.0.1:1/v1?api-version=1")
+    assert LLM(endpoint, tmp_path).identity == "m@http://127.0.0.1:1/v1"  # the server, not its query
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "grpo"])

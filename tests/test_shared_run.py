@@ -194,8 +194,12 @@ def test_pages_with_widgets_and_mermaid_come_out_with_nothing_remote(tmp_path):
     nb.cells = [
         nbformat.v4.new_markdown_cell("```mermaid\ngraph LR; a-->b\n```"),
         nbformat.v4.new_code_cell(
-            "w", outputs=[nbformat.v4.new_output("display_data", {"application/vnd.jupyter.widget-view+json": view,
-                                                                   "text/plain": "HBox()"})]
+            "w",
+            outputs=[
+                nbformat.v4.new_output(
+                    "display_data", {"application/vnd.jupyter.widget-view+json": view, "text/plain": "HBox()"}
+                )
+            ],
         ),  # fmt: skip
     ]
     nb.metadata["widgets"] = {
@@ -210,4 +214,4 @@ def test_pages_with_widgets_and_mermaid_come_out_with_nothing_remote(tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text(raw)
     asked = browser_requests([page, bad])
-    assert asked["page.html"] == [] and asked["bad.html"], asked
+    assert asked[f"{tmp_path.name}/page.html"] == [] and asked[f"{tmp_path.name}/bad.html"], asked

@@ -7,10 +7,25 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from workbench.config.task import METRICS, SAMPLING, DataConfig, Share, TaskConfig, _Section, _unique, task_kind
+
+
+def _check_url(url: str | None, field: str) -> str | None:
+    if url is None:
+        return url
+    u = urlsplit(url)
+    if u.username or u.password:
+        raise ValueError(
+            f"{field} carries a user name or password ({u.scheme}://…@{u.hostname}); credentials in a URL end up in "
+            "logs and the run's config.yaml: put the key in the variable llm.api_key_env names"
+        )
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ValueError(f"{field} {url!r}: expected http(s)://host[:port]/path")
+    return url
 
 
 class LLMConfig(_Section):
@@ -32,10 +47,33 @@ class LLMConfig(_Section):
         description="More base URLs serving the same model (openai): the requests are shared among base_url "
         "and these, max_concurrency in flight on each; the cache does not care which answered.",
     )
+    headers: dict[str, str] = Field(
+        {},
+        description="Extra HTTP headers on every request (openai), e.g. OpenRouter's HTTP-Referer and X-Title; "
+        "${VAR} in a value is read from the environment (keep secrets there).",
+    )
+    query: dict[str, str] = Field(
+        {},
+        description="Query parameters on every request (openai), e.g. {api-version: 2024-06-01} for Azure OpenAI; "
+        "a query string in base_url is kept too.",
+    )
+    extra_body: dict[str, Any] = Field(
+        {}, description="Fields added to every request body (openai), e.g. {reasoning_effort: low} or provider routing."
+    )
+    api_key_header: str = Field(
+        "Authorization",
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Header that carries the key (openai): Authorization sends 'Bearer <key>'; any other name "
+        "(Azure OpenAI's api-key) sends the key as it is.",
+    )
     max_concurrency: int = Field(
         16, ge=1, le=4096, description="Requests in flight at once, per endpoint replica (openai)."
     )
-    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout in seconds (openai).")
+    timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Per-request timeout in seconds (openai); for a stream, the longest silence between two pieces.",
+    )
     max_retries: int = Field(5, ge=0, le=50, description="Retries on 429/5xx/timeouts, honouring Retry-After (openai).")
     adaptive_concurrency: bool = Field(
         True,
@@ -78,6 +116,26 @@ class LLMConfig(_Section):
     )
     price_input_per_1m: float | None = Field(None, ge=0, description="Price per million prompt tokens (estimate).")
     price_output_per_1m: float | None = Field(None, ge=0, description="Price per million completion tokens (estimate).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v):
+        return _check_url(v, "base_url")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v):
+        return [_check_url(u, f"replicas[{i}]") for i, u in enumerate(v)]
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v):
+        for k, val in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", k):
+                raise ValueError(f"header name {k!r}: letters, digits and -_. only")
+            if any(c in val for c in "\r\n\0"):
+                raise ValueError(f"header {k}: the value contains a line break or NUL, which would split the request")
+        return v
 
 
 class SamplingConfig(_Section):

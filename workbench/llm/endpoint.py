@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
 import random
+import re
 import time
 from typing import Any
 
@@ -45,6 +47,36 @@ def _endpoint_key(cfg: LLMConfig) -> str:
     return key
 
 
+def _headers(cfg: LLMConfig, key: str) -> dict[str, str]:
+    """The key in `api_key_header` (Bearer for Authorization), then `llm.headers` with each ${VAR}
+    read from the environment."""
+    out = {cfg.api_key_header: f"Bearer {key}" if cfg.api_key_header.lower() == "authorization" else key}
+    for name, value in cfg.headers.items():
+
+        def env(m: re.Match, name: str = name) -> str:
+            if m.group(1) not in os.environ:
+                raise ConfigError(f"llm.headers.{name}: environment variable {m.group(1)} is not set")
+            return os.environ[m.group(1)]
+
+        value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", env, value)
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"llm.headers.{name}: the value contains a line break or NUL")
+        out[name] = value
+    return out
+
+
+def _pool(cfg: LLMConfig, url: str, key: str, field: str, timeout_s: float | None = None) -> http.Pool:
+    try:
+        return http.Pool(url, _headers(cfg, key), timeout_s=timeout_s, query=cfg.query)
+    except ValueError as e:
+        raise ConfigError(f"llm.{field}: {e}") from None
+
+
+def _safe_url(url: str) -> str:
+    """`url` without its query string (it may carry a key)."""
+    return url.split("?", 1)[0]
+
+
 class EndpointError(RuntimeError):
     """The endpoint refuses every request for a reason retrying cannot fix (the key, the model
     name, a parameter): the call stops at once, and the message says which config field to fix."""
@@ -58,6 +90,17 @@ def _redact(text: str, key: str) -> str:
 
 def _fatal(cfg: LLMConfig, e: http.HTTPStatus, url: str, key: str) -> EndpointError:
     msg = _redact(str(e), key)
+    url = _safe_url(url)
+    if 300 <= e.status < 400:
+        return EndpointError(
+            f"llm.base_url: {url} redirects ({msg}); redirects are not followed (a POST would be re-sent "
+            "elsewhere with the key): set base_url to the address it names"
+        )
+    if http.is_html(e.body):
+        return EndpointError(
+            f"llm.base_url: {url} answered {msg}; check base_url (the API's address, usually ending in /v1) and any "
+            "proxy between here and the endpoint (HTTPS_PROXY, NO_PROXY)"
+        )
     if e.status in (401, 403):
         return EndpointError(
             f"llm.api_key_env: {url} refused the key in ${cfg.api_key_env} ({msg}); export the endpoint's key in "
@@ -82,18 +125,17 @@ def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
     key = _endpoint_key(cfg)
     served: list[str] = []
     for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
+        pool = _pool(cfg, url, key, name, timeout_s)
 
-        async def probe(url: str = url) -> bytes:
-            pool = http.Pool(url, {"Authorization": f"Bearer {key}"}, timeout_s=timeout_s)
+        async def probe(pool: http.Pool = pool) -> bytes:
             try:
                 return await pool.get("/models")
             finally:
                 await pool.close()
 
+        url = _safe_url(url)
         try:
             raw = _run_async(probe())
-        except ValueError as e:
-            raise ConfigError(f"llm.{name}: {e}") from None
         except http.Transport as e:
             raise ConfigError(
                 f"llm.{name}: cannot reach {url} ({_redact(str(e), key)}); is the server running, and is the URL "
@@ -104,6 +146,11 @@ def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
                 log.warning("%s: GET /models answered 404; the model name is checked by the first call", url)
                 continue
             raise ConfigError(str(_fatal(cfg, e, url, key))) from None
+        if http.is_html(raw):
+            raise ConfigError(
+                f"llm.{name}: {url}/models answered an HTML page, not the API's JSON; check base_url (usually ending "
+                "in /v1) and any proxy in between (HTTPS_PROXY, NO_PROXY)"
+            )
         try:
             ids = [m["id"] for m in json.loads(raw)["data"]]
         except (ValueError, KeyError, TypeError):
@@ -117,16 +164,22 @@ def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
     return served
 
 
-def _chat_body(cfg: LLMConfig, req: Request, stream: bool) -> dict[str, Any]:
+def _chat_body(
+    cfg: LLMConfig, req: Request, stream: bool, token_field: str = "max_tokens", drop: frozenset = frozenset()
+) -> dict[str, Any]:
+    """The request body: `token_field` is max_tokens, or max_completion_tokens for reasoning models
+    that reject it; `drop` the sampling fields such a model refuses; `llm.extra_body` on top."""
     body: dict[str, Any] = {
         "model": cfg.model,
         "messages": req.openai_messages(),
         "temperature": req.temperature,
         "top_p": req.top_p,
-        "max_tokens": req.max_tokens,
+        token_field: req.max_tokens,
         "seed": req.seed,
         "n": req.n,
     }
+    for k in drop:
+        body.pop(k, None)
     if req.schema:
         body["response_format"] = {
             "type": "json_schema",
@@ -135,7 +188,22 @@ def _chat_body(cfg: LLMConfig, req: Request, stream: bool) -> dict[str, Any]:
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+    body.update(cfg.extra_body)
     return body
+
+
+def _adaptation(e: Exception) -> tuple[str, str] | None:
+    """What a 400 says to change, as reasoning models word it: ("token_field", …) when max_tokens
+    is refused, ("drop", field) when a sampling field or its value is refused; None otherwise."""
+    if not isinstance(e, http.HTTPStatus) or e.status != 400:
+        return None
+    msg = str(e).lower()
+    if "max_tokens" in msg and ("max_completion_tokens" in msg or "unsupported parameter" in msg):
+        return ("token_field", "max_completion_tokens")
+    for field in ("temperature", "top_p", "seed"):
+        if f"'{field}'" in msg and ("unsupported" in msg or "not supported" in msg or "only the default" in msg):
+            return ("drop", field)
+    return None
 
 
 def _completion_rows(cfg: LLMConfig, req: Request, obj: Any, latency: float | None) -> list[dict]:
@@ -143,18 +211,36 @@ def _completion_rows(cfg: LLMConfig, req: Request, obj: Any, latency: float | No
     texts: dict[int, str] = {}
     finish: dict[int, str | None] = {}
     try:
+        if isinstance(obj, dict) and obj.get("error") and not obj.get("choices"):
+            raise _BadReply(
+                f"the endpoint answered an error with status 200: {http.error_message(json.dumps(obj).encode())}"
+            )
         for c in obj["choices"]:
-            texts[c["index"]] = c["message"].get("content") or ""
-            finish[c["index"]] = c.get("finish_reason")
+            i = int(c.get("index", 0))
+            msg = c["message"]
+            text = msg.get("content") or ""
+            if not text and msg.get("tool_calls"):  # a tool call is the answer: kept as its JSON
+                text = json.dumps(msg["tool_calls"])
+            texts[i] = text
+            finish[i] = c.get("finish_reason")
         usage = obj.get("usage")
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise _BadReply(f"unreadable answer ({type(e).__name__}): {str(obj)[:120]}") from None
     return _choice_rows(cfg, req, texts, finish, {}, usage, latency)
 
 
+def _count(x: Any) -> int | None:
+    """A token count as the API promises it (a non-negative integer), else None."""
+    return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
+
+
 def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage: dict | None, latency) -> list[dict]:
-    ptok = usage.get("prompt_tokens") if usage else None
-    ctok = usage.get("completion_tokens") if usage else None
+    usage = usage if isinstance(usage, dict) else None
+    ptok = _count(usage.get("prompt_tokens")) if usage else None
+    ctok = _count(usage.get("completion_tokens")) if usage else None
+    key = os.environ.get(cfg.api_key_env, "")
+    if len(key) >= 8:  # an endpoint that echoes the key never gets it into a row, nor the cache
+        texts = {i: t.replace(key, "[API_KEY]") for i, t in texts.items()}
     # usage counts all n candidates together; each row gets its share
     share = round(ctok / req.n) if ctok is not None else None
     return [  # the fields of _row, built directly: this runs once per answer, on the event loop
@@ -200,14 +286,15 @@ class _OpenAIRunner:
 
     def __init__(self, cfg: LLMConfig, stats: dict):
         key = self.key = _endpoint_key(cfg)
-        self.pools = []
-        for name, url in [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]:
-            try:
-                self.pools.append(http.Pool(url, {"Authorization": f"Bearer {key}"}))
-            except ValueError as e:
-                raise ConfigError(f"llm.{name}: {e}") from None
+        urls = [("base_url", cfg.base_url)] + [(f"replicas[{i}]", u) for i, u in enumerate(cfg.replicas)]
+        self.pools = [_pool(cfg, url, key, name) for name, url in urls]
         self.cfg, self.stats = cfg, stats
         self.limits: list[_Concurrency] = []
+        # what the endpoint turned out to need, learnt from its answers (said once in the log)
+        self.token_field = "max_tokens"
+        self.drop: frozenset = frozenset()
+        self.split_n = False  # it ignores n: one request per candidate
+        self.lessons = 0  # changes made so far (a request sent before one is sent again)
 
     async def run(self, reqs: list[Request], done: Any, desc: str) -> None:
         loop = asyncio.get_running_loop()
@@ -236,8 +323,14 @@ class _OpenAIRunner:
 
         async def attempt(j: int, pool: http.Pool, me: asyncio.Task) -> list[dict] | tuple[bytes, float]:
             deadline[me] = loop.time() + self.cfg.timeout_s
+            sent[j] = self.lessons  # what the endpoint had taught when this request went out
+
+            def alive() -> None:  # a stream that still sends pieces is not late: timeout_s is its idle limit
+                if me in deadline:
+                    deadline[me] = loop.time() + self.cfg.timeout_s
+
             try:
-                return await self._once(reqs[j], pool)
+                return await self._once(reqs[j], pool, alive)
             except asyncio.CancelledError:
                 if me not in expired:
                     raise
@@ -247,15 +340,31 @@ class _OpenAIRunner:
                 deadline.pop(me, None)
                 expired.discard(me)
 
+        def pool_url(j: int) -> str:
+            return self.cfg.base_url
+
         def fail(j: int, e: Exception) -> list[dict] | None:
             """Error rows for a request that failed for good, or None when it was put back for a retry.
             A refusal no retry can fix (the key, the model, a parameter every request carries) stops
             the whole call with an EndpointError."""
+            change = _adaptation(e)
+            if change is not None and (self._adapt(*change, e) or sent[j] < self.lessons):
+                loop.call_soon(requeue, j)  # sent again, as the endpoint asks: not an attempt
+                return None
+            if isinstance(e, _FewerChoices):
+                if not self.split_n:
+                    self.split_n = True
+                    log.warning(
+                        "%s answered %d of the n=%d candidates asked for (it ignores n): from now on one request "
+                        "per candidate", _safe_url(self.cfg.base_url), e.got, reqs[j].n,
+                    )  # fmt: skip
+                loop.call_soon(requeue, j)
+                return None
             retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
             if not retry:
                 refused[0] += 1
                 if e.status in (401, 403, 404) or (not answered[0] and refused[0] >= min(5, len(reqs))):
-                    raise _fatal(self.cfg, e, self.cfg.base_url, self.key)
+                    raise _fatal(self.cfg, e, pool_url(j), self.key)
                 return _error_rows(self.cfg, reqs[j], str(e))
             if attempts[j] >= self.cfg.max_retries:
                 return _error_rows(self.cfg, reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
@@ -287,7 +396,7 @@ class _OpenAIRunner:
                 t0 = loop.time()
                 try:
                     result = await attempt(j, pool, me)
-                except (http.Transport, http.HTTPStatus, _BadReply) as e:
+                except (http.Transport, http.HTTPStatus, _BadReply, _FewerChoices) as e:
                     if isinstance(e, http.Transport) and str(e).startswith("timed out"):
                         lim.sample(t0, loop.time())  # no answer in time is the highest latency there is
                     result = fail(j, e)
@@ -304,6 +413,8 @@ class _OpenAIRunner:
         unrecorded: collections.deque = collections.deque()
         failed: list[BaseException] = []  # an error of the caller's `done`, or an EndpointError, stops the run
         answered, refused = [0], [0]  # answers, and refusals no retry can fix
+        sent = [0] * len(reqs)
+        first_error: list[str | None] = [None]
 
         def record() -> None:
             nonlocal left
@@ -312,17 +423,20 @@ class _OpenAIRunner:
                 if isinstance(result, tuple):  # (body, latency) of a plain answer, read here
                     raw, latency = result
                     try:
-                        try:
-                            obj = json.loads(raw)
-                        except ValueError:
-                            raise _BadReply(f"unreadable answer (not JSON): {raw[:120]!r}") from None
-                        result = _completion_rows(self.cfg, reqs[j], obj, latency)
-                    except _BadReply as e:
+                        obj = _json(raw)
+                        result = self._complete(reqs[j], _completion_rows(self.cfg, reqs[j], obj, latency))
+                    except (_BadReply, _FewerChoices) as e:
                         result = fail(j, e)
+                        if result is None:
+                            continue
+                    except Exception as e:  # anything else in an answer fails its row, never the loop
+                        result = fail(j, _BadReply(f"unreadable answer ({type(e).__name__}: {e})"))
                         if result is None:
                             continue
                 if result[0]["error"] is None:
                     answered[0] += 1
+                elif first_error[0] is None:
+                    first_error[0] = result[0]["error"]
                 try:
                     done(j, result)
                 except BaseException as e:
@@ -358,6 +472,11 @@ class _OpenAIRunner:
             record()
             if failed:
                 raise failed[0]
+            if not answered[0] and len(reqs) >= 5:
+                raise EndpointError(
+                    f"{_safe_url(self.cfg.base_url)}: every one of the {len(reqs)} requests failed (the first: "
+                    f"{first_error[0]}); nothing was answered, so the stage stops here"
+                )
         finally:
             for t in workers:
                 t.cancel()
@@ -366,44 +485,111 @@ class _OpenAIRunner:
             for pool in self.pools:
                 await pool.close()
 
-    def _body(self, req: Request) -> bytes:
-        return json.dumps(_chat_body(self.cfg, req, self.cfg.stream)).encode()
+    def _adapt(self, what: str, value: str, e: Exception) -> bool:
+        """Change the requests as a 400 asks (True), once; False when that change was already made."""
+        if what == "token_field" and self.token_field != value:
+            self.token_field = value
+        elif what == "drop" and value not in self.drop:
+            self.drop = self.drop | {value}
+        else:
+            return False
+        self.lessons += 1
+        log.warning("%s refused a request (%s): sending %s from now on", _safe_url(self.cfg.base_url), e,
+                    f"{value} instead of max_tokens" if what == "token_field" else f"no {value}")  # fmt: skip
+        return True
 
-    async def _once(self, req: Request, pool: http.Pool) -> list[dict] | tuple[bytes, float]:
+    def _body(self, req: Request, n: int | None = None, seed: int | None = None) -> bytes:
+        if n is not None:
+            req = dataclasses.replace(req, n=n, seed=seed)
+        return json.dumps(_chat_body(self.cfg, req, self.cfg.stream, self.token_field, self.drop)).encode()
+
+    def _complete(self, req: Request, rows: list[dict]) -> list[dict]:
+        """`rows` when every candidate came back; _FewerChoices when the endpoint ignored n."""
+        got = sum(r["error"] is None for r in rows)
+        if req.n > 1 and 1 <= got < req.n:
+            raise _FewerChoices(got)
+        return rows
+
+    async def _once(self, req: Request, pool: http.Pool, alive: Any = None) -> list[dict] | tuple[bytes, float]:
+        if self.split_n and req.n > 1:  # one request per candidate, each with its own seed, at once
+            parts = await asyncio.gather(*(self._one(req, pool, alive, i) for i in range(req.n)))
+            rows = []
+            for i, part in enumerate(parts):
+                if isinstance(part, tuple):
+                    part = _completion_rows(self.cfg, dataclasses.replace(req, n=1, seed=req.seed + i),
+                                            _json(part[0]), part[1])  # fmt: skip
+                row = dict(part[0], candidate=i, seed=req.seed + i)
+                rows.append(row)
+            return rows
+        return await self._one(req, pool, alive)
+
+    async def _one(self, req: Request, pool: http.Pool, alive: Any, i: int | None = None):
+        """One request: all n candidates, or (i given) candidate i alone with n=1 and seed + i."""
+        body = self._body(req) if i is None else self._body(req, n=1, seed=req.seed + i)
+        sent = req if i is None else dataclasses.replace(req, n=1, seed=req.seed + i)
         t0 = time.perf_counter()
         texts: dict[int, str] = {}
         finish: dict[int, str | None] = {}
         ttft: dict[int, float] = {}
         usage: dict | None = None
         if not self.cfg.stream:
-            raw = await pool.post("/chat/completions", self._body(req))
+            raw = await pool.post("/chat/completions", body)
             return raw, time.perf_counter() - t0  # parsed by the caller, after its next request went out
-        else:
-            events = _SSE()
+        events = _SSE()
 
-            def piece(data: bytes) -> None:
-                nonlocal usage
-                try:
-                    objs = list(events.feed(data))
-                except ValueError as e:
-                    raise _BadReply(f"unreadable stream event: {e}") from None
-                for obj in objs:
-                    if obj.get("usage"):
-                        usage = obj["usage"]
-                    for c in obj.get("choices") or ():
-                        i = c.get("index", 0)
-                        delta = (c.get("delta") or {}).get("content")
-                        if delta:
-                            ttft.setdefault(i, time.perf_counter() - t0)
-                            texts[i] = texts.get(i, "") + delta
-                        if c.get("finish_reason"):
-                            finish[i] = c["finish_reason"]
+        def piece(data: bytes) -> None:
+            nonlocal usage
+            if alive is not None:
+                alive()
+            try:
+                objs = list(events.feed(data))
+            except ValueError as e:
+                raise _BadReply(f"unreadable stream event: {e}") from None
+            for obj in objs:
+                if not isinstance(obj, dict):
+                    raise _BadReply(f"unreadable stream event: {str(obj)[:120]}")
+                if obj.get("error"):  # a provider's failure mid-stream: the row fails, whatever came before
+                    raise _BadReply(f"error in the stream: {http.error_message(json.dumps(obj).encode())}")
+                if obj.get("usage"):
+                    usage = obj["usage"]
+                for c in obj.get("choices") or ():
+                    k = c.get("index", 0)
+                    delta = c.get("delta") or {}
+                    text = delta.get("content") or (json.dumps(delta["tool_calls"]) if delta.get("tool_calls") else "")
+                    if text:
+                        ttft.setdefault(k, time.perf_counter() - t0)
+                        texts[k] = texts.get(k, "") + text
+                    if c.get("finish_reason"):
+                        finish[k] = c["finish_reason"]
 
-            await pool.post("/chat/completions", self._body(req), piece)
-            latency = time.perf_counter() - t0
-            if not events.done and not finish:
-                raise _BadReply("stream ended without [DONE] or a finish_reason")
-        return _choice_rows(self.cfg, req, texts, finish, ttft, usage, latency)
+        await pool.post("/chat/completions", body, piece)
+        latency = time.perf_counter() - t0
+        if not events.done and not finish:
+            raise _BadReply("stream ended without [DONE] or a finish_reason")
+        try:
+            rows = _choice_rows(self.cfg, sent, texts, finish, ttft, usage, latency)
+        except Exception as e:
+            raise _BadReply(f"unreadable answer ({type(e).__name__}: {e})") from None
+        return rows if i is not None else self._complete(req, rows)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        if http.is_html(raw):
+            raise _BadReply(
+                "the endpoint answered an HTML page, not the API's JSON (a proxy or a wrong base_url)"
+            ) from None
+        raise _BadReply(f"unreadable answer (not JSON): {raw[:120]!r}") from None
+
+
+class _FewerChoices(Exception):
+    """An answer with fewer choices than the n asked for: an endpoint that ignores n."""
+
+    def __init__(self, got: int):
+        self.got = got
+        super().__init__(f"endpoint returned {got} choices, fewer than n")
 
 
 class _BadReply(Exception):

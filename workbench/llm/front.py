@@ -46,16 +46,17 @@ class LLM:
         self.cache_dir = Path(cache_dir)
         self.cache = Cache(self.cache_dir / "llm.sqlite")
         self._local: _LocalModel | None = None
-        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0}
+        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0, "truncated": 0}
         self.on_stats = on_stats  # called with `stats` after every generate (a stage records them)
 
     @property
     def identity(self) -> str:
         """The model as the cache sees it: the local model's dtype (resolved: `auto` is whatever this
-        machine runs) changes its answers."""
-        return (
-            f"{self.cfg.model}@{precision.resolve(self.cfg.dtype)}" if self.cfg.provider == "local" else self.cfg.model
-        )
+        machine runs) changes its answers; for an endpoint, which server answers (another server
+        with a model of the same name is another model), without its query string."""
+        if self.cfg.provider == "local":
+            return f"{self.cfg.model}@{precision.resolve(self.cfg.dtype)}"
+        return f"{self.cfg.model}@{(self.cfg.base_url or '').split('?', 1)[0].rstrip('/')}"
 
     def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible.
@@ -122,6 +123,20 @@ class LLM:
             finally:
                 save()  # also when interrupted: what was paid for is kept
                 writer.shutdown(wait=True)
+        cut = [
+            (r, req) for req, k in zip(requests, keys) if k in fresh for r in fresh[k] if r["finish_reason"] == "length"
+        ]
+        if cut:  # answers stopped by max_tokens: counted, and said, since JSON cut this way does not parse
+            self.stats["truncated"] = self.stats.get("truncated", 0) + len(cut)
+            structured = sum(bool(req.json or req.schema) for _, req in cut)
+            log.warning(
+                "%s: %d answers were cut at max_tokens (finish_reason length)%s",
+                desc,
+                len(cut),
+                f"; {structured} of them were to be JSON, which does not parse once cut: raise the stage's max_tokens"
+                if structured
+                else "",
+            )
         if self.on_stats is not None:
             self.on_stats(self.stats)
         out = []
