@@ -199,14 +199,18 @@ def test_model_refused_mid_run_stops_the_call_at_once(tmp_path, monkeypatch):
             llm.generate([Request.chat(None, f"row {i}", seed=i) for i in range(50)])
 
 
-def test_n_the_endpoint_does_not_support(tmp_path, monkeypatch):
+def test_n_the_endpoint_does_not_support(tmp_path, monkeypatch, caplog):
+    """An endpoint that refuses n > 1 with a 400: one request per candidate from then on, said once."""
+    import logging
+
     monkeypatch.setenv("WB_TEST_KEY", "sk-test")
-    with simserver(max_n=1) as url:
+    with simserver(max_n=1) as url, caplog.at_level(logging.WARNING):
         llm = LLM(LLMConfig(provider="openai", model="sim", base_url=url, api_key_env="WB_TEST_KEY"), tmp_path)
-        with pytest.raises(EndpointError, match=r"HTTP 400: n: must be at most 1, got 4.*responses.candidates"):
-            llm.generate([Request.chat(None, f"row {i}", seed=i, n=4) for i in range(50)])
-    assert len(list(tmp_path.glob("llm.sqlite"))) == 1  # the cache exists, and holds nothing false
-    assert len(__import__("workbench.cache", fromlist=["Cache"]).Cache(tmp_path / "llm.sqlite")) == 0
+        out = llm.generate([Request.chat(None, f"row {i}", seed=i, n=4) for i in range(50)])
+    assert all(r["error"] is None for rs in out for r in rs) and all(len(rs) == 4 for rs in out)
+    assert [r["seed"] for r in out[3]] == [3, 4, 5, 6]
+    said = [r.message for r in caplog.records if "one request per candidate" in r.message]
+    assert len(said) == 1 and "n: must be at most 1" in said[0]
 
 
 # ---------------------------------------------------------------- runs and notebooks

@@ -193,13 +193,16 @@ def _chat_body(
 
 
 def _adaptation(e: Exception) -> tuple[str, str] | None:
-    """What a 400 says to change, as reasoning models word it: ("token_field", …) when max_tokens
-    is refused, ("drop", field) when a sampling field or its value is refused; None otherwise."""
+    """What a 400 says to change: ("token_field", …) when max_tokens is refused (reasoning models),
+    ("drop", field) when a sampling field or its value is refused, ("split_n", "n") when n > 1 is;
+    None otherwise."""
     if not isinstance(e, http.HTTPStatus) or e.status != 400:
         return None
     msg = str(e).lower()
     if "max_tokens" in msg and ("max_completion_tokens" in msg or "unsupported parameter" in msg):
         return ("token_field", "max_completion_tokens")
+    if re.search(r"(^|[\s'\"(:])n([\s'\")=:]|$)", msg) and re.search(r"at most 1|must be 1|only 1|not supported|unsupported", msg):
+        return ("split_n", "n")
     for field in ("temperature", "top_p", "seed"):
         if f"'{field}'" in msg and ("unsupported" in msg or "not supported" in msg or "only the default" in msg):
             return ("drop", field)
@@ -487,15 +490,18 @@ class _OpenAIRunner:
 
     def _adapt(self, what: str, value: str, e: Exception) -> bool:
         """Change the requests as a 400 asks (True), once; False when that change was already made."""
-        if what == "token_field" and self.token_field != value:
+        if what == "split_n" and not self.split_n:
+            self.split_n = True
+        elif what == "token_field" and self.token_field != value:
             self.token_field = value
         elif what == "drop" and value not in self.drop:
             self.drop = self.drop | {value}
         else:
             return False
         self.lessons += 1
-        log.warning("%s refused a request (%s): sending %s from now on", _safe_url(self.cfg.base_url), e,
-                    f"{value} instead of max_tokens" if what == "token_field" else f"no {value}")  # fmt: skip
+        now = {"token_field": f"{value} instead of max_tokens", "drop": f"no {value}",
+               "split_n": "one request per candidate (n=1)"}[what]  # fmt: skip
+        log.warning("%s refused a request (%s): sending %s from now on", _safe_url(self.cfg.base_url), e, now)
         return True
 
     def _body(self, req: Request, n: int | None = None, seed: int | None = None) -> bytes:
