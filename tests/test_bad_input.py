@@ -126,7 +126,7 @@ def test_missing_seeds_file(tmp_path, capsys):
 def test_seeds_csv_with_the_wrong_columns(tmp_path, capsys):
     p = _with_seeds(tmp_path, b"message,intent\nwhere is my card,card_arrival\n")
     err = run_check(tmp_path, capsys, p)
-    assert "seeds.csv:1: expected columns text,label; found ['message', 'intent']" in err
+    assert "seeds.csv:1: expected a header with a text column and a label column; found ['message', 'intent']" in err
 
 
 def test_seeds_file_not_utf8(tmp_path, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from workbench import data, init, plan
 from workbench.causal import check_args
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
 from workbench.driver import execute, iterate, validate_stages
-from workbench.files import ROOT, cache_dir, read_json
+from workbench.files import ROOT, PathError, UnreadableFile, cache_dir, check_writable, read_json
 from workbench.gaps import load_patch
 from workbench.llm import preflight as endpoint
 from workbench.runs import STAGES, RunError, find_resumable, new_run
@@ -69,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "check":
             cfg, doc = load_config(args.config, args.set)
             sys.stdout.write(dump_config(cfg, doc))
+            try:  # the data the config names: a config that would fail at once is no valid config
+                data.labels(cfg)
+                if cfg.data.seeds_file or cfg.data.dataset:
+                    data.seeds(cfg)
+            except ConfigError as e:
+                print(f"workbench: error: {e}", file=sys.stderr)
+                return 2
             print_estimate(cfg)
             return 0
         if args.cmd == "init":
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             if prov and prov.get("status") != "finished" and (Path(args.run_dir) / "config.yaml").is_file():
                 preflight(load_config(Path(args.run_dir) / "config.yaml")[0])  # the endpoint may have moved on
             return _execute(Path(args.run_dir), prov.get("stages_requested"))
-        stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages else None)
+        stages = validate_stages([s.strip() for s in args.stages.split(",")] if args.stages is not None else None)
         cfg = load_config(args.config, args.set)[0]
         check_runnable(cfg, stages)
         if stages is None or "05_train" in stages:
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             return _execute(run_dir, stages, lock)
         run_dir = new_run(args.config, args.set, args.runs_dir, stages=stages)
         return _execute(run_dir, stages)
-    except (ConfigError, RunError) as e:
+    except (ConfigError, RunError, UnreadableFile, PathError) as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -151,6 +159,10 @@ def preflight(cfg: RunConfig) -> None:
     """What can be checked before a run folder exists, so a mistake costs nothing: the labels and
     the data (the dataset's files, the seeds file: columns, encoding, labels) and the endpoint
     (it answers, takes the key, serves the model)."""
+    where = (
+        f"WORKBENCH_CACHE={os.environ['WORKBENCH_CACHE']}" if os.environ.get("WORKBENCH_CACHE") else "the cache folder"
+    )
+    check_writable(cache_dir(), where)
     data.labels(cfg)
     if cfg.data.seeds_file or cfg.data.dataset:
         data.seeds(cfg)

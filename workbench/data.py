@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from workbench.config import ConfigError, RunConfig, check_plan
 
+log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 def dataset_dir(cfg: RunConfig) -> Path:
+    """The dataset folder: an absolute path (config files resolve relative ones on loading), else
+    a name under data/."""
     if cfg.data.dataset is None:
         raise ConfigError("data.dataset is null: this step needs real labelled data (train.csv and test.csv)")
     p = Path(cfg.data.dataset)
@@ -31,16 +35,36 @@ def dataset_dir(cfg: RunConfig) -> Path:
     return d
 
 
-def read_rows(path: Path, label_key: str = "category") -> pd.DataFrame:
-    """Rows of a CSV (columns text and `label_key`) or JSONL file, as id, text, label.
-    Errors name the file and line."""
+def _label_key(path: Path, columns: list[str], label_key: str | None, where: str) -> str:
+    """The label column: `label_key` when the config names one, else label, category, or the one
+    column besides text (and id)."""
+    if label_key is not None:
+        if label_key not in columns:
+            raise ConfigError(f"{where}: no column {label_key!r} (data.label_column); found {columns}")
+        return label_key
+    for name in ("label", "category"):
+        if name in columns:
+            return name
+    others = [c for c in columns if c not in ("text", "id")]
+    if len(others) == 1:
+        return others[0]
+    raise ConfigError(
+        f"{where}: cannot tell the label column among {columns}; expected text and label (or category), or set "
+        "data.label_column"
+    )
+
+
+def read_rows(path: Path, label_key: str | None = None) -> pd.DataFrame:
+    """Rows of a CSV or JSONL file (a text column and a label column: see _label_key), as id, text,
+    label. A UTF-8 BOM (spreadsheets' "CSV UTF-8") is allowed. Errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     rows = []
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             if path.suffix == ".jsonl":
+                key = label_key
                 for line, raw in enumerate(f, start=1):
                     if not raw.strip():
                         continue
@@ -48,14 +72,31 @@ def read_rows(path: Path, label_key: str = "category") -> pd.DataFrame:
                         r = json.loads(raw)
                     except json.JSONDecodeError as e:
                         raise ConfigError(f"{path}:{line}: not JSON ({e.msg})") from None
-                    if not isinstance(r, dict) or not {"text", label_key} <= set(r):
-                        got = sorted(r) if isinstance(r, dict) else type(r).__name__
-                        raise ConfigError(f"{path}:{line}: expected an object with keys text, {label_key}; got {got}")
-                    rows.append((line, str(r["text"]), str(r[label_key])))
+                    if not isinstance(r, dict):
+                        raise ConfigError(
+                            f"{path}:{line}: expected an object with text and a label; got {type(r).__name__}"
+                        )
+                    key = key or _label_key(path, sorted(r), None, f"{path}:{line}")
+                    if "text" not in r or key not in r:
+                        raise ConfigError(f"{path}:{line}: expected an object with keys text, {key}; got {sorted(r)}")
+                    text, label = r["text"], r[key]
+                    if not isinstance(text, str):
+                        raise ConfigError(
+                            f"{path}:{line}: text must be a string; got {type(text).__name__} {text!r:.60}"
+                        )
+                    if not isinstance(label, str | int) or isinstance(label, bool):
+                        raise ConfigError(
+                            f"{path}:{line}: {key} must be a string; got {type(label).__name__} {label!r:.60}"
+                        )
+                    rows.append((line, text, str(label)))
+                label_key = key or "label"
             else:
                 reader = csv.DictReader(f)
-                if reader.fieldnames is None or not {"text", label_key} <= set(reader.fieldnames):
-                    raise ConfigError(f"{path}:1: expected columns text,{label_key}; found {reader.fieldnames}")
+                if reader.fieldnames is None or "text" not in reader.fieldnames:
+                    raise ConfigError(
+                        f"{path}:1: expected a header with a text column and a label column; found {reader.fieldnames}"
+                    )
+                label_key = _label_key(path, list(reader.fieldnames), label_key, f"{path}:1")
                 rows = [(line, r.get("text") or "", r.get(label_key) or "") for line, r in enumerate(reader, start=2)]
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from e
@@ -68,12 +109,12 @@ def read_rows(path: Path, label_key: str = "category") -> pd.DataFrame:
     )
 
 
-def _read(path: Path) -> pd.DataFrame:
-    return read_rows(path).drop(columns="line")
+def _read(path: Path, label_key: str | None = None) -> pd.DataFrame:
+    return read_rows(path, label_key).drop(columns="line")
 
 
 def _train(cfg: RunConfig) -> pd.DataFrame:
-    return _read(dataset_dir(cfg) / "train.csv")
+    return _read(dataset_dir(cfg) / "train.csv", cfg.data.label_column)
 
 
 def labels(cfg: RunConfig) -> list[str]:
@@ -138,15 +179,27 @@ def _train_samples(cfg: RunConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
 
-def seeds_from_file(path: str | Path, known: list[str] | None) -> pd.DataFrame:
-    """Seed examples from a user's file; every label must be one of `known` (None: any), named by line."""
-    rows = read_rows(Path(path), label_key="label")
+def seeds_from_file(path: str | Path, known: list[str] | None, label_key: str | None = None) -> pd.DataFrame:
+    """Seed examples from a user's file; every label must be one of `known` (None: any), named by
+    line, and every known label must have a row. A row repeated (same text and label) is kept once,
+    and the log says which lines."""
+    rows = read_rows(Path(path), label_key)
     bad = rows[~rows["label"].isin(known)] if known is not None else rows.iloc[:0]
     if len(bad):
         where = ", ".join(f"line {r.line} ({r.label!r})" for r in bad.head(5).itertuples())
         raise ConfigError(f"{path}: unknown labels at {where}; known labels: {known[:10]}")
     if rows.empty:
         raise ConfigError(f"{path}: no seed rows")
+    missing = sorted(set(known or []) - set(rows["label"]))
+    if missing:
+        raise ConfigError(
+            f"{path}: no seed row for the labels {missing[:10]}; the generator needs at least one example of each "
+            "(add rows, or remove those labels from task.labels)"
+        )
+    dup = rows.duplicated(["text", "label"])
+    if dup.any():
+        log.warning("%s: lines %s repeat earlier rows; each is used once", path, list(rows.loc[dup, "line"])[:20])
+        rows = rows[~dup]
     return rows.drop(columns="line").sort_values(["label", "id"]).reset_index(drop=True)
 
 
@@ -154,7 +207,7 @@ def seeds(cfg: RunConfig) -> pd.DataFrame:
     """The seed examples: from `data.seeds_file` (at most seeds_per_label per label, chosen with
     `data.seed`), else `seeds_per_label` real train rows per label."""
     if cfg.data.seeds_file:
-        rows = seeds_from_file(cfg.data.seeds_file, labels(cfg))
+        rows = seeds_from_file(cfg.data.seeds_file, labels(cfg), cfg.data.label_column)
         rows = rows.sample(frac=1.0, random_state=cfg.data.seed).groupby("label").head(cfg.data.seeds_per_label)
         return rows.sort_values(["label", "id"]).reset_index(drop=True)
     return _train_samples(cfg)[0]
@@ -168,7 +221,7 @@ def dev_split(cfg: RunConfig) -> pd.DataFrame:
 def test_split(cfg: RunConfig, whole: bool = False) -> pd.DataFrame:
     """The real test split (capped at `test_per_label` rows per label unless `whole`). Only
     06_evaluate reads it (the whole of it for its contamination check)."""
-    test = _read(dataset_dir(cfg) / "test.csv")
+    test = _read(dataset_dir(cfg) / "test.csv", cfg.data.label_column)
     if whole:
         return test.sort_values(["label", "id"]).reset_index(drop=True)
     test = test[test["label"].isin(labels(cfg))]

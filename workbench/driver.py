@@ -39,6 +39,10 @@ def iterate(parent: str | Path, accept: list[str] | None = None, accept_all: boo
         raise RunError(f"{parent}: not a run folder (no provenance.json)")
     if prov.get("stages", {}).get("07_gaps", {}).get("status") != "done":
         raise RunError(f"{parent}: stage 07_gaps has not finished there, so it has no config patch to apply")
+    busy = RunLock(parent)
+    if not busy.acquire():
+        raise RunError(f"{parent}: another process is executing it ({busy.holder()}); iterate once it has finished")
+    busy.release()
     patch = parent / "artifacts" / "config_patch.yaml"
     chosen = gaps.select(gaps.load_patch(patch), accept, accept_all)
     if not chosen:
@@ -58,7 +62,7 @@ def iterate(parent: str | Path, accept: list[str] | None = None, accept_all: boo
     try:
         return new_run(
             tmp,
-            runs_root=parent.parent.parent,
+            task_dir=parent.parent,  # beside its parent, wherever that folder was moved or copied
             parent=parent.name,
             extra={
                 "config_source": f"{parent / 'config.yaml'} + {patch.name}",
@@ -93,8 +97,12 @@ def check_notebooks(stages: list[str]) -> None:
 
 
 def validate_stages(stages: list[str] | None) -> list[str]:
-    """The stages to run, in pipeline order, after checking names and notebooks."""
-    stages = stages or STAGES
+    """The stages to run, in pipeline order, after checking names and notebooks (None: all)."""
+    if stages is not None and not [s for s in stages if s]:
+        raise RunError(
+            f"--stages: no stage named; give a comma-separated subset of {','.join(STAGES)}, or leave it out"
+        )
+    stages = [s for s in stages if s] if stages is not None else STAGES
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise RunError(f"--stages: unknown stages {unknown}; valid: {', '.join(STAGES)}")

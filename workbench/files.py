@@ -38,6 +38,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench")
 
 
+class PathError(ValueError):
+    """A folder the workbench must write to that it cannot: the message names it and who set it."""
+
+
+def check_writable(folder: Path, what: str) -> Path:
+    """`folder`, created if missing, after proving a file can be written in it; PathError naming
+    `what` (e.g. "WORKBENCH_CACHE=…") otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PathError(f"{what}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise PathError(f"{what}: cannot write in {folder} ({e.strerror})") from None
+    return folder
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write via a temporary file and rename, so `path` never exists half-written. When the write
     fails (disk full, …) the temporary file is removed and the error names `path`; an earlier
@@ -67,6 +87,21 @@ def replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class UnreadableFile(ValueError):
+    """A file the workbench wrote that no longer reads as what it wrote (truncated, emptied or
+    hand-edited): the message names the file."""
+
+
 def read_json(path: Path) -> dict:
-    """The JSON object in `path`, or {} when there is no such file."""
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The JSON object in `path`, or {} when there is no such file; UnreadableFile naming the file
+    when it is not a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UnreadableFile(f"{path}: not readable as JSON (truncated or edited by hand?): {e}") from None
+    if not isinstance(obj, dict):
+        raise UnreadableFile(f"{path}: expected a JSON object, found a {type(obj).__name__}")
+    return obj

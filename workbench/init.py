@@ -106,10 +106,14 @@ DEFAULT_TONES = ["neutral", "frustrated", "polite"]
 DEFAULT_DIFFICULTY = {"easy": 0.3, "medium": 0.4, "hard": 0.3}
 DEFAULT_STYLE = "Messages as real users type them: short, plain, sometimes with typos."
 
-_TYPE_WORDS = [  # first match wins; the description's own words beat the model's guess
+# What the model must do, by the verb that says it: the earliest of these in the description
+# wins ("Classify what people ask a virtual assistant" is classification, whatever it mentions).
+# Only a verb among the description's first three words overrules the LLM's draft; a later match
+# decides only where the draft named no valid type.
+_TYPE_WORDS = [
     ("extraction", r"\bextract|\bpull out\b|\bparse\b|\bfields?\b"),
     ("summarization", r"\bsummar"),
-    ("dialogue", r"\bdialog|\bconversation|\bchat ?bot|\bassistant\b|\btool calls?\b|\bmulti-turn"),
+    ("dialogue", r"\bdialog|\bconversation|\bchat ?bot|\bassistant\b|\btool calls?\b|\bmulti-turn|\breply\b|\brespond"),
     ("classification", r"\bclassif|\bcategori|\blabel|\bintent|\btriage|\broute\b|\brouting|\bdetect|\btag"),
 ]
 _MULTI = r"multi-?label|several labels|multiple labels|all (?:labels |tags )?that apply|\btags\b"
@@ -131,7 +135,7 @@ class Result:
 
 def check_description(description: str) -> str:
     d = " ".join((description or "").split())
-    words = re.findall(r"[A-Za-z]{2,}", d)
+    words = re.findall(r"[^\W\d_]{2,}", d)  # letters of any script: "Классифицировать сообщения …" is 3 words
     if len(words) < 3:
         raise InitError(
             f"task description: got {description!r} ({len(words)} word{'s' * (len(words) != 1)}); expected a "
@@ -157,13 +161,16 @@ def parse_labels(raw: str | list[str] | None) -> list[str] | None:
     return labels
 
 
-def guess_type(description: str, labels: list[str] | None) -> tuple[str | None, bool]:
+def guess_type(description: str, labels: list[str] | None) -> tuple[str | None, bool, bool]:
+    """(type, multi-label, whether the type comes from the description's leading verb)."""
     d = description.lower()
     multi = re.search(_MULTI, d) is not None
-    for kind, rx in _TYPE_WORDS:
-        if re.search(rx, d):
-            return kind, multi and kind == "classification"
-    return ("classification", multi) if labels else (None, False)
+    found = [(m.start(), kind) for kind, rx in _TYPE_WORDS if (m := re.search(rx, d))]
+    if found:
+        at, kind = min(found)
+        leading = len(d[:at].split()) < 3
+        return kind, multi and kind == "classification", leading
+    return ("classification", multi, False) if labels else (None, False, False)
 
 
 def slug(description: str) -> str:
@@ -253,7 +260,7 @@ def draft(
     llm_cfg = _llm_config(llm_overrides)
     llm = llm or LLM(llm_cfg, cache_dir or default_cache())
     notes: list[str] = []
-    rule_type, rule_multi = guess_type(description, label_list)
+    rule_type, rule_multi, leading = guess_type(description, label_list)
 
     # 1. draft + repair rounds
     label_hint = f"Labels: {', '.join(label_list)}\n" if label_list else ""
@@ -294,13 +301,14 @@ def draft(
         return default
 
     kind = rule_type
-    if kind is not None:
-        if good.get("type") not in (None, kind):
-            notes.append(f"type: the draft said {good['type']!r}; the description's wording says {kind!r}, kept")
+    drafted = good.get("type")
+    if kind is not None and (leading or drafted is None):
+        if drafted not in (None, kind):
+            notes.append(f"type: the draft said {drafted!r}; the description's verb says {kind!r}, kept")
         else:
             notes.append(f"type: {kind!r} from the description's wording")
     else:
-        kind = take("type", "classification", "'classification'")
+        kind = take("type", kind or "classification", f"{kind or 'classification'!r}")
     multi = rule_multi if kind == "classification" else False
     name = take("name", slug(description), f"{slug(description)!r} (from the description)")
     domain = take("domain", _domain(description), f"{_domain(description)!r} (from the description)")

@@ -35,7 +35,7 @@ from typing import Any
 
 from workbench import precision
 from workbench.config import check_runnable, dump_config, load_config
-from workbench.files import ROOT, read_json, write_atomic
+from workbench.files import ROOT, UnreadableFile, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,20 @@ def new_run(
     parent: str | None = None,
     stages: list[str] | None = None,
     extra: dict | None = None,
+    task_dir: Path | None = None,
 ) -> Path:
     """Validate the config (and that `stages` can honour it), then create the next numbered run
-    folder with config and provenance (`extra` joins the provenance, e.g. the patch of an iteration)."""
+    folder with config and provenance (`extra` joins the provenance, e.g. the patch of an iteration)
+    in `runs_root`/<task name>, or in `task_dir` when given (an iteration goes beside its parent)."""
     cfg, doc = load_config(config_path, overrides)
     check_runnable(cfg, stages)
-    task_dir = Path(runs_root) / cfg.task.name
-    task_dir.mkdir(parents=True, exist_ok=True)
+    task_dir = Path(task_dir) if task_dir is not None else Path(runs_root) / cfg.task.name
+    try:
+        task_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(
+            f"{task_dir}: cannot create the runs folder ({e.strerror}); choose another with --runs-dir"
+        ) from None
     while True:  # mkdir is the lock: two runs started at once get distinct folders
         nums = [int(m.group(1)) for p in task_dir.iterdir() if (m := re.match(r"^(\d{3,})-", p.name))]
         run = task_dir / f"{max(nums, default=0) + 1:03d}-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -163,6 +170,10 @@ def new_run(
             break
         except FileExistsError:
             time.sleep(0.05)
+        except OSError as e:  # read-only, full, …
+            raise RunError(
+                f"{task_dir}: cannot create a run folder there ({e.strerror}); choose another with --runs-dir"
+            ) from None
     # locked before it has a provenance: another `workbench run` of the same config, looking for
     # an unfinished run to resume, never takes one that is being created
     lock = RunLock(run)
@@ -214,7 +225,11 @@ def find_resumable(
         return None
     text = dump_config(cfg, doc)
     for run in sorted((p for p in task_dir.iterdir() if re.match(r"^\d{3,}-", p.name)), reverse=True):
-        prov = read_json(run / "provenance.json")
+        try:
+            prov = read_json(run / "provenance.json")
+        except UnreadableFile as e:  # one broken run folder must not stop every later run of the task
+            log.warning("not resuming %s: %s", run.name, e)
+            continue
         if (
             prov.get("status") not in UNFINISHED
             or prov.get("parent")
@@ -245,7 +260,11 @@ def ancestors(run: Path) -> list[Path]:
     out: list[Path] = []
     run = Path(run)
     while True:
-        parent = read_json(run / "provenance.json").get("parent")
+        try:
+            parent = read_json(run / "provenance.json").get("parent")
+        except UnreadableFile as e:
+            log.warning("lineage stops at %s: %s", run.name, e)
+            return out
         if not parent:
             return out
         p = Path(parent) if Path(parent).is_absolute() else run.parent / parent

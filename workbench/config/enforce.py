@@ -35,6 +35,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "task.edge_cases": ("01_prompts", "generation grid: edge-case cells", (), ALL),
     "data.dataset": ("00_task, 06_evaluate, 07_gaps", "real seeds, dev and test rows", (), ALL),
     "data.seeds_file": ("00_task", "seed examples, labels checked", (), ALL),
+    "data.label_column": ("00_task, 06_evaluate, 07_gaps", "the label column of dataset and seeds file", (), ALL),
     "data.seeds_per_label": ("00_task", "seed sample", (), ALL),
     "data.dev_per_label": ("07_gaps", "dev sample", (), ALL),
     "data.test_per_label": ("06_evaluate", "test sample", (), ALL),

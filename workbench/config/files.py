@@ -31,7 +31,10 @@ def _line_of(doc: Any, loc: tuple) -> int | None:
     node, line = doc, None
     for key in loc:
         if isinstance(node, CommentedMap) and key in node:
-            line = node.lc.key(key)[0] + 1
+            try:
+                line = node.lc.key(key)[0] + 1
+            except KeyError:  # a key --set added: it has no line
+                pass
             node = node[key]
         elif isinstance(node, list) and isinstance(key, int) and key < len(node):
             line = node.lc.item(key)[0] + 1 if hasattr(node, "lc") else line
@@ -59,7 +62,7 @@ def _describe(err: dict, doc: Any, source: str, overrides: dict[tuple, str]) -> 
         named = [f for f in leaf_fields() if f in err["msg"]]
         loc = tuple(named[0].split(".")) if named else ()
     dotted = ".".join(str(p) for p in loc)
-    where = overrides.get(loc)
+    where = overrides.get(loc) or next((w for k, w in overrides.items() if k[: len(loc)] == loc), None)
     if where is None:
         line = _line_of(doc, loc)
         where = f"{source}:{line}" if line else source
@@ -118,8 +121,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: YAML syntax error: {e.problem or e.context}") from e
-    if doc is None:
-        doc = CommentedMap()
+    if doc is None or (isinstance(doc, CommentedMap) and not doc):
+        raise ConfigError(
+            f"{path}: the config is empty; it needs at least a task section (task: name, description, labels). "
+            '`workbench init "<what the model must do>" -o FILE` drafts one'
+        )
     if not isinstance(doc, CommentedMap):
         raise ConfigError(f"{path}:1: expected a mapping of sections (task:, data:, …), got {type(doc).__name__}")
     where: dict[tuple, str] = {}
@@ -133,7 +139,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[R
     problems = unenforced(cfg, doc, str(path), where)
     if problems:
         raise ConfigError("fields that nothing would enforce:\n  " + "\n  ".join(problems))
+    _resolve_paths(cfg, path, where)
     return cfg, doc
+
+
+def _resolve_paths(cfg: RunConfig, path: Path, overrides: dict[tuple, str]) -> None:
+    """data.seeds_file and data.dataset relative to the config's folder (a --set value: to the
+    current folder), made absolute, so a stage's kernel (whose folder is notebooks/) and a resumed
+    run find the same files. A bare dataset name that is no folder there names one under data/."""
+    for name in ("seeds_file", "dataset"):
+        value = getattr(cfg.data, name)
+        if value is None or Path(value).expanduser().is_absolute():
+            continue
+        rel = Path(value).expanduser()
+        base = Path.cwd() if ("data", name) in overrides else path.resolve().parent
+        if name == "dataset" and rel.parts[0] not in (".", "..") and not (base / rel).is_dir():
+            continue  # e.g. "banking77": the bundled dataset
+        setattr(cfg.data, name, str((base / rel).resolve()))
 
 
 def unenforced(cfg: RunConfig, doc: CommentedMap, source: str, overrides: dict[tuple, str]) -> list[str]:
@@ -184,7 +206,9 @@ def to_yaml_value(value: Any) -> Any:
     return value
 
 
-def _merge(model: BaseModel, doc: CommentedMap, indent: int, reasons: dict[str, str], prefix: str) -> CommentedMap:
+def _merge(
+    model: BaseModel, doc: CommentedMap, indent: int, reasons: dict[str, str], prefix: str, derived: set[str]
+) -> CommentedMap:
     """Write every field of `model` into `doc`, keeping existing comments and order;
     fields the document lacked are added with their help text (and any default's reason) as a comment."""
     for name, field in type(model).model_fields.items():
@@ -194,9 +218,9 @@ def _merge(model: BaseModel, doc: CommentedMap, indent: int, reasons: dict[str, 
             sub = doc.get(name)
             if not isinstance(sub, CommentedMap):
                 sub = CommentedMap()
-            doc[name] = _merge(value, sub, indent + 2, reasons, f"{prefix}{name}.")
+            doc[name] = _merge(value, sub, indent + 2, reasons, f"{prefix}{name}.", derived)
         else:
-            plain = to_yaml_value(value)
+            plain = None if f"{prefix}{name}" in derived else to_yaml_value(value)
             if new or _plain(doc.get(name)) != plain:
                 doc[name] = plain
         if new:
@@ -211,7 +235,7 @@ def _merge(model: BaseModel, doc: CommentedMap, indent: int, reasons: dict[str, 
 
 def dump_config(cfg: RunConfig, doc: CommentedMap | None = None) -> str:
     """YAML text of the fully resolved config, comments of `doc` kept, defaults explained."""
-    out = _merge(cfg, doc if doc is not None else CommentedMap(), 0, cfg._reasons, "")
+    out = _merge(cfg, doc if doc is not None else CommentedMap(), 0, cfg._reasons, "", cfg._derived)
     buf = io.StringIO()
     _yaml().dump(out, buf)
     return buf.getvalue()

@@ -472,6 +472,9 @@ class RunConfig(_Section):
     seed: int = Field(0, description="Seed for every sampled LLM call and split in the run.")
 
     _reasons: dict[str, str] = PrivateAttr(default_factory=dict)  # why each by-type default was chosen
+    # fields left null and filled in by task type: written back as null, so a change of task.type
+    # re-derives them instead of keeping values that only fit the old type
+    _derived: set[str] = PrivateAttr(default_factory=set)
 
     def __eq__(self, other: object) -> bool:  # equal values are equal configs, however they were written
         return isinstance(other, RunConfig) and self.model_dump() == other.model_dump()
@@ -486,17 +489,20 @@ class RunConfig(_Section):
             t, p, why = SAMPLING.get((section, "*")) or SAMPLING[(section, key)]
             sec = getattr(self, section)
             for name, value in (("temperature", t), ("top_p", p)):
-                if getattr(sec, name) is None:
+                if getattr(sec, name) is None or f"{section}.{name}" in self._derived:
                     sec.__dict__[name] = value  # no re-validation: the table's values are in range
+                    self._derived.add(f"{section}.{name}")
                     self._reasons[f"{section}.{name}"] = f"{value} chosen for {self.task.type}: {why}; override freely"
-        if self.responses.max_tokens is None:
+        if self.responses.max_tokens is None or "responses.max_tokens" in self._derived:
             n = 2 if self.task.type == "classification" else 512
             self.responses.__dict__["max_tokens"] = n
+            self._derived.add("responses.max_tokens")
             why = "an option number" if n == 2 else "room for a full answer"
             self._reasons["responses.max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
         valid = METRICS[kind]
-        if self.evaluate.metrics is None:
+        if self.evaluate.metrics is None or "evaluate.metrics" in self._derived:
             self.evaluate.__dict__["metrics"] = list(valid)
+            self._derived.add("evaluate.metrics")
         else:
             bad = [m for m in self.evaluate.metrics if m not in valid]
             if bad:

@@ -15,7 +15,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -119,7 +119,12 @@ def _unique(items: list, what: str) -> list:
 
 
 class TaskConfig(_Section):
-    name: str = Field("banking77", pattern=r"^[A-Za-z0-9_.-]+$", description="Short name; runs go to runs/<name>/.")
+    name: str = Field(
+        "banking77",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",  # not ".", ".." or a hidden name: runs/<name>/ stays in runs/
+        max_length=100,
+        description="Short name; runs go to runs/<name>/.",
+    )
     type: Literal["classification", "extraction", "summarization", "dialogue"] = Field(
         "classification", description="Task type; ROW_SCHEMA in workbench/config/task.py says what a row is per type."
     )
@@ -184,11 +189,19 @@ class TaskConfig(_Section):
 class DataConfig(_Section):
     dataset: str | None = Field(
         "banking77",
-        description="Folder under data/ (or a path) with train.csv and test.csv (columns text,category); "
-        "null = no real data (stages 05-07 cannot run).",
+        description="A folder with train.csv and test.csv (a text column and a label column): a name under data/, "
+        "or a path (relative to this config's folder); null = no real data (stages 05-07 cannot run).",
     )
     seeds_file: str | None = Field(
-        None, description="CSV (text,label) or JSONL of your own seed examples; null = sample them from the dataset."
+        None,
+        description="CSV or JSONL of your own seed examples (a text column and a label column; a path relative to "
+        "this config's folder); null = sample them from the dataset.",
+    )
+    label_column: str | None = Field(
+        None,
+        min_length=1,
+        description="The label column of the dataset and seeds file; null = 'label', else 'category', else the "
+        "one column besides text (and id).",
     )
     seeds_per_label: int = Field(3, ge=1, le=50, description="Real rows per label shown to the generator.")
     dev_per_label: int = Field(

@@ -201,7 +201,9 @@ def _adaptation(e: Exception) -> tuple[str, str] | None:
     msg = str(e).lower()
     if "max_tokens" in msg and ("max_completion_tokens" in msg or "unsupported parameter" in msg):
         return ("token_field", "max_completion_tokens")
-    if re.search(r"(^|[\s'\"(:])n([\s'\")=:]|$)", msg) and re.search(r"at most 1|must be 1|only 1|not supported|unsupported", msg):
+    if re.search(r"(^|[\s'\"(:])n([\s'\")=:]|$)", msg) and re.search(
+        r"at most 1|must be 1|only 1|not supported|unsupported", msg
+    ):
         return ("split_n", "n")
     for field in ("temperature", "top_p", "seed"):
         if f"'{field}'" in msg and ("unsupported" in msg or "not supported" in msg or "only the default" in msg):
