@@ -323,3 +323,156 @@ def test_generator_reply_that_is_empty_is_a_reject_with_its_reason(tmp_path):
     empty = rows[rows["label"] == "exchange_rate"]
     assert len(empty) and (empty["reject_reason_prompts"] == "empty").all() and not empty["keep_prompts"].any()
     assert empty["id"].notna().all() and rows["id"].is_unique
+
+
+# ---------------------------------------------------------------- the siblings found by trying it by hand
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b"])
+def test_a_task_name_cannot_leave_the_runs_folder(tmp_path, capsys, name):
+    err = run_check(tmp_path, capsys, config(tmp_path), "--set", f"task.name={name}")
+    assert "task.name" in err and not any(p.name == "provenance.json" for p in tmp_path.rglob("*"))
+
+
+def test_a_misspelt_section_in_set_nan_and_an_empty_config(tmp_path, capsys):
+    err = run_check(tmp_path, capsys, config(tmp_path), "--set", "trian.sft.max_steps=1")
+    assert "--set trian.sft.max_steps: field 'trian': unknown key; valid keys here: task, data" in err
+    err = run_check(tmp_path, capsys, config(tmp_path), "--set", "diversity.edge_case_share=.nan")
+    assert "diversity.edge_case_share" in err and "finite number" in err
+    for text in ("", "# only a comment\n"):
+        err = cli_error(["check", str(config(tmp_path, text, name="empty.yaml"))], capsys)
+        assert "the config is empty" in err and "workbench init" in err
+
+
+def test_stages_given_empty_and_check_with_failing_data(tmp_path, capsys):
+    err = run_check(tmp_path, capsys, config(tmp_path), "--stages", "")
+    assert "--stages: no stage named" in err
+    p = config(tmp_path, replace=("dataset: banking77", "dataset: no_such_dataset"))
+    err = cli_error(["check", str(p)], capsys)
+    assert "data.dataset: folder" in err and "no_such_dataset" in err
+
+
+@pytest.mark.parametrize("content", ['{"status": "runn', "", "[1, 2]"])
+def test_a_broken_provenance_names_its_file_and_stops_nothing_else(tmp_path, capsys, content):
+    run = tmp_path / "runs" / "smoke" / "001-20261127-000000"
+    run.mkdir(parents=True)
+    (run / "provenance.json").write_text(content)
+    (run / "config.yaml").write_text(SMOKE)
+    err = cli_error(["resume", str(run)], capsys)
+    assert f"{run / 'provenance.json'}:" in err
+    # a later `workbench run` of the same task looks past it for a run to resume
+    assert runs.find_resumable(config(tmp_path), None, tmp_path / "runs") is None
+
+
+def test_iterate_on_a_moved_run_and_on_a_busy_one(tmp_path):
+    from test_gaps import EDITS, finished_run
+
+    parent = finished_run(tmp_path / "orig", patch_edits=EDITS)
+    moved = tmp_path / "elsewhere" / "copy-of-run"
+    moved.parent.mkdir()
+    parent.rename(moved)
+    run = driver.iterate(moved, ["e1"])
+    assert run.parent == moved.parent and run.name.startswith("001-")  # beside it, not two levels up
+    assert runs.ancestors(run) == [moved]
+    lock = runs.RunLock(moved)
+    assert lock.acquire()
+    try:  # another process holds it (a second lock object on the same folder stands for it)
+        with pytest.raises(runs.RunError, match="another process is executing it"):
+            driver.iterate(moved, ["e1"])
+    finally:
+        lock.release()
+
+
+def test_non_ascii_descriptions_and_typing_by_the_leading_verb():
+    from workbench import init
+
+    assert init.check_description("Классифицировать сообщения клиентов банка по намерению")
+    kind, _, leading = init.guess_type("Classify what people ask a virtual assistant into intents", None)
+    assert (kind, leading) == ("classification", True)
+    kind, _, leading = init.guess_type("For a shop's chatbot, sort the messages by topic", ["a", "b"])
+    assert kind == "dialogue" and not leading  # a later word: it does not overrule a valid draft
+
+
+def test_a_type_change_re_derives_the_fields_that_depend_on_it(tmp_path):
+    from workbench.config import dump_config, load_config
+
+    cfg = RunConfig.model_validate({"task": {"name": "t", "type": "summarization", "description": "Summarize tickets"},
+                                    "data": {"dataset": None}})  # fmt: skip
+    text = dump_config(cfg)
+    assert "  metrics:\n" in text and "rouge_l" not in text  # null (by type), not summarization's metrics
+    p = tmp_path / "c.yaml"
+    p.write_text(text.replace("type: summarization", "type: classification").replace(
+        "labels: null", "labels: [a, b]"))  # fmt: skip
+    back, _ = load_config(p)
+    assert back.task.type == "classification" and "accuracy" in back.evaluate.metrics
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [('{"text": null, "label": "card_arrival"}', "text must be a string; got NoneType"),
+     ('{"text": ["where", "is", "it"], "label": "card_arrival"}', "text must be a string; got list"),
+     ('{"text": {"a": 1}, "label": "card_arrival"}', "text must be a string; got dict"),
+     ('{"text": "where is it", "label": ["card_arrival"]}', "label must be a string; got list")],
+)  # fmt: skip
+def test_seed_jsonl_values_of_the_wrong_type(tmp_path, capsys, line, why):
+    seeds = tmp_path / "s.jsonl"
+    seeds.write_text('{"text": "where is my card", "label": "card_arrival"}\n' + line + "\n")
+    err = run_check(tmp_path, capsys, config(tmp_path), "--set", f"data.seeds_file={seeds}")
+    assert f"{seeds}:2: {why}" in err
+
+
+def test_relative_data_paths_follow_the_config_and_the_users_columns(tmp_path, monkeypatch):
+    from workbench import data
+    from workbench.config import dump_config, load_config
+
+    folder = tmp_path / "project"
+    (folder / "ds").mkdir(parents=True)
+    rows = "text,intent\n" + "".join(f"message {i} about {lab},{lab}\n" for i in range(4) for lab in ("late", "lost"))
+    (folder / "ds" / "train.csv").write_text(rows)
+    (folder / "ds" / "test.csv").write_text(rows)
+    (folder / "seeds.csv").write_bytes("\ufefftext,label\nwhere is it,late\nI lost it,lost\nI lost it,lost\n".encode())
+    p = folder / "c.yaml"
+    p.write_text("task:\n  name: t\n  labels: [late, lost]\ndata:\n  dataset: ./ds\n  seeds_file: seeds.csv\n")
+    monkeypatch.chdir(tmp_path)  # another folder than the config's
+    cfg, doc = load_config(p)
+    assert cfg.data.dataset == str(folder / "ds") and cfg.data.seeds_file == str(folder / "seeds.csv")
+    assert f"seeds_file: {folder / 'seeds.csv'}" in dump_config(cfg, doc)  # a resumed run finds it too
+    assert data.labels(cfg) == ["late", "lost"]  # the dataset's `intent` column, detected
+    assert len(data.seeds(cfg)) == 2  # the BOM read, the repeated row used once
+    (folder / "seeds.csv").write_text("text,label\nwhere is it,late\n")
+    with pytest.raises(Exception, match=r"no seed row for the labels \['lost'\]"):
+        data.seeds(cfg)
+
+
+def test_a_hand_broken_config_patch_names_file_and_line(tmp_path):
+    from workbench import gaps
+    from workbench.config import ConfigError
+
+    p = tmp_path / "config_patch.yaml"
+    p.write_text("edits:\n- {id: e1, kind: more_rows\n")
+    with pytest.raises(ConfigError, match=rf"{p}:\d+: YAML syntax error"):
+        gaps.load_patch(p)
+
+
+def test_cache_and_runs_folders_that_cannot_be_written(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "a-file"))
+    err = run_check(tmp_path, capsys, config(tmp_path))
+    assert f"WORKBENCH_CACHE={tmp_path / 'a-file'}: {tmp_path / 'a-file'} is a file, not a folder" in err
+    monkeypatch.delenv("WORKBENCH_CACHE")
+    with pytest.raises(runs.RunError, match="cannot create the runs folder"):
+        runs.new_run(config(tmp_path), runs_root=tmp_path / "a-file")
+
+
+def test_the_card_and_the_system_prompt_keep_text_as_text():
+    from workbench import export
+
+    cfg = RunConfig.model_validate({"task": {"name": "t", "description": "Sort <script>alert(1)</script> tickets",
+                                             "labels": ["a, b", "c"]}})  # fmt: skip
+    assert export.system_prompt(cfg, ["a, b", "c"]).endswith('from: ["a, b", "c"].')
+    assert export.system_prompt(cfg, ["a", "c"]).endswith("from: a, c.")
+    card = export.card(cfg, pd.DataFrame({"keep": [True], "label": ["c"], "reject_stage": [None], "reject_reason": [None]}),
+                               pd.DataFrame({"stage": [], "rows": []}), 0, "", {}, "")  # fmt: skip
+    assert "<script>" not in card and "&lt;script&gt;" in card
+    with pytest.raises(Exception, match="label"):
+        RunConfig.model_validate({"task": {"labels": ["a\nb", "c"]}})

@@ -13,6 +13,7 @@ writes the four and returns their paths.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 from pathlib import Path
@@ -27,8 +28,12 @@ from workbench.tables import reject_counts
 
 
 def system_prompt(cfg: RunConfig, labels: list[str]) -> str:
-    """What the student is told: the task and the labels it may answer with."""
-    return f"{cfg.task.description} Answer with exactly one label from: {', '.join(labels)}."
+    """What the student is told: the task and the labels it may answer with, comma-separated; as a
+    JSON list where a label holds a comma or a quote, so no label reads as two."""
+    listed = (
+        json.dumps(labels, ensure_ascii=False) if any(c in lab for lab in labels for c in ',"') else ", ".join(labels)
+    )
+    return f"{cfg.task.description} Answer with exactly one label from: {listed}."
 
 
 def sft_records(cfg: RunConfig, rows: pd.DataFrame, labels: list[str]) -> list[dict]:
@@ -94,7 +99,7 @@ def card(
     lines = [
         f"# {cfg.task.name}: synthetic {cfg.task.type} data",
         "",
-        cfg.task.description,
+        html.escape(cfg.task.description, quote=False),  # text, never markup, wherever the card is rendered
         "",
         "## Counts",
         "",

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
 
 from workbench.config import ConfigError, RunConfig, _yaml, load_config
 from workbench.data import describe_label
@@ -277,7 +278,15 @@ def load_patch(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no config patch; run 07_gaps on that run first")
-    doc = _yaml().load(path.read_text(encoding="utf-8")) or {}
+    try:
+        doc = _yaml().load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or getattr(e, "context", None) or type(e).__name__
+        raise ConfigError(f"{path}{line}: YAML syntax error: {problem}; fix the file or run 07_gaps again") from None
     edits = doc.get("edits") if isinstance(doc, dict) else None
     if not isinstance(edits, list):
         raise ConfigError(f"{path}: expected 'edits:' with a list of edits")

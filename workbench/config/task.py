@@ -72,7 +72,12 @@ def task_kind(task: TaskConfig) -> str:
 
 
 class LabelSpec(_Section):
-    name: str = Field(min_length=1, max_length=100, description="The label as it appears in the data.")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]+$",  # no line break or control character: one label reads as one
+        description="The label as it appears in the data.",
+    )
     definition: str | None = Field(None, description="One sentence: what belongs under this label.")
     positive: list[str] = Field([], description="Example inputs that belong under this label.")
     negative: list[str] = Field([], description="Inputs that look similar but do not belong (near misses).")
