@@ -70,8 +70,8 @@ def main() -> int:
     )
     if args.show_misses:
         for gate in got:
-            for r, g in zip(rows, got[gate]):
-                if bool(g) != truth[gate][rows.index(r)]:
+            for r, g, t in zip(rows, got[gate], truth[gate]):
+                if bool(g) != t:
                     print(f"{gate:10s} {'FP' if g else 'FN'} {r['text']!r} -> {g}")
     real = pd.concat([pd.read_csv(ROOT / "data/banking77" / f"{s}.csv") for s in ("train", "test")])["text"].tolist()
     t0 = time.perf_counter()

@@ -106,7 +106,7 @@ def trainer_args(method: str, cfg: TrainConfig, out: Path, seed: int):
     fields = {f.name for f in dataclasses.fields(_trl_class(method))}
     args["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
     user = getattr(cfg, method)
-    if (bf16 := precision.trainer_bf16(user)) is not None and "bf16" not in user:
+    if (bf16 := precision.trainer_bf16(user)) is not None:
         args["bf16"] = bf16  # trl's own default is bf16 mixed precision, even on a CPU without it
     args.update(user)
     log.info(

@@ -345,9 +345,6 @@ class _OpenAIRunner:
                 deadline.pop(me, None)
                 expired.discard(me)
 
-        def pool_url(j: int) -> str:
-            return self.cfg.base_url
-
         def fail(j: int, e: Exception) -> list[dict] | None:
             """Error rows for a request that failed for good, or None when it was put back for a retry.
             A refusal no retry can fix (the key, the model, a parameter every request carries) stops
@@ -356,20 +353,16 @@ class _OpenAIRunner:
             if change is not None and (self._adapt(*change, e) or sent[j] < self.lessons):
                 loop.call_soon(requeue, j)  # sent again, as the endpoint asks: not an attempt
                 return None
-            if isinstance(e, _FewerChoices):
-                if not self.split_n:
-                    self.split_n = True
-                    log.warning(
-                        "%s answered %d of the n=%d candidates asked for (it ignores n): from now on one request "
-                        "per candidate", _safe_url(self.cfg.base_url), e.got, reqs[j].n,
-                    )  # fmt: skip
+            if isinstance(e, _FewerChoices):  # the endpoint ignores n: the same lesson as a 400 refusing it
+                said = f"answered {e.got} of the n={reqs[j].n} candidates asked for (it ignores n)"
+                self._adapt("split_n", "n", said)
                 loop.call_soon(requeue, j)
                 return None
             retry = not isinstance(e, http.HTTPStatus) or e.status in _RETRY_STATUS
             if not retry:
                 refused[0] += 1
                 if e.status in (401, 403, 404) or (not answered[0] and refused[0] >= min(5, len(reqs))):
-                    raise _fatal(self.cfg, e, pool_url(j), self.key)
+                    raise _fatal(self.cfg, e, self.cfg.base_url, self.key)
                 return _error_rows(self.cfg, reqs[j], str(e))
             if attempts[j] >= self.cfg.max_retries:
                 return _error_rows(self.cfg, reqs[j], f"gave up after {attempts[j] + 1} attempts: {e}")
@@ -490,8 +483,9 @@ class _OpenAIRunner:
             for pool in self.pools:
                 await pool.close()
 
-    def _adapt(self, what: str, value: str, e: Exception) -> bool:
-        """Change the requests as a 400 asks (True), once; False when that change was already made."""
+    def _adapt(self, what: str, value: str, why: Exception | str) -> bool:
+        """Change the requests as the endpoint asks (True), once, saying so; False when that change
+        was already made. `why`: the refusal (a 400), or what the endpoint did (a string)."""
         if what == "split_n" and not self.split_n:
             self.split_n = True
         elif what == "token_field" and self.token_field != value:
@@ -501,9 +495,13 @@ class _OpenAIRunner:
         else:
             return False
         self.lessons += 1
+        url = _safe_url(self.cfg.base_url)
+        if isinstance(why, str):
+            log.warning("%s %s: from now on one request per candidate", url, why)
+            return True
         now = {"token_field": f"{value} instead of max_tokens", "drop": f"no {value}",
                "split_n": "one request per candidate (n=1)"}[what]  # fmt: skip
-        log.warning("%s refused a request (%s): sending %s from now on", _safe_url(self.cfg.base_url), e, now)
+        log.warning("%s refused a request (%s): sending %s from now on", url, why, now)
         return True
 
     def _body(self, req: Request, n: int | None = None, seed: int | None = None) -> bytes:

@@ -32,7 +32,7 @@ from workbench.cache import Cache
 from workbench.config import LLMConfig
 from workbench.llm.batch import _BatchRunner
 from workbench.llm.embedded import _LocalModel
-from workbench.llm.endpoint import _OpenAIRunner, _run_async
+from workbench.llm.endpoint import _OpenAIRunner, _run_async, _safe_url
 from workbench.llm.types import Request, cache_key, parse_json
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class LLM:
         with a model of the same name is another model), without its query string."""
         if self.cfg.provider == "local":
             return f"{self.cfg.model}@{precision.resolve(self.cfg.dtype)}"
-        return f"{self.cfg.model}@{(self.cfg.base_url or '').split('?', 1)[0].rstrip('/')}"
+        return f"{self.cfg.model}@{_safe_url(self.cfg.base_url or '').rstrip('/')}"
 
     def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible.
