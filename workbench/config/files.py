@@ -23,6 +23,8 @@ def _yaml() -> YAML:
     y = YAML()  # round-trip: keeps comments, order and line numbers
     y.indent(mapping=2, sequence=4, offset=2)
     y.width = 110
+    # None as `null`, as a person writes it (ruamel's default, an empty value, reads as a field left blank)
+    y.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     return y
 
 
