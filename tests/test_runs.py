@@ -1,10 +1,11 @@
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from workbench import driver, runs
+from workbench import config, driver, files, runs
 from workbench.runs import RunError
 
 
@@ -153,15 +154,35 @@ def test_ctrl_c_marks_the_stage_and_run_interrupted(tmp_path, monkeypatch, root)
     assert runs.RunLock(run).acquire()  # the lock went with the interrupted process
 
 
-def test_a_notebook_opened_without_a_run_folder_works_in_the_scratch_folder(root, tmp_path, monkeypatch):
+def test_a_notebook_opened_without_a_run_folder_works_in_the_scratch_folder(root, tmp_path):
     """Run All in JupyterLab: a notebook's default parameters (the smoke config, no run_dir) give a
-    stage in `runs/<task>/scratch/`, a folder that is not a numbered run."""
+    stage in `runs/<task>/scratch/` of the config's project (beside its `configs/` folder; never
+    the checkout when the config lives elsewhere), a folder that is not a numbered run."""
     from workbench import stage as stage_module
 
-    monkeypatch.setattr(stage_module, "ROOT", tmp_path)
-    st = stage_module.open_stage(str(root / "configs" / "smoke.yaml"), "", "00_task")
+    (tmp_path / "configs").mkdir()
+    shutil.copy(root / "configs" / "smoke.yaml", tmp_path / "configs" / "smoke.yaml")
+    st = stage_module.open_stage(str(tmp_path / "configs" / "smoke.yaml"), "", "00_task")
     assert st.run_dir == tmp_path / "runs" / "smoke" / "scratch" and st.artifacts.is_dir()
     assert (st.run_dir / "config.yaml").read_text().startswith("# Smoke config")
     assert st.provenance() == {} and st.stage_times().empty and st.parent_config() is None
     st.record(rows=3)
     assert st.metrics() == {"00_task": {"rows": 3}}
+    # a config outside any configs/ folder: its own folder is the project
+    shutil.copy(root / "configs" / "smoke.yaml", tmp_path / "alone.yaml")
+    assert (
+        files.project_dir(tmp_path / "alone.yaml") == tmp_path
+        and files.project_dir(root / "configs" / "x.yaml") == root
+    )
+
+
+def test_a_bare_dataset_name_is_looked_up_in_the_projects_data_folder_first(root, tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "data" / "banking77").mkdir(parents=True)  # the project's own copy, e.g. a newer export
+    for f in ("train.csv", "test.csv"):
+        shutil.copy(root / "data" / "banking77" / f, tmp_path / "data" / "banking77" / f)
+    text = (root / "configs" / "smoke.yaml").read_text()
+    (tmp_path / "configs" / "smoke.yaml").write_text(text)
+    cfg, _ = config.load_config(tmp_path / "configs" / "smoke.yaml")
+    assert cfg.data.dataset == str(tmp_path / "data" / "banking77")
+    assert config.load_config(root / "configs" / "smoke.yaml")[0].data.dataset == "banking77"  # the bundled one

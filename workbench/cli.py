@@ -23,7 +23,7 @@ from workbench import data, init, plan
 from workbench.causal import check_args
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
 from workbench.driver import execute, iterate, validate_stages
-from workbench.files import ROOT, PathError, UnreadableFile, cache_dir, check_writable, read_json
+from workbench.files import PathError, UnreadableFile, cache_dir, check_writable, project_dir, read_json
 from workbench.gaps import load_patch
 from workbench.llm import preflight as endpoint
 from workbench.runs import STAGES, RunError, find_resumable, new_run
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     run.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
-    run.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    run.add_argument("--runs-dir", help="default: runs/ beside the config's folder (files.project_dir)")
     run.add_argument("--new", action="store_true", help="start a new run even when an unfinished one can be resumed")
     res = sub.add_parser("resume", help="go on with a run that did not finish (killed, interrupted, a stage failed)")
     res.add_argument("run_dir")
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     lp.add_argument("config")
     lp.add_argument("--iterations", type=int, required=True, help="iterations in all (the first run included)")
     lp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    lp.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    lp.add_argument("--runs-dir", help="default: runs/ beside the config's folder (files.project_dir)")
     ini = sub.add_parser("init", help="draft a commented config from a task description with the LLM")
     ini.add_argument("description", help='one sentence, e.g. "Classify support tickets by urgency"')
     ini.add_argument("-o", "--output", help="where to write the YAML (default configs/<name>.yaml)")
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ini.add_argument("--repair-rounds", type=int, default=2, help="rounds of feeding errors back to the LLM")
     ini.add_argument("--force", action="store_true", help="replace an existing output file")
     args = ap.parse_args(argv)
+    if getattr(args, "runs_dir", "") is None:
+        args.runs_dir = str(project_dir(args.config) / "runs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook paths repeat ours
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`: the run is marked interrupted, like Ctrl-C
@@ -199,7 +201,7 @@ def _init(args: argparse.Namespace) -> int:
         llm_overrides=args.set,
         repair_rounds=args.repair_rounds,
     )
-    out = args.output or str(ROOT / "configs" / f"{res.cfg.task.name}.yaml")
+    out = args.output or str(Path("configs") / f"{res.cfg.task.name}.yaml")  # the project in the current folder
     init.write(res, out, force=args.force)
     cfg, _ = load_config(out)  # what was written loads: the proof that it is usable
     print(f"wrote {out}  (repair rounds: {res.rounds}; unparseable replies: {res.unparseable}/{len(res.replies)})")

@@ -16,6 +16,15 @@ from tqdm.std import tqdm as text_tqdm
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, data/, runs/
 
 
+def project_dir(config: str | Path) -> Path:
+    """The folder a config belongs to: its own folder, or that folder's parent when it is named
+    `configs` (as in this checkout). Run folders (`runs/`), the notebooks' scratch run and a
+    bare dataset name's `data/` resolve from here, so a project kept outside the checkout (or a
+    copy of the notebooks) writes into itself, never into the installed package."""
+    folder = Path(config).expanduser().resolve().parent
+    return folder.parent if folder.name == "configs" else folder
+
+
 BATCH_ENV = "WORKBENCH_BATCH"  # set by the papermill driver: the notebook is a page, not a live session
 
 

@@ -16,7 +16,7 @@ from IPython import get_ipython
 from pandas.io.formats.style import Styler
 
 from workbench.config import RunConfig, dump_config, load_config
-from workbench.files import ROOT, cache_dir, read_json, write_atomic
+from workbench.files import cache_dir, project_dir, read_json, write_atomic
 from workbench.llm import LLM
 from workbench.runs import RunError, ancestors
 from workbench.tables import redacted
@@ -160,7 +160,8 @@ def _inert_tables() -> None:
 
 def open_stage(config: str, run_dir: str, name: str) -> Stage:
     """Context for a notebook. With an empty `run_dir` (Run All in JupyterLab) the stage works in
-    `runs/<task>/scratch/`, a folder that is not a numbered run and may be overwritten."""
+    `runs/<task>/scratch/` beside the config's folder (files.project_dir), a folder that is not a
+    numbered run and may be overwritten."""
     pd.set_option("display.max_colwidth", 160)  # reject piles are read for their text
     pd.set_option("display.max_rows", 60)
     _inert_tables()
@@ -169,7 +170,7 @@ def open_stage(config: str, run_dir: str, name: str) -> Stage:
     if run_dir:
         run = Path(run_dir)
     else:
-        run = ROOT / "runs" / cfg.task.name / "scratch"
+        run = project_dir(config) / "runs" / cfg.task.name / "scratch"
         (run / "artifacts").mkdir(parents=True, exist_ok=True)
         write_atomic(run / "config.yaml", dump_config(cfg, doc))
     if not (run / "artifacts").is_dir():

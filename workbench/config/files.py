@@ -148,7 +148,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[R
 def _resolve_paths(cfg: RunConfig, path: Path, overrides: dict[tuple, str]) -> None:
     """data.seeds_file and data.dataset relative to the config's folder (a --set value: to the
     current folder), made absolute, so a stage's kernel (whose folder is notebooks/) and a resumed
-    run find the same files. A bare dataset name that is no folder there names one under data/."""
+    run find the same files. A bare dataset name that is no folder there is looked for in the
+    project's data/ (files.project_dir), else it names one bundled under the workbench's data/."""
+    from workbench.files import project_dir
+
     for name in ("seeds_file", "dataset"):
         value = getattr(cfg.data, name)
         if value is None or Path(value).expanduser().is_absolute():
@@ -156,6 +159,10 @@ def _resolve_paths(cfg: RunConfig, path: Path, overrides: dict[tuple, str]) -> N
         rel = Path(value).expanduser()
         base = Path.cwd() if ("data", name) in overrides else path.resolve().parent
         if name == "dataset" and rel.parts[0] not in (".", "..") and not (base / rel).is_dir():
+            mine = project_dir(path) / "data" / rel
+            bundled = Path(__file__).resolve().parents[2] / "data" / rel
+            if ("data", name) not in overrides and mine.is_dir() and mine.resolve() != bundled.resolve():
+                setattr(cfg.data, name, str(mine))
             continue  # e.g. "banking77": the bundled dataset
         setattr(cfg.data, name, str((base / rel).resolve()))
 
