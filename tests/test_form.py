@@ -56,9 +56,7 @@ def test_widgets_show_the_diff_then_save_through_the_same_path(tmp_path):
     box.fields["sampling.rows_per_label"].value = 12
     box.buttons["review"].click()
     text = shown(box)
-    assert (
-        "-  rows_per_label: 6   # small on purpose" in text and "+  rows_per_label: 12  # small on purpose" in text
-    )
+    assert "-  rows_per_label: 6   # small on purpose" in text and "+  rows_per_label: 12  # small on purpose" in text
     assert p.read_text() == CONFIG  # nothing written before the user confirms
     box.buttons["confirm"].children[0].click()
     assert load_config(p)[0].sampling.rows_per_label == 12

@@ -76,3 +76,37 @@ def test_ten_lines_of_calls_pass(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell("\n".join(f"x{i} = f({i})" for i in range(10)))]
     nbformat.write(nb, tmp_path / "ok.ipynb")
     assert cell_problems(tmp_path / "ok.ipynb") == []
+
+
+def test_pages_show_whole_tables_with_text_left_aligned(root):
+    """The field → gate table (64 rows) is not cut to 10 by pandas' default of 60 rows, and text
+    columns are left-aligned (the notebook stylesheet right-aligns every cell)."""
+    import pandas as pd
+
+    from workbench import plan, stage, tables
+    from workbench.config import load_config
+
+    stage._inert_tables()
+    pd.set_option("display.max_rows", 60)  # what open_stage replaces
+    import logging
+
+    before = list(logging.getLogger().handlers)
+    stage.open_stage(str(root / "configs" / "smoke.yaml"), str(_scratch_run(root)), "00_task")
+    for h in [h for h in logging.getLogger().handlers if h not in before]:
+        logging.getLogger().removeHandler(h)  # its log routing is tested in test_runs
+    table = plan.gate_table(load_config(root / "configs" / "smoke.yaml")[0])
+    html = tables.page_html(table)
+    assert html.count("<tr") == len(table) + 1 and len(table) > 60
+    text_cols = [i + 2 for i, c in enumerate(table.columns) if str(table[c].dtype) in ("object", "str", "string")]
+    assert text_cols and all(f"td:nth-child({k})" in html for k in text_cols)
+    assert "td:nth-child(7)" not in html  # rows_rejected: a number, right-aligned as numbers are
+    big = pd.DataFrame({"id": [f"p{i:05d}" for i in range(2000)]})
+    assert "2000 rows × 1 columns" in tables.page_html(big) and tables.page_html(big).count("<tr") == 61 + 1
+
+
+def _scratch_run(root):
+    import tempfile
+
+    run = Path(tempfile.mkdtemp()) / "run"
+    (run / "artifacts").mkdir(parents=True)
+    return run

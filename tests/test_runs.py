@@ -186,3 +186,35 @@ def test_a_bare_dataset_name_is_looked_up_in_the_projects_data_folder_first(root
     cfg, _ = config.load_config(tmp_path / "configs" / "smoke.yaml")
     assert cfg.data.dataset == str(tmp_path / "data" / "banking77")
     assert config.load_config(root / "configs" / "smoke.yaml")[0].data.dataset == "banking77"  # the bundled one
+
+
+def test_a_stage_page_shows_each_warning_once_and_no_info_line(tmp_path, capsys):
+    """INFO lines go to <run>/logs/<stage>.log only; a warning said after every batch, and a
+    library's FutureWarning raised again and again, reach the page once (the log has them all)."""
+    import logging
+    import warnings
+
+    from workbench import stage as stage_module
+
+    root_handlers, show = list(logging.getLogger().handlers), warnings.showwarning
+    try:
+        path = stage_module.route_logs(tmp_path, "02_responses")
+        log = logging.getLogger("workbench.llm.front")
+        for batch in range(3):
+            log.info("batch %d: 32 requests, 0 from cache", batch)
+            log.warning("batch %d: %d answers were cut at max_tokens", batch, 5)
+            warnings.warn("`past_key_values` is deprecated", FutureWarning, stacklevel=1)
+            logging.getLogger("transformers.generation").warning("generation flags are not valid")
+        page = capsys.readouterr().err
+        assert "requests" not in page  # no INFO line
+        assert page.count("answers were cut") == 1 and page.count("past_key_values") == 1
+        assert page.count("generation flags") == 1
+        text = path.read_text()
+        assert text.count("32 requests") == 3 and text.count("answers were cut") == 3
+        assert stage_module.route_logs(tmp_path, "03_judge") == tmp_path / "logs" / "03_judge.log"
+        assert sum(getattr(h, "_workbench", False) for h in logging.getLogger().handlers) == 2  # replaced, not added
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if h not in root_handlers:
+                logging.getLogger().removeHandler(h)
+        warnings.showwarning = show

@@ -5,8 +5,10 @@ display settings that make the tables it shows safe to share.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from workbench.config import RunConfig, dump_config, load_config
 from workbench.files import cache_dir, project_dir, read_json, write_atomic
 from workbench.llm import LLM
 from workbench.runs import RunError, ancestors
-from workbench.tables import redacted
+from workbench.tables import page_html, redacted
 
 
 @dataclass
@@ -151,11 +153,68 @@ def _inert_tables() -> None:
 
     def styler_html(st: Styler) -> str:
         st.data = redacted(st.data)  # a Styler renders from `data` when shown; same index and columns
+        text = [c for c in st.data.columns if st.data[c].dtype == object or str(st.data[c].dtype) in ("str", "string")]
+        if text:  # read as text: left-aligned (the notebook's stylesheet right-aligns every cell)
+            st.set_properties(subset=text, **{"text-align": "left"})
         return st._repr_html_()
 
     html_formatter = ip.display_formatter.formatters["text/html"]
-    html_formatter.for_type(pd.DataFrame, lambda df: redacted(df)._repr_html_())
+    html_formatter.for_type(pd.DataFrame, page_html)
     html_formatter.for_type(Styler, styler_html)
+
+
+class _OncePerMessage(logging.Filter):
+    """Lets the first record of each message template through (a warning said after every batch
+    is said once on the page; the log file has every one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg) if record.name != "py.warnings" else str(record.args[:2]))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
+
+
+def route_logs(run: Path, name: str) -> Path:
+    """Where a stage's log lines go: every line (INFO and up, the workbench's and its libraries'
+    warnings, Python warnings included) to `<run>/logs/<name>.log`; on the page only warnings and
+    errors, each message once. Called again in the same kernel (Run All twice), it replaces what
+    it installed before. Returns the log file."""
+    path = run / "logs" / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_workbench", False)]:
+        root.removeHandler(h)
+        h.close()
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    to_page = logging.StreamHandler(sys.stderr)
+    to_page.setLevel(logging.WARNING)
+    to_page.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    to_page.addFilter(_OncePerMessage())
+    for h in (to_file, to_page):
+        h._workbench = True
+        root.addHandler(h)
+    root.setLevel(logging.WARNING)  # other libraries: warnings and up
+    logging.getLogger("workbench").setLevel(logging.INFO)  # ours: INFO and up, to the file only
+    warnings.showwarning = _warning_to_log  # warnings.warn → the py.warnings logger → the same two handlers
+    try:  # transformers prints through a handler of its own; send its records here instead
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+    except ImportError:
+        pass
+    return path
 
 
 def open_stage(config: str, run_dir: str, name: str) -> Stage:
@@ -163,7 +222,10 @@ def open_stage(config: str, run_dir: str, name: str) -> Stage:
     `runs/<task>/scratch/` beside the config's folder (files.project_dir), a folder that is not a
     numbered run and may be overwritten."""
     pd.set_option("display.max_colwidth", 160)  # reject piles are read for their text
-    pd.set_option("display.max_rows", 60)
+    # whole tables up to 500 rows (the field → gate table has 64), the first and last 30 of longer ones
+    pd.set_option("display.max_rows", 500)
+    pd.set_option("display.min_rows", 60)
+    pd.set_option("display.max_columns", None)  # every column: ids and reasons are not hidden behind "…"
     _inert_tables()
     cfg, doc = load_config(config)
     sys.audit("workbench.stage", name)  # lets a test see which stage a kernel runs (see test_smoke)
@@ -175,4 +237,7 @@ def open_stage(config: str, run_dir: str, name: str) -> Stage:
         write_atomic(run / "config.yaml", dump_config(cfg, doc))
     if not (run / "artifacts").is_dir():
         raise RunError(f"{run}: not a run folder (no artifacts/)")
+    log_file = route_logs(run, name)
+    sys.stdout.write(f"{name}: working in {run}; its log: {log_file}\n")
+    logging.getLogger(__name__).info("%s opened with config %s", name, config)
     return Stage(name, cfg, run)

@@ -4,6 +4,8 @@ PII redacted, cells HTML-escaped (figures are in `plots`)."""
 from __future__ import annotations
 
 import html
+import itertools
+import os
 
 import pandas as pd
 
@@ -69,6 +71,33 @@ def redacted(df: pd.DataFrame) -> pd.DataFrame:
     for c in cols:
         out[c] = out[c].map(_redact)
     return out
+
+
+_TABLES = itertools.count()
+
+
+def page_html(df: pd.DataFrame) -> str:
+    """A DataFrame as a page shows it: PII redacted (`redacted`), and its text columns (and the
+    text index) left-aligned, as text is read, where the notebook's stylesheet right-aligns every
+    cell. Rows up to pandas' display.max_rows (set by open_stage)."""
+    df = redacted(df)
+    out = df._repr_html_()
+    if out is None:
+        return out
+    levels = df.index.nlevels
+    text = [
+        levels + j + 1
+        for j, c in enumerate(df.columns)
+        if df[c].dtype == object or str(df[c].dtype) in ("str", "string", "category")
+    ]
+    if df.index.dtype == object or str(df.index.dtype) in ("str", "string"):
+        text = list(range(1, levels + 1)) + text
+    if not text:
+        return out
+    name = f"wb-table-{os.getpid()}-{next(_TABLES)}"
+    out = out.replace('<table border="1" class="dataframe">', f'<table border="1" class="dataframe" id="{name}">', 1)
+    cells = ", ".join(f"#{name} td:nth-child({k}), #{name} th:nth-child({k})" for k in text)
+    return f"<style>{cells} {{text-align: left; white-space: pre-wrap}}</style>{out}"
 
 
 def cell_text(v) -> str:
