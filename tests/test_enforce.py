@@ -119,20 +119,66 @@ def test_estimate_counts_calls_prices_and_uses_measured_throughput(tmp_path):
         }
     )
     est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
-    assert est.loc["01_prompts", "llm_calls"] == 10 and est.loc["02_responses", "llm_calls"] == 10
+    assert list(est.index) == [*plan.STAGE_NAMES, "total"]  # one row per stage
+    # 01: 10 planned; top-ups expected at 50% rejected until a run here measured it: 10 + ceil(2 × 5)
+    assert est.loc["01_prompts", "llm_calls"] == 20 + 20  # generation, and the critic on each
+    assert est.loc["02_responses", "llm_calls"] == 10
     assert est.loc["03_judge", "llm_calls"] == 10 * 3  # one call per row and rubric dimension (3 for classification)
     assert est.loc["02_responses", "completion_tokens_max"] == 10 * 2 * 3  # 3 candidates of up to 2 tokens
-    assert est.loc["00_task (preview)", "llm_calls"] == 6
-    expected = (est.loc["01_prompts", "prompt_tokens"] * 1.0 + est.loc["01_prompts", "completion_tokens"] * 2.0) / 1e6
-    assert est.loc["01_prompts", "cost"] == pytest.approx(expected, rel=1e-3)
+    assert est.loc["00_task", "llm_calls"] == 6
+    expected = (
+        est.loc["02_responses", "prompt_tokens"] * 1.0 + est.loc["02_responses", "completion_tokens"] * 2.0
+    ) / 1e6
+    assert est.loc["02_responses", "cost"] == pytest.approx(expected, rel=1e-3)
     assert pd.isna(est.loc["01_prompts", "seconds"])  # an endpoint not measured yet: no guess
-    rows = pd.DataFrame({"cached": [False] * 4, "completion_tokens": [10, 20, 30, 40]})
-    plan.record_throughput(cfg, tmp_path, "01_prompts", rows, 2.0)
-    est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
-    assert est.loc["01_prompts", "seconds"] == pytest.approx(10 * 2.0 / 4)
-    assert est.loc["01_prompts", "completion_tokens"] == 10 * 25
-    assert est.loc["01_prompts", "time_basis"].startswith(
-        "measured here: 4 calls in 2.0 s; round 1 only: up to 2 top-up"
+    assert (
+        pd.isna(est.loc["05_train", "seconds"]) and "not run on this machine yet" in est.loc["05_train", "time_basis"]
     )
-    assert est.loc["01_prompts (critic)", "llm_calls"] == 10  # not measured: no seconds for an endpoint
-    assert pd.isna(est.loc["01_prompts (critic)", "seconds"])
+    rows = pd.DataFrame({"cached": [False] * 4, "completion_tokens": [10, 20, 30, 40]})
+    plan.record_throughput(cfg, tmp_path, "01_prompts", rows, 2.0, generated=20, kept=15)
+    plan.record_throughput(cfg, tmp_path, "01_critic", rows, 1.0)
+    plan.record_stage(cfg, tmp_path, "01_prompts", seconds=30.0, llm_seconds=26.0, units=10)
+    est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
+    # 25% rejected as measured: 10 planned, then ceil(2 × 2.5) = 5 more
+    assert est.loc["01_prompts", "llm_calls"] == 2 * 15
+    # 00's preview (6 rows) is in the cache by the time 01 runs
+    assert est.loc["01_prompts", "llm_seconds"] == pytest.approx((15 - 6) * 2.0 / 4 + 15 * 1.0 / 4)
+    assert est.loc["01_prompts", "other_seconds"] == 4.0 and est.loc["01_prompts", "seconds"] == pytest.approx(12.25)
+    assert "generation: 4 calls took 2 s here" in est.loc["01_prompts", "time_basis"]
+    assert "10 planned, 15 expected with top-ups (25% rejected)" in est.loc["01_prompts", "time_basis"]
+    # the time outside the LLM follows the size of the work: a line through the runs measured here
+    plan.record_stage(cfg, tmp_path, "04_filter", seconds=12.0, llm_seconds=0.0, units=10)
+    plan.record_stage(cfg, tmp_path, "04_filter", seconds=32.0, llm_seconds=0.0, units=50)
+    big = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rows_per_label": 50})})
+    est = plan.estimate(big, ["a", "b"], cache_dir=tmp_path).set_index("stage")
+    assert est.loc["04_filter", "seconds"] == pytest.approx(7.0 + 0.5 * 100)
+
+
+def test_the_embedded_models_estimate_comes_from_this_machines_calibration(tmp_path):
+    """No guess from a README figure: the embedded model is timed here once (a few seconds), the
+    timing is kept, and the cache's answers are not counted as work."""
+
+    class Timed:
+        def __init__(self):
+            self.calibrations, self.hits = 0, 0
+
+        def calibrate(self, requests, batch_size):
+            self.calibrations += 1
+            return {"batch_size": batch_size, "prefill_s_per_token": 0.001, "step_s": 0.8}
+
+        def cached_count(self, requests):
+            return min(self.hits, len(requests))
+
+    cfg = RunConfig.model_validate({"task": {"labels": ["a", "b"]}, "sampling": {"rows_per_label": 5},
+                                    "llm": {"batch_size": 8}, "prompts": {"critique": False, "rounds": 1}})  # fmt: skip
+    llm = Timed()
+    est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path, llm=llm).set_index("stage")
+    per_row = cfg.prompts.max_tokens * 0.8 / 8
+    tokens = est.loc["01_prompts", "prompt_tokens"] / 10
+    assert est.loc["01_prompts", "llm_seconds"] == pytest.approx((10 - 6) * (tokens * 0.001 + per_row), rel=0.02)
+    assert "this machine's calibration (6 of 10 calls cached)" in est.loc["01_prompts", "time_basis"]
+    plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path, llm=llm)
+    assert llm.calibrations == 1  # kept in throughput.json
+    llm.hits = 10
+    est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path, llm=llm).set_index("stage")
+    assert est.loc["01_prompts", "llm_seconds"] == 0 and est.loc["00_task", "llm_seconds"] == 0

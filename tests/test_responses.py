@@ -37,7 +37,7 @@ def test_candidates_are_n_per_request_streamed_with_metadata_and_blind(tmp_path)
     replies = iter(["1", "2", "nonsense", "3", "3", "1"])
     llm = ScriptedLLM(lambda req, i: next(replies), tmp_path)
     streamed = []
-    view = LiveView(8, {}, tmp_path / "candidates.jsonl")
+    view = LiveView(6, {}, tmp_path / "candidates.jsonl")
     cands = responses.generate_candidates(
         CFG, prompt_rows(), llm, shortlists, on_row=lambda r: (streamed.append(r), view(r))
     )
@@ -45,6 +45,7 @@ def test_candidates_are_n_per_request_streamed_with_metadata_and_blind(tmp_path)
     assert len(llm.requests) == 2 and all(r.n == 3 for r in llm.requests)  # one request per kept prompt, n = 3
     assert len(cands) == 2 * 4 and len(streamed) == 8  # the intended label + 3 model candidates each
     assert len((tmp_path / "candidates.jsonl").read_text().splitlines()) == 8
+    assert view.figures()["done"] == view.figures()["total"] == 6  # the model's candidates, as the LLM's bar counts
     first = cands[cands["prompt_id"] == "gen-card_arrival-0000"]
     assert list(first["candidate"]) == [0, 1, 2, 3] and first.iloc[0]["source"] == "intended_label"
     m = first[first["source"] == "model"]

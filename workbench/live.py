@@ -54,9 +54,10 @@ class LiveView:
         tokens = sum(r.get("completion_tokens") or 0 for r in fresh)
         ttft = np.array([r["ttft_s"] for r in fresh if r.get("ttft_s") is not None], dtype=float)
         return {
-            "done": len(self.rows),
+            # model candidates, the unit of the LLM's progress bar (the intended-label rows cost nothing)
+            "done": sum(r.get("source") != "intended_label" for r in self.rows),
             "total": self.total,
-            "cached": sum(bool(r.get("cached")) for r in self.rows),
+            "cached": sum(bool(r.get("cached")) and r.get("source") != "intended_label" for r in self.rows),
             "errors": sum(r.get("error") is not None for r in self.rows),
             "retries": self.stats.get("retries", 0),
             "tokens_per_s": tokens / span if span > 0 else 0.0,
@@ -77,7 +78,7 @@ class LiveView:
                 for c in counts
             )
         return (
-            f'<div style="font-family:sans-serif"><b>{f["done"]} / {f["total"]} rows</b> ({pct:.0f}%) · '
+            f'<div style="font-family:sans-serif"><b>{f["done"]} / {f["total"]} candidates</b> ({pct:.0f}%) · '
             f"{f['tokens_per_s']:.1f} tokens/s · {f['cached']} from cache · errors {f['errors']} · "
             f"retries {f['retries']}<br>{ttft} "
             f'<span style="display:inline-flex;align-items:flex-end;height:30px">{bars}</span>'

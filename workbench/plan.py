@@ -13,19 +13,32 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from workbench import critique, judge, precision, prompts, responses
+from workbench.causal import TRAINER_DEFAULTS
 from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
 
 CHARS_PER_TOKEN = 4.0  # rough rule for English prompts; the estimate says it is rough
 PREVIEW_PER_LABEL = 3
-# Used only until a run on this machine has measured the provider: the embedded model in bfloat16
-# at batch 48 on the 2-core development machine (README, "Timings").
-DEFAULT_LOCAL_TOKENS_PER_S = 119.0
+REJECT_SHARE = 0.5  # 01's share of rejected prompts until a run here has measured it
 DATA_SECTIONS = ("task", "data", "sampling", "quality", "diversity", "prompts", "responses", "judge", "filter")
+STAGE_NAMES = (
+    "00_task",
+    "01_prompts",
+    "02_responses",
+    "03_judge",
+    "04_filter",
+    "05_train",
+    "06_evaluate",
+    "07_gaps",
+    "99_report",
+)
+KEEP_STAGE_RECORDS = 6  # per stage: the line through the last runs' (rows, seconds)
 
 
 def _identity(cfg: RunConfig) -> str:
@@ -37,27 +50,124 @@ def _throughput_file(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "throughput.json"
 
 
-def record_throughput(cfg: RunConfig, cache_dir: str | Path, stage: str, rows: pd.DataFrame, seconds: float) -> None:
-    """Remember how fast this provider/model answered uncached calls of `stage` (for estimates)."""
+def _read(cache_dir: str | Path | None) -> dict:
+    if cache_dir is None or not _throughput_file(cache_dir).is_file():
+        return {}
+    try:
+        return json.loads(_throughput_file(cache_dir).read_text())
+    except ValueError:  # a file cut by a crash: estimates start over rather than fail a stage
+        return {}
+
+
+def _update(cache_dir: str | Path, key: str, value: Any) -> None:
+    data = _read(cache_dir)
+    data[key] = value
+    write_atomic(_throughput_file(cache_dir), json.dumps(data, indent=2))  # its temporary file is per process
+
+
+def record_throughput(
+    cfg: RunConfig, cache_dir: str | Path, stage: str, rows: pd.DataFrame, seconds: float, **extra: Any
+) -> None:
+    """Remember how fast this provider/model answered uncached calls of `stage` (for estimates);
+    `extra`: what else the estimate reads (01: how many prompts it generated for how many kept)."""
     fresh = rows[~rows["cached"].astype(bool)] if "cached" in rows else rows
     if len(fresh) == 0 or seconds <= 0:
         return
-    path = _throughput_file(cache_dir)
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[f"{_identity(cfg)}/{stage}"] = {
-        "calls": len(fresh),
-        "completion_tokens": int(fresh["completion_tokens"].fillna(0).sum()),
-        "seconds": round(seconds, 2),
-        "batch_size": cfg.llm.batch_size if cfg.llm.provider == "local" else cfg.llm.max_concurrency,
-    }
-
-    write_atomic(path, json.dumps(data, indent=2))  # its temporary file is per process: runs may share the cache
+    _update(
+        cache_dir,
+        f"{_identity(cfg)}/{stage}",
+        {
+            "calls": len(fresh),
+            "completion_tokens": int(fresh["completion_tokens"].fillna(0).sum()),
+            "seconds": round(seconds, 2),
+            "batch_size": cfg.llm.batch_size if cfg.llm.provider == "local" else cfg.llm.max_concurrency,
+            **extra,
+        },
+    )
 
 
 def _measured(cfg: RunConfig, cache_dir: str | Path | None, stage: str) -> dict | None:
-    if cache_dir is None or not _throughput_file(cache_dir).is_file():
+    return _read(cache_dir).get(f"{_identity(cfg)}/{stage}")
+
+
+def calibration(cfg: RunConfig, cache_dir: str | Path | None, llm: Any = None, plan: pd.DataFrame | None = None):
+    """This machine's speed for the embedded model at the config's batch size: seconds per prompt
+    token read and per decoding step of a full batch, measured once (a few seconds: one batch of
+    real and short requests, `_LocalModel.calibrate`) and kept in the cache's throughput.json.
+    None for an endpoint (its calls are timed by the stages) or when no LLM is given."""
+    if cfg.llm.provider != "local":
         return None
-    return json.loads(_throughput_file(cache_dir).read_text()).get(f"{_identity(cfg)}/{stage}")
+    key = f"calibration/{_identity(cfg)}/batch{cfg.llm.batch_size}"
+    known = _read(cache_dir).get(key)
+    if known or llm is None or plan is None or plan.empty or cache_dir is None:
+        return known
+    found = llm.calibrate(list(plan["request"]), cfg.llm.batch_size)
+    _update(cache_dir, key, found)
+    return found
+
+
+def _local_seconds(cal: dict, calls: float, n: int, prompt_tokens: float, max_tokens: int) -> float:
+    """Seconds the embedded model takes for `calls` requests of `n` candidates each: every distinct
+    prompt read once, then `max_tokens` steps for each row (rows rarely stop early), a step of a
+    full batch of `batch_size` rows costing `step_s` (a step's cost grows with its rows)."""
+    return (
+        calls * prompt_tokens * cal["prefill_s_per_token"] + calls * n * max_tokens * cal["step_s"] / cal["batch_size"]
+    )
+
+
+def work_units(cfg: RunConfig, stage: str, rows: int) -> float:
+    """The size of a stage's work that its time grows with: rows for most stages, examples seen in
+    training for 05 (steps × batch size of each method, plus the probes' rows)."""
+    if stage != "05_train" or "causal" not in cfg.train.students:
+        return float(max(rows, 1))
+    total = float(rows)
+    for m in cfg.train.methods:
+        a = {**TRAINER_DEFAULTS[m], **getattr(cfg.train, m)}
+        batch = a.get("per_device_train_batch_size", 8)
+        steps = a.get("max_steps") or math.ceil(a.get("num_train_epochs", 1) * rows / batch)
+        total += steps * batch * (a.get("num_generations", 1) if m == "grpo" else 1)
+    return total
+
+
+def record_stage(cfg: RunConfig, cache_dir: str | Path, stage: str, seconds: float, llm_seconds: float, units: float):
+    """Remember a finished stage's time outside its LLM calls, with the size of its work (the
+    estimate draws a line through the last few)."""
+    key = f"stages/{stage}"
+    past = [r for r in _read(cache_dir).get(key, []) if r.get("units") != units]
+    other = max(seconds - llm_seconds, 0.0)
+    _update(cache_dir, key, ([*past, {"units": units, "other_seconds": round(other, 2)}])[-KEEP_STAGE_RECORDS:])
+
+
+def _other_seconds(cache_dir: str | Path | None, stage: str, units: float) -> tuple[float, str]:
+    """A stage's seconds outside LLM calls for work of `units`, from the runs measured here: the
+    same size read as it was, else a line through two sizes or more, else in proportion to one."""
+    past = _read(cache_dir).get(f"stages/{stage}", [])
+    if not past:
+        return math.nan, "not run on this machine yet"
+    same = [r for r in past if r["units"] == units]
+    if same:
+        return same[-1]["other_seconds"], "as last time here"
+    if len(past) >= 2:
+        x = np.array([r["units"] for r in past], dtype=float)
+        y = np.array([r["other_seconds"] for r in past], dtype=float)
+        slope, fixed = np.polyfit(x, y, 1)
+        slope, fixed = max(slope, 0.0), max(fixed, 0.0)
+        return fixed + slope * units, f"a line through {len(past)} runs here"
+    r = past[-1]
+    return r["other_seconds"] * units / r["units"], f"scaled from one run here ({r['units']:g} → {units:g})"
+
+
+def expected_generations(cfg: RunConfig, n: int, reject_share: float) -> float:
+    """Prompts 01 generates for `n` planned ones when `reject_share` of them fail the gates: round 1,
+    then top-up rounds of `topup_factor` × the prompts still missing."""
+    calls, missing = float(n), n * reject_share
+    for _ in range(cfg.prompts.rounds - 1):
+        if missing < 0.5:
+            break
+        add = math.ceil(cfg.prompts.topup_factor * missing)
+        calls += add
+        missing = max(0.0, missing - add * (1 - reject_share))
+    return calls
 
 
 def estimate(
@@ -66,75 +176,106 @@ def estimate(
     train_counts: dict | None = None,
     cache_dir: str | Path | None = None,
     seeds: pd.DataFrame | None = None,
+    llm: Any = None,
 ) -> pd.DataFrame:
-    """One row per LLM stage: calls, prompt and completion tokens (completion at most max_tokens and,
-    where measured, the measured mean), cost and expected seconds, with how each was obtained."""
+    """One row per stage: its LLM calls, prompt and completion tokens, cost, and the seconds
+    expected on this machine, each with how it was obtained.
+
+    LLM seconds: for a stage that ran here with this provider and model, its measured seconds per
+    call; else, for the embedded model, this machine's calibration (`calibration`, measured once
+    with `llm`); an endpoint not measured yet gets none. 01's requests already in the cache cost
+    nothing. Seconds outside the LLM (loading, gates, training, figures): from the stage's earlier
+    runs here (`record_stage`), scaled to this run's size."""
     counts = plan_counts(cfg, labels, train_counts)
     n_gen = sum(counts.values())
     if seeds is None:
         seeds = pd.DataFrame({"id": [], "text": [], "label": []})
     plan = prompts.generation_requests(cfg, seeds, labels, train_counts)
-    gen_chars = sum(len(c) for r in plan["request"] for _, c in r.messages)
+    gen_chars = sum(len(c) for r in plan["request"] for _, c in r.messages) / max(len(plan), 1)
+    cal = calibration(cfg, cache_dir, llm, plan)
+    preview = min(PREVIEW_PER_LABEL, max(counts.values(), default=0)) * len(labels)
+    cached = cached_preview = 0
+    if llm is not None and len(plan):  # 01's round 1 is `plan`; 00's preview its first rows per label
+        cached = llm.cached_count(list(plan["request"]))
+        first = plan[plan.groupby("label").cumcount() < PREVIEW_PER_LABEL]
+        cached_preview = llm.cached_count(list(first["request"]))
+        preview = len(first)
     judge_chars = len(judge.SYSTEM) + len(judge.USER[0]) + 80 + 60 * (1 + cfg.judge.anchor)  # + criterion, message
     judge_calls = n_gen * len(judge.rubric(cfg)) * cfg.judge.jurors
     resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
-    stages = [
-        ("00_task (preview)", min(PREVIEW_PER_LABEL, max(counts.values(), default=0)) * len(labels), 0.0, "01_prompts"),
-        ("01_prompts", n_gen, gen_chars / max(n_gen, 1), "01_prompts"),
-        *([("01_prompts (critic)", n_gen, critic_chars, "01_critic")] if cfg.prompts.critique else []),
-        ("02_responses", n_gen, resp_chars, "02_responses"),
-        *([("03_judge", judge_calls, judge_chars, "03_judge")] if judge_calls else []),
-        *([("04_filter (rewrite)", n_gen, 200, "04_rewrite")] if cfg.filter.rewrite else []),
-    ]
-    max_tokens = {
-        "01_prompts": cfg.prompts.max_tokens,
-        "01_critic": cfg.prompts.critic_max_tokens,
-        "02_responses": cfg.responses.max_tokens * cfg.responses.candidates,
-        "03_judge": cfg.judge.max_tokens,
-        "04_rewrite": cfg.filter.rewrite_max_tokens,
-    }
+    m01 = _measured(cfg, cache_dir, "01_prompts") or {}
+    reject = 1 - m01["kept"] / m01["generated"] if m01.get("generated") else REJECT_SHARE
+    generated = expected_generations(cfg, n_gen, reject)
+    # (stage, part, calls, candidates per call, prompt chars per call, max tokens, measured key, calls already cached)
+    parts = [
+        ("00_task", "preview", preview, 1, gen_chars, cfg.prompts.max_tokens, "01_prompts", cached_preview),
+        # the preview's rows are in the cache by the time 01 runs
+        ("01_prompts", "generation", generated, 1, gen_chars, cfg.prompts.max_tokens, "01_prompts",
+         cached + preview - cached_preview),
+        *([("01_prompts", "critic", generated, 1, critic_chars, cfg.prompts.critic_max_tokens, "01_critic", 0)]
+          if cfg.prompts.critique else []),
+        ("02_responses", "candidates", n_gen, cfg.responses.candidates, resp_chars, cfg.responses.max_tokens,
+         "02_responses", 0),
+        *([("03_judge", "rubric", judge_calls, 1, judge_chars, cfg.judge.max_tokens, "03_judge", 0)] if judge_calls else []),
+        *([("04_filter", "rewrite", n_gen, 1, 200, cfg.filter.rewrite_max_tokens, "04_rewrite", 0)]
+          if cfg.filter.rewrite else []),
+    ]  # fmt: skip
+    price_in, price_out = cfg.llm.price_input_per_1m, cfg.llm.price_output_per_1m
     rows = []
-    for name, calls, chars_per_call, key in stages:
-        m = _measured(cfg, cache_dir, key)
-        mean_out = m["completion_tokens"] / m["calls"] if m else max_tokens[key]
-        prompt_tok = calls * chars_per_call / CHARS_PER_TOKEN
-        out_tok = calls * mean_out
-        if name.startswith("00"):  # the preview asks for the first rows of 01's plan: 01 then reads them from cache
-            prompt_tok = calls * (gen_chars / max(n_gen, 1)) / CHARS_PER_TOKEN
-        if m:
-            seconds, how = calls * m["seconds"] / m["calls"], f"measured here: {m['calls']} calls in {m['seconds']} s"
-        elif cfg.llm.provider == "local":
-            seconds, how = out_tok / DEFAULT_LOCAL_TOKENS_PER_S, f"{DEFAULT_LOCAL_TOKENS_PER_S} tok/s (README)"
-        else:
-            seconds, how = math.nan, "not measured yet for this endpoint"
-        if key == "01_prompts" and cfg.prompts.rounds > 1:
-            how += (
-                f"; round 1 only: up to {cfg.prompts.rounds - 1} top-up rounds add "
-                f"{cfg.prompts.topup_factor:g}× the prompts still missing"
-            )
-        price_in, price_out = cfg.llm.price_input_per_1m, cfg.llm.price_output_per_1m
-        cost = (
-            (prompt_tok * (price_in or 0) + out_tok * (price_out or 0)) / 1e6
-            if price_in is not None or price_out is not None
+    for name in STAGE_NAMES:
+        row = dict(stage=name, llm_calls=0, prompt_tokens=0.0, completion_tokens=0.0, completion_tokens_max=0)
+        llm_s, basis = 0.0, []
+        for stage, part, calls, n, chars, max_tokens, key, hits in parts:
+            if stage != name:
+                continue
+            m = _measured(cfg, cache_dir, key)
+            mean_out = m["completion_tokens"] / m["calls"] if m else max_tokens * n
+            fresh = max(calls - hits, 0)
+            row["llm_calls"] += int(round(calls))
+            row["prompt_tokens"] += calls * chars / CHARS_PER_TOKEN
+            row["completion_tokens"] += calls * mean_out
+            row["completion_tokens_max"] += int(round(calls)) * max_tokens * n
+            if m:
+                llm_s += fresh * m["seconds"] / m["calls"]
+                basis.append(f"{part}: {m['calls']} calls took {m['seconds']:g} s here")
+            elif cal:
+                llm_s += _local_seconds(cal, fresh, n, chars / CHARS_PER_TOKEN, max_tokens)
+                basis.append(f"{part}: this machine's calibration")
+            else:
+                llm_s = math.nan
+                basis.append(f"{part}: endpoint not measured yet")
+            if hits:
+                basis[-1] += f" ({hits:g} of {calls:g} calls cached)"
+            if stage == "01_prompts" and part == "generation" and cfg.prompts.rounds > 1:
+                basis[-1] += f"; {n_gen} planned, {calls:g} expected with top-ups ({reject:.0%} rejected)"
+        units = work_units(cfg, name, n_gen)
+        other, how = _other_seconds(cache_dir, name, units)
+        row["cost"] = (
+            (row["prompt_tokens"] * (price_in or 0) + row["completion_tokens"] * (price_out or 0)) / 1e6
+            if (price_in is not None or price_out is not None) and row["llm_calls"]
             else math.nan
         )
-        rows.append(
-            {
-                "stage": name,
-                "llm_calls": int(calls),
-                "prompt_tokens": int(round(prompt_tok)),
-                "completion_tokens": int(round(out_tok)),
-                "completion_tokens_max": int(calls * max_tokens[key]),
-                "cost": cost,
-                "seconds": seconds,
-                "time_basis": how,
-            }
+        row["llm_seconds"] = llm_s if row["llm_calls"] else 0.0
+        row["other_seconds"] = other
+        row["seconds"] = (
+            row["llm_seconds"] + other
+            if not math.isnan(other)
+            else (row["llm_seconds"] if row["llm_calls"] else math.nan)
         )
+        row["time_basis"] = "; ".join([*basis, f"rest: {how}"])
+        rows.append(row)
     out = pd.DataFrame(rows)
+    for c in ("prompt_tokens", "completion_tokens"):
+        out[c] = out[c].round().astype(int)
     total = out[["llm_calls", "prompt_tokens", "completion_tokens", "completion_tokens_max"]].sum()
     total_row = {"stage": "total", **total.to_dict(), "cost": out["cost"].sum(min_count=1)}
-    total_row.update(seconds=out["seconds"].sum(min_count=1), time_basis="")
+    total_row.update(
+        llm_seconds=out["llm_seconds"].sum(min_count=1),
+        other_seconds=out["other_seconds"].sum(min_count=1),
+        seconds=out["seconds"].sum(min_count=1),
+        time_basis="stages not measured here yet count as 0" if out["seconds"].isna().any() else "",
+    )
     return pd.concat([out, pd.DataFrame([total_row])], ignore_index=True)
 
 

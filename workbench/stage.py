@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,11 @@ import pandas as pd
 from IPython import get_ipython
 from pandas.io.formats.style import Styler
 
-from workbench.config import RunConfig, dump_config, load_config
+from workbench import data
+from workbench.config import RunConfig, dump_config, load_config, plan_counts
 from workbench.files import cache_dir, project_dir, read_json, write_atomic
 from workbench.llm import LLM
+from workbench.plan import record_stage, work_units
 from workbench.runs import RunError, ancestors
 from workbench.tables import page_html, redacted
 
@@ -32,6 +35,7 @@ class Stage:
     cfg: RunConfig
     run_dir: Path
     _llm_stats: dict = field(default_factory=dict, init=False, repr=False)
+    _t0: float = field(default_factory=time.perf_counter, init=False, repr=False)
 
     @property
     def artifacts(self) -> Path:
@@ -97,6 +101,33 @@ class Stage:
             return None
         p = max(earlier)[1]
         return p.name, (p / "config.yaml").read_text()
+
+    def finish(self) -> pd.DataFrame:
+        """The stage's wall time (from open_stage to now) and its LLM time beside 00's estimate for
+        it (artifacts/estimate.parquet, when 00 ran in this folder), recorded in metrics.json and
+        kept for the estimates of later runs on this machine."""
+        seconds = time.perf_counter() - self._t0
+        llm_s = sum(st.get("seconds", 0.0) for st in self._llm_stats.values())
+        rows = sum(plan_counts(self.cfg, data.labels(self.cfg), data.label_counts(self.cfg)).values())
+        record_stage(self.cfg, cache_dir(), self.name, seconds, llm_s, work_units(self.cfg, self.name, rows))
+        self.record(timing={"seconds": round(seconds, 1), "llm_seconds": round(llm_s, 1)})
+        path = self.artifacts / "estimate.parquet"
+        est = pd.read_parquet(path).set_index("stage") if path.is_file() else None
+        mine = est.loc[self.name] if est is not None and self.name in est.index else None
+        guess = float(mine["seconds"]) if mine is not None else float("nan")
+        return pd.DataFrame(
+            [
+                {
+                    "stage": self.name,
+                    "estimated_s": round(guess, 1),
+                    "took_s": round(seconds, 1),
+                    "took / estimated": round(seconds / guess, 2) if guess == guess and guess > 0 else float("nan"),
+                    "llm_estimated_s": round(float(mine["llm_seconds"]), 1) if mine is not None else float("nan"),
+                    "llm_took_s": round(llm_s, 1),
+                    "estimate_basis": mine["time_basis"] if mine is not None else "00_task did not run in this folder",
+                }
+            ]
+        )
 
     def ancestors(self) -> list[Path]:
         return ancestors(self.run_dir)
@@ -208,7 +239,7 @@ def route_logs(run: Path, name: str) -> Path:
     logging.getLogger("workbench").setLevel(logging.INFO)  # ours: INFO and up, to the file only
     warnings.showwarning = _warning_to_log  # warnings.warn → the py.warnings logger → the same two handlers
     try:  # transformers prints through a handler of its own; send its records here instead
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # transformers: 8 of the 9 stages load it anyway
 
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()

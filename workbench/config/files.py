@@ -17,6 +17,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from workbench.config.enforce import _get, enforcer, leaf_fields
 from workbench.config.schema import RunConfig
 from workbench.config.task import ConfigError, LabelSpec, Share, TaskConfig, task_kind
+from workbench.files import project_dir
 
 
 def _yaml() -> YAML:
@@ -150,8 +151,6 @@ def _resolve_paths(cfg: RunConfig, path: Path, overrides: dict[tuple, str]) -> N
     current folder), made absolute, so a stage's kernel (whose folder is notebooks/) and a resumed
     run find the same files. A bare dataset name that is no folder there is looked for in the
     project's data/ (files.project_dir), else it names one bundled under the workbench's data/."""
-    from workbench.files import project_dir
-
     for name in ("seeds_file", "dataset"):
         value = getattr(cfg.data, name)
         if value is None or Path(value).expanduser().is_absolute():

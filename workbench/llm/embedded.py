@@ -124,11 +124,25 @@ class _LocalModel:
                 end += 1
             batches.append((items[start:end], p))
             start = end
-        batches = [(b, p) for b, p in batches if any(it.req_index in need for it in b)]
+        work = [(b, p) for b, p in batches if any(it.req_index in need for it in b)]
         results: dict[int, list[_Item]] = {i: [] for i in need}
-        bar = progress(total=sum(len(b) for b, _ in batches), desc=desc, unit="row")
-        for batch, p in batches:
-            ttft = self._generate(batch, *p)
+        # rows of every batch, those the cache answered whole counted as done; the bar moves at
+        # every decoding step (a batch of 32 rows of 40 tokens is a minute on a slow CPU)
+        bar = progress(
+            total=len(items),
+            initial=len(items) - sum(len(b) for b, _ in work),
+            desc=desc,
+            unit="row",
+            bar_format="{l_bar}{bar}| {n:.0f}/{total} rows [{elapsed}<{remaining}]",
+        )
+        for batch, p in work:
+            shown = [0.0]
+
+            def step(fraction: float, size: int = len(batch), shown: list = shown) -> None:
+                bar.update(fraction * size - shown[0])
+                shown[0] = fraction * size
+
+            ttft = self._generate(batch, *p, on_step=step)
             for it in batch:
                 if it.req_index not in need:
                     continue  # in the cache already: generated again only to keep the batch whole
@@ -140,8 +154,39 @@ class _LocalModel:
                     )
             if flush is not None:
                 flush()
-            bar.update(len(batch))
+            bar.update(len(batch) - shown[0])
         bar.close()
+
+    def calibrate(self, reqs: list[Request], batch_size: int, steps: int = 5) -> dict:
+        """This machine's speed: seconds per prompt token read (4 of `reqs`' prompts, one step)
+        and per decoding step of a full batch of `batch_size` rows (short distinct prompts, decoded
+        1 and `steps` steps; the difference is the steps' cost). Some seconds; nothing is cached."""
+        prompts = []
+        for r in reqs[:4]:
+            ids = self.tok.apply_chat_template(r.openai_messages(), add_generation_prompt=True, tokenize=True)
+            prompts.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids))
+        first = reqs[0]
+        temperature = max(first.temperature, 0.7)
+
+        def timed(items: list[_Item], max_tokens: int) -> tuple[float, int]:
+            t0 = time.perf_counter()
+            self._generate(items, temperature, first.top_p, max_tokens)
+            return time.perf_counter() - t0, max(len(it.out) for it in items)
+
+        timed([_Item(0, 0, 0, prompts[0][:8])], 2)  # warm-up: the first calls are slow
+        short = [prompts[0][:12] + [prompts[0][12 + i % 8]] * (1 + i // 8) for i in range(batch_size)]
+        one, _ = timed([_Item(0, 0, 1000 + i, ids) for i, ids in enumerate(short)], 1)
+        many, done = timed([_Item(0, 0, 2000 + i, ids) for i, ids in enumerate(short)], steps)
+        step_s = max(many - one, 0.0) / max(done - 1, 1)
+        read, _ = timed([_Item(0, 0, 3000 + i, ids) for i, ids in enumerate(prompts)], 1)
+        tokens = sum(len(p) for p in prompts)
+        return {
+            "batch_size": batch_size,
+            "prefill_s_per_token": round(max(read - step_s * len(prompts) / batch_size, 1e-6) / tokens, 8),
+            "step_s": round(step_s, 5),
+            "load_s": round(self.load_s, 2),
+            "capability": precision.facts().get("capability"),
+        }
 
     def _to_row(self, it: _Item, ttft: float) -> dict:
         text = self.tok.decode(it.out, skip_special_tokens=True).strip()
@@ -170,6 +215,7 @@ class _LocalModel:
         top_p: float,
         max_tokens: int,
         first_tokens: tuple[str, ...] = (),
+        on_step: Any = None,
     ) -> float:
         torch = self.torch
         from transformers import DynamicCache  # torch loads in seconds: only where a model runs
@@ -227,6 +273,8 @@ class _LocalModel:
                         it.finish, it.latency = "length", now
                         continue
                     keep.append(k)
+                if on_step is not None:  # the share of the batch's work done: rows finished, and steps of the rest
+                    on_step(1 - len(keep) / len(batch) * (1 - (step + 1) / max_tokens))
                 if not keep:
                     break
                 if len(keep) < len(active):

@@ -46,7 +46,8 @@ class LLM:
         self.cache_dir = Path(cache_dir)
         self.cache = Cache(self.cache_dir / "llm.sqlite")
         self._local: _LocalModel | None = None
-        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0, "truncated": 0}
+        # seconds: wall time spent on calls the cache did not answer (the stage's LLM time, for estimates)
+        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0, "truncated": 0, "seconds": 0.0}
         self.on_stats = on_stats  # called with `stats` after every generate (a stage records them)
 
     @property
@@ -57,6 +58,18 @@ class LLM:
         if self.cfg.provider == "local":
             return f"{self.cfg.model}@{precision.resolve(self.cfg.dtype)}"
         return f"{self.cfg.model}@{_safe_url(self.cfg.base_url or '').rstrip('/')}"
+
+    def cached_count(self, requests: list[Request]) -> int:
+        """How many of `requests` the cache answers (no call made)."""
+        keys = list({cache_key(self.cfg.provider, self.identity, r) for r in requests})
+        return len(self.cache.get_many(keys))
+
+    def calibrate(self, requests: list[Request], batch_size: int) -> dict | None:
+        """This machine's speed for the embedded model (`_LocalModel.calibrate`); None for an endpoint."""
+        if self.cfg.provider != "local":
+            return None
+        self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
+        return self._local.calibrate(requests, batch_size)
 
     def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible.
@@ -112,6 +125,7 @@ class LLM:
                     on_result(todo[j], self._finish(requests[todo[j]], [dict(r) for r in rows]))
 
             reqs = [requests[i] for i in todo]
+            started = time.perf_counter()
             try:
                 if local:
                     self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
@@ -123,6 +137,7 @@ class LLM:
             finally:
                 save()  # also when interrupted: what was paid for is kept
                 writer.shutdown(wait=True)
+                self.stats["seconds"] = round(self.stats.get("seconds", 0.0) + time.perf_counter() - started, 2)
         cut = [
             (r, req) for req, k in zip(requests, keys) if k in fresh for r in fresh[k] if r["finish_reason"] == "length"
         ]

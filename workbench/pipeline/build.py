@@ -70,7 +70,15 @@ def build_prompts(stage: Stage, llm: LLM) -> tuple[pd.DataFrame, dict]:
     )
     wall = time.perf_counter() - t0
     stage.save(rows, "prompts")
-    plan.record_throughput(cfg, cache_dir(), "01_prompts", rows, rows.attrs["seconds"]["generate"])
+    plan.record_throughput(
+        cfg,
+        cache_dir(),
+        "01_prompts",
+        rows,
+        rows.attrs["seconds"]["generate"],
+        generated=len(rows),
+        kept=int(rows["keep_prompts"].sum()),
+    )
     if cfg.prompts.critique:
         crit = rows[rows["critique_raw"].notna()]
         crit = crit.assign(cached=crit["critique_cached"], completion_tokens=crit["critique_tokens"])
@@ -175,7 +183,7 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     shortlists = responses.label_shortlists(cfg, labels, cfg.responses.choices, cache_dir())
     llm = stage.llm()
     n_prompts = int(prompt_rows["keep_prompts"].sum())
-    view = LiveView(n_prompts * (cfg.responses.candidates + 1), llm.stats, stage.artifacts / "candidates.jsonl")
+    view = LiveView(n_prompts * cfg.responses.candidates, llm.stats, stage.artifacts / "candidates.jsonl")
     t0 = time.perf_counter()
     cands = responses.generate_candidates(cfg, prompt_rows, llm, shortlists, on_row=view)
     view.close()
