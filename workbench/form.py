@@ -294,8 +294,9 @@ def _number(value: float, minimum: float, maximum: float, description: str, styl
 def config_form(path: str | Path, seeds=None, labels=None, llm=None, parent_text: str | None = None):
     """An ipywidgets form over the config file at `path`: edit, preview, then review the diff and
     save to a file the user names (`path` by default; a config shipped with the workbench only
-    after saying so). An untouched form saves nothing: the file stays byte for byte as it was."""
-    path = Path(path)
+    after saying so). An untouched form saves nothing: the file stays byte for byte as it was.
+    Paths are shown resolved, so the user sees which file a relative `config` names."""
+    path = Path(path).expanduser().resolve()
     cfg, _ = load_config(path)
     v = form_values(cfg)
     area = dict(layout=w.Layout(width="420px", height="90px"))
@@ -356,7 +357,7 @@ def config_form(path: str | Path, seeds=None, labels=None, llm=None, parent_text
         except ConfigError as e:
             out.append_stdout(f"not saved: {e}\n")
             return
-        target = Path(save_to.value.strip() or path).expanduser()
+        target = Path(save_to.value.strip() or path).expanduser().resolve()
         current = target.read_text(encoding="utf-8") if target.is_file() else None
         if current == text:
             out.append_stdout(f"no change: {target} already holds these values; nothing to save\n")
@@ -372,7 +373,11 @@ def config_form(path: str | Path, seeds=None, labels=None, llm=None, parent_text
                 "To keep it, type another file name in 'save to' and review again.\n"
             )
         pending.update(text=text, target=target, current=current)
-        yes = w.Button(description=f"Save to {target.name}", button_style="warning" if shipped(target) else "primary")
+        yes = w.Button(
+            description=f"Save to {target.name}",
+            button_style="warning" if shipped(target) else "primary",
+            layout=w.Layout(width="auto"),
+        )
         no = w.Button(description="Cancel")
         yes.on_click(on_confirm)
         no.on_click(on_cancel)

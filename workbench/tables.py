@@ -96,8 +96,19 @@ def page_html(df: pd.DataFrame) -> str:
         return out
     name = f"wb-table-{os.getpid()}-{next(_TABLES)}"
     out = out.replace('<table border="1" class="dataframe">', f'<table border="1" class="dataframe" id="{name}">', 1)
-    cells = ", ".join(f"#{name} td:nth-child({k}), #{name} th:nth-child({k})" for k in text)
-    return f"<style>{cells} {{text-align: left; white-space: pre-wrap}}</style>{out}"
+    columns = [df.index.get_level_values(i) for i in range(levels)] + [df[c] for c in df.columns]
+
+    def short(k: int) -> bool:  # ids, labels, reasons: on one line, never broken at a hyphen
+        values = columns[k - 1].dropna().astype(str)
+        return values.str.len().max() <= 40 if len(values) else True
+
+    def cells(ks: list[int]) -> str:
+        return ", ".join(f"#{name} td:nth-child({k}), #{name} th:nth-child({k})" for k in ks)
+
+    rules = [f"{cells(text)} {{text-align: left}}"]
+    rules += [f"{cells(ks)} {{white-space: {ws}}}" for ws, ks in (("nowrap", [k for k in text if short(k)]),
+              ("pre-wrap", [k for k in text if not short(k)])) if ks]  # fmt: skip
+    return f"<style>{' '.join(rules)}</style>{out}"
 
 
 def cell_text(v) -> str:

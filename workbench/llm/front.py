@@ -68,8 +68,11 @@ class LLM:
         """This machine's speed for the embedded model (`_LocalModel.calibrate`); None for an endpoint."""
         if self.cfg.provider != "local":
             return None
+        t0 = time.perf_counter()
         self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
-        return self._local.calibrate(requests, batch_size)
+        found = self._local.calibrate(requests, batch_size)
+        self.stats["seconds"] = round(self.stats.get("seconds", 0.0) + time.perf_counter() - t0, 2)  # LLM time
+        return found
 
     def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible.

@@ -1,0 +1,126 @@
+"""00_task as its users use it: JupyterLab in headless Chromium on 127.0.0.1, Run All on the smoke
+config, then the form's buttons. An untouched form saves nothing (the config stays byte for
+byte); after one edit the diff is on the page before anything is written; the page shows no INFO
+line and no warning twice; the stage ran in the config's project, not in the checkout."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from support import CHROMIUM, free_port, need_browser
+
+pytestmark = pytest.mark.slow
+
+RUN_ALL_S = 420  # Run All of 00 on an empty cache: the model's calibration and 15 preview rows
+
+
+@pytest.fixture
+def lab(root, tmp_path):
+    """A project outside the checkout (notebooks/ and configs/, as a user who copied them has)
+    served by JupyterLab; yields (base URL with token, project folder)."""
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "configs").mkdir()
+    shutil.copy(root / "notebooks" / "00_task.ipynb", project / "notebooks")
+    shutil.copy(root / "configs" / "smoke.yaml", project / "configs")
+    port, token = free_port(), "workbench-test"
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)  # every cell rendered, not only those in view: the test reads the whole page
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    (settings.parent / "apputils-extension").mkdir()  # no "Jupyter news?" prompt over the page
+    (settings.parent / "apputils-extension" / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env = dict(
+        os.environ,
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+    )
+    env.pop("WORKBENCH_BATCH", None)  # a person's session: widgets, not the driver's static pages
+    log = open(tmp_path / "lab.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={project}", "--ServerApp.port_retries=0", "--allow-root"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"jupyter lab exited: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield f"{base}/lab/tree/notebooks/00_task.ipynb?token={token}", project
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_the_form_round_trips_the_config_and_shows_the_diff_before_saving(lab, root, tmp_path):
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    url, project = lab
+    config = project / "configs" / "smoke.yaml"
+    original = config.read_bytes()
+    checkout_scratch = root / "runs" / "smoke" / "scratch"
+    before = checkout_scratch.stat().st_mtime_ns if checkout_scratch.exists() else None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector(".jp-Notebook", timeout=60_000)
+        page.locator(".jp-Notebook").first.click()
+        # the kernel starts with the notebook; Run All once it is idle
+        page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\|\s*Idle")).wait_for(timeout=120_000)
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+        page.screenshot(path=str(tmp_path / "00_run_all.png"))
+        finished = page.locator(".jp-OutputArea-output", has_text="took / estimated")
+        try:
+            finished.wait_for(state="attached", timeout=RUN_ALL_S * 1000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "00_timeout.png"), full_page=True)
+            raise
+        page.screenshot(path=str(tmp_path / "00_after_run_all.png"), full_page=False)
+
+        form = page.locator(".widget-vbox", has=page.get_by_role("button", name="Review and save…")).last
+        form.get_by_role("button", name="Preview 3 per label").click()
+        form.locator(".jp-OutputArea-output table").first.wait_for(timeout=120_000)  # the preview's rows
+        expect(form).not_to_contain_text("invalid")
+        form.get_by_role("button", name="Review and save…").click()
+        expect(form).to_contain_text("no change", timeout=30_000)
+        assert config.read_bytes() == original  # untouched: not a byte written
+
+        rows = form.locator(".widget-inline-hbox", has_text="rows per label").locator("input")
+        rows.fill("7")
+        rows.press("Enter")
+        form.get_by_role("button", name="Review and save…").click()
+        expect(form).to_contain_text("+  rows_per_label: 7", timeout=30_000)
+        expect(form).to_contain_text("-  rows_per_label: 6")
+        assert config.read_bytes() == original  # the diff is shown; nothing is written yet
+        page.screenshot(path=str(tmp_path / "00_diff.png"), full_page=False)
+        form.get_by_role("button", name="Save to smoke.yaml").click()
+        expect(form).to_contain_text(f"saved {config}", timeout=30_000)
+
+        stderr = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+        blocks = [stderr.nth(i).inner_text() for i in range(stderr.count())]
+        browser.close()
+    changed = [(a, b) for a, b in zip(original.decode().splitlines(), config.read_text().splitlines()) if a != b]
+    assert changed == [("  rows_per_label: 6", "  rows_per_label: 7")]
+    assert len(original.decode().splitlines()) == len(config.read_text().splitlines())
+    lines = [x for b in blocks for x in b.splitlines() if x.strip()]
+    assert not [x for x in lines if re.search(r"\bINFO\b", x)], lines
+    assert len(lines) == len(set(lines)), f"a warning shown twice: {lines}"
+    scratch = project / "runs" / "smoke" / "scratch"
+    assert (scratch / "logs" / "00_task.log").is_file() and (scratch / "artifacts" / "estimate.parquet").is_file()
+    after = checkout_scratch.stat().st_mtime_ns if checkout_scratch.exists() else None
+    assert after == before, "the notebook wrote into the checkout's runs/"
