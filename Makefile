@@ -53,7 +53,7 @@ bench: setup $(BENCH_VENV)/.installed
 	$(BIN)/python benchmarks/run.py --peer-python $(BENCH_VENV)/bin/python
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 lint: setup
 	$(BIN)/ruff check workbench tests notebooks benchmarks

@@ -181,3 +181,30 @@ def test_every_page_of_the_run_loads_nothing_from_the_network(smoke_run):
     need_browser()
     asked = browser_requests(pages)
     assert len(asked) == len(pages) and not any(asked.values()), asked
+
+
+@pytest.mark.slow
+def test_stage_pages_show_no_info_line_no_warning_twice_and_their_time(smoke_run):
+    """Each executed notebook: no INFO line and no repeated line among its stderr outputs, its log
+    file in logs/, and its last cell's table of the estimate beside the time the stage took."""
+    import nbformat
+
+    runs_dir, _, _ = smoke_run
+    [run] = runs_in(runs_dir / "smoke")
+    estimate = pd.read_parquet(run / "artifacts" / "estimate.parquet").set_index("stage")
+    for nb_path in sorted((run / "notebooks").glob("*.ipynb")):
+        stage = nb_path.stem
+        nb = nbformat.read(nb_path, as_version=4)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        err = [x for o in outs if o.get("name") == "stderr" for x in o["text"].splitlines() if x.strip()]
+        assert not [x for x in err if " INFO " in x or x.startswith("INFO")], (stage, err)
+        assert len(err) == len(set(err)), (stage, err)
+        assert (run / "logs" / f"{stage}.log").is_file(), stage
+        last = nb.cells[-1].outputs[0]["data"]["text/html"]
+        assert "took / estimated" in last and stage in last, stage
+        took = json.loads((run / "metrics.json").read_text())[stage]["timing"]["seconds"]
+        assert took > 0 and stage in estimate.index
+    assert (
+        "calibration" in estimate.loc["01_prompts", "time_basis"] or "took" in estimate.loc["01_prompts", "time_basis"]
+    )
+    assert estimate.loc["01_prompts", "seconds"] > 0  # the embedded model was timed on this machine

@@ -11,7 +11,9 @@ that enforced it, and how many rows it rejected (or, for generation-grid fields,
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from workbench import critique, judge, precision, prompts, responses
 from workbench.causal import TRAINER_DEFAULTS
 from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4.0  # rough rule for English prompts; the estimate says it is rough
 PREVIEW_PER_LABEL = 3
@@ -39,6 +43,25 @@ STAGE_NAMES = (
     "99_report",
 )
 KEEP_STAGE_RECORDS = 6  # per stage: the line through the last runs' (rows, seconds)
+# Until a stage has run on this machine, its seconds outside the LLM are those of two reference
+# runs (the smoke config and the demo, `work_units` each), scaled by this machine's calibration
+# against the reference machine's. Measured as docs/timings.md says ("Estimates"); a stage that
+# runs here replaces them.
+REFERENCE = {
+    "machine": "2-core Xeon, AVX512, float32",
+    "prefill_s_per_token": 0.0056,
+    "stages": {  # stage: [(work units, seconds outside the LLM), …]; smoke first, then the demo
+        "00_task": [(30, 23.1), (462, 12.0)],
+        "01_prompts": [(30, 20.4)],
+        "02_responses": [(30, 4.7)],
+        "03_judge": [(30, 8.1)],
+        "04_filter": [(30, 16.0), (462, 22.0)],
+        "05_train": [(126, 142.6), (1278, 583.0)],
+        "06_evaluate": [(26, 103.3), (435, 447.0)],
+        "07_gaps": [(30, 65.4), (462, 55.0)],
+        "99_report": [(30, 28.5), (462, 17.0)],
+    },
+}
 
 
 def _identity(cfg: RunConfig) -> str:
@@ -90,37 +113,56 @@ def _measured(cfg: RunConfig, cache_dir: str | Path | None, stage: str) -> dict 
     return _read(cache_dir).get(f"{_identity(cfg)}/{stage}")
 
 
-def calibration(cfg: RunConfig, cache_dir: str | Path | None, llm: Any = None, plan: pd.DataFrame | None = None):
-    """This machine's speed for the embedded model at the config's batch size: seconds per prompt
-    token read and per decoding step of a full batch, measured once (a few seconds: one batch of
-    real and short requests, `_LocalModel.calibrate`) and kept in the cache's throughput.json.
-    None for an endpoint (its calls are timed by the stages) or when no LLM is given."""
+def calibration(
+    cfg: RunConfig, cache_dir: str | Path | None, llm: Any = None, plan: pd.DataFrame | None = None
+) -> tuple[dict | None, float]:
+    """This machine's speed for the embedded model at the config's batch size, and the seconds
+    spent measuring it now (0 when it was known): seconds per prompt token read and per decoding
+    step of a full batch, measured once (some seconds: real and short requests,
+    `_LocalModel.calibrate`) and kept in the cache's throughput.json. None for an endpoint (its
+    calls are timed by the stages) or when no LLM is given."""
     if cfg.llm.provider != "local":
-        return None
+        return None, 0.0
     key = f"calibration/{_identity(cfg)}/batch{cfg.llm.batch_size}"
     known = _read(cache_dir).get(key)
     if known or llm is None or plan is None or plan.empty or cache_dir is None:
-        return known
+        return known, 0.0
+    t0 = time.perf_counter()
     found = llm.calibrate(list(plan["request"]), cfg.llm.batch_size)
+    spent = time.perf_counter() - t0
+    log.info("calibrated %s at batch %d in %.1f s: %s", _identity(cfg), cfg.llm.batch_size, spent, found)
     _update(cache_dir, key, found)
-    return found
+    return found, spent
 
 
 def _local_seconds(cal: dict, calls: float, n: int, prompt_tokens: float, max_tokens: int) -> float:
     """Seconds the embedded model takes for `calls` requests of `n` candidates each: every distinct
-    prompt read once, then `max_tokens` steps for each row (rows rarely stop early), a step of a
-    full batch of `batch_size` rows costing `step_s` (a step's cost grows with its rows)."""
-    return (
-        calls * prompt_tokens * cal["prefill_s_per_token"] + calls * n * max_tokens * cal["step_s"] / cal["batch_size"]
-    )
+    prompt read once, then `max_tokens` steps per batch of `batch_size` rows (rows rarely stop
+    early), a step costing between the calibrated cost for one row and for a full batch."""
+    b = cal["batch_size"]
+    one = cal.get("step_s_batch1", cal["step_s"] / b)
+
+    def step(rows: float) -> float:
+        return one + (cal["step_s"] - one) * (rows - 1) / max(b - 1, 1)
+
+    items = calls * n
+    full, rest = divmod(items, b)
+    steps = max_tokens * (full * cal["step_s"] + (step(rest) if rest >= 0.5 else 0.0))
+    return calls * prompt_tokens * cal["prefill_s_per_token"] + steps
 
 
-def work_units(cfg: RunConfig, stage: str, rows: int) -> float:
-    """The size of a stage's work that its time grows with: rows for most stages, examples seen in
-    training for 05 (steps × batch size of each method, plus the probes' rows)."""
+def work_units(cfg: RunConfig, stage: str, counts: dict[str, int]) -> float:
+    """The size of a stage's work that its time grows with: generated rows for most stages;
+    examples seen in training for 05 (steps × batch size of each method, plus the probes' rows);
+    rows scored for 06 (test rows per label × labels for the causal students, plus the safety
+    rows; the test split is not read before 06, so a null count is taken as Banking77's 40)."""
+    rows = float(max(sum(counts.values()), 1))
+    if stage == "06_evaluate":
+        per_label = cfg.evaluate.causal_test_per_label or cfg.data.test_per_label or 40
+        return float(per_label * max(len(counts), 1) + (cfg.evaluate.safety_rows or 520))
     if stage != "05_train" or "causal" not in cfg.train.students:
-        return float(max(rows, 1))
-    total = float(rows)
+        return rows
+    total = rows
     for m in cfg.train.methods:
         a = {**TRAINER_DEFAULTS[m], **getattr(cfg.train, m)}
         batch = a.get("per_device_train_batch_size", 8)
@@ -138,23 +180,30 @@ def record_stage(cfg: RunConfig, cache_dir: str | Path, stage: str, seconds: flo
     _update(cache_dir, key, ([*past, {"units": units, "other_seconds": round(other, 2)}])[-KEEP_STAGE_RECORDS:])
 
 
-def _other_seconds(cache_dir: str | Path | None, stage: str, units: float) -> tuple[float, str]:
+def _other_seconds(cache_dir: str | Path | None, stage: str, units: float, cal: dict | None) -> tuple[float, str]:
     """A stage's seconds outside LLM calls for work of `units`, from the runs measured here: the
-    same size read as it was, else a line through two sizes or more, else in proportion to one."""
+    same size read as it was, else a line through two sizes or more, else in proportion to one.
+    A stage never run here: the reference runs (REFERENCE) scaled by this machine's calibration
+    against the reference machine's, or unknown without a calibration."""
     past = _read(cache_dir).get(f"stages/{stage}", [])
+    how = "here"
     if not past:
-        return math.nan, "not run on this machine yet"
+        if not cal or stage not in REFERENCE["stages"]:
+            return math.nan, "not run on this machine yet"
+        speed = cal["prefill_s_per_token"] / REFERENCE["prefill_s_per_token"]
+        past = [{"units": u, "other_seconds": sec * speed} for u, sec in REFERENCE["stages"][stage]]
+        how = f"in the reference runs ({REFERENCE['machine']}), ×{speed:.2f} for this machine's calibration"
     same = [r for r in past if r["units"] == units]
     if same:
-        return same[-1]["other_seconds"], "as last time here"
+        return same[-1]["other_seconds"], f"as last time {how}"
     if len(past) >= 2:
         x = np.array([r["units"] for r in past], dtype=float)
         y = np.array([r["other_seconds"] for r in past], dtype=float)
         slope, fixed = np.polyfit(x, y, 1)
         slope, fixed = max(slope, 0.0), max(fixed, 0.0)
-        return fixed + slope * units, f"a line through {len(past)} runs here"
+        return fixed + slope * units, f"a line through {len(past)} runs {how}"
     r = past[-1]
-    return r["other_seconds"] * units / r["units"], f"scaled from one run here ({r['units']:g} → {units:g})"
+    return r["other_seconds"] * units / r["units"], f"scaled from one run {how} ({r['units']:g} → {units:g})"
 
 
 def expected_generations(cfg: RunConfig, n: int, reject_share: float) -> float:
@@ -192,7 +241,7 @@ def estimate(
         seeds = pd.DataFrame({"id": [], "text": [], "label": []})
     plan = prompts.generation_requests(cfg, seeds, labels, train_counts)
     gen_chars = sum(len(c) for r in plan["request"] for _, c in r.messages) / max(len(plan), 1)
-    cal = calibration(cfg, cache_dir, llm, plan)
+    cal, calibrating = calibration(cfg, cache_dir, llm, plan)
     preview = min(PREVIEW_PER_LABEL, max(counts.values(), default=0)) * len(labels)
     cached = cached_preview = 0
     if llm is not None and len(plan):  # 01's round 1 is `plan`; 00's preview its first rows per label
@@ -249,8 +298,11 @@ def estimate(
                 basis[-1] += f" ({hits:g} of {calls:g} calls cached)"
             if stage == "01_prompts" and part == "generation" and cfg.prompts.rounds > 1:
                 basis[-1] += f"; {n_gen} planned, {calls:g} expected with top-ups ({reject:.0%} rejected)"
-        units = work_units(cfg, name, n_gen)
-        other, how = _other_seconds(cache_dir, name, units)
+        if name == "00_task" and calibrating:  # spent already, in this stage
+            llm_s += calibrating
+            basis.append(f"calibration: {calibrating:.0f} s, just now")
+        units = work_units(cfg, name, counts)
+        other, how = _other_seconds(cache_dir, name, units, cal)
         row["cost"] = (
             (row["prompt_tokens"] * (price_in or 0) + row["completion_tokens"] * (price_out or 0)) / 1e6
             if (price_in is not None or price_out is not None) and row["llm_calls"]

@@ -108,8 +108,8 @@ class Stage:
         kept for the estimates of later runs on this machine."""
         seconds = time.perf_counter() - self._t0
         llm_s = sum(st.get("seconds", 0.0) for st in self._llm_stats.values())
-        rows = sum(plan_counts(self.cfg, data.labels(self.cfg), data.label_counts(self.cfg)).values())
-        record_stage(self.cfg, cache_dir(), self.name, seconds, llm_s, work_units(self.cfg, self.name, rows))
+        counts = plan_counts(self.cfg, data.labels(self.cfg), data.label_counts(self.cfg))
+        record_stage(self.cfg, cache_dir(), self.name, seconds, llm_s, work_units(self.cfg, self.name, counts))
         self.record(timing={"seconds": round(seconds, 1), "llm_seconds": round(llm_s, 1)})
         path = self.artifacts / "estimate.parquet"
         est = pd.read_parquet(path).set_index("stage") if path.is_file() else None

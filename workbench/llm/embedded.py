@@ -135,12 +135,11 @@ class _LocalModel:
             unit="row",
             bar_format="{l_bar}{bar}| {n:.0f}/{total} rows [{elapsed}<{remaining}]",
         )
+        done_rows = bar.n  # whole rows: the bar ends exactly at its total
         for batch, p in work:
-            shown = [0.0]
 
-            def step(fraction: float, size: int = len(batch), shown: list = shown) -> None:
-                bar.update(fraction * size - shown[0])
-                shown[0] = fraction * size
+            def step(fraction: float, base: int = done_rows, size: int = len(batch)) -> None:
+                bar.update(min(base + fraction * size, bar.total) - bar.n)
 
             ttft = self._generate(batch, *p, on_step=step)
             for it in batch:
@@ -154,13 +153,15 @@ class _LocalModel:
                     )
             if flush is not None:
                 flush()
-            bar.update(len(batch) - shown[0])
+            done_rows += len(batch)
+            bar.update(done_rows - bar.n)
         bar.close()
 
     def calibrate(self, reqs: list[Request], batch_size: int, steps: int = 5) -> dict:
         """This machine's speed: seconds per prompt token read (4 of `reqs`' prompts, one step)
-        and per decoding step of a full batch of `batch_size` rows (short distinct prompts, decoded
-        1 and `steps` steps; the difference is the steps' cost). Some seconds; nothing is cached."""
+        and per decoding step of a full batch of `batch_size` rows and of one row (short distinct
+        prompts, decoded 1 and `steps` steps; the difference is the steps' cost). Some seconds;
+        nothing is cached."""
         prompts = []
         for r in reqs[:4]:
             ids = self.tok.apply_chat_template(r.openai_messages(), add_generation_prompt=True, tokenize=True)
@@ -178,12 +179,16 @@ class _LocalModel:
         one, _ = timed([_Item(0, 0, 1000 + i, ids) for i, ids in enumerate(short)], 1)
         many, done = timed([_Item(0, 0, 2000 + i, ids) for i, ids in enumerate(short)], steps)
         step_s = max(many - one, 0.0) / max(done - 1, 1)
+        one, _ = timed([_Item(0, 0, 4000, short[0])], 1)  # and of a batch of 1: a step's fixed cost
+        many, done = timed([_Item(0, 0, 4001, short[1])], steps)
+        step_1 = max(many - one, 0.0) / max(done - 1, 1)
         read, _ = timed([_Item(0, 0, 3000 + i, ids) for i, ids in enumerate(prompts)], 1)
         tokens = sum(len(p) for p in prompts)
         return {
             "batch_size": batch_size,
             "prefill_s_per_token": round(max(read - step_s * len(prompts) / batch_size, 1e-6) / tokens, 8),
             "step_s": round(step_s, 5),
+            "step_s_batch1": round(min(step_1, step_s), 5),
             "load_s": round(self.load_s, 2),
             "capability": precision.facts().get("capability"),
         }
