@@ -78,7 +78,7 @@ def test_the_form_round_trips_the_config_and_shows_the_diff_before_saving(lab, r
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.wait_for_selector(".jp-Notebook", timeout=60_000)
-        page.locator(".jp-Notebook").first.click()
+        page.locator(".jp-Notebook:visible").first.click()
         # the kernel starts with the notebook; Run All once it is idle
         page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\|\s*Idle")).wait_for(timeout=120_000)
         page.get_by_role("menuitem", name="Run", exact=True).click()

@@ -107,7 +107,8 @@ class Stage:
         it (artifacts/estimate.parquet, when 00 ran in this folder), recorded in metrics.json and
         kept for the estimates of later runs on this machine."""
         seconds = time.perf_counter() - self._t0
-        llm_s = sum(st.get("seconds", 0.0) for st in self._llm_stats.values())
+        # the embedded model's load counts as LLM time: a stage whose calls are all cached skips it
+        llm_s = sum(st.get("seconds", 0.0) + st.get("load_seconds", 0.0) for st in self._llm_stats.values())
         counts = plan_counts(self.cfg, data.labels(self.cfg), data.label_counts(self.cfg))
         record_stage(self.cfg, cache_dir(), self.name, seconds, llm_s, work_units(self.cfg, self.name, counts))
         self.record(timing={"seconds": round(seconds, 1), "llm_seconds": round(llm_s, 1)})

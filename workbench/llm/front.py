@@ -46,8 +46,11 @@ class LLM:
         self.cache_dir = Path(cache_dir)
         self.cache = Cache(self.cache_dir / "llm.sqlite")
         self._local: _LocalModel | None = None
-        # seconds: wall time spent on calls the cache did not answer (the stage's LLM time, for estimates)
-        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0, "truncated": 0, "seconds": 0.0}
+        self._load_s = 0.0  # seconds the embedded model took to load (torch, transformers, weights)
+        # seconds: wall time spent on calls the cache did not answer (the stage's LLM time, for
+        # estimates); load_seconds: loading the embedded model, which only such calls need
+        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0, "truncated": 0, "seconds": 0.0,
+                      "load_seconds": 0.0}  # fmt: skip
         self.on_stats = on_stats  # called with `stats` after every generate (a stage records them)
 
     @property
@@ -68,11 +71,22 @@ class LLM:
         """This machine's speed for the embedded model (`_LocalModel.calibrate`); None for an endpoint."""
         if self.cfg.provider != "local":
             return None
+        self._load()
         t0 = time.perf_counter()
-        self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
         found = self._local.calibrate(requests, batch_size)
         self.stats["seconds"] = round(self.stats.get("seconds", 0.0) + time.perf_counter() - t0, 2)  # LLM time
-        return found
+        return {**found, "load_s": round(self._load_s, 2)}
+
+    def _load(self) -> float:
+        """Load the embedded model once (torch, transformers and the weights); the seconds it took,
+        0 when it was loaded, also counted in stats["load_seconds"]."""
+        if self._local is not None:
+            return 0.0
+        t0 = time.perf_counter()
+        self._local = _LocalModel(self.cfg, self.cache_dir)
+        spent = self._load_s = time.perf_counter() - t0
+        self.stats["load_seconds"] = round(self.stats.get("load_seconds", 0.0) + spent, 2)
+        return spent
 
     def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible.
@@ -131,7 +145,8 @@ class LLM:
             started = time.perf_counter()
             try:
                 if local:
-                    self._local = self._local or _LocalModel(self.cfg, self.cache_dir)
+                    self._load()
+                    started = time.perf_counter()  # the model's load is counted apart (load_seconds)
                     self._local.run(requests, todo, done, desc, save)
                 elif self.cfg.batch_api:
                     _BatchRunner(self.cfg, self.stats, self.cache_dir).run(reqs, [keys[i] for i in todo], done, desc)
