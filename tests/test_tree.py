@@ -52,3 +52,9 @@ def test_readme_lists_each_module_after_the_modules_it_imports(root):
     )
     assert set(graph) - {"workbench"} <= set(order)
     assert not late, "the README's layout is not in layer order:\n" + "\n".join(late)
+
+
+def test_the_estimate_has_a_row_for_each_stage_the_driver_runs():
+    from workbench import plan, runs
+
+    assert list(plan.STAGE_NAMES) == runs.STAGES

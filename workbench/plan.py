@@ -24,7 +24,6 @@ from workbench import critique, judge, precision, prompts, responses
 from workbench.causal import TRAINER_DEFAULTS
 from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
-from workbench.runs import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,9 @@ CHARS_PER_TOKEN = 4.0  # rough rule for English prompts; the estimate says it is
 PREVIEW_PER_LABEL = 3
 REJECT_SHARE = 0.5  # 01's share of rejected prompts until a run here has measured it
 DATA_SECTIONS = ("task", "data", "sampling", "quality", "diversity", "prompts", "responses", "judge", "filter")
-STAGE_NAMES = tuple(STAGES)  # one estimate row per stage
+# one estimate row per stage: runs.STAGES, which this module sits below (runs imports nothing of it)
+STAGE_NAMES = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps",
+               "99_report")  # fmt: skip
 LLM_PARTS = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter")  # stages whose calls are estimated
 KEEP_STAGE_RECORDS = 6  # per stage: the line through the last runs' (rows, seconds)
 # Until a stage has run on this machine, its seconds outside the LLM are those of two reference
