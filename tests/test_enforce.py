@@ -189,3 +189,6 @@ def test_the_embedded_models_estimate_comes_from_this_machines_calibration(tmp_p
     llm.hits = 10
     est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path, llm=llm).set_index("stage")
     assert est.loc["01_prompts", "llm_seconds"] == 0 and est.loc["00_task", "llm_seconds"] == 0
+    # a run done before (01's first round all cached) is taken to be cached through 03
+    assert est.loc["02_responses", "llm_seconds"] == 0 and est.loc["03_judge", "llm_seconds"] == 0
+    assert "100% as in 01's first round" in est.loc["03_judge", "time_basis"]

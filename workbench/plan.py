@@ -251,18 +251,23 @@ def estimate(
     m01 = _measured(cfg, cache_dir, "01_prompts") or {}
     reject = 1 - m01["kept"] / m01["generated"] if m01.get("generated") else REJECT_SHARE
     generated = expected_generations(cfg, n_gen, reject)
+    # Later calls depend on 01's answers, so which are cached is not known before 01 runs; a run is
+    # deterministic given its config and seeds, so they are taken to be cached in the share 01's
+    # first round is (a run done before is all cached, a new one not at all).
+    share = cached / len(plan) if len(plan) else 0.0
     # (stage, part, calls, candidates per call, prompt chars per call, max tokens, measured key, calls already cached)
     parts = [
         ("00_task", "preview", preview, 1, gen_chars, cfg.prompts.max_tokens, "01_prompts", cached_preview),
         # the preview's rows are in the cache by the time 01 runs
         ("01_prompts", "generation", generated, 1, gen_chars, cfg.prompts.max_tokens, "01_prompts",
-         cached + preview - cached_preview),
-        *([("01_prompts", "critic", generated, 1, critic_chars, cfg.prompts.critic_max_tokens, "01_critic", 0)]
-          if cfg.prompts.critique else []),
+         cached + preview - cached_preview + (generated - n_gen) * share),
+        *([("01_prompts", "critic", generated, 1, critic_chars, cfg.prompts.critic_max_tokens, "01_critic",
+            generated * share)] if cfg.prompts.critique else []),
         ("02_responses", "candidates", n_gen, cfg.responses.candidates, resp_chars, cfg.responses.max_tokens,
-         "02_responses", 0),
-        *([("03_judge", "rubric", judge_calls, 1, judge_chars, cfg.judge.max_tokens, "03_judge", 0)] if judge_calls else []),
-        *([("04_filter", "rewrite", n_gen, 1, 200, cfg.filter.rewrite_max_tokens, "04_rewrite", 0)]
+         "02_responses", n_gen * share),
+        *([("03_judge", "rubric", judge_calls, 1, judge_chars, cfg.judge.max_tokens, "03_judge", judge_calls * share)]
+          if judge_calls else []),
+        *([("04_filter", "rewrite", n_gen, 1, 200, cfg.filter.rewrite_max_tokens, "04_rewrite", n_gen * share)]
           if cfg.filter.rewrite else []),
     ]  # fmt: skip
     price_in, price_out = cfg.llm.price_input_per_1m, cfg.llm.price_output_per_1m
@@ -289,8 +294,10 @@ def estimate(
             else:
                 llm_s = math.nan
                 basis.append(f"{part}: endpoint not measured yet")
-            if hits:
-                basis[-1] += f" ({hits:g} of {calls:g} calls cached)"
+            if hits >= 0.5:
+                basis[-1] += f" ({hits:.0f} of {calls:.0f} calls cached" + (
+                    f", {share:.0%} as in 01's first round)" if stage not in ("00_task",) and share else ")"
+                )
             if stage == "01_prompts" and part == "generation" and cfg.prompts.rounds > 1:
                 basis[-1] += f"; {n_gen} planned, {calls:g} expected with top-ups ({reject:.0%} rejected)"
         if cal and llm_s == llm_s and any(st == name and calls > hits for st, _, calls, *_, hits in parts):
