@@ -178,11 +178,11 @@ def test_the_embedded_models_estimate_comes_from_this_machines_calibration(tmp_p
     assert est.loc["01_prompts", "llm_seconds"] == pytest.approx((10 - 6) * (tokens * 0.001 + per_row), rel=0.02)
     assert "this machine's calibration (6 of 10 calls cached)" in est.loc["01_prompts", "time_basis"]
     # a stage never run here: the reference runs' seconds, scaled by this machine's speed against theirs
-    speed = 0.001 / plan.REFERENCE["prefill_s_per_token"]
-    (u1, s1), (u2, s2) = plan.REFERENCE["stages"]["05_train"]
+    (r1, u1, s1), (r2, u2, s2) = plan.REFERENCE["stages"]["05_train"]
+    s1, s2 = s1 * 0.001 / plan.REFERENCE["runs"][r1], s2 * 0.001 / plan.REFERENCE["runs"][r2]
     units = plan.work_units(cfg, "05_train", {"a": 5, "b": 5})
     line = s1 + (s2 - s1) / (u2 - u1) * (units - u1)
-    assert est.loc["05_train", "other_seconds"] == pytest.approx(line * speed, rel=1e-6)
+    assert est.loc["05_train", "other_seconds"] == pytest.approx(line, rel=1e-6)
     assert "in the reference runs" in est.loc["05_train", "time_basis"]
     plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path, llm=llm)
     assert llm.calibrations == 1  # kept in throughput.json

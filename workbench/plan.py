@@ -37,22 +37,23 @@ STAGE_NAMES = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter",
 LLM_PARTS = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter")  # stages whose calls are estimated
 KEEP_STAGE_RECORDS = 6  # per stage: the line through the last runs' (rows, seconds)
 # Until a stage has run on this machine, its seconds outside the LLM are those of two reference
-# runs (the smoke config and the demo, `work_units` each), scaled by this machine's calibration
-# against the reference machine's. Measured as docs/timings.md says ("Estimates"); a stage that
-# runs here replaces them.
+# runs on the 2-core Xeon (the smoke config, the session smoke run of `.ci/run`; and `make demo`),
+# each scaled by this machine's calibration against the calibration that run made of its own
+# machine (the Xeon's speed drifted 2× over a day). docs/timings.md ("Estimates") says how they
+# were measured; a stage that runs here replaces them.
 REFERENCE = {
     "machine": "2-core Xeon, AVX512, float32",
-    "prefill_s_per_token": 0.0056,
-    "stages": {  # stage: [(work units, seconds outside the LLM), …]; smoke first, then the demo
-        "00_task": [(30, 23.1), (462, 12.0)],
-        "01_prompts": [(30, 20.4)],
-        "02_responses": [(30, 4.7)],
-        "03_judge": [(30, 8.1)],
-        "04_filter": [(30, 16.0), (462, 22.0)],
-        "05_train": [(126, 142.6), (1278, 583.0)],
-        "06_evaluate": [(26, 109.3), (435, 447.0)],
-        "07_gaps": [(30, 32.8), (462, 55.0)],
-        "99_report": [(30, 13.9), (462, 17.0)],
+    "runs": {"smoke": 0.00234, "demo": 0.00218},  # each run's own calibration: seconds per prompt token
+    "stages": {  # stage: [(run, work units, seconds outside the LLM), …]
+        "00_task": [("smoke", 30, 14.0), ("demo", 462, 19.1)],
+        "01_prompts": [("smoke", 30, 18.0), ("demo", 462, 22.3)],
+        "02_responses": [("smoke", 30, 4.9), ("demo", 462, 9.5)],
+        "03_judge": [("smoke", 30, 5.2), ("demo", 462, 15.7)],
+        "04_filter": [("smoke", 30, 10.2), ("demo", 462, 11.4)],
+        "05_train": [("smoke", 126, 71.8), ("demo", 1278, 493.9)],
+        "06_evaluate": [("smoke", 26, 73.2), ("demo", 435, 353.0)],
+        "07_gaps": [("smoke", 30, 35.4), ("demo", 462, 16.3)],
+        "99_report": [("smoke", 30, 16.3), ("demo", 462, 17.1)],
     },
 }
 
@@ -185,9 +186,11 @@ def _other_seconds(cache_dir: str | Path | None, stage: str, units: float, cal: 
     if not past:
         if not cal or stage not in REFERENCE["stages"]:
             return math.nan, "not run on this machine yet"
-        speed = cal["prefill_s_per_token"] / REFERENCE["prefill_s_per_token"]
-        past = [{"units": u, "other_seconds": sec * speed} for u, sec in REFERENCE["stages"][stage]]
-        how = f"in the reference runs ({REFERENCE['machine']}), ×{speed:.2f} for this machine's calibration"
+        past = [
+            {"units": u, "other_seconds": sec * cal["prefill_s_per_token"] / REFERENCE["runs"][run]}
+            for run, u, sec in REFERENCE["stages"][stage]
+        ]
+        how = f"in the reference runs ({REFERENCE['machine']}), scaled by this machine's calibration against theirs"
     same = [r for r in past if r["units"] == units]
     if same:
         return same[-1]["other_seconds"], f"as last time {how}"
