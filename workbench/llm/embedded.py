@@ -109,10 +109,7 @@ class _LocalModel:
         ids_of: dict[tuple, list[int]] = {}
         for j, r in enumerate(reqs):
             if r.messages not in ids_of:
-                ids = self.tok.apply_chat_template(r.openai_messages(), add_generation_prompt=True, tokenize=True)
-                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                    ids = ids["input_ids"]
-                ids_of[r.messages] = list(ids)
+                ids_of[r.messages] = self._prompt_ids(r)
             items += [_Item(j, i, r.seed + i, ids_of[r.messages]) for i in range(r.n)]
         # group by sampling parameters, then by length, so batches pad little
         items.sort(key=lambda it: (_params(reqs[it.req_index]), len(it.ids)))
@@ -157,15 +154,17 @@ class _LocalModel:
             bar.update(done_rows - bar.n)
         bar.close()
 
+    def _prompt_ids(self, r: Request) -> list[int]:
+        """The token ids of a request's chat prompt, ready for the assistant's reply."""
+        ids = self.tok.apply_chat_template(r.openai_messages(), add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+
     def calibrate(self, reqs: list[Request], batch_size: int, steps: int = 5) -> dict:
         """This machine's speed: seconds per prompt token read (4 of `reqs`' prompts, one step)
         and per decoding step of a full batch of `batch_size` rows and of one row (short distinct
         prompts, decoded 1 and `steps` steps; the difference is the steps' cost). Some seconds;
         nothing is cached."""
-        prompts = []
-        for r in reqs[:4]:
-            ids = self.tok.apply_chat_template(r.openai_messages(), add_generation_prompt=True, tokenize=True)
-            prompts.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids))
+        prompts = [self._prompt_ids(r) for r in reqs[:4]]
         first = reqs[0]
         temperature = max(first.temperature, 0.7)
 
@@ -189,7 +188,6 @@ class _LocalModel:
             "prefill_s_per_token": round(max(read - step_s * len(prompts) / batch_size, 1e-6) / tokens, 8),
             "step_s": round(step_s, 5),
             "step_s_batch1": round(min(step_1, step_s), 5),
-            "load_s": round(self.load_s, 2),
             "capability": precision.facts().get("capability"),
         }
 

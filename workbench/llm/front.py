@@ -77,16 +77,15 @@ class LLM:
         self.stats["seconds"] = round(self.stats.get("seconds", 0.0) + time.perf_counter() - t0, 2)  # LLM time
         return {**found, "load_s": round(self._load_s, 2)}
 
-    def _load(self) -> float:
-        """Load the embedded model once (torch, transformers and the weights); the seconds it took,
-        0 when it was loaded, also counted in stats["load_seconds"]."""
+    def _load(self) -> None:
+        """Load the embedded model once (torch, transformers and the weights), its seconds kept in
+        `_load_s` and counted in stats["load_seconds"]."""
         if self._local is not None:
-            return 0.0
+            return
         t0 = time.perf_counter()
         self._local = _LocalModel(self.cfg, self.cache_dir)
-        spent = self._load_s = time.perf_counter() - t0
-        self.stats["load_seconds"] = round(self.stats.get("load_seconds", 0.0) + spent, 2)
-        return spent
+        self._load_s = time.perf_counter() - t0
+        self.stats["load_seconds"] = round(self.stats.get("load_seconds", 0.0) + self._load_s, 2)
 
     def generate(self, requests: list[Request], desc: str = "llm", on_result: Any = None) -> list[list[dict]]:
         """Completions for every request, in order; answered from the cache where possible.
