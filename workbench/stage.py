@@ -24,7 +24,7 @@ from workbench.files import cache_dir, project_dir, read_json, write_atomic
 from workbench.llm import LLM
 from workbench.plan import record_stage, work_units
 from workbench.runs import RunError, ancestors
-from workbench.tables import page_html, redacted
+from workbench.tables import page_html, reads_as_text, redacted
 
 
 @dataclass
@@ -185,7 +185,7 @@ def _inert_tables() -> None:
 
     def styler_html(st: Styler) -> str:
         st.data = redacted(st.data)  # a Styler renders from `data` when shown; same index and columns
-        text = [c for c in st.data.columns if st.data[c].dtype == object or str(st.data[c].dtype) in ("str", "string")]
+        text = [c for c in st.data.columns if reads_as_text(st.data[c].dtype)]
         if text:  # read as text: left-aligned (the notebook's stylesheet right-aligns every cell)
             st.set_properties(subset=text, **{"text-align": "left"})
         return st._repr_html_()

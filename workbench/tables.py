@@ -76,6 +76,11 @@ def redacted(df: pd.DataFrame) -> pd.DataFrame:
 _TABLES = itertools.count()
 
 
+def reads_as_text(dtype) -> bool:
+    """A column a page shows as text (left-aligned): objects, strings and categories."""
+    return str(dtype) in ("object", "str", "string", "category")
+
+
 def page_html(df: pd.DataFrame) -> str:
     """A DataFrame as a page shows it: PII redacted (`redacted`), and its text columns (and the
     text index) left-aligned, as text is read, where the notebook's stylesheet right-aligns every
@@ -85,12 +90,8 @@ def page_html(df: pd.DataFrame) -> str:
     if out is None:
         return out
     levels = df.index.nlevels
-    text = [
-        levels + j + 1
-        for j, c in enumerate(df.columns)
-        if df[c].dtype == object or str(df[c].dtype) in ("str", "string", "category")
-    ]
-    if df.index.dtype == object or str(df.index.dtype) in ("str", "string"):
+    text = [levels + j + 1 for j, c in enumerate(df.columns) if reads_as_text(df[c].dtype)]
+    if reads_as_text(df.index.dtype):
         text = list(range(1, levels + 1)) + text
     if not text:
         return out
