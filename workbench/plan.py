@@ -103,8 +103,9 @@ def record_throughput(
     )
 
 
-def _measured(cfg: RunConfig, cache_dir: str | Path | None, stage: str) -> dict | None:
-    return _read(cache_dir).get(f"{_identity(cfg)}/{stage}")
+def _measured(cfg: RunConfig, known: dict, stage: str) -> dict | None:
+    """What `known` (throughput.json's contents) holds of `stage`'s calls with this provider and model."""
+    return known.get(f"{_identity(cfg)}/{stage}")
 
 
 def calibration(
@@ -176,12 +177,12 @@ def record_stage(cfg: RunConfig, cache_dir: str | Path, stage: str, seconds: flo
     _update(cache_dir, key, ([*past, {"units": units, "other_seconds": round(other, 2)}])[-KEEP_STAGE_RECORDS:])
 
 
-def _other_seconds(cache_dir: str | Path | None, stage: str, units: float, cal: dict | None) -> tuple[float, str]:
+def _other_seconds(known: dict, stage: str, units: float, cal: dict | None) -> tuple[float, str]:
     """A stage's seconds outside LLM calls for work of `units`, from the runs measured here: the
     same size read as it was, else a line through two sizes or more, else in proportion to one.
     A stage never run here: the reference runs (REFERENCE) scaled by this machine's calibration
     against the reference machine's, or unknown without a calibration."""
-    past = _read(cache_dir).get(f"stages/{stage}", [])
+    past = known.get(f"stages/{stage}", [])
     how = "here"
     if not past:
         if not cal or stage not in REFERENCE["stages"]:
@@ -240,6 +241,7 @@ def estimate(
     plan = prompts.generation_requests(cfg, seeds, labels, train_counts)
     gen_chars = sum(len(c) for r in plan["request"] for _, c in r.messages) / max(len(plan), 1)
     cal, calibrating = calibration(cfg, cache_dir, llm, plan)
+    known = _read(cache_dir)  # after the calibration, which may have added to it
     preview = min(PREVIEW_PER_LABEL, max(counts.values(), default=0)) * len(labels)
     cached = cached_preview = 0
     if llm is not None and len(plan):  # 01's round 1 is `plan`; 00's preview its first rows per label
@@ -251,7 +253,7 @@ def estimate(
     judge_calls = n_gen * len(judge.rubric(cfg)) * cfg.judge.jurors
     resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
-    m01 = _measured(cfg, cache_dir, "01_prompts") or {}
+    m01 = _measured(cfg, known, "01_prompts") or {}
     reject = 1 - m01["kept"] / m01["generated"] if m01.get("generated") else REJECT_SHARE
     generated = expected_generations(cfg, n_gen, reject)
     # Later calls depend on 01's answers, so which are cached is not known before 01 runs; a run is
@@ -281,7 +283,7 @@ def estimate(
         for stage, part, calls, n, chars, max_tokens, key, hits in parts:
             if stage != name:
                 continue
-            m = _measured(cfg, cache_dir, key)
+            m = _measured(cfg, known, key)
             mean_out = m["completion_tokens"] / m["calls"] if m else max_tokens * n
             fresh = max(calls - hits, 0)
             row["llm_calls"] += int(round(calls))
@@ -310,7 +312,7 @@ def estimate(
             llm_s += calibrating
             basis.append(f"calibration: {calibrating:.0f} s, just now")
         units = work_units(cfg, name, counts)
-        other, how = _other_seconds(cache_dir, name, units, cal)
+        other, how = _other_seconds(known, name, units, cal)
         row["cost"] = (
             (row["prompt_tokens"] * (price_in or 0) + row["completion_tokens"] * (price_out or 0)) / 1e6
             if (price_in is not None or price_out is not None) and row["llm_calls"]
