@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, server, log: Path, seconds: float = 120.0) -> None:
+    """Return once `url` answers; fail with the end of the server's `log` when the server process
+    exits first or `seconds` pass."""
+    import pytest
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"{server.args[0]} exited: {Path(log).read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url}: no answer in {seconds:g} s: {Path(log).read_text()[-2000:]}")
+            time.sleep(0.5)
 
 
 def stats(url: str, arrivals: bool = False, attempts: bool = False) -> dict:

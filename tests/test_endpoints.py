@@ -13,11 +13,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from support import ROOT, cache_with_models, completion, free_port, http_answer, provider
+from support import ROOT, cache_with_models, completion, free_port, http_answer, provider, wait_for_http
 
 from workbench.config import LLMConfig
 from workbench.llm import LLM, EndpointError, Request
@@ -306,12 +305,7 @@ def test_the_smoke_generation_stages_run_against_transformers_serve(tmp_path):
     server = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
                                model], stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", server, tmp_path / "serve.log", seconds=300)
         cmd = [sys.executable, "-m", "workbench.cli", "run", str(ROOT / "configs" / "smoke.yaml"),
                "--runs-dir", str(tmp_path / "runs"), "--stages", "00_task,01_prompts,02_responses,03_judge,04_filter",
                "--set", "llm.provider=openai", "--set", f"llm.base_url=http://127.0.0.1:{port}/v1",

@@ -8,11 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
-from support import CHROMIUM, free_port, need_browser
+from support import CHROMIUM, free_port, need_browser, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +47,7 @@ def lab(root, tmp_path):
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(f"jupyter lab exited: {(tmp_path / 'lab.log').read_text()[-2000:]}")
-                time.sleep(0.5)
+        wait_for_http(f"{base}/api/status?token={token}", server, tmp_path / "lab.log", seconds=60)
         yield f"{base}/lab/tree/notebooks/00_task.ipynb?token={token}", project
     finally:
         server.terminate()
