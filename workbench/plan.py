@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench import critique, judge, precision, prompts, responses
+from workbench import critique, judge, prompts, responses
 from workbench.causal import TRAINER_DEFAULTS
 from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
+from workbench.llm.decode import local_identity
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ REFERENCE = {
 
 def _identity(cfg: RunConfig) -> str:
     llm = cfg.llm
-    return f"{llm.provider}/{llm.model}" + (f"@{precision.resolve(llm.dtype)}" if llm.provider == "local" else "")
+    return f"{llm.provider}/{llm.model}" + (f"@{local_identity(llm.dtype)}" if llm.provider == "local" else "")
 
 
 def _throughput_file(cache_dir: str | Path) -> Path:

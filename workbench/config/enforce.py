@@ -108,6 +108,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "evaluate.safety_rows": ("06_evaluate", "refusal rate before/after", (), ALL),
     "evaluate.safety_max_tokens": ("06_evaluate", "refusal rate before/after", (), ALL),
     "evaluate.batch_size": ("06_evaluate", "scoring causal models", (), ALL),
+    "evaluate.dtype": ("06_evaluate", "scoring causal models", (), ALL),
     "gaps": ("07_gaps", "failure clusters", (), ALL),
     "seed": ("every stage", "sampling seeds", (), ALL),
 }

