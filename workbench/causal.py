@@ -17,8 +17,9 @@ Each method writes `adapter/` (LoRA only), `merged/` (a plain model folder, floa
 
 Scoring (`classify`) is greedy decoding constrained to the label set: a token trie over the labels'
 tokens followed by end of message, so every answer is a valid label and accuracy measures which one.
-The prompt shared by every row (the chat template and system message, with the label list for the
-untuned model) is read once and its KV cache reused for every batch.
+It runs through the one decode loop (`llm.decode`): the prompt shared by every row (the chat
+template and system message, with the label list for the untuned model) is read once and its keys
+and values attended to by every row without being copied per row.
 
 `answers` generates free text (greedy) for the safety check: AdvBench instructions are sent as a
 plain chat, no task system message, to see whether tuning on labels kept the model's refusals.
@@ -26,7 +27,6 @@ plain chat, no task system message, to see whether tuning on labels kept the mod
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import json
@@ -43,6 +43,7 @@ from workbench import precision
 from workbench.config import ConfigError, RunConfig, TrainConfig
 from workbench.export import system_prompt as with_labels
 from workbench.files import replace_dir, write_atomic
+from workbench.llm.decode import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,16 @@ class LabelTrie:
             node[None] = label  # the leaf after end of message names the label
 
 
+def _forced(node: dict) -> str | None:
+    """The label `node` leads to when only one path is left (greedy decoding would only read
+    tokens it cannot choose between), else None."""
+    while None not in node:
+        if len(node) != 1:
+            return None
+        node = next(iter(node.values()))
+    return node[None]
+
+
 def _end_id(tok) -> int:
     end = tok.convert_tokens_to_ids("<|im_end|>")
     return end if isinstance(end, int) and end != tok.unk_token_id else tok.eos_token_id
@@ -311,105 +322,67 @@ def _encode(tok, messages: list[dict]) -> list[int]:
     return list(ids)
 
 
-def _decode_batches(model, tok, prompts: list[list[int]], max_new: int, batch_size: int, step) -> list[Any]:
-    """Greedy decoding with a KV cache. The prefix every prompt shares is read once; `step(state, logits)`
-    picks each row's next token (state is per row, None at start) and returns (token, new_state, done)."""
+def decoder(path: str | Path, dtype: str = "auto"):
+    """(Decoder, tokenizer) for the model folder `path` in `dtype` (`precision.resolve`): the one
+    decode loop every causal model is scored with."""
     import torch  # torch loads in seconds: only where a model runs
-    from transformers import DynamicCache  # torch loads in seconds: only where a model runs
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # torch loads in seconds: only where a model runs
 
-    n = len(prompts)
-    if n == 0:
-        return []
-    shared = 0
-    first, shortest = prompts[0], min(len(p) for p in prompts)
-    while shared < shortest - 1 and all(p[shared] == first[shared] for p in prompts):
-        shared += 1
-    pad = tok.pad_token_id if tok.pad_token_id is not None else _end_id(tok)
-    out: list[Any] = [None] * n
-    order = sorted(range(n), key=lambda i: len(prompts[i]))
-    model.eval()
-    kv = precision.cache_arg(model)
-    with torch.inference_mode():
-        prefix = DynamicCache()
-        if shared:
-            model(input_ids=torch.tensor([first[:shared]]), use_cache=True, **{kv: prefix})
-        for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            tails = [prompts[i][shared:] for i in idx]
-            width = max(len(t) for t in tails)
-            ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails])
-            mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails])
-            pos = torch.tensor([[shared] * (width - len(t)) + list(range(shared, shared + len(t))) for t in tails])
-            cache = copy.deepcopy(prefix) if shared else DynamicCache()
-            if shared:
-                cache.reorder_cache(torch.zeros(len(idx), dtype=torch.long))
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kv: cache}).logits[
-                :, -1, :
-            ]
-            states: list[Any] = [None] * len(idx)
-            active = list(range(len(idx)))
-            last = pos[:, -1:]
-            for _ in range(max_new):
-                nxt, keep = [], []
-                for k, b in enumerate(active):
-                    t, states[b], done = step(states[b], logits[k])
-                    if not done:
-                        keep.append(k)
-                        nxt.append(t)
-                if not keep:
-                    break
-                if len(keep) < len(active):
-                    sel = torch.tensor(keep)
-                    cache.batch_select_indices(sel)
-                    mask, last = mask[sel], last[sel]
-                    active = [active[k] for k in keep]
-                mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)
-                last = last + 1
-                logits = model(
-                    input_ids=torch.tensor(nxt)[:, None],
-                    attention_mask=mask,
-                    position_ids=last,
-                    **{kv: cache},
-                    use_cache=True,
-                ).logits[:, -1, :]
-            for k, i in enumerate(idx):
-                out[i] = states[k]
-    return out
+    got = precision.resolve(dtype)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, precision.load_dtype(got)))
+    return _as_decoder(model, tok, got == "int8"), tok
+
+
+def _as_decoder(model, tok, int8: bool = False) -> Decoder:
+    if isinstance(model, Decoder):
+        return model
+    return Decoder(model, tok.pad_token_id if tok.pad_token_id is not None else _end_id(tok), int8=int8)
 
 
 def classify(model, tok, texts: list[str], labels: list[str], system: str, batch_size: int = 32) -> np.ndarray:
-    """The label each text gets: greedy decoding constrained to the label set (always a valid label)."""
+    """The label each text gets: greedy decoding constrained to the label set (always a valid label).
+    `model` is a transformers model or a `Decoder`; the prompt every text shares (chat template,
+    system message, label list) is read once."""
     trie = LabelTrie(tok, labels, _end_id(tok))
+    nodes: list[Any] = [trie.root] * len(texts)
+    got: list[Any] = [None] * len(texts)
 
-    def step(node, logits):
-        node = trie.root if node is None else node
-        if None in node:  # end of message chosen: the label is complete
-            return None, node[None], True
-        allowed = [t for t in node if t is not None]
-        t = allowed[int(logits[allowed].argmax())] if len(allowed) > 1 else allowed[0]
-        child = node[t]
-        if None in child:
-            return t, child[None], True
-        return t, child, False
+    def pick(step: int, rows: list[int], logits) -> list[int | None]:
+        out: list[int | None] = []
+        for k, r in enumerate(rows):
+            node = nodes[r]
+            allowed = [t for t in node if t is not None]
+            t = allowed[int(logits[k, allowed].argmax())] if len(allowed) > 1 else allowed[0]
+            nodes[r] = node[t]
+            if (label := _forced(nodes[r])) is not None:  # one path left: the label is decided
+                got[r] = label
+                out.append(None)
+            else:
+                out.append(t)
+        return out
 
     prompts = [_encode(tok, _prompt(system, t)) for t in texts]
     depth = max(len(tok.encode(label, add_special_tokens=False)) for label in labels) + 1
-    got = _decode_batches(model, tok, prompts, depth, batch_size, step)
+    _as_decoder(model, tok).decode(prompts, depth, pick, batch_size)
     return np.asarray(got, dtype=object)
 
 
 def answers(model, tok, texts: list[str], max_new: int, batch_size: int = 32) -> list[str]:
     """Free greedy replies to each text sent as a plain user message (no system message)."""
     end = {_end_id(tok), tok.eos_token_id}
+    got: list[list[int]] = [[] for _ in texts]
 
-    def step(state, logits):
-        state = [] if state is None else state
-        t = int(logits.argmax())
-        if t in end:
-            return t, state, True
-        state = state + [t]
-        return t, state, len(state) >= max_new
+    def pick(step: int, rows: list[int], logits) -> list[int | None]:
+        out: list[int | None] = []
+        for r, t in zip(rows, logits.argmax(-1).tolist()):
+            if t in end:
+                out.append(None)
+                continue
+            got[r].append(t)
+            out.append(t)
+        return out
 
     prompts = [_encode(tok, [{"role": "user", "content": t}]) for t in texts]
-    got = _decode_batches(model, tok, prompts, max_new, batch_size, step)
-    return [tok.decode(g or [], skip_special_tokens=True).strip() for g in got]
+    _as_decoder(model, tok).decode(prompts, max_new, pick, batch_size)
+    return [tok.decode(g, skip_special_tokens=True).strip() for g in got]

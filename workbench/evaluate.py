@@ -135,7 +135,7 @@ def score_causal(
     bs = cfg.evaluate.batch_size
     for name, path in ({CAUSAL_ZERO_SHOT: base} | {f"causal: {k}": v for k, v in models.items()}).items():
         t0 = time.perf_counter()
-        model, tok = causal.load(path)
+        model, tok = causal.decoder(path, cfg.evaluate.dtype)
         system = causal.system_prompt(cfg, labels if name == CAUSAL_ZERO_SHOT else None)
         preds[name] = causal.classify(model, tok, list(test["text"]), labels, system, bs)
         if len(harmful):
