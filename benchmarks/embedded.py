@@ -1,16 +1,21 @@
-"""The embedded model's generation speed: batched against one prompt at a time.
+"""The embedded model's generation speed: the engine (`workbench.llm.decode`) against today's loop
+before it (`benchmarks/baseline_loop.py`), in one run, on the demo's own batch shape.
 
-    .venv/bin/python benchmarks/embedded.py [--prompts 96] [--single 6] [--max-tokens 40]
+    .venv/bin/python benchmarks/embedded.py [--prompts 96] [--batch-size 48] [--single 4]
 
-SmolLM2-135M-Instruct through `LLM(provider="local")`, as stage 01 and 02 call it: real
-Banking77 seed texts as prompts ("Rewrite this customer message…"), sampled at temperature 0.8,
-at most `--max-tokens` new tokens each. Batched: `llm.batch_size` rows per forward pass (each row
-stops at its end of message and leaves the batch, KV cache, prompts sorted by length). One at a
-time: the same code with batch_size 1 on the first `--single` prompts. The call cache is a fresh
-temporary folder, so nothing is answered from it; the converted model comes from the workbench
-cache (converting it is timed separately the first time).
+The requests are the demo's stage-01 requests (configs/banking77.yaml, round 0: its system
+message, three real seed examples, temperature 0.9, at most 40 new tokens), the first `--prompts`
+of them, through `LLM(provider="local")` as stage 01 sends them, `--batch-size` rows per pass. Each
+setting gets a fresh temporary call cache, so nothing is answered from it; the model is loaded
+and warmed up (one small batch) before the clock starts. Settings:
 
-Reports generated tokens/s for both, the speed-up, the time to load the model, and the threads.
+- `baseline@<dtype>`: the loop before the engine at the dtype `auto` resolves to here (float32 on a
+  CPU without native bf16), and at bfloat16 where that differs (the benchmark's old default);
+- `engine@<the same dtype>` and `engine@int8` (decoding steps through int8 weights, asked for only);
+- `engine@int8, one at a time`: the first `--single` prompts at batch 1.
+
+Reports generated tokens/s per setting, the engine's speed-up over the baseline at the same
+(default) precision and with int8 steps, and the CPU.
 """
 
 from __future__ import annotations
@@ -24,74 +29,91 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def prompts(n: int) -> list[str]:
-    import pandas as pd
+def demo_requests(n: int) -> list:
+    """The first `n` of the demo's stage-01 requests (round 0)."""
+    from workbench import data, prompts
+    from workbench.config import load_config
 
-    seeds = pd.read_csv(ROOT / "data" / "banking77" / "train.csv").sample(n, random_state=0)
-    return [f"Rewrite this customer message in other words, keeping its meaning:\n{t}" for t in seeds["text"]]
+    cfg, _ = load_config(ROOT / "configs" / "banking77.yaml")
+    plan = prompts.generation_requests(cfg, data.seeds(cfg), data.labels(cfg), data.label_counts(cfg))
+    return list(plan["request"][:n])
 
 
-def measure(texts: list[str], batch_size: int, max_tokens: int, threads: int | None, dtype: str) -> dict:
+def measure(reqs: list, batch_size: int, dtype: str, baseline: bool) -> dict:
     import torch
 
     from workbench.cache import Cache
     from workbench.config import LLMConfig
     from workbench.files import cache_dir
-    from workbench.llm import LLM, Request, local_model_dir
+    from workbench.llm import LLM
 
-    t0 = time.perf_counter()
-    local_model_dir("smollm2-135m-instruct", cache_dir())  # converted once per machine
-    convert_s = time.perf_counter() - t0
-    cfg = LLMConfig(provider="local", batch_size=batch_size, threads=threads, dtype=dtype)
+    cfg = LLMConfig(provider="local", batch_size=batch_size, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         llm = LLM(cfg, cache_dir())  # the converted model comes from the shared cache…
-        llm.cache = Cache(Path(tmp) / "calls.sqlite")  # …the calls do not
-        reqs = [Request.chat(None, t, temperature=0.8, max_tokens=max_tokens, seed=i) for i, t in enumerate(texts)]
-        t1 = time.perf_counter()
-        out = llm.generate(reqs, desc=f"batch {batch_size}")
-        seconds = time.perf_counter() - t1
+        llm.cache = Cache(Path(tmp) / "warm.sqlite")  # …the calls do not
+        if baseline:
+            from baseline_loop import BaselineModel
+
+            llm._local = BaselineModel(cfg, cache_dir())
+        llm.generate(reqs[:4], desc="warm-up")  # first calls set up kernels and threads
+        llm.cache = Cache(Path(tmp) / "calls.sqlite")
+        t0 = time.perf_counter()
+        out = llm.generate(reqs, desc=f"{'baseline' if baseline else 'engine'}@{dtype} batch {batch_size}")
+        seconds = time.perf_counter() - t0
     rows = [r for rs in out for r in rs]
     tokens = sum(r["completion_tokens"] for r in rows)
-    load_s = llm._local.load_s if llm._local else None
     return {
+        "loop": "baseline" if baseline else "engine",
+        "dtype": llm._local.dtype,
         "batch_size": batch_size,
         "rows": len(rows),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
         "tokens": tokens,
-        "seconds": round(seconds - (load_s or 0), 2),
-        "tokens_per_s": round(tokens / (seconds - (load_s or 0)), 1),
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
         "stopped_at_end_of_message": sum(r["finish_reason"] == "stop" for r in rows),
-        "load_s": round(load_s, 2) if load_s else None,
-        "convert_s": round(convert_s, 2),
+        "load_s": round(llm._local.load_s, 2),
         "threads": torch.get_num_threads(),
     }
 
 
-def run(n_prompts=96, n_single=6, max_tokens=40, batch_size=96, dtype="bfloat16", threads=None) -> dict:
-    texts = prompts(n_prompts)
-    batched = measure(texts, batch_size, max_tokens, threads, dtype)
-    single = measure(texts[:n_single], 1, max_tokens, threads, dtype)
+def run(n_prompts: int = 96, batch_size: int = 48, n_single: int = 4) -> dict:
+    from workbench import precision
+
+    reqs = demo_requests(n_prompts)
+    auto = precision.resolve("auto")
+    settings = [(auto, True), (auto, False), ("int8", False)]
+    if auto != "bfloat16":
+        settings.insert(1, ("bfloat16", True))
+    got = [measure(reqs, batch_size, dtype, baseline) for dtype, baseline in settings]
+    single = measure(reqs[:n_single], 1, "int8", False)
+    base = got[0]
+    engine = next(g for g in got if g["loop"] == "engine" and g["dtype"] == auto)
+    int8 = next(g for g in got if g["loop"] == "engine" and g["dtype"] == "int8")
     return {
-        "model": f"smollm2-135m-instruct@{dtype}",
-        "max_tokens": max_tokens,
-        "batched": batched,
+        "model": "smollm2-135m-instruct",
+        "requests": "configs/banking77.yaml stage 01, round 0",
+        "cpu": precision.facts()["cpu_capability"],
+        "native_bf16": precision.facts()["native_bf16"],
+        "settings": got,
         "one_at_a_time": single,
-        "speedup": round(batched["tokens_per_s"] / single["tokens_per_s"], 1),
-        "load_s": batched["load_s"],
+        "baseline": f"baseline@{base['dtype']}",
+        "speedup": round(engine["tokens_per_s"] / base["tokens_per_s"], 2),
+        "speedup_int8": round(int8["tokens_per_s"] / base["tokens_per_s"], 2),
+        "batched_over_single": round(int8["tokens_per_s"] / single["tokens_per_s"], 1),
     }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=96)
-    ap.add_argument("--single", type=int, default=6)
-    ap.add_argument("--max-tokens", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=96)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=48)
+    ap.add_argument("--single", type=int, default=4)
     a = ap.parse_args()
-    print(json.dumps(run(a.prompts, a.single, a.max_tokens, a.batch_size, a.dtype, a.threads), indent=1))
+    print(json.dumps(run(a.prompts, a.batch_size, a.single), indent=1))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Does the judge tell a right label from a wrong one? AUC of the rubric judge's correctness score.
 
 Real Banking77 dev rows (never the test split), each judged twice: under its true label and under
-a random wrong one. AUC 0.5 = no signal. Run: `.venv/bin/python benchmarks/judge_signal.py [CONFIG] [N]`
+a random wrong one. AUC 0.5 = no signal. Run: `.venv/bin/python benchmarks/judge_signal.py [CONFIG] [N] [FIELD=VALUE ...]`
 (defaults: configs/banking77.yaml, 120 rows; about 1 minute on 2 CPU cores with the embedded model).
 """
 
@@ -20,8 +20,8 @@ from workbench.files import cache_dir
 from workbench.llm import LLM
 
 
-def main(config: str = "configs/banking77.yaml", n: int = 120) -> None:
-    cfg, _ = load_config(config)
+def main(config: str = "configs/banking77.yaml", n: int = 120, overrides: list[str] | None = None) -> None:
+    cfg, _ = load_config(config, overrides)
     dev = data.dev_split(cfg).sample(n, random_state=0).reset_index(drop=True)
     labels = data.labels(cfg)
     rng = np.random.default_rng(0)
@@ -52,4 +52,4 @@ def main(config: str = "configs/banking77.yaml", n: int = 120) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:3]))
+    main(*sys.argv[1:2], *(int(a) for a in sys.argv[2:3]), sys.argv[3:])
