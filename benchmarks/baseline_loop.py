@@ -11,31 +11,18 @@ from typing import Any
 
 from workbench import precision
 from workbench.config import LLMConfig
-from workbench.llm.embedded import _Item, _LocalModel, _sample, local_model_dir
+from workbench.llm.embedded import _Item, _LocalModel, _sample
 
 
 class BaselineModel(_LocalModel):
     """`_LocalModel` with the decode loop it had before the engine: same batching, same rows."""
 
     def __init__(self, cfg: LLMConfig, cache_dir: Path):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.torch = torch
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        path = local_model_dir(cfg.model, cache_dir)
-        t0 = time.perf_counter()
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.dtype = precision.resolve(cfg.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).eval()
+        if cfg.dtype == "int8":
+            raise ValueError("the loop before the engine had no int8")
+        super().__init__(cfg, cache_dir)  # the same tokenizer, weights, stop ids and pad id
+        self.model = self.decoder.model
         self.cache_arg = precision.cache_arg(self.model)
-        self.load_s = time.perf_counter() - t0
-        self.cfg = cfg
-        self.stop_ids = {
-            i for i in (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")) if i is not None
-        }
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.stop_ids))
 
     def _generate(
         self,
