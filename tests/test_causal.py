@@ -12,6 +12,7 @@ import pytest
 
 from workbench import causal, evaluate
 from workbench.config import ConfigError, load_config
+from workbench.llm.decode import end_id
 
 LABELS = ["card_arrival", "card", "exchange_rate"]  # "card" is a prefix of another label on purpose
 
@@ -120,7 +121,7 @@ def test_classify_answers_only_labels_even_with_a_prefix_label(tiny):
 
 def test_label_tokens_match_the_chat_template(tiny):
     _, tok = causal.load(tiny)
-    trie = causal.LabelTrie(tok, LABELS, causal._end_id(tok))
+    trie = causal.LabelTrie(tok, LABELS, end_id(tok))
     for label in LABELS:
         ids = tok.apply_chat_template(
             [{"role": "user", "content": "x"}, {"role": "assistant", "content": label}], tokenize=True

@@ -43,7 +43,7 @@ from workbench import precision
 from workbench.config import ConfigError, RunConfig, TrainConfig
 from workbench.export import system_prompt as with_labels
 from workbench.files import replace_dir, write_atomic
-from workbench.llm.decode import Decoder
+from workbench.llm.decode import Decoder, end_id
 
 log = logging.getLogger(__name__)
 
@@ -310,11 +310,6 @@ def _forced(node: dict) -> str | None:
     return node[None]
 
 
-def _end_id(tok) -> int:
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    return end if isinstance(end, int) and end != tok.unk_token_id else tok.eos_token_id
-
-
 def _encode(tok, messages: list[dict]) -> list[int]:
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
@@ -322,29 +317,18 @@ def _encode(tok, messages: list[dict]) -> list[int]:
     return list(ids)
 
 
-def decoder(path: str | Path, dtype: str = "auto"):
-    """(Decoder, tokenizer) for the model folder `path` in `dtype` (`precision.resolve`): the one
-    decode loop every causal model is scored with."""
-    import torch  # torch loads in seconds: only where a model runs
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # torch loads in seconds: only where a model runs
-
-    got = precision.resolve(dtype)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, precision.load_dtype(got)))
-    return _as_decoder(model, tok, got == "int8"), tok
-
-
-def _as_decoder(model, tok, int8: bool = False) -> Decoder:
+def _as_decoder(model, tok) -> Decoder:
+    """`model` itself when it is a `Decoder` (`llm.decode.load`), else one over it (float)."""
     if isinstance(model, Decoder):
         return model
-    return Decoder(model, tok.pad_token_id if tok.pad_token_id is not None else _end_id(tok), int8=int8)
+    return Decoder(model, tok.pad_token_id if tok.pad_token_id is not None else end_id(tok))
 
 
 def classify(model, tok, texts: list[str], labels: list[str], system: str, batch_size: int = 32) -> np.ndarray:
     """The label each text gets: greedy decoding constrained to the label set (always a valid label).
     `model` is a transformers model or a `Decoder`; the prompt every text shares (chat template,
     system message, label list) is read once."""
-    trie = LabelTrie(tok, labels, _end_id(tok))
+    trie = LabelTrie(tok, labels, end_id(tok))
     nodes: list[Any] = [trie.root] * len(texts)
     got: list[Any] = [None] * len(texts)
 
@@ -370,7 +354,7 @@ def classify(model, tok, texts: list[str], labels: list[str], system: str, batch
 
 def answers(model, tok, texts: list[str], max_new: int, batch_size: int = 32) -> list[str]:
     """Free greedy replies to each text sent as a plain user message (no system message)."""
-    end = {_end_id(tok), tok.eos_token_id}
+    end = {end_id(tok), tok.eos_token_id}
     got: list[list[int]] = [[] for _ in texts]
 
     def pick(step: int, rows: list[int], logits) -> list[int | None]:

@@ -25,7 +25,7 @@ from workbench.config import RunConfig
 from workbench.data import describe_label
 from workbench.embed import embed
 from workbench.gates import ShingleIndex
-from workbench.llm import Request
+from workbench.llm import Request, decode
 from workbench.train import Probe
 
 ZERO_SHOT = "probe: zero-shot"
@@ -135,7 +135,7 @@ def score_causal(
     bs = cfg.evaluate.batch_size
     for name, path in ({CAUSAL_ZERO_SHOT: base} | {f"causal: {k}": v for k, v in models.items()}).items():
         t0 = time.perf_counter()
-        model, tok = causal.decoder(path, cfg.evaluate.dtype)
+        model, tok = decode.load(path, cfg.evaluate.dtype)
         system = causal.system_prompt(cfg, labels if name == CAUSAL_ZERO_SHOT else None)
         preds[name] = causal.classify(model, tok, list(test["text"]), labels, system, bs)
         if len(harmful):

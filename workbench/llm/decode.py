@@ -52,6 +52,26 @@ PREFILL_TOKENS = 1024
 Pick = Callable[[int, list[int], Any], list[int | None]]
 
 
+def end_id(tok) -> int:
+    """The token that ends a chat message: `<|im_end|>` where the tokenizer knows it, else EOS."""
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    return end if isinstance(end, int) and end != tok.unk_token_id else tok.eos_token_id
+
+
+def load(path, dtype: str = "auto") -> tuple[Decoder, Any]:
+    """(Decoder, tokenizer) for the model folder `path` in `dtype` (`precision.resolve`; int8 loads
+    float32 weights and quantizes the decoding steps). Padding is the tokenizer's pad token, else
+    end of message."""
+    import torch  # torch loads in seconds: only where a model runs
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # torch loads in seconds: only where a model runs
+
+    got = precision.resolve(dtype)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, precision.load_dtype(got)))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else end_id(tok)
+    return Decoder(model, pad, int8=got == "int8"), tok
+
+
 def quantize(model):
     """A copy of `model` with its linear layers in dynamic int8 (CPU): weights stored as int8,
     activations quantized per call with one scale for the whole input (fbgemm/x86 kernels)."""

@@ -18,7 +18,7 @@ from typing import Any
 from workbench import precision
 from workbench.config import ConfigError, LLMConfig
 from workbench.files import progress
-from workbench.llm.decode import Decoder
+from workbench.llm.decode import load
 from workbench.llm.types import _GGUF_FILE, EMBEDDED_MODEL, Request, _row
 
 log = logging.getLogger(__name__)
@@ -81,22 +81,18 @@ class _LocalModel:
 
     def __init__(self, cfg: LLMConfig, cache_dir: Path):
         import torch  # torch loads in seconds: only where a model runs
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # torch loads in seconds: only where a model runs
 
         self.torch = torch
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         path = local_model_dir(cfg.model, cache_dir)
         t0 = time.perf_counter()
-        self.tok = AutoTokenizer.from_pretrained(path)
         self.dtype = precision.resolve(cfg.dtype)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, precision.load_dtype(self.dtype)))
+        self.decoder, self.tok = load(path, self.dtype)
         self.cfg = cfg
         self.stop_ids = {
             i for i in (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")) if i is not None
         }
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else next(iter(self.stop_ids))
-        self.decoder = Decoder(model, self.pad_id, int8=self.dtype == "int8")
         log.info("embedded model %s in %s, engine %s", cfg.model, precision.why(cfg.dtype), self.decoder.engine)
         self.load_s = time.perf_counter() - t0
 
