@@ -23,6 +23,7 @@ class BaselineModel(_LocalModel):
         super().__init__(cfg, cache_dir)  # the same tokenizer, weights, stop ids and pad id
         self.model = self.decoder.model
         self.cache_arg = precision.cache_arg(self.model)
+        self.pad_id = self.decoder.pad_id
 
     def _generate(
         self,
