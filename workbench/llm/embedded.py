@@ -73,6 +73,7 @@ class _Item:
     finish: str = "length"
     latency: float = 0.0
     first_probs: dict[str, float] | None = None
+    schema: str | None = None  # decode under this JSON schema's grammar (a `strict` request)
 
 
 class _LocalModel:
@@ -90,6 +91,7 @@ class _LocalModel:
         self.dtype = precision.resolve(cfg.dtype)
         self.decoder, self.tok = load(path, self.dtype)
         self.cfg = cfg
+        self._grammar: Any = None  # the llguidance tokenizer and compiled schemas, made at the first strict request
         self.stop_ids = {
             i for i in (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>")) if i is not None
         }
@@ -110,7 +112,8 @@ class _LocalModel:
         for j, r in enumerate(reqs):
             if r.messages not in ids_of:
                 ids_of[r.messages] = self._prompt_ids(r)
-            items += [_Item(j, i, r.seed + i, ids_of[r.messages]) for i in range(r.n)]
+            schema = r.schema if r.strict else None
+            items += [_Item(j, i, r.seed + i, ids_of[r.messages], schema=schema) for i in range(r.n)]
         # group by sampling parameters, then by length, so batches pad little
         items.sort(key=lambda it: (_params(reqs[it.req_index]), len(it.ids)))
         batches, start, bs = [], 0, self.cfg.batch_size
@@ -231,6 +234,7 @@ class _LocalModel:
         amap = self._allowed(first_tokens) if first_tokens else {}
         first = torch.tensor(sorted(set(amap.values()))) if amap else None
         ttft = 0.0
+        grammar = self._grammars(batch) if any(it.schema for it in batch) else None
 
         def pick(step: int, rows: list[int], logits: Any) -> list[int | None]:
             nonlocal ttft
@@ -245,6 +249,8 @@ class _LocalModel:
                 masks = [allow(batch[b], step) for b in rows]
                 if any(m is not None for m in masks):
                     logits = _only(logits, [None if m is None else torch.tensor(list(m)) for m in masks])
+            if grammar is not None:
+                logits = grammar.mask(step, rows, logits, max_tokens)
             toks = _sample(logits, temperature, top_p, [gens[b] for b in rows])
             now = time.perf_counter() - t0
             if step == 0:
@@ -257,6 +263,9 @@ class _LocalModel:
                     out.append(None)
                     continue
                 it.out.append(t)
+                if grammar is not None and grammar.consume(b, t):
+                    out.append(t)  # the answer is still open: it may run past max_tokens to close
+                    continue
                 if len(it.out) >= max_tokens:
                     it.finish, it.latency = "length", now
                     out.append(None)
@@ -268,8 +277,74 @@ class _LocalModel:
             if on_step is not None:
                 on_step(1 - active / len(batch) * (1 - (step + 1) / max_tokens))
 
-        self.decoder.decode([it.ids for it in batch], max_tokens, pick, on_step=progress_)
+        budget = max_tokens + (_Grammar.CLOSE_TOKENS if grammar is not None else 0)
+        self.decoder.decode([it.ids for it in batch], budget, pick, on_step=progress_)
         return ttft
+
+    def _grammars(self, batch: list[_Item]) -> _Grammar:
+        if self._grammar is None:
+            self._grammar = _Grammar.tokenizer(self.tok, self.decoder.model.config.vocab_size)
+        return _Grammar(self._grammar, [it.schema for it in batch])
+
+
+class _Grammar:
+    """Schema-constrained decoding with llguidance (chosen over outlines-core and xgrammar by
+    measuring them in this loop: benchmarks/README.md): a matcher per row masks every token that
+    would break the row's JSON schema, so the answer always parses. A row still open at
+    `max_tokens` goes on for at most CLOSE_TOKENS tokens in which only tokens that close a string
+    or an object are allowed (where the grammar allows one)."""
+
+    CLOSE_TOKENS = 32
+
+    def __init__(self, shared: dict, schemas: list[str | None]):
+        import llguidance  # only a strict request needs the grammar engine
+        import llguidance.torch as lt  # only a strict request needs the grammar engine
+
+        self.lt, self.shared = lt, shared
+        compiled = shared["compiled"]
+        for s in schemas:
+            if s is not None and s not in compiled:
+                compiled[s] = llguidance.LLMatcher.grammar_from_json_schema(s, defaults={"whitespace_flexible": False})
+        self.matchers = [None if s is None else llguidance.LLMatcher(shared["tokenizer"], compiled[s]) for s in schemas]
+        self.bits = lt.allocate_token_bitmask(len(schemas), shared["tokenizer"].vocab_size)
+
+    @staticmethod
+    def tokenizer(tok: Any, vocab_size: int) -> dict:
+        """The llguidance view of `tok` and the tokens that close a string or an object."""
+        import llguidance.hf  # only a strict request needs the grammar engine
+        import torch  # torch loads in seconds: only where a model runs
+
+        closing = [i for t, i in tok.get_vocab().items() if i < vocab_size and any(c in t for c in '"}')]
+        close = torch.zeros(vocab_size, dtype=torch.bool)
+        close[closing] = True
+        return {"tokenizer": llguidance.hf.from_tokenizer(tok, n_vocab=vocab_size), "compiled": {}, "close": close}
+
+    def mask(self, step: int, rows: list[int], logits: Any, max_tokens: int) -> Any:
+        import torch  # torch loads in seconds: only where a model runs
+
+        live = [k for k, b in enumerate(rows) if self.matchers[b] is not None]
+        if not live:
+            return logits
+        logits = logits.float().clone()
+        for k in live:
+            self.lt.fill_next_token_bitmask(self.matchers[rows[k]], self.bits, k)
+        sel = torch.tensor(live)
+        part = logits[sel]
+        self.lt.apply_token_bitmask_inplace(part, self.bits[: len(rows)][sel])
+        if step >= max_tokens:  # over budget: close what is open where the grammar allows it
+            closing = part.masked_fill(~self.shared["close"][: part.shape[-1]], float("-inf"))
+            some = torch.isfinite(closing).any(-1, keepdim=True)
+            part = torch.where(some, closing, part)
+        logits[sel] = part
+        return logits
+
+    def consume(self, b: int, token: int) -> bool:
+        """Feed `token` to row b's matcher; True while the row must go on to close its answer."""
+        m = self.matchers[b]
+        if m is None:
+            return False
+        m.consume_token(token)
+        return not m.is_stopped() and not m.is_accepting()
 
 
 def _only(logits: Any, allowed: list) -> Any:

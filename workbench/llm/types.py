@@ -27,6 +27,10 @@ class Request:
     # The embedded model's first token is drawn only from these strings' first tokens (e.g. "1".."5"),
     # so a rating or a choice always parses; endpoints get `schema` instead and ignore this.
     first_tokens: tuple[str, ...] | None = None
+    # the reply must validate against `schema`: the embedded model decodes under the schema's
+    # grammar (llguidance masks every token that would break it); endpoints get `schema` as their
+    # response_format either way (sent non-strict: OpenAI's strict mode refuses optional properties)
+    strict: bool = False
 
     @staticmethod
     def chat(system: str | None, user: str, **kw: Any) -> Request:
@@ -63,7 +67,7 @@ def cache_key(provider: str, model: str, req: Request) -> str:
     payload = {}
     for k in _KEY_FIELDS:
         v = provider if k == "provider" else model if k == "model" else getattr(req, k)
-        if not (v is None and k in ("schema", "first_tokens")):
+        if not ((v is None and k in ("schema", "first_tokens")) or (v is False and k == "strict")):
             payload[k] = v
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
