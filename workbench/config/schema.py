@@ -216,6 +216,13 @@ class DiversityConfig(_Section):
         le=1,
         description="Proportion of inputs that ask for something the assistant must refuse (marked refusal=True).",
     )
+    no_tool_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Tool tasks: extra inputs, as a proportion of the tool rows, that no tool serves (the answer "
+        "is tool none).",
+    )
 
     @field_validator("personas", "tones", "entities")
     @classmethod

@@ -5,6 +5,7 @@ ConfigError and the section base class live here, at the bottom of the config pa
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,7 +20,7 @@ class _Section(BaseModel):
 
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-TASK_TYPES = ("classification", "extraction", "summarization", "dialogue")
+TASK_TYPES = ("classification", "extraction", "tools", "summarization", "dialogue")
 
 # What a row is and how it is evaluated, per task type. Shown by `workbench check`, written into
 # drafted configs and shown in 00_task, so a reader knows what the data will look like.
@@ -36,6 +37,11 @@ ROW_SCHEMA: dict[str, dict[str, str]] = {
         "row": "input: str (a document or message); target: object with task.fields (name: typed value)",
         "evaluated": "exact match of the whole object and per-field F1 on held-out rows",
     },
+    "tools": {
+        "row": "input: str (a request); target: {tool: one of task.tools or none, arguments: {name: value}}",
+        "evaluated": "tool accuracy, slot precision/recall/F1 (micro and per argument) and exact match on the "
+        "real test split",
+    },
     "summarization": {
         "row": "input: str (a document); target: str (a summary of at most task.summary_max_words words)",
         "evaluated": "ROUGE-L against reference summaries and judge win-rate against the base model",
@@ -50,6 +56,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("accuracy", "macro_f1", "per_label", "confused_pairs"),
     "classification/multi_label": ("subset_accuracy", "micro_f1", "macro_f1"),
     "extraction": ("exact_match", "field_f1"),
+    "tools": ("tool_accuracy", "slot_f1", "exact_match"),
     "summarization": ("rouge_l", "judge_win_rate"),
     "dialogue": ("judge_win_rate", "tool_call_accuracy"),
 }
@@ -60,6 +67,7 @@ SAMPLING: dict[tuple[str, str], tuple[float, float, str]] = {
     ("prompts", "*"): (0.9, 0.95, "inputs must vary in wording: creative range 0.7-1.0"),
     ("responses", "classification"): (0.2, 0.9, "a label is a fixed answer: deterministic range 0.1-0.3"),
     ("responses", "extraction"): (0.1, 0.9, "field values must be copied exactly: deterministic range 0.1-0.3"),
+    ("responses", "tools"): (0.2, 0.9, "tool calls need exact names and arguments: deterministic 0.1-0.3"),
     ("responses", "summarization"): (0.3, 0.9, "a summary must stay faithful to its source: deterministic 0.1-0.3"),
     ("responses", "dialogue"): (0.7, 0.95, "conversation benefits from varied replies: creative range 0.7-1.0"),
     ("responses", "dialogue/tools"): (0.2, 0.9, "tool calls need exact names and arguments: deterministic 0.1-0.3"),
@@ -97,12 +105,34 @@ class FieldSpec(_Section):
     required: bool = Field(True, description="Whether every row must have a value for it.")
 
 
+class ParamSpec(_Section):
+    type: Literal["string", "integer", "number", "boolean"] = Field("string", description="The argument's type.")
+    description: str = Field("", description="One line: what the argument holds (shown to generator and judge).")
+    values: list[str] = Field([], description="Known values, shown to the generator as suggestions; [] = none.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+
 class ToolSpec(_Section):
     name: str = Field(pattern=_NAME, description="Function name the assistant calls.")
     description: str = Field(min_length=1, description="When the assistant should call it.")
-    parameters: dict[str, Literal["string", "integer", "number", "boolean"]] = Field(
-        {}, description="Argument name → type."
+    parameters: dict[str, ParamSpec] = Field(
+        {}, description="Argument name → type, or → {type, description, values}; every argument is optional."
     )
+
+    @field_validator("parameters")
+    @classmethod
+    def _param_names(cls, v):
+        bad = [k for k in v if not re.match(_NAME, k)]
+        if bad:
+            raise ValueError(f"argument names must be identifiers (letters, digits, _); got {bad}")
+        return v
+
+    def types(self) -> dict[str, str]:
+        return {k: p.type for k, p in self.parameters.items()}
 
 
 class Share(_Section):
@@ -130,7 +160,7 @@ class TaskConfig(_Section):
         max_length=100,
         description="Short name; runs go to runs/<name>/.",
     )
-    type: Literal["classification", "extraction", "summarization", "dialogue"] = Field(
+    type: Literal["classification", "extraction", "tools", "summarization", "dialogue"] = Field(
         "classification", description="Task type; ROW_SCHEMA in workbench/config/task.py says what a row is per type."
     )
     multi_label: bool = Field(False, description="Classification only: a row may carry several labels.")
@@ -149,7 +179,7 @@ class TaskConfig(_Section):
     )
     fields: list[FieldSpec] = Field([], description="Extraction: the fields to extract, with types.")
     summary_max_words: int = Field(60, ge=5, le=2000, description="Summarization: longest acceptable summary.")
-    tools: list[ToolSpec] = Field([], description="Dialogue: tools the assistant may call.")
+    tools: list[ToolSpec] = Field([], description="Tools (and dialogue): the tools a request may call.")
     max_turns: int = Field(4, ge=1, le=50, description="Dialogue: most user turns per conversation.")
     edge_cases: list[str] = Field([], description="Situations the data must include (see diversity.edge_case_share).")
 
@@ -174,6 +204,8 @@ class TaskConfig(_Section):
     def _by_type(self):
         if self.type == "extraction" and not self.fields:
             raise ValueError("type extraction needs task.fields: at least one field to extract")
+        if self.type == "tools" and not self.tools:
+            raise ValueError("type tools needs task.tools: at least one tool with its parameters")
         if self.multi_label and self.type != "classification":
             raise ValueError(f"multi_label applies to classification, not {self.type}")
         if self.type == "classification" and self.labels is not None and len(self.labels) < 2:
@@ -207,6 +239,12 @@ class DataConfig(_Section):
         min_length=1,
         description="The label column of the dataset and seeds file; null = 'label', else 'category', else the "
         "one column besides text (and id).",
+    )
+    subset: str | None = Field(
+        None,
+        min_length=1,
+        description="Structured datasets (extraction, tools): only the rows of this tool, e.g. a SNIPS intent; "
+        "null = every row.",
     )
     seeds_per_label: int = Field(3, ge=1, le=50, description="Real rows per label shown to the generator.")
     dev_per_label: int = Field(
