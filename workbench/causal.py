@@ -216,9 +216,11 @@ def fit(
     cfg: RunConfig,
     out: Path,
     labels: list[str] | None = None,
+    reward_funcs: list | None = None,
 ) -> dict:
     """Train one method from the model folder `base`; write adapter/, merged/ and curve.json under
-    `out`. Returns train_rows, train_seconds, steps and the paths."""
+    `out`. GRPO's rewards are `reward_funcs` where given (a task module's), else classification's
+    for `labels`. Returns train_rows, train_seconds, steps and the paths."""
     import torch  # torch loads in seconds: only where a model runs
     from trl import DPOTrainer, GRPOTrainer, SFTTrainer  # trl (and torch) only where a model trains
 
@@ -235,9 +237,9 @@ def fit(
         ref, _ = load(base)  # the explicit reference: the model DPO starts from, frozen
         trainer = DPOTrainer(model=model, ref_model=ref, **kw)
     elif method == "grpo":
-        if labels is None:
-            raise ValueError("grpo needs the label set for its reward")
-        trainer = GRPOTrainer(model=model, reward_funcs=rewards(labels), **kw)
+        if labels is None and reward_funcs is None:
+            raise ValueError("grpo needs the label set or reward functions for its reward")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards(labels), **kw)
     else:
         raise ValueError(f"unknown method {method!r}; expected sft, dpo or grpo")
     t0 = time.perf_counter()

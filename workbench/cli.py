@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from workbench import data, init, plan
+from workbench import data, init, plan, tasks
 from workbench.causal import check_args
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
 from workbench.driver import execute, iterate, validate_stages
@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, doc = load_config(args.config, args.set)
             sys.stdout.write(dump_config(cfg, doc))
             try:  # the data the config names: a config that would fail at once is no valid config
-                data.labels(cfg)
-                if cfg.data.seeds_file or cfg.data.dataset:
-                    data.seeds(cfg)
+                tasks.of(cfg).check_data(cfg)
             except ConfigError as e:
                 print(f"workbench: error: {e}", file=sys.stderr)
                 return 2
@@ -165,9 +163,7 @@ def preflight(cfg: RunConfig) -> None:
         f"WORKBENCH_CACHE={os.environ['WORKBENCH_CACHE']}" if os.environ.get("WORKBENCH_CACHE") else "the cache folder"
     )
     check_writable(cache_dir(), where)
-    data.labels(cfg)
-    if cfg.data.seeds_file or cfg.data.dataset:
-        data.seeds(cfg)
+    tasks.of(cfg).check_data(cfg)
     if cfg.llm.provider == "openai":
         endpoint(cfg.llm)
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.config import ConfigError
+from workbench.data import dataset_dir
 
 log = logging.getLogger(__name__)
 
@@ -178,26 +179,31 @@ JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boo
 MAX_VALUE_CHARS = 60  # a value is a span of a short message: the grammar stops a runaway string here
 
 
-def _params_schema(params: dict[str, str]) -> dict:
+def _params_schema(params: dict[str, str], required: list[str] = ()) -> dict:
     props = {}
     for name, typ in params.items():
         p: dict[str, Any] = {"type": JSON_TYPES.get(typ, "string")}
         if p["type"] == "string":
-            p["maxLength"] = MAX_VALUE_CHARS
+            p["minLength"], p["maxLength"] = 1, MAX_VALUE_CHARS  # an argument left out is absent, not ""
             if typ == "date":
                 p["pattern"] = r"^\d{4}-\d{2}-\d{2}$"
         props[name] = p
-    return {"type": "object", "properties": props, "additionalProperties": False}
+    out = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = list(required)
+    return out
 
 
-def answer_schema(tools: dict[str, dict[str, str]], with_tool: bool = True, no_tool: bool = False) -> dict:
+def answer_schema(
+    tools: dict[str, dict[str, str]], with_tool: bool = True, no_tool: bool = False, required: list[str] = ()
+) -> dict:
     """The JSON schema of an answer: `{"tool": name, "arguments": {...}}`, one branch per tool
     (each with its own arguments, all optional: a message gives some), plus `{"tool": "none",
     "arguments": {}}` when `no_tool`; or, `with_tool` False (extraction), the one tool's arguments
-    object alone."""
+    object alone, with the `required` fields."""
     if not with_tool:
         (params,) = tools.values()
-        return _params_schema(params)
+        return _params_schema(params, required)
     branches = [
         {
             "type": "object",
@@ -333,3 +339,61 @@ def per_slot(gold: list[dict], pred: list[dict | None]) -> pd.DataFrame:
         p, r, f = _f1(np.array([tp, fp, fn], dtype=float))
         rows.append({"slot": slot, "precision": p, "recall": r, "f1": f, "support": tp + fn})
     return pd.DataFrame(rows, columns=["slot", "precision", "recall", "f1", "support"])
+
+
+# ---------------------------------------------------------------- a run's real rows
+
+
+def _split(cfg, split: str) -> pd.DataFrame:
+    rows = read_split(dataset_dir(cfg), split)
+    if cfg.data.subset is not None:
+        known = sorted(rows["tool"].unique())
+        if cfg.data.subset not in known:
+            raise ConfigError(
+                f"data.subset: no tool {cfg.data.subset!r} in data.dataset {cfg.data.dataset!r}; it has {known}"
+            )
+        rows = rows[rows["tool"] == cfg.data.subset]
+    if cfg.task.type == "tools":
+        names = {t.name for t in cfg.task.tools} | {NO_TOOL}
+        rows = rows[rows["tool"].isin(names)]
+    else:  # extraction: one schema, named as tools_of names it
+        rows = rows.assign(tool=next(iter(tools_of(cfg))))
+    return rows.drop(columns="line").reset_index(drop=True)
+
+
+def train_samples(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeds (`data.seeds_per_label` real train rows per tool) and dev (`data.dev_per_label` more,
+    disjoint), chosen with `data.seed`."""
+    d = cfg.data
+    shuffled = _split(cfg, "train").sample(frac=1.0, random_state=d.seed)
+    rank = shuffled.groupby("tool").cumcount()
+    seeds = shuffled[rank < d.seeds_per_label]
+    dev = shuffled[(rank >= d.seeds_per_label) & (rank < d.seeds_per_label + d.dev_per_label)]
+    return (
+        seeds.sort_values(["tool", "id"]).reset_index(drop=True),
+        dev.sort_values(["tool", "id"]).reset_index(drop=True),
+    )
+
+
+def test_rows(cfg) -> pd.DataFrame:
+    """The real test split (at most `data.test_per_label` rows per tool): 06 only."""
+    rows = _split(cfg, "test")
+    if cfg.data.test_per_label is not None:
+        rows = rows.sample(frac=1.0, random_state=cfg.data.seed).groupby("tool").head(cfg.data.test_per_label)
+    return rows.sort_values(["tool", "id"]).reset_index(drop=True)
+
+
+def reference_rows(cfg, n: int | None) -> pd.DataFrame:
+    """Real train rows for reference students: `n` per tool (a seeded sample), or all."""
+    rows = _split(cfg, "train").sample(frac=1.0, random_state=cfg.data.seed)
+    if n is not None:
+        rows = rows.groupby("tool").head(n)
+    return rows.sort_values(["tool", "id"]).reset_index(drop=True)
+
+
+def tools_of(cfg) -> dict[str, dict[str, str]]:
+    """Tool name → argument name → type: the config's tools, or for extraction its one schema."""
+    if cfg.task.type == "extraction":
+        name = cfg.data.subset or cfg.task.name
+        return {name: {f.name: ("string" if f.type == "list" else f.type) for f in cfg.task.fields}}
+    return {t.name: t.types() for t in cfg.task.tools}

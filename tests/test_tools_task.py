@@ -1,0 +1,186 @@
+"""The tools task type (tool calls and extraction) on the task seam: its configs and real rows,
+answer-first generation and its gates, 03's verifiable checks (a planted wrong argument is
+rejected), the GRPO rewards, the failure signatures, and the MiniLM tagger student on real SNIPS
+rows."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scripted_llm import ScriptedLLM
+
+from workbench import structured, tagger, tasks
+from workbench.config import ConfigError, RunConfig, load_config
+from workbench.config.task import ParamSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cfg() -> RunConfig:
+    return load_config(ROOT / "configs" / "snips-tools.yaml")[0]
+
+
+def test_the_configs_read_the_snips_rows_through_the_seam(cfg):
+    t = tasks.of(cfg)
+    assert t is tasks.tools and tasks.of(RunConfig()) is tasks.classification
+    assert t.labels(cfg) == sorted(t.labels(cfg)) and len(t.labels(cfg)) == 7
+    seeds, test = t.seeds(cfg), t.test(cfg)
+    assert seeds.groupby("tool").size().tolist() == [3] * 7 and len(test) == 700
+    assert set(t.dev(cfg)["id"]).isdisjoint(seeds["id"])
+    t.check_data(cfg)
+    ex = load_config(ROOT / "configs" / "snips-extract.yaml")[0]
+    assert tasks.of(ex) is tasks.tools and len(tasks.tools.test(ex)) == 100
+    assert set(tasks.tools.test(ex)["tool"]) == {"BookRestaurant"}
+    schema = tasks.tools.schema(ex)
+    assert "tool" not in schema["properties"] and "party_size_number" in schema["properties"]
+
+
+def test_an_argument_the_config_does_not_declare_is_an_error(cfg):
+    tools = [t.model_dump() for t in cfg.task.tools]
+    del tools[1]["parameters"]["party_size_number"]
+    smaller = cfg.model_copy(
+        update={"task": cfg.task.model_copy(update={"tools": [type(cfg.task.tools[0])(**t) for t in tools]})}
+    )
+    with pytest.raises(ConfigError, match=r"BookRestaurant.*party_size_number"):
+        tasks.tools.check_data(smaller)
+    with pytest.raises(ValueError, match="type tools needs task.tools"):
+        RunConfig(task={"type": "tools", "name": "x"})
+    assert ParamSpec.model_validate("integer").type == "integer"
+
+
+def test_drafts_swap_values_and_the_input_gate_names_what_is_wrong():
+    tpl = pd.Series({"text": "Book a table in Paris for 4", "arguments": {"city": "Paris", "party_size_number": "4"}})
+    assert tasks.tools.draft(tpl, {"city": "Oslo", "party_size_number": "two"}) == "Book a table in Oslo for two"
+    shown = pd.DataFrame({"arguments": [tpl["arguments"]]})
+    check = tasks.tools.check_input
+    assert check("A table in Oslo for two, please", {"city": "Oslo", "party_size_number": "two"}, shown) is None
+    assert check("A table in Oslo please", {"city": "Oslo", "party_size_number": "two"}, shown) == "value_missing"
+    assert check("A table in Oslo or Paris", {"city": "Oslo"}, shown) == "value_unintended"
+    assert check('Rewrite "Oslo" exactly as written', {"city": "Oslo"}, shown) == "echoes_instructions"
+    assert tasks.tools.clean_message("Request: play some jazz") == "play some jazz"
+    parse = tasks.tools.parse_suggestions
+    assert parse("1. Lisbon\n- New York\n$5.81\nA\nThe city is nice: yes", ["Paris"]) == ["Lisbon", "New York"]
+    assert parse("6\nten\n7", ["5", "6"]) == ["6", "7"]
+
+
+def _scripted(tmp_path, message_for):
+    """Suggestions get two values; a message request gets `message_for(draft, round)`."""
+
+    def reply(req, k):
+        user = req.messages[-1][1]
+        if user.startswith("List "):
+            return "Lisbon\nMadrid"
+        m = re.search(r"Request: (.*)", user)
+        return message_for(m.group(1) if m else None, k)
+
+    return ScriptedLLM(reply, tmp_path)
+
+
+def test_answer_first_generation_keeps_messages_with_their_values_and_retries_the_rest(cfg, tmp_path):
+    small = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rows_per_label": 2})})
+    seeds = tasks.tools.seeds(small)
+    calls = {"n": 0}
+
+    def message(draft, k):  # every other message of round 1 drops its values; later rounds copy the draft
+        calls["n"] += 1
+        if draft is None:
+            return "Set a timer for ten minutes."
+        return draft if calls["n"] % 2 == 0 or k > 40 else "Could you do the usual thing?"
+
+    rows = tasks.tools.generate_inputs(small, seeds, _scripted(tmp_path, message))
+    first = rows[rows["round"] == 0]
+    assert len(first) == 14 + round(14 * small.diversity.no_tool_share)
+    assert (first["reject_reason"] == "value_missing").any() and first["keep"].any()
+    retried = set(rows.loc[rows["round"] == 1, "cell"])
+    assert retried == set(first.loc[~first["keep"], "cell"])  # only the failed cells go again
+    for r in rows[rows["keep"]].itertuples():
+        assert not structured.missing_values(r.text, r.arguments)
+        if r.tool != structured.NO_TOOL:
+            assert set(r.arguments) == set(seeds.set_index("id").loc[r.template, "arguments"])
+    assert (rows.loc[rows["tool"] == structured.NO_TOOL, "arguments"].map(len) == 0).all()
+
+
+def test_03_rejects_a_planted_wrong_argument_and_pairs_the_worst_candidate(cfg):
+    t = tasks.tools
+    rows = pd.DataFrame(
+        [
+            {"id": "a", "text": "play jazz by Miles Davis on Spotify", "tool": "PlayMusic",
+             "arguments": {"genre": "jazz", "artist": "Miles Davis", "service": "Spotify"}, "reject_reason": None},
+            # planted: a value the message does not contain
+            {"id": "b", "text": "play jazz by Miles Davis", "tool": "PlayMusic",
+             "arguments": {"genre": "jazz", "artist": "John Coltrane"}, "reject_reason": None},
+            # planted: an argument PlayMusic does not have
+            {"id": "c", "text": "play jazz in Paris", "tool": "PlayMusic",
+             "arguments": {"genre": "jazz", "city": "Paris"}, "reject_reason": None},
+        ]
+    ).assign(keep=True)  # fmt: skip
+    good = '{"tool":"PlayMusic","arguments":{"genre":"jazz","artist":"Miles Davis","service":"Spotify"}}'
+    wrong = '{"tool":"PlayMusic","arguments":{"genre":"jazz","artist":"Miles","service":"Spotify"}}'
+    intended = {"tool": "PlayMusic", "arguments": rows.loc[0, "arguments"]}
+    checks = [t.check_answer(cfg, rows.loc[0, "text"], intended, raw) for raw in (good, wrong, "not json")]
+    assert checks[0]["reason"] is None and checks[0]["agreement"] == 1.0
+    assert checks[1]["reason"] == "wrong_arguments" and checks[1]["agreement"] < 1.0
+    assert checks[2]["reason"] == "schema_invalid"
+    wrong_tool = t.check_answer(cfg, rows.loc[0, "text"], intended, '{"tool":"GetWeather","arguments":{}}')
+    assert wrong_tool["reason"] == "wrong_tool" and wrong_tool["agreement"] == 0
+    cands = pd.DataFrame(
+        [{"row": "a", "candidate": i, "raw": raw, **c} for i, (raw, c) in enumerate(zip((good, wrong), checks))]
+    )
+    judged = t.judge_rows(cfg, rows, cands).set_index("id")
+    assert judged.loc["a", "keep"] and judged.loc["a", "rejected_answer"] == wrong
+    assert judged.loc["a", "field_agreement"] == {"genre": 1.0, "artist": 0.5, "service": 1.0}
+    assert judged.loc["b", "reject_reason"] == "value_missing" and not judged.loc["b", "keep"]
+    assert judged.loc["c", "reject_reason"] == "answer_invalid"
+    assert json.loads(judged.loc["a", "answer"]) == intended
+
+
+def test_grpo_rewards_are_field_f1_and_schema_validity(cfg):
+    f1, valid = tasks.tools.rewards(cfg)
+    label = '{"tool":"GetWeather","arguments":{"city":"Oslo","timeRange":"tomorrow"}}'
+    done = [
+        [{"role": "assistant", "content": label}],
+        [{"role": "assistant", "content": '{"tool":"GetWeather","arguments":{"city":"Oslo"}}'}],
+        [{"role": "assistant", "content": '{"tool":"PlayMusic","arguments":{}}'}],
+        [{"role": "assistant", "content": "sunny"}],
+    ]
+    assert f1(done, [label] * 4) == pytest.approx([1.0, 2 / 3, 0.0, 0.0])
+    assert valid(done) == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_failures_carry_an_error_signature():
+    gold = pd.DataFrame(
+        {"id": ["1", "2", "3"], "text": ["x", "y", "z"], "tool": ["GetWeather"] * 3,
+         "arguments": [{"city": "Oslo"}, {"city": "Oslo", "timeRange": "now"}, {"city": "Oslo"}]}
+    )  # fmt: skip
+    answers = [
+        {"tool": "GetWeather", "arguments": {"city": "Oslo"}},
+        {"tool": "GetWeather", "arguments": {"city": "Bergen", "country": "Norway"}},
+        {"tool": "PlayMusic", "arguments": {}},
+    ]
+    got = tasks.tools.failures(gold, answers)
+    assert got["signature"].tolist() == ["extra:country missing:timeRange wrong:city", "wrong_tool"]
+
+
+def test_the_tagger_learns_spans_from_real_rows():
+    """The fast student on 20 real train rows per tool, scored on 140 real test rows: it must
+    find the tool and a good share of the argument spans (seconds on a CPU)."""
+    train = structured.read_split(ROOT / "data" / "snips", "train").sample(frac=1, random_state=0)
+    test = structured.read_split(ROOT / "data" / "snips", "test").groupby("tool").head(20)
+    tools = structured.tool_arguments(train)
+    m = tagger.train_tagger(train.groupby("tool").head(20), tools)
+    answers = m.answers(list(test["text"]))
+    s = tasks.tools.score(test, answers, bootstrap=0)
+    assert s["tool_accuracy"] > 0.8 and s["slot_f1"] > 0.3, s
+    for a, text in zip(answers, test["text"]):
+        assert not structured.missing_values(text, a["arguments"])  # spans are the message's own words
+    assert tagger._spans(
+        "play miles davis now", ["O", "B-artist", "I-artist", "B-timeRange"], [(0, 4), (5, 10), (11, 16), (17, 20)]
+    ) == {
+        "artist": "miles davis",
+        "timeRange": "now",
+    }

@@ -1,0 +1,39 @@
+"""Single-label classification: a row is a message and one of `task.labels`; real rows come from
+a CSV dataset (`workbench/data.py`); 06 reports accuracy and macro-F1. The stages' behaviour for
+this type is unchanged by the seam."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from workbench import data
+from workbench.config import RunConfig
+
+ROW_KEY = "label"  # the column real and generated rows are grouped, balanced and stratified by
+
+
+def labels(cfg: RunConfig) -> list[str]:
+    return data.labels(cfg)
+
+
+def seeds(cfg: RunConfig) -> pd.DataFrame:
+    return data.seeds(cfg)
+
+
+def dev(cfg: RunConfig) -> pd.DataFrame:
+    return data.dev_split(cfg)
+
+
+def test(cfg: RunConfig) -> pd.DataFrame:
+    return data.test_split(cfg)
+
+
+def label_counts(cfg: RunConfig) -> dict[str, int]:
+    return data.label_counts(cfg)
+
+
+def check_data(cfg: RunConfig) -> None:
+    """What `check` and a run's preflight read before anything runs: the labels and the seeds."""
+    data.labels(cfg)
+    if cfg.data.seeds_file or cfg.data.dataset:
+        data.seeds(cfg)
