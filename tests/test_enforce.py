@@ -20,6 +20,42 @@ def test_every_field_has_an_enforcer_and_no_entry_is_stale():
     assert set(ENFORCED_BY) <= set(leaf_fields()) | sections
 
 
+# The modules each stage's notebook runs (README: "stage 01: ..."); a field's enforcer must read it in one
+# of them, as an attribute or a key. "runs" is the run layer (it refuses kinds no stage implements).
+STAGE_MODULES = {
+    "00_task": ["pipeline/build.py", "data.py", "tasks/classification.py", "tasks/tools.py", "structured.py", "form.py",
+                "plan.py"],
+    "01_prompts": ["prompts.py", "critique.py", "gates.py", "pipeline/build.py", "config/sampling.py"],
+    "02_responses": ["responses.py", "live.py", "pipeline/build.py"],
+    "03_judge": ["judge.py", "pipeline/build.py"],
+    "04_filter": ["filters.py", "gates.py", "export.py", "quality.py", "pipeline/build.py"],
+    "05_train": ["train.py", "causal.py", "pipeline/learn.py"],
+    "06_evaluate": ["evaluate.py", "pipeline/learn.py", "causal.py", "data.py"],
+    "07_gaps": ["gaps.py", "clusters.py", "pipeline/learn.py", "data.py"],
+    "runs": ["runs.py", "driver.py", "config/enforce.py", "config/task.py"],
+    "every LLM call": ["llm/front.py", "llm/endpoint.py", "llm/embedded.py", "llm/batch.py", "llm/limits.py"],
+}  # fmt: skip
+# a field a stage enforces through what an earlier stage wrote into each row: (field, stage) → the key it reads
+READ_AS = {("diversity.entities", "04_filter"): "entity"}
+
+
+def test_each_enforcer_stage_reads_its_field():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "workbench"
+    text = {st: [(root / m).read_text() for m in mods] for st, mods in STAGE_MODULES.items()}
+    text["every stage"] = [p.read_text() for p in root.rglob("*.py")]
+    missing = []
+    for field, (stages, *_) in ENFORCED_BY.items():
+        for st in (x.strip() for x in stages.split(",")):
+            leaf = READ_AS.get((field, st), field.split(".")[-1])
+            pat = re.compile(rf"\.{leaf}\b|[\"']{leaf}[\"']")
+            if not any(pat.search(t) for t in text[st]):
+                missing.append(f"{field} → {st}")
+    assert missing == [], "fields whose enforcing stage never reads them"
+
+
 @pytest.mark.parametrize(
     ("yaml", "field", "line"),
     [

@@ -86,6 +86,29 @@ def test_each_task_type(tmp_path, description, extra, kind, check):
         check_runnable(cfg)
 
 
+def test_tools_and_fields_are_read_from_a_structured_dataset(tmp_path):
+    """With --dataset, a tools draft lists the dataset's tools and arguments, described by a real
+    request and their common values; an extraction draft takes one tool's arguments as fields."""
+    llm = scripted(tmp_path, [draft_reply(type="tools", name="voice_tools")] * 3)
+    res = init.draft("Call the right tool with its arguments for a voice assistant request", dataset="snips", llm=llm)
+    cfg, _ = load_config(init.write(res, tmp_path / "t.yaml"))
+    assert cfg.task.type == "tools" and len(cfg.task.tools) == 7
+    book = {t.name: t for t in cfg.task.tools}["BookRestaurant"]
+    assert "party_size_number" in book.parameters and book.description.startswith('Requests like "')
+    assert book.parameters["party_size_number"].description.startswith("e.g. ")
+    res = init.draft(
+        "Extract the details of restaurant bookings",
+        dataset="snips",
+        llm=scripted(tmp_path, [draft_reply(type="extraction")] * 3),
+    )
+    cfg, _ = load_config(init.write(res, tmp_path / "e.yaml"))
+    assert cfg.task.type == "extraction" and cfg.data.subset == "GetWeather" and len(cfg.task.fields) == 9
+    with pytest.raises(init.InitError, match="a tools task needs its tools"):
+        init.draft(
+            "Call the right tool for a voice assistant request", llm=scripted(tmp_path, [draft_reply(type="tools")] * 3)
+        )
+
+
 def test_repair_rounds_feed_errors_back_then_succeed(tmp_path):
     llm = scripted(tmp_path, ["Sure! Here is your config.", draft_reply(domain=7), draft_reply()])
     res = init.draft("Classify IT support tickets by urgency", labels="high,low", llm=llm, repair_rounds=2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError
 
+from workbench import structured
 from workbench.config import (
     ROW_SCHEMA,
     ConfigError,
@@ -63,13 +65,13 @@ class Draft(BaseModel):
     """The JSON object the drafting LLM returns."""
 
     name: str = Field(pattern=r"^[a-z0-9_]{3,40}$", description="snake_case task name")
-    type: Literal["classification", "extraction", "summarization", "dialogue"]
+    type: Literal["classification", "extraction", "tools", "summarization", "dialogue"]
     multi_label: bool = False
     domain: str = Field(min_length=3, max_length=120, description="the domain, e.g. 'online banking support'")
     style: str = Field(min_length=5, max_length=300, description="how users write: register, length")
     labels: list[DraftLabel] = Field(min_length=2, max_length=200, description="classification only")
     fields: list[DraftField] = Field(min_length=1, max_length=50, description="extraction only")
-    tools: list[DraftTool] = Field(max_length=20, description="dialogue only")
+    tools: list[DraftTool] = Field(max_length=20, description="tools and dialogue only")
     edge_cases: list[str] = Field(min_length=1, max_length=12, description="hard or unusual inputs to include")
     personas: list[str] = Field(min_length=2, max_length=8, description="who writes the inputs")
     tones: list[str] = Field(min_length=2, max_length=6, description="tones of voice")
@@ -92,9 +94,9 @@ EXAMPLE = {
 SYSTEM = "You write configuration files for a synthetic-data tool. Reply with one JSON object and nothing else."
 USER = (
     "Task description: {description}\n{labels}"
-    "Write the JSON object for this task. Keys: name, type (classification, extraction, summarization or "
-    "dialogue), multi_label, domain, style, labels (name and definition), fields (extraction), tools "
-    "(dialogue), edge_cases, personas, tones.\nExample for another task:\n{example}\nJSON:"
+    "Write the JSON object for this task. Keys: name, type (classification, extraction, tools, summarization "
+    "or dialogue), multi_label, domain, style, labels (name and definition), fields (extraction), tools "
+    "(tools, dialogue), edge_cases, personas, tones.\nExample for another task:\n{example}\nJSON:"
 )
 REPAIR = "These fields of your JSON are invalid:\n{errors}\nReply with the whole JSON object, corrected."
 DEFINE = 'In one sentence, say which {domain} messages belong to the category "{label}". Output only the sentence.'
@@ -113,6 +115,7 @@ DEFAULT_STYLE = "Messages as real users type them: short, plain, sometimes with 
 _TYPE_WORDS = [
     ("extraction", r"\bextract|\bpull out\b|\bparse\b|\bfields?\b"),
     ("summarization", r"\bsummar"),
+    ("tools", r"\bcall (?:the right |a |one )?(?:tool|function)s?\b|\bfunction[- ]call|\bwhich tool\b"),
     ("dialogue", r"\bdialog|\bconversation|\bchat ?bot|\bassistant\b|\btool calls?\b|\bmulti-turn|\breply\b|\brespond"),
     ("classification", r"\bclassif|\bcategori|\blabel|\bintent|\btriage|\broute\b|\brouting|\bdetect|\btag"),
 ]
@@ -192,6 +195,47 @@ def find_dataset(labels: list[str] | None) -> str | None:
             if set(labels) <= known:
                 return d.name
     return None
+
+
+def _structured_rows(dataset: str | None, kind: str):
+    """The train rows of a structured dataset (`--dataset`), for a tools or extraction draft."""
+    if dataset is None or kind not in ("tools", "extraction"):
+        return None
+    p = Path(dataset)
+    folder = p if p.is_absolute() or p.parts[0] in (".", "..") else DATA_DIR / p
+    if not folder.is_dir():
+        raise InitError(
+            f"--dataset: folder {folder} not found; expected train.jsonl and test.jsonl (or the SNIPS files)"
+        )
+    return structured.read_split(folder, "train")
+
+
+def _examples(values) -> str:
+    common = [v for v, _ in Counter(str(x) for x in values).most_common(3)]
+    return "e.g. " + ", ".join(common)
+
+
+def _tools_from(rows) -> list[dict]:
+    """Each tool of the dataset with its arguments, described by a real request of median length and
+    its arguments' most common values (an LLM description would be a guess; these are facts)."""
+    out = []
+    for tool, args in structured.tool_arguments(rows).items():
+        own = rows[rows["tool"] == tool]
+        lengths = own["text"].str.len()
+        typical = own["text"].iloc[int((lengths - lengths.median()).abs().argmin())]  # a request of median length
+        params = {a: {"description": _examples(x[a] for x in own["arguments"] if a in x)} for a in args}
+        out.append({"name": tool, "description": f'Requests like "{typical}"', "parameters": params})
+    return out
+
+
+def _fields_from(rows) -> list[dict]:
+    """The fields of the dataset's (most frequent) tool, described by their most common values."""
+    tool = rows["tool"].value_counts().index[0]
+    own = rows[rows["tool"] == tool]
+    args = structured.tool_arguments(own)[tool]
+    return [
+        {"name": a, "description": _examples(x[a] for x in own["arguments"] if a in x), "required": False} for a in args
+    ]
 
 
 def salvage(text: str) -> dict:
@@ -323,12 +367,27 @@ def draft(
     }
     if kind == "classification":
         task["labels"] = _labels(label_list, good, bad, notes, llm, domain, seed)
-    if kind == "extraction":
+    structured_rows = _structured_rows(dataset, kind)
+    if kind == "extraction" and structured_rows is not None:
+        task["fields"] = _fields_from(structured_rows)
+        notes.append(f"fields: the arguments of data.dataset {dataset!r}, described by example values")
+    elif kind == "extraction":
         task["fields"] = [
             f.model_dump() for f in take("fields", [DraftField(name="value")], "one string field 'value'")
         ]
-    if kind == "dialogue":
-        task["tools"] = [t.model_dump() for t in take("tools", [], "no tools")]
+    if kind == "tools" and structured_rows is not None:
+        task["tools"] = _tools_from(structured_rows)
+        notes.append(
+            f"tools: the tools and arguments of data.dataset {dataset!r}, described by example requests and values"
+        )
+    elif kind in ("dialogue", "tools"):
+        tools = [t.model_dump() for t in take("tools", [], "no tools")]
+        if kind == "tools" and not tools:
+            raise InitError(
+                "a tools task needs its tools: the draft named none; give --dataset (a folder with train.jsonl, or "
+                "snips) to read them from, or write task.tools by hand"
+            )
+        task["tools"] = tools
     edge_cases = take("edge_cases", [], "none")
     task["edge_cases"] = edge_cases
     personas = take("personas", DEFAULT_PERSONAS, str(DEFAULT_PERSONAS))
@@ -338,6 +397,8 @@ def draft(
         f"data.dataset: {dataset!r}"
         + (
             " (its train split has every label)"
+            if dataset and kind == "classification"
+            else " (given)"
             if dataset
             else " — no dataset under data/ has these labels: 05-07 cannot run"
         )
@@ -345,9 +406,15 @@ def draft(
     if kind == "classification" and task["labels"] and seeds is not None:
         _negatives(task["labels"], seeds, llm.cache_dir)
         notes.append("task.labels[].negative: one seed of the most similar other label (MiniLM), as a near miss")
+    data_section: dict[str, Any] = {"dataset": dataset, "seeds_file": str(seeds_file) if seeds_file else None}
+    if kind == "extraction" and structured_rows is not None and structured_rows["tool"].nunique() > 1:
+        data_section["subset"] = structured_rows["tool"].value_counts().index[0]
+        notes.append(
+            f"data.subset: {data_section['subset']!r}, the dataset's most frequent tool, whose arguments are the fields"
+        )
     doc = {
         "task": task,
-        "data": {"dataset": dataset, "seeds_file": str(seeds_file) if seeds_file else None},
+        "data": data_section,
         "diversity": {
             "personas": personas,
             "tones": tones,
@@ -369,7 +436,7 @@ def _needed(bad: dict[str, str], kind: str | None, labels: list[str] | None) -> 
     """Whether a repair round could still help: some field this task type uses is invalid."""
     skip = {"labels"} if labels else set()
     skip |= {"fields"} if kind != "extraction" else set()
-    skip |= {"tools"} if kind != "dialogue" else set()
+    skip |= {"tools"} if kind not in ("dialogue", "tools") else set()
     skip |= {"labels"} if kind not in (None, "classification") else set()
     return any(k not in skip for k in bad)
 

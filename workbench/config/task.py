@@ -226,8 +226,9 @@ class TaskConfig(_Section):
 class DataConfig(_Section):
     dataset: str | None = Field(
         "banking77",
-        description="A folder with train.csv and test.csv (a text column and a label column): a name under data/, "
-        "or a path (relative to this config's folder); null = no real data (stages 05-07 cannot run).",
+        description="A folder with train.csv and test.csv (a text column and a label column; extraction and tools: "
+        "train.jsonl and test.jsonl, or the SNIPS files): a name under data/, or a path (relative to this config's "
+        "folder); null = no real data (stages 05-07 cannot run).",
     )
     seeds_file: str | None = Field(
         None,

@@ -19,6 +19,7 @@ from workbench import (
     plan,
     prompts,
     responses,
+    tasks,
 )
 from workbench.config import ROW_SCHEMA, RunConfig, task_kind
 from workbench.files import cache_dir, write_atomic
@@ -33,7 +34,8 @@ from workbench.tables import funnel_table, reject_counts
 def task(stage: Stage) -> tuple[list[str], pd.DataFrame, dict]:
     """00: the labels and the real seed examples (saved as `seeds`: id, text, label), with their counts."""
     cfg = stage.cfg
-    labels, seeds = data.labels(cfg), data.seeds(cfg)
+    task_type = tasks.of(cfg)
+    labels, seeds = task_type.labels(cfg), task_type.seeds(cfg)
     stage.save(seeds, "seeds")
     summary = {"labels": len(labels), "seeds": len(seeds), "seeds_per_label": cfg.data.seeds_per_label}
     return labels, seeds, summary
