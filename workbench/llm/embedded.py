@@ -267,7 +267,9 @@ class _LocalModel:
                     out.append(t)  # the answer is still open: it may run past max_tokens to close
                     continue
                 if len(it.out) >= max_tokens:
-                    it.finish, it.latency = "length", now
+                    # a strict answer the grammar closed is whole, however long it ran
+                    closed = grammar is not None and grammar.closed(b)
+                    it.finish, it.latency = ("stop" if closed else "length"), now
                     out.append(None)
                     continue
                 out.append(t)
@@ -291,8 +293,8 @@ class _Grammar:
     """Schema-constrained decoding with llguidance (chosen over outlines-core and xgrammar by
     measuring them in this loop: benchmarks/README.md): a matcher per row masks every token that
     would break the row's JSON schema, so the answer always parses. A row still open at
-    `max_tokens` goes on for at most CLOSE_TOKENS tokens in which only tokens that close a string
-    or an object are allowed (where the grammar allows one)."""
+    `max_tokens` goes on for at most CLOSE_TOKENS tokens in which a token that ends an object is
+    taken where the grammar allows one, else one that ends a string."""
 
     CLOSE_TOKENS = 32
 
@@ -314,9 +316,10 @@ class _Grammar:
         import llguidance.hf  # only a strict request needs the grammar engine
         import torch  # torch loads in seconds: only where a model runs
 
-        closing = [i for t, i in tok.get_vocab().items() if i < vocab_size and any(c in t for c in '"}')]
-        close = torch.zeros(vocab_size, dtype=torch.bool)
-        close[closing] = True
+        vocab = [(t, i) for t, i in tok.get_vocab().items() if i < vocab_size]
+        close = torch.zeros(2, vocab_size, dtype=torch.bool)
+        close[0, [i for t, i in vocab if "}" in t]] = True  # first choice: end an object
+        close[1, [i for t, i in vocab if '"' in t and not any(c in t for c in ",:{[")]] = True  # else end a string
         return {"tokenizer": llguidance.hf.from_tokenizer(tok, n_vocab=vocab_size), "compiled": {}, "close": close}
 
     def mask(self, step: int, rows: list[int], logits: Any, max_tokens: int) -> Any:
@@ -332,11 +335,16 @@ class _Grammar:
         part = logits[sel]
         self.lt.apply_token_bitmask_inplace(part, self.bits[: len(rows)][sel])
         if step >= max_tokens:  # over budget: close what is open where the grammar allows it
-            closing = part.masked_fill(~self.shared["close"][: part.shape[-1]], float("-inf"))
-            some = torch.isfinite(closing).any(-1, keepdim=True)
-            part = torch.where(some, closing, part)
+            for close in self.shared["close"].flip(0):  # the object's end wins over the string's
+                closing = part.masked_fill(~close[: part.shape[-1]], float("-inf"))
+                part = torch.where(torch.isfinite(closing).any(-1, keepdim=True), closing, part)
         logits[sel] = part
         return logits
+
+    def closed(self, b: int) -> bool:
+        """Whether row b's answer is complete under its schema."""
+        m = self.matchers[b]
+        return m is not None and m.is_accepting()
 
     def consume(self, b: int, token: int) -> bool:
         """Feed `token` to row b's matcher; True while the row must go on to close its answer."""

@@ -95,9 +95,12 @@ def schema(cfg: RunConfig) -> dict:
     return structured.answer_schema(structured.tools_of(cfg), with_tool=tools, no_tool=tools, required=required)
 
 
-def answer_system(cfg: RunConfig) -> str:
+def answer_system(cfg: RunConfig, brief: bool = False) -> str:
     """The system message asking for an answer: the task, each tool with its one-line description
-    and its arguments' descriptions, and the answer's form."""
+    and its arguments' descriptions, and the answer's form. `brief`: the task and the form only,
+    for a tuned student, which learned the tools (as classification's students learn the labels)."""
+    if brief:
+        return f"{cfg.task.description.strip()} Answer with JSON."
     lines = [cfg.task.description.strip(), ""]
     if cfg.task.type == "tools":
         lines.append("Tools:")
@@ -117,12 +120,18 @@ def answer_system(cfg: RunConfig) -> str:
 
 
 def answer_request(
-    cfg: RunConfig, text: str, seed: int, n: int = 1, temperature: float = 0.0, max_tokens: int = 64
+    cfg: RunConfig,
+    text: str,
+    seed: int,
+    n: int = 1,
+    temperature: float = 0.0,
+    max_tokens: int = 64,
+    brief: bool = False,
 ) -> Request:
     """A strict request for `text`'s answer: endpoints get the schema as response_format, the
     embedded model decodes under its grammar."""
     return Request.chat(
-        answer_system(cfg),
+        answer_system(cfg, brief),
         text,
         temperature=temperature,
         top_p=cfg.responses.top_p or 1.0,
@@ -551,10 +560,15 @@ def _reply(completion) -> str:
 # ---------------------------------------------------------------- 06: a model's answers
 
 
-def llm_answers(cfg: RunConfig, texts: list[str], llm, desc: str) -> tuple[list[dict | None], list[str]]:
-    """A causal model's greedy answers under the schema (the untuned model or a tuned student,
-    as `llm`), parsed; and the raw texts."""
-    reqs = [answer_request(cfg, t, seed=0, temperature=0.0, max_tokens=cfg.responses.max_tokens or 64) for t in texts]
+def llm_answers(
+    cfg: RunConfig, texts: list[str], llm, desc: str, brief: bool = False
+) -> tuple[list[dict | None], list[str]]:
+    """A causal model's greedy answers under the schema (the untuned model, or with `brief` a tuned
+    student, as `llm`), parsed; and the raw texts."""
+    reqs = [
+        answer_request(cfg, t, seed=0, temperature=0.0, max_tokens=cfg.responses.max_tokens or 64, brief=brief)
+        for t in texts
+    ]
     raws = [o[0]["text"] or "" for o in llm.generate(reqs, desc=desc)]
     return [parse(cfg, r)[0] for r in raws], raws
 
