@@ -31,6 +31,21 @@ def test_unknown_section(tmp_path):
         load_config(p)
 
 
+def test_an_unknown_key_inside_a_list_or_dict_of_sections_names_the_valid_ones(tmp_path):
+    # an unquoted comma in a flow mapping splits the description: the error says what a parameter takes
+    p = write(
+        tmp_path,
+        "task:\n  type: tools\n  tools:\n    - name: GetWeather\n      description: the weather\n"
+        "      parameters:\n        city: {description: e.g. Paris, Oslo}\n",
+    )
+    with pytest.raises(ConfigError, match=rf"{p}:7: field 'task.tools.0.parameters.city.Oslo': unknown key; valid keys "
+                       "here: type, description, values"):  # fmt: skip
+        load_config(p)
+    p = write(tmp_path, "task:\n  labels:\n    - name: a\n      defintion: x\n    - b\n")
+    with pytest.raises(ConfigError, match="'task.labels.0.defintion': unknown key; valid keys here: name, definition"):
+        load_config(p)
+
+
 def test_wrong_type_names_value(tmp_path):
     p = write(tmp_path, "task:\n  name: x\nsampling:\n  rows_per_label: lots\n")
     with pytest.raises(ConfigError) as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -47,16 +47,32 @@ def _line_of(doc: Any, loc: tuple) -> int | None:
     return line
 
 
+def _held(ann: Any) -> type[BaseModel] | None:
+    """The model a list, dict or optional annotation holds (list[ToolSpec], dict[str, ParamSpec])."""
+    for a in get_args(ann):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+        inner = _held(a)
+        if inner is not None:
+            return inner
+    return None
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model at `loc`, through lists and dicts of models (task.tools.3.parameters.city)."""
     model: type[BaseModel] = RunConfig
+    pending: type[BaseModel] | None = None  # a container's model: the next key indexes into it
     for key in loc:
+        if pending is not None:
+            model, pending = pending, None
+            continue
         field = model.model_fields.get(key) if isinstance(key, str) else None
         ann = field.annotation if field else None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
-        else:
+        elif (pending := _held(ann)) is None:
             return None
-    return model
+    return None if pending is not None else model
 
 
 def _describe(err: dict, doc: Any, source: str, overrides: dict[tuple, str]) -> str:
