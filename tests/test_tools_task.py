@@ -178,6 +178,8 @@ def test_the_tagger_learns_spans_from_real_rows():
     assert s["tool_accuracy"] > 0.8 and s["slot_f1"] > 0.3, s
     for a, text in zip(answers, test["text"]):
         assert not structured.missing_values(text, a["arguments"])  # spans are the message's own words
+    assert tagger._value_span("a mystery for my list", "my") == (14, 16)  # whole words first
+    assert tagger._value_span("Jazzy", "jazz") == (0, 4) and tagger._value_span("x", "y") is None
     assert tagger._spans(
         "play miles davis now", ["O", "B-artist", "I-artist", "B-timeRange"], [(0, 4), (5, 10), (11, 16), (17, 20)]
     ) == {

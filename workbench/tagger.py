@@ -8,6 +8,7 @@ written. Training is seconds on a CPU: the encoder never changes, only the heads
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,17 @@ def token_vectors(texts: list[str], batch_size: int = 64) -> tuple[list[np.ndarr
 
 
 def _value_span(text: str, value: str) -> tuple[int, int] | None:
-    """Where `value` is in `text` (case-insensitive, first occurrence)."""
-    i = text.lower().find(str(value).lower().strip())
-    return None if i < 0 or not str(value).strip() else (i, i + len(str(value).strip()))
+    """Where `value` is in `text`: its first occurrence as whole words (case-insensitive), else as
+    any substring; None when absent ("my" is a playlist owner in "add it to my list", not the
+    start of "mystery")."""
+    v = str(value).strip()
+    if not v:
+        return None
+    m = re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text, re.I)
+    if m:
+        return m.span()
+    i = text.lower().find(v.lower())
+    return None if i < 0 else (i, i + len(v))
 
 
 def bio_tags(text: str, arguments: dict, offsets: np.ndarray) -> list[str]:
