@@ -11,9 +11,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 
@@ -123,15 +121,6 @@ class Tagger:
             tags = [self.tags[i] for i in np.argmax(v @ self.tag_w + self.tag_b + mask, axis=1)]
             out.append({"tool": tool, "arguments": _spans(text, tags, off)})
         return out
-
-    def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, path)
-        return path
-
-    @staticmethod
-    def load(path: Path) -> Tagger:
-        return joblib.load(path)
 
 
 def _spans(text: str, tags: list[str], offsets: np.ndarray) -> dict[str, str]:
