@@ -147,9 +147,11 @@ def test_grpo_rewards_are_field_f1_and_schema_validity(cfg):
         [{"role": "assistant", "content": '{"tool":"GetWeather","arguments":{"city":"Oslo"}}'}],
         [{"role": "assistant", "content": '{"tool":"PlayMusic","arguments":{}}'}],
         [{"role": "assistant", "content": "sunny"}],
+        # a made-up tool and argument: graded, so a group of such replies still has a direction
+        [{"role": "assistant", "content": '{"tool":"GetWeathr","arguments":{"city":"Oslo","town":"Oslo"}}'}],
     ]
-    assert f1(done, [label] * 4) == pytest.approx([1.0, 2 / 3, 0.0, 0.0])
-    assert valid(done) == [1.0, 1.0, 1.0, 0.0]
+    assert f1(done, [label] * 5) == pytest.approx([1.0, 2 / 3, 0.0, 0.0, 0.5 * 0.5])
+    assert valid(done) == pytest.approx([1.0, 1.0, 1.0, 0.0, 0.5 * 18 / 19])
 
 
 def test_failures_carry_an_error_signature():

@@ -6,6 +6,7 @@ answer is its arguments object alone."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 
@@ -13,11 +14,12 @@ import numpy as np
 import pandas as pd
 
 from workbench import structured
-from workbench.config import ConfigError, RunConfig
+from workbench.config import ConfigError, RunConfig, plan_counts
 from workbench.data import dataset_dir
 from workbench.llm.types import Request, clean_text
 
 ROW_KEY = "tool"
+NOTEBOOKS = "tools"  # notebooks/tools/: the stage notebooks of structured tasks
 
 
 def labels(cfg: RunConfig) -> list[str]:
@@ -216,7 +218,8 @@ def parse_suggestions(
 
 
 def plan_cells(cfg: RunConfig, seeds: pd.DataFrame, rng) -> list[dict]:
-    """The coverage grid, answer first: per tool, `sampling.rows_per_label` cells, each a real
+    """The coverage grid, answer first: per tool, its count under the sampling plan
+    (`config.plan_counts`: rows_per_label or total_rows, class_balance, extra_rows) of cells, each a real
     seed of the tool as template (its arguments are the ones present, cycling through the seeds
     so every combination they show is covered) and a difficulty; plus `diversity.no_tool_share`
     no-tool cells for tool tasks (requests no tool serves: the answer is tool none)."""
@@ -224,9 +227,12 @@ def plan_cells(cfg: RunConfig, seeds: pd.DataFrame, rng) -> list[dict]:
     levels, weights = (list(diff), np.array(list(diff.values()), dtype=float)) if diff else ([None], np.ones(1))
     weights = weights / weights.sum()
     cells = []
-    for name in structured.tools_of(cfg):
+    names = list(structured.tools_of(cfg))
+    proportional = cfg.sampling.class_balance == "proportional"
+    counts = plan_counts(cfg, names, label_counts(cfg) if proportional else None)
+    for name in names:
         own = seeds[seeds["tool"] == name]
-        for i in range(cfg.sampling.rows_per_label or 1):
+        for i in range(counts[name]):
             t = own.iloc[i % len(own)] if len(own) else None
             cells.append(
                 {
@@ -426,6 +432,9 @@ def answer_json(tool: str, arguments: dict, with_tool: bool = True) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+CANDIDATE_META = ("model", "seed", "completion_tokens", "latency_s", "ttft_s", "cached", "error")
+
+
 def candidates(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
     """02: `responses.candidates` answers per kept row, under the schema, each checked against
     the row's intended answer (`check_answer`)."""
@@ -447,7 +456,8 @@ def candidates(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
         intended = {"tool": r.tool, "arguments": r.arguments}
         for c in out:
             chk = check_answer(cfg, r.text, intended, c["text"] or "")
-            recs.append({"row": r.id, "candidate": c["candidate"], "raw": c["text"], **chk})
+            meta = {k: c.get(k) for k in CANDIDATE_META}
+            recs.append({"row": r.id, "candidate": c["candidate"], "raw": c["text"], **chk, **meta})
     return pd.DataFrame(recs)
 
 
@@ -532,23 +542,53 @@ def sft_rows(cfg: RunConfig, train: pd.DataFrame) -> pd.DataFrame:
 
 
 def rewards(cfg: RunConfig) -> list:
-    """GRPO's verifiable rewards: `field_f1` (F1 of the (argument, value) pairs against the
-    intended answer, 0 for a wrong tool) and `schema_valid`."""
+    """GRPO's verifiable rewards, graded so that a group of wrong replies still differs (GRPO learns
+    nothing from a group whose rewards are all equal, and an early student's tool names are often
+    made up): `field_f1`, the F1 of the reply's (argument, value) pairs against the intended
+    answer's, read from any JSON object (an unknown tool or argument too), halved for a wrong tool;
+    `schema_valid`, 1 for a reply that validates under the schema, else for a JSON object half the
+    similarity of its tool name to the nearest known one (extraction: 0.5), else 0."""
+    tools = structured.tools_of(cfg)
+    with_tool = cfg.task.type == "tools"
+    names = [*tools, structured.NO_TOOL]
+
+    def loose(text: str) -> dict | None:
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, TypeError):
+            return None
+        if not isinstance(obj, dict):
+            return None
+        if not with_tool:
+            return {"tool": next(iter(tools)), "arguments": obj}
+        args = obj.get("arguments")
+        return {"tool": str(obj.get("tool") or structured.NO_TOOL), "arguments": args if isinstance(args, dict) else {}}
 
     def field_f1(completions, label, **_) -> list[float]:
         out = []
         for c, lab in zip(completions, label):
-            got, _why = parse(cfg, _reply(c))
-            want, _w = parse(cfg, lab)
-            if got is None or want is None or got["tool"] != want["tool"]:
+            got, (want, _w) = loose(_reply(c)), parse(cfg, lab)
+            if got is None or want is None:
                 out.append(0.0)
                 continue
             tp, fp, fn = structured.row_counts(want, got)
-            out.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+            f1 = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+            out.append(f1 * (1.0 if got["tool"] == want["tool"] else 0.5))
         return out
 
     def schema_valid(completions, **_) -> list[float]:
-        return [float(parse(cfg, _reply(c))[0] is not None) for c in completions]
+        out = []
+        for c in completions:
+            text = _reply(c)
+            if parse(cfg, text)[0] is not None:
+                out.append(1.0)
+            elif (got := loose(text)) is None:
+                out.append(0.0)
+            elif not with_tool:
+                out.append(0.5)
+            else:
+                out.append(0.5 * max(difflib.SequenceMatcher(None, got["tool"], n).ratio() for n in names))
+        return out
 
     return [field_f1, schema_valid]
 
