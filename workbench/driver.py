@@ -17,7 +17,7 @@ from typing import Any
 
 import papermill
 
-from workbench import data, gaps, lineage
+from workbench import gaps, lineage, tasks
 from workbench.config import load_config
 from workbench.files import BATCH_ENV, ROOT, read_json, write_atomic
 from workbench.report import export_html
@@ -56,7 +56,7 @@ def iterate(parent: str | Path, accept: list[str] | None = None, accept_all: boo
         f"# Iteration after {parent.name}: edits {', '.join(ids)} of its 07_gaps patch applied "
         f"(artifacts/config_patch.yaml there says why).\n"
     )
-    text = gaps.apply(parent / "config.yaml", chosen, data.labels(cfg), header)
+    text = gaps.apply(parent / "config.yaml", chosen, tasks.of(cfg).labels(cfg), header)
     tmp = parent.parent / f".{parent.name}.next{os.getpid()}.yaml"
     write_atomic(tmp, text)
     try:
@@ -77,11 +77,17 @@ def notebook_parameters(path: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(path)))
 
 
-def check_notebooks(stages: list[str]) -> None:
+def notebook_dir(cfg) -> Path:
+    """The stage notebooks of the config's task type: notebooks/ (classification), or the
+    subfolder its task module names (notebooks/tools/ for extraction and tool calls)."""
+    return NOTEBOOKS / tasks.of(cfg).NOTEBOOKS
+
+
+def check_notebooks(stages: list[str], folder: Path | None = None) -> None:
     """Refuse to start unless every stage notebook exists and takes exactly `config` and `run_dir`."""
     problems = []
     for s in stages:
-        nb = NOTEBOOKS / f"{s}.ipynb"
+        nb = (folder or NOTEBOOKS) / f"{s}.ipynb"
         if not nb.is_file():
             problems.append(f"{nb}: notebook not found")
             continue
@@ -96,7 +102,7 @@ def check_notebooks(stages: list[str]) -> None:
         raise RunError("stage notebooks are not runnable:\n  " + "\n  ".join(problems))
 
 
-def validate_stages(stages: list[str] | None) -> list[str]:
+def validate_stages(stages: list[str] | None, folder: Path | None = None) -> list[str]:
     """The stages to run, in pipeline order, after checking names and notebooks (None: all)."""
     if stages is not None and not [s for s in stages if s]:
         raise RunError(
@@ -107,7 +113,7 @@ def validate_stages(stages: list[str] | None) -> list[str]:
     if unknown:
         raise RunError(f"--stages: unknown stages {unknown}; valid: {', '.join(STAGES)}")
     stages = [s for s in STAGES if s in stages]
-    check_notebooks(stages)
+    check_notebooks(stages, folder)
     return stages
 
 
@@ -127,7 +133,8 @@ def execute(run: Path, stages: list[str] | None = None, lock: RunLock | None = N
     if lock.fd is None and not lock.acquire():
         raise RunError(f"{run}: another process is executing this run (pid, host: {lock.holder()}); wait for it")
     try:
-        return _execute(run, prov, validate_stages(stages), stages is None)
+        folder = notebook_dir(load_config(run / "config.yaml")[0])
+        return _execute(run, prov, validate_stages(stages, folder), stages is None, folder)
     finally:
         lock.release()
 
@@ -137,7 +144,7 @@ def papermill_execute(src: str, out: str, **kw: Any) -> Any:
     return papermill.execute_notebook(src, out, **kw)
 
 
-def _execute(run: Path, prov: dict, stages: list[str], all_stages: bool) -> Path:
+def _execute(run: Path, prov: dict, stages: list[str], all_stages: bool, folder: Path) -> Path:
     now = dt.datetime.now().isoformat(timespec="seconds")
     done_before = [s for s in stages if prov.get("stages", {}).get(s, {}).get("status") == "done"]
     # a stage left `running` by a process that died (kill -9, a crash, the machine going down)
@@ -163,10 +170,10 @@ def _execute(run: Path, prov: dict, stages: list[str], all_stages: bool) -> Path
         log.info("stage %s …", s)
         try:
             papermill_execute(
-                str(NOTEBOOKS / f"{s}.ipynb"),
+                str(folder / f"{s}.ipynb"),
                 str(out),
                 parameters={"config": str(run / "config.yaml"), "run_dir": str(run)},
-                cwd=str(NOTEBOOKS),
+                cwd=str(folder),
                 kernel_name="python3",
                 progress_bar=False,
                 log_output=False,

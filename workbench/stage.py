@@ -18,7 +18,7 @@ import pandas as pd
 from IPython import get_ipython
 from pandas.io.formats.style import Styler
 
-from workbench import data
+from workbench import tasks
 from workbench.config import RunConfig, dump_config, load_config, plan_counts
 from workbench.files import cache_dir, project_dir, read_json, write_atomic
 from workbench.llm import LLM
@@ -109,8 +109,11 @@ class Stage:
         seconds = time.perf_counter() - self._t0
         # the embedded model's load counts as LLM time: a stage whose calls are all cached skips it
         llm_s = sum(st.get("seconds", 0.0) + st.get("load_seconds", 0.0) for st in self._llm_stats.values())
-        counts = plan_counts(self.cfg, data.labels(self.cfg), data.label_counts(self.cfg))
-        record_stage(self.cfg, cache_dir(), self.name, seconds, llm_s, work_units(self.cfg, self.name, counts))
+        t = tasks.of(self.cfg)
+        counts = plan_counts(self.cfg, t.labels(self.cfg), t.label_counts(self.cfg))
+        # each task type's stages keep their own records: a tool-call 01 is not a classification 01
+        key = f"{t.NOTEBOOKS}/{self.name}" if t.NOTEBOOKS else self.name
+        record_stage(self.cfg, cache_dir(), key, seconds, llm_s, work_units(self.cfg, self.name, counts))
         self.record(timing={"seconds": round(seconds, 1), "llm_seconds": round(llm_s, 1)})
         path = self.artifacts / "estimate.parquet"
         est = pd.read_parquet(path).set_index("stage") if path.is_file() else None

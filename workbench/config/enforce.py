@@ -14,6 +14,7 @@ from workbench.config.schema import RunConfig
 from workbench.config.task import ROW_SCHEMA, ConfigError, task_kind
 
 ALL = None
+CLS = ("classification", "classification/multi_label")  # fields the structured tasks' stages do not read
 ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]] = {
     "task.name": ("runs", "run folder runs/<name>/", (), ALL),
     "task.type": ("runs", "ROW_SCHEMA; stages refuse kinds they do not implement", (), ALL),
@@ -21,7 +22,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "task.description": ("00_task", "shown in every report; drafts the config", (), ALL),
     "task.domain": ("01_prompts, 03_judge", "generator and judge system prompts", (), ALL),
     "task.style": ("01_prompts", "generator system prompt", (), ALL),
-    "task.definitions": ("01_prompts", "generator system prompt", (), ALL),
+    "task.definitions": ("01_prompts", "generator system prompt", (), CLS),
     "task.labels": (
         "00_task, 01_prompts, 03_judge",
         "labels checked against the data; definitions and examples in generator and judge prompts",
@@ -42,10 +43,10 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         ("tools", "dialogue"),
     ),
     "task.max_turns": ("runs", "dialogue: refused by `workbench run` until its stages exist", (), ("dialogue",)),
-    "task.edge_cases": ("01_prompts", "generation grid: edge-case cells", (), ALL),
+    "task.edge_cases": ("01_prompts", "generation grid: edge-case cells", (), CLS),
     "data.dataset": ("00_task, 06_evaluate, 07_gaps", "real seeds, dev and test rows", (), ALL),
-    "data.seeds_file": ("00_task", "seed examples, labels checked", (), ALL),
-    "data.label_column": ("00_task, 06_evaluate, 07_gaps", "the label column of dataset and seeds file", (), ALL),
+    "data.seeds_file": ("00_task", "seed examples, labels checked", (), CLS),
+    "data.label_column": ("00_task, 06_evaluate, 07_gaps", "the label column of dataset and seeds file", (), CLS),
     "data.subset": ("00_task", "rows of one tool of a structured dataset", (), ("extraction", "tools")),
     "data.seeds_per_label": ("00_task", "seed sample", (), ALL),
     "data.dev_per_label": ("07_gaps", "dev sample", (), ALL),
@@ -61,46 +62,43 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "quality.profanity": ("01_prompts, 04_filter", "constraints: profanity", ("profanity",), ALL),
     "quality.pii": ("01_prompts, 04_filter", "constraints: pii (redact or reject)", ("pii",), ALL),
     "quality.forbidden": ("01_prompts, 04_filter", "constraints: forbidden content", ("forbidden",), ALL),
-    "diversity.personas": ("01_prompts", "generation grid: persona", (), ALL),
-    "diversity.tones": ("01_prompts", "generation grid: tone", (), ALL),
+    "diversity.personas": ("01_prompts", "generation grid: persona", (), CLS),
+    "diversity.tones": ("01_prompts", "generation grid: tone", (), CLS),
     "diversity.difficulty": ("01_prompts", "generation grid: difficulty", (), ALL),
-    "diversity.sentiment": ("01_prompts", "generation grid: sentiment", (), ALL),
+    "diversity.sentiment": ("01_prompts", "generation grid: sentiment", (), CLS),
     "diversity.entities": (
         "01_prompts, 04_filter",
         "generation grid: entity; constraints: entity",
         ("entity_missing",),
-        ALL,
+        CLS,
     ),
-    "diversity.edge_case_share": ("01_prompts", "generation grid: edge-case cells", (), ALL),
-    "diversity.refusal_share": ("01_prompts", "generation grid: refusal-worthy cells", (), ALL),
-    "diversity.no_tool_share": (
-        "runs",
-        "tools: no-tool cells of the grid (tasks/tools.py); refused by `workbench run` until 01 runs tools",
-        (),
-        ("tools",),
-    ),
+    "diversity.edge_case_share": ("01_prompts", "generation grid: edge-case cells", (), CLS),
+    "diversity.refusal_share": ("01_prompts", "generation grid: refusal-worthy cells", (), CLS),
+    "diversity.no_tool_share": ("01_prompts", "generation grid: no-tool cells (tasks/tools.py)", (), ("tools",)),
     "llm": ("every LLM call", "provider, sampling transport, cache key", (), ALL),
     "prompts.examples_per_call": ("01_prompts", "seed examples per call", (), ALL),
     "prompts.temperature": ("01_prompts", "sampling", (), ALL),
     "prompts.top_p": ("01_prompts", "sampling", (), ALL),
     "prompts.max_tokens": ("01_prompts", "sampling", (), ALL),
     "prompts.rounds": ("01_prompts", "top-up rounds; shortfall named", (), ALL),
-    "prompts.topup_factor": ("01_prompts", "top-up attempts", (), ALL),
-    "prompts.critique": ("01_prompts", "critique", ("vague", "redundant", "mis-scoped", "unrealistic"), ALL),
-    "prompts.critic_max_tokens": ("01_prompts", "critique", (), ALL),
+    "prompts.topup_factor": ("01_prompts", "top-up attempts", (), CLS),
+    "prompts.critique": ("01_prompts", "critique", ("vague", "redundant", "mis-scoped", "unrealistic"), CLS),
+    "prompts.critic_max_tokens": ("01_prompts", "critique", (), CLS),
     "prompts.min_domain_score": ("01_prompts", "domain", ("off_domain",), ALL),
-    "prompts.balance_tolerance": ("01_prompts", "balance", ("over_represented",), ALL),
+    "prompts.balance_tolerance": ("01_prompts", "balance", ("over_represented",), CLS),
     "responses": ("02_responses", "candidates and sampling", (), ALL),
-    "judge.rubric": ("03_judge", "rubric judge", ("unparseable", "llm_error"), ALL),
-    "judge.jurors": ("03_judge", "rubric jury; Krippendorff's alpha", (), ALL),
-    "judge.anchor": ("03_judge", "judge prompt", (), ALL),
-    "judge.min_score": ("03_judge", "judge score", ("low_score",), ALL),
-    "judge.max_tokens": ("03_judge", "sampling", (), ALL),
-    "judge.temperature": ("03_judge", "sampling", (), ALL),
+    "responses.choices": ("02_responses", "labels shown per question", (), CLS),
+    "judge.rubric": ("03_judge", "rubric judge", ("unparseable", "llm_error"), CLS),
+    "judge.jurors": ("03_judge", "rubric jury; Krippendorff's alpha", (), CLS),
+    "judge.anchor": ("03_judge", "judge prompt", (), CLS),
+    "judge.min_score": ("03_judge", "judge score", ("low_score",), CLS),
+    "judge.max_tokens": ("03_judge", "sampling", (), CLS),
+    "judge.temperature": ("03_judge", "sampling", (), CLS),
     "judge.jury": ("03_judge", "label jury", ("label_mismatch", "uncertain"), ("classification",)),
     "judge.aggregate": ("03_judge", "label jury", ("label_mismatch", "uncertain"), ("classification",)),
-    "judge.max_spread": ("03_judge", "disagreement queue", (), ALL),
+    # structured tasks: the candidates' field agreement with the checked answer sets the margin
     "judge.pair_margin": ("03_judge", "DPO pairs", (), ALL),
+    "judge.max_spread": ("03_judge", "disagreement queue", (), CLS),
     "filter.near_dup_threshold": (
         "01_prompts, 04_filter",
         "dedup, contamination, near-duplicates",
@@ -118,15 +116,20 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "filter.rewrite": ("04_filter", "rewrite, then every check again", ("uncertain",), ALL),
     "filter.rewrite_max_tokens": ("04_filter", "rewrite", (), ALL),
     "filter.num_proc": ("04_filter", "constraints, PII and toxicity in parallel (datasets.map)", (), ALL),
-    "train": ("05_train", "student", (), ("classification",)),
+    "train": ("05_train", "student", (), ALL),
+    "train.C": ("05_train", "probe: logistic-regression head", (), CLS),
+    "train.max_iter": ("05_train", "probe: logistic-regression head", (), CLS),
     "evaluate.bootstrap": ("06_evaluate", "confidence intervals", (), ALL),
-    "evaluate.metrics": ("06_evaluate", "metrics reported", (), ALL),
+    "evaluate.metrics": ("06_evaluate", "metrics reported", (), CLS),
     "evaluate.causal_test_per_label": ("06_evaluate", "test rows of the before/after table", (), ALL),
-    "evaluate.safety_rows": ("06_evaluate", "refusal rate before/after", (), ALL),
-    "evaluate.safety_max_tokens": ("06_evaluate", "refusal rate before/after", (), ALL),
+    "evaluate.safety_rows": ("06_evaluate", "refusal rate before/after", (), CLS),
+    "evaluate.safety_max_tokens": ("06_evaluate", "refusal rate before/after", (), CLS),
     "evaluate.batch_size": ("06_evaluate", "scoring causal models", (), ALL),
     "evaluate.dtype": ("06_evaluate", "scoring causal models", (), ALL),
     "gaps": ("07_gaps", "failure clusters", (), ALL),
+    "gaps.sources": ("07_gaps", "failures: dev, low-judge and jury rows", (), CLS),
+    "gaps.low_score": ("07_gaps", "failures: low-judge rows", (), CLS),
+    "gaps.name_max_tokens": ("07_gaps", "cluster names by the LLM", (), CLS),
     "seed": ("every stage", "sampling seeds", (), ALL),
 }
 
@@ -136,6 +139,11 @@ _RULE_REASONS = {
     "format": "(rule: meta-talk about the task, or [placeholders])",
     "toxicity": "filter.toxicity",
     "contamination": "filter.near_dup_threshold",
+    # structured tasks (tasks/tools.py): checks of the values against the message, no threshold
+    "value_missing": "(rule: every intended value is in the message)",
+    "value_unintended": "(rule: no value of the example it saw that was not drawn)",
+    "echoes_instructions": "(rule: the generator repeated its instructions)",
+    "answer_invalid": "(rule: the answer validates under the tools' schema)",
 }
 
 
@@ -152,7 +160,7 @@ def reason_fields() -> dict[str, list[str]]:
 
 # What `workbench run` can execute today; other kinds validate (`workbench check`, `workbench init`)
 # but are refused by `check_runnable`, so no field of theirs is silently ignored.
-RUNNABLE = ("classification",)
+RUNNABLE = ("classification", "extraction", "tools")
 
 
 def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> list[str]:

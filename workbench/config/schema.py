@@ -527,6 +527,8 @@ class RunConfig(_Section):
         if self.diversity.edge_case_share > 0 and not self.task.edge_cases:
             raise ValueError("diversity.edge_case_share > 0 but task.edge_cases is empty: list the edge cases")
         names = self.task.label_names()
+        if self.task.type == "tools" and self.task.tools:  # the sampling plan's "labels" are the tools
+            names = [t.name for t in self.task.tools]
         if names is not None:
             check_plan(self, names)
         return self

@@ -10,6 +10,7 @@ from workbench import data
 from workbench.config import RunConfig
 
 ROW_KEY = "label"  # the column real and generated rows are grouped, balanced and stratified by
+NOTEBOOKS = ""  # notebooks/: the stage notebooks this task type runs, under notebooks/
 
 
 def labels(cfg: RunConfig) -> list[str]:
