@@ -29,19 +29,22 @@ def token_vectors(texts: list[str], batch_size: int = 64) -> tuple[list[np.ndarr
 
     st = encoder()
     tok, model = st.tokenizer, st[0].auto_model
-    vecs, spans = [], []
+    vecs: list = [None] * len(texts)
+    spans: list = [None] * len(texts)
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            part = texts[i : i + batch_size]
+            idx = order[i : i + batch_size]
+            part = [texts[j] for j in idx]
             enc = tok(
                 part, padding=True, truncation=True, max_length=128, return_offsets_mapping=True, return_tensors="pt"
             )
             offsets = enc.pop("offset_mapping")
             hidden = model(**enc).last_hidden_state
-            for k in range(len(part)):
+            for k, j in enumerate(idx):
                 keep = (enc["attention_mask"][k] == 1) & ~((offsets[k, :, 0] == 0) & (offsets[k, :, 1] == 0))
-                vecs.append(hidden[k][keep].numpy().astype(np.float32))
-                spans.append(offsets[k][keep].numpy())
+                vecs[j] = hidden[k][keep].numpy().astype(np.float32)
+                spans[j] = offsets[k][keep].numpy()
     return vecs, spans
 
 
