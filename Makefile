@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo loop test lab lint bench lock clean-runs
+.PHONY: setup demo demo-tools loop test lab lint bench lock clean-runs
 
 $(STAMP): pyproject.toml requirements.lock models.lock Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/workbench run configs/banking77.yaml
+
+demo-tools: setup
+	$(BIN)/workbench run configs/snips-tools.yaml
 
 loop: setup
 	$(BIN)/workbench loop configs/banking77.yaml --iterations 2

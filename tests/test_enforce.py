@@ -24,14 +24,14 @@ def test_every_field_has_an_enforcer_and_no_entry_is_stale():
 # of them, as an attribute or a key. "runs" is the run layer (it refuses kinds no stage implements).
 STAGE_MODULES = {
     "00_task": ["pipeline/build.py", "data.py", "tasks/classification.py", "tasks/tools.py", "structured.py", "form.py",
-                "plan.py"],
-    "01_prompts": ["prompts.py", "critique.py", "gates.py", "pipeline/build.py", "config/sampling.py"],
-    "02_responses": ["responses.py", "live.py", "pipeline/build.py"],
-    "03_judge": ["judge.py", "pipeline/build.py"],
+                "plan.py", "pipeline/tools.py"],
+    "01_prompts": ["prompts.py", "critique.py", "gates.py", "pipeline/build.py", "config/sampling.py", "tasks/tools.py"],
+    "02_responses": ["responses.py", "live.py", "pipeline/build.py", "tasks/tools.py"],
+    "03_judge": ["judge.py", "pipeline/build.py", "pipeline/tools.py"],
     "04_filter": ["filters.py", "gates.py", "export.py", "quality.py", "pipeline/build.py"],
-    "05_train": ["train.py", "causal.py", "pipeline/learn.py"],
-    "06_evaluate": ["evaluate.py", "pipeline/learn.py", "causal.py", "data.py"],
-    "07_gaps": ["gaps.py", "clusters.py", "pipeline/learn.py", "data.py"],
+    "05_train": ["train.py", "causal.py", "pipeline/learn.py", "pipeline/tools.py", "tagger.py"],
+    "06_evaluate": ["evaluate.py", "pipeline/learn.py", "causal.py", "data.py", "pipeline/tools.py", "structured.py"],
+    "07_gaps": ["gaps.py", "clusters.py", "pipeline/learn.py", "data.py", "pipeline/tools.py"],
     "runs": ["runs.py", "driver.py", "config/enforce.py", "config/task.py"],
     "every LLM call": ["llm/front.py", "llm/endpoint.py", "llm/embedded.py", "llm/batch.py", "llm/limits.py"],
 }  # fmt: skip

@@ -41,14 +41,18 @@ def cell_problems(path: Path) -> list[str]:
     return out
 
 
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "tools").glob("*.ipynb"))
 
 
 def test_there_are_stage_notebooks():
-    assert [p.stem for p in NOTEBOOKS][:2] == ["00_task", "01_prompts"] and len(NOTEBOOKS) == 9
+    """The same nine stages for classification (notebooks/) and structured tasks (notebooks/tools/)."""
+    from workbench.runs import STAGES
+
+    for folder in (ROOT / "notebooks", ROOT / "notebooks" / "tools"):
+        assert sorted(p.stem for p in folder.glob("*.ipynb")) == STAGES
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))
 def test_cells_only_call_and_draw(path):
     assert cell_problems(path) == []
 

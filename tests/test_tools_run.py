@@ -1,0 +1,118 @@
+"""A structured run end to end: `workbench run configs/snips-smoke.yaml` (two SNIPS tools, a few
+generated requests, short training) on the embedded model through notebooks/tools/: every stage
+writes its artifacts, 03's checks reject what they should, the untuned model's constrained
+answers parse, the report shows the table, the reject pile and the clusters, and only 06 reads
+the real test files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from support import cache_with_models
+
+from workbench.runs import STAGES
+
+AUDIT = """
+import os, sys
+_stage = [None]
+def _hook(event, args):
+    if event == "workbench.stage":
+        _stage[0] = args[0]
+    elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        name = os.path.basename(os.fsdecode(args[0]))
+        if name.startswith("validate_") and name.endswith(".json"):
+            with open(os.environ["WORKBENCH_AUDIT_LOG"], "a") as f:
+                f.write(f"{os.getpid()}\\t{_stage[0]}\\t{name}\\n")
+sys.addaudithook(_hook)
+"""
+
+
+@pytest.fixture(scope="module")
+def tools_run(tmp_path_factory, root):
+    tmp = tmp_path_factory.mktemp("tools")
+    audit = tmp / "audit"
+    audit.mkdir()
+    (audit / "sitecustomize.py").write_text(AUDIT)
+    env = dict(os.environ, WORKBENCH_CACHE=str(cache_with_models(tmp / "cache")))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(audit), env.get("PYTHONPATH")]))
+    env["WORKBENCH_AUDIT_LOG"] = str(audit / "opens.tsv")
+    cli = [sys.executable, "-m", "workbench.cli", "run", str(root / "configs" / "snips-smoke.yaml"),
+           "--runs-dir", str(tmp / "runs")]  # fmt: skip
+    proc = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=root, timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run,) = [p for p in (tmp / "runs" / "snips-smoke").iterdir() if p.is_dir()]
+    return run, audit / "opens.tsv"
+
+
+@pytest.fixture(scope="module")
+def root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
+
+
+def load(run, name):
+    return pd.read_parquet(run / "artifacts" / f"{name}.parquet")
+
+
+@pytest.mark.slow
+def test_every_stage_ran_from_the_tools_notebooks(tools_run):
+    run, _ = tools_run
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "finished"
+    assert [s for s in STAGES if prov["stages"][s]["status"] == "done"] == STAGES
+    nb = (run / "notebooks" / "01_prompts.ipynb").read_text()
+    assert "steps.build_inputs" in nb  # the structured notebook, not the classification one
+    for name in ["seeds", "dev", "prompts", "candidates", "judged", "pairs", "dataset", "training", "evaluation",
+                 "test_answers", "ablation", "per_slot", "failures", "clusters", "edits"]:  # fmt: skip
+        assert (run / "artifacts" / f"{name}.parquet").is_file(), name
+
+
+@pytest.mark.slow
+def test_rows_keep_their_reasons_and_answers_parse(tools_run):
+    run, _ = tools_run
+    rows = load(run, "dataset")
+    prompts = load(run, "prompts")
+    assert len(rows) == len(prompts)  # nothing dropped: every attempt is a row of the dataset
+    assert rows.loc[~rows["keep"], "reject_reason"].notna().all()
+    assert rows.loc[rows["keep"], "reject_reason"].isna().all()
+    kept = rows[rows["keep"]]
+    assert len(kept), "no generated request survived"
+    for text, args in zip(kept["text"], kept["arguments"]):  # 03's check holds for what trains
+        for v in json.loads(args).values():
+            assert str(v).lower() in text.lower()
+    cands = load(run, "candidates")
+    assert cands["schema_valid"].all()  # decoded under the schema: every candidate parses
+    table = load(run, "evaluation").set_index("model")
+    assert table.loc["causal: untuned (schema-constrained)", "parsed"] == 1.0
+    groups = set(table["group"])
+    assert groups == {"baseline", "synthetic", "reference"}
+    assert {"tagger: seeds_only", "tagger: seeds_unfiltered", "tagger: seeds_synthetic", "tagger: reference",
+            "tagger: reference_as_many", "causal: sft", "causal: dpo", "causal: grpo"} <= set(table.index)  # fmt: skip
+    assert (table["slot_f1_lo"] <= table["slot_f1"]).all() and (table["slot_f1"] <= table["slot_f1_hi"]).all()
+    assert table.loc["tagger: seeds_only", "test_rows"] == 24  # 12 per tool
+    assert table.loc["causal: sft", "test_rows"] == 6  # causal_test_per_label: 3
+
+
+@pytest.mark.slow
+def test_only_06_reads_the_test_files(tools_run):
+    _, log = tools_run
+    opened = [line.split("\t") for line in log.read_text().splitlines()] if log.is_file() else []
+    assert opened, "the audit hook saw no read of the SNIPS test files: it is not working"
+    assert {stage for _, stage, _ in opened} == {"06_evaluate"}, opened
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_table_the_rejects_and_the_clusters(tools_run):
+    run, _ = tools_run
+    page = (run / "report.html").read_text()
+    for shown in ["Slot F1 on the real test rows", "tagger: seeds_synthetic", "causal: untuned (schema-constrained)",
+                  "reject_reason", "Failure clusters", "slot_f1_lo"]:  # fmt: skip
+        assert shown in page, shown
+    assert "Traceback" not in page
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["07_gaps"]["dev_rows"] == 12
+    assert metrics["06_evaluate"]["test_rows"] == 24
