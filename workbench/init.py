@@ -389,6 +389,9 @@ def draft(
             )
         task["tools"] = tools
     edge_cases = take("edge_cases", [], "none")
+    if kind in ("extraction", "tools") and edge_cases:  # their grid has no edge-case cells yet
+        notes.append(f"task.edge_cases: left out ({len(edge_cases)} drafted); extraction and tools have no such cells")
+        edge_cases = []
     task["edge_cases"] = edge_cases
     personas = take("personas", DEFAULT_PERSONAS, str(DEFAULT_PERSONAS))
     tones = take("tones", DEFAULT_TONES, str(DEFAULT_TONES))

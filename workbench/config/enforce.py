@@ -14,7 +14,9 @@ from workbench.config.schema import RunConfig
 from workbench.config.task import ROW_SCHEMA, ConfigError, task_kind
 
 ALL = None
-CLS = ("classification", "classification/multi_label")  # fields the structured tasks' stages do not read
+# fields the structured tasks' stages do not read (summarization and dialogue are refused by `run` until their
+# stages exist, so their fields are not silently ignored either)
+CLS = ("classification", "classification/multi_label", "summarization", "dialogue")
 ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]] = {
     "task.name": ("runs", "run folder runs/<name>/", (), ALL),
     "task.type": ("runs", "ROW_SCHEMA; stages refuse kinds they do not implement", (), ALL),
@@ -62,8 +64,8 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "quality.profanity": ("01_prompts, 04_filter", "constraints: profanity", ("profanity",), ALL),
     "quality.pii": ("01_prompts, 04_filter", "constraints: pii (redact or reject)", ("pii",), ALL),
     "quality.forbidden": ("01_prompts, 04_filter", "constraints: forbidden content", ("forbidden",), ALL),
-    "diversity.personas": ("01_prompts", "generation grid: persona", (), CLS),
-    "diversity.tones": ("01_prompts", "generation grid: tone", (), CLS),
+    "diversity.personas": ("01_prompts", "generation grid: persona", (), ALL),
+    "diversity.tones": ("01_prompts", "generation grid: tone", (), ALL),
     "diversity.difficulty": ("01_prompts", "generation grid: difficulty", (), ALL),
     "diversity.sentiment": ("01_prompts", "generation grid: sentiment", (), CLS),
     "diversity.entities": (

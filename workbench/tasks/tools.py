@@ -245,7 +245,23 @@ def plan_cells(cfg: RunConfig, seeds: pd.DataFrame, rng) -> list[dict]:
     if cfg.task.type == "tools" and cfg.diversity.no_tool_share:
         n = int(round(len(cells) * cfg.diversity.no_tool_share))
         cells += [{"tool": structured.NO_TOOL, "template": None, "present": [], "difficulty": None} for _ in range(n)]
+    for dim, items in (("persona", cfg.diversity.personas), ("tone", cfg.diversity.tones)):
+        drawn = _draw(items, len(cells), rng)
+        for cell, v in zip(cells, drawn):
+            cell[dim] = v
     return cells
+
+
+def _draw(items: list, n: int, rng) -> list[str | None]:
+    """`n` names drawn from shares (`diversity.personas`, `tones`: unset shares split what the set
+    ones leave), or None each without any."""
+    if not items:
+        return [None] * n
+    given = sum(x.share for x in items if x.share is not None)
+    unset = [x for x in items if x.share is None]
+    w = np.array([x.share if x.share is not None else max(0.0, 1 - given) / len(unset) for x in items], dtype=float)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(items), 1 / len(items))
+    return [items[int(i)].name for i in rng.choice(len(items), size=n, p=w)]
 
 
 NOT_SERVED = (
@@ -283,6 +299,10 @@ def input_request(
             ask += " Make it longer and less direct."
         elif cell.get("difficulty") == "easy":
             ask += " Keep it short."
+        if cell.get("persona"):
+            ask += f" Write it as {cell['persona']} would say it."
+        if cell.get("tone"):
+            ask += f" Tone: {cell['tone']}."
         ask += f"\nRequest: {draft_text}"
     system = "You rewrite user requests." + (f" Style: {cfg.task.style}" if cfg.task.style else "")
     return Request.chat(
@@ -380,6 +400,8 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm) -> pd.DataFrame:
                     "arguments": chosen,
                     "template": cell["template"],
                     "difficulty": cell["difficulty"],
+                    "persona": cell.get("persona"),
+                    "tone": cell.get("tone"),
                     "reject_reason": reason,
                     "keep": reason is None,
                     "cached": r.get("cached", False),
