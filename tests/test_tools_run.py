@@ -116,3 +116,6 @@ def test_the_report_shows_the_table_the_rejects_and_the_clusters(tools_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["07_gaps"]["dev_rows"] == 12
     assert metrics["06_evaluate"]["test_rows"] == 24
+    # the task's iterations page (written after the run; a failure there is only a warning in the log)
+    index = (run.parent / "index.html").read_text()
+    assert "tagger: seeds_synthetic slot F1" in index and run.name in index

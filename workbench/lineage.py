@@ -106,9 +106,10 @@ def _stats(run: Path) -> dict:
         else None,
         "rows judged and filtered": f.get("rows"),
         "rows kept": f.get("kept"),
-        "reject rate": f["rejected"] / f["rows"] if f.get("rows") else None,
-        "DPO pairs": f.get("dpo_pairs"),
+        "reject rate": (f["rows"] - f["kept"]) / f["rows"] if f.get("rows") else None,
+        "DPO pairs": f.get("dpo_pairs", m.get("03_judge", {}).get("pairs")),  # tools: 03 makes the pairs
         "dev accuracy (student)": g.get("dev_accuracy"),
+        "dev slot F1 (student)": g.get("dev_slot_f1"),  # extraction and tools
         "failures clustered": g.get("failures"),
         "clusters": g.get("clusters"),
     }
@@ -221,6 +222,12 @@ def overview(runs: list[Path], bootstrap: int = 1000, seed: int = 0) -> pd.DataF
             "rows kept": stats["rows kept"],
             "dev accuracy": stats["dev accuracy (student)"],
         }
+        if stats["dev slot F1 (student)"] is not None:  # extraction and tools: slot F1 from 06's table
+            del row["dev accuracy"]
+            row["dev slot F1"] = stats["dev slot F1 (student)"]
+            _slot_f1_columns(run, row)
+            rows.append(row)
+            continue
         for model in ("probe: seeds_only", MAIN_MODEL, "causal: sft"):
             row[model] = ""
             if model in preds:
@@ -237,6 +244,29 @@ def overview(runs: list[Path], bootstrap: int = 1000, seed: int = 0) -> pd.DataF
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+SLOT_MODELS = ("tagger: seeds_only", "tagger: seeds_synthetic", "causal: sft")
+SLOT_TARGET = "tagger: seeds_synthetic − tagger: seeds_only"
+
+
+def _slot_f1_columns(run: Path, row: dict) -> None:
+    """A structured run's overview cells: slot F1 [95% CI] of the seeds-only and kept-synthetic
+    taggers and the SFT student on the real test rows, and 06's paired difference of the taggers."""
+    m = _json(Path(run) / "metrics.json").get("06_evaluate", {})
+    table = {r["model"]: r for r in m.get("table") or []}
+    for model in SLOT_MODELS:
+        r = table.get(model)
+        row[f"{model} slot F1"] = (
+            f"{r['slot_f1']:.3f} [{r['slot_f1_lo']:.3f}–{r['slot_f1_hi']:.3f}] on {r['test_rows']:,}" if r else ""
+        )
+    hit = [a for a in m.get("ablation") or [] if a.get("comparison") == SLOT_TARGET]
+    row[f"{SLOT_TARGET} (the loop's target)"] = (
+        f"{hit[0]['slot_f1_delta']:+.3f} [{hit[0]['lo']:+.3f}, {hit[0]['hi']:+.3f}]"
+        + (" above" if hit[0]["lo"] > 0 else "")
+        if hit
+        else ""
+    )
 
 
 def patch_of(run: Path) -> pd.DataFrame:
@@ -276,13 +306,15 @@ def write_index(task_dir: Path) -> Path:
         "padding:3px 6px;text-align:left;vertical-align:top}h2{margin-top:36px}</style>",
         f"<h1>{html.escape(task_dir.name)}: iterations</h1>",
         "<p>Each run is one iteration; an iteration with a parent was made by <code>workbench iterate</code> "
-        "from the parent's failure clusters (07_gaps). Accuracy on the real test split with 95% bootstrap "
-        "intervals; changes are paired on the same test rows.</p>",
+        "from the parent's failure clusters (07_gaps). Accuracy (slot F1 for extraction and tools) on the real "
+        "test split with 95% bootstrap intervals; changes are paired on the same test rows.</p>",
     ]
     ov = overview(runs)
     if len(ov):
         ov["run"] = [f"<a href='{html.escape(r)}/report.html'>{html.escape(r)}</a>" for r in ov["run"]]
-        ov["dev accuracy"] = ov["dev accuracy"].map(lambda v: f"{v:.1%}" if isinstance(v, float) else "")
+        for col in ("dev accuracy", "dev slot F1"):
+            if col in ov:
+                ov[col] = ov[col].map(lambda v: f"{v:.1%}" if isinstance(v, float) and not np.isnan(v) else "")
         body = ov.to_html(index=False, escape=False, border=0, classes="t", na_rep="",
                           formatters={c: (lambda v: html.escape(str(v))) for c in ov.columns if c != "run"})  # fmt: skip
         parts.append(body)
