@@ -188,3 +188,40 @@ def test_the_tagger_learns_spans_from_real_rows():
         "artist": "miles davis",
         "timeRange": "now",
     }
+
+
+def test_07_proposes_a_value_list_that_iterate_writes_and_01_draws_from(cfg, tmp_path):
+    """A cluster of dev rows that miss `city`: 07 proposes their real cities as known values (not
+    those the config has), `gaps.apply` writes them under the tool's argument, and 01's value pool
+    starts with them. For extraction the list goes to the field."""
+    from workbench import gaps
+    from workbench.pipeline import tools as steps
+
+    g = pd.DataFrame(
+        {"signature": ["missing:city", "missing:city wrong:timeRange", "wrong:city"],
+         "expected": [{"tool": "GetWeather", "arguments": {"city": c, "timeRange": "now"}}
+                      for c in ("Oslo", "Bergen", "oslo")]}
+    )  # fmt: skip
+    edit = steps._value_list_edit(cfg, "GetWeather", g, 3, set())
+    assert edit["kind"] == "values" and edit["label"] == "GetWeather.city"
+    assert edit["value"] == ["Oslo", "Bergen"]  # each once, as the text had it
+    assert edit["path"] == "task.tools.GetWeather.parameters.city.values"
+    assert steps._value_list_edit(cfg, "GetWeather", g, 3, {"GetWeather.city"}) is None  # once per argument
+    text = gaps.apply(ROOT / "configs" / "snips-tools.yaml", [{**edit, "id": "e1"}], [])
+    (tmp_path / "next.yaml").write_text(text)
+    nxt = load_config(tmp_path / "next.yaml")[0]
+    weather = next(t for t in nxt.task.tools if t.name == "GetWeather")
+    assert weather.parameters["city"].values == ["Oslo", "Bergen"]
+    assert weather.parameters["city"].description == "the city"  # the rest of the argument kept
+    seeds = pd.DataFrame({"arguments": [{"city": "Paris"}]})
+    assert tasks.tools.value_pool(nxt, seeds)["city"][:3] == ["Oslo", "Bergen", "Paris"]
+    with pytest.raises(ConfigError, match="GetWeather.nope is not an argument"):
+        gaps.apply(ROOT / "configs" / "snips-tools.yaml", [{**edit, "id": "e1", "label": "GetWeather.nope"}], [])
+
+    ext = load_config(ROOT / "configs" / "snips-extract.yaml")[0]
+    edit = steps._value_list_edit(ext, "BookRestaurant", g, 0, set())
+    assert edit["label"] == "city" and edit["path"] == "task.fields.city.values"
+    (tmp_path / "ext.yaml").write_text(gaps.apply(ROOT / "configs" / "snips-extract.yaml", [{**edit, "id": "e1"}], []))
+    ext2 = load_config(tmp_path / "ext.yaml")[0]
+    assert next(f for f in ext2.task.fields if f.name == "city").values == ["Oslo", "Bergen"]
+    assert tasks.tools.value_pool(ext2, seeds)["city"][:2] == ["Oslo", "Bergen"]

@@ -45,6 +45,9 @@ PATHS = {
     "contrast": "task.labels.{label}.negative",
     "definition": "task.labels.{label}.definition",
     "phrasing": "task.labels.{label}.positive",
+    # extraction and tools: known values of one argument (`label` is "Tool.argument", or the field's name;
+    # the path is task.tools.<Tool>.parameters.<argument>.values or task.fields.<field>.values)
+    "values": "task.tools.{label}.values",
 }
 KINDS = tuple(PATHS)
 
@@ -309,13 +312,40 @@ def select(edits: list[dict], accept: list[str] | None, accept_all: bool) -> lis
     return [e for e in edits if e["id"] in set(accept or [])]
 
 
+def _add_values(task: CommentedMap, e: dict) -> None:
+    """A `values` edit: known values appended to one tool argument's (`label` "Tool.argument") or one
+    extraction field's (`label` the field) `values`, each once. 01 draws a request's values from them."""
+    tool, _, arg = str(e["label"]).rpartition(".")
+    if tool:
+        spec = next((t for t in task.get("tools") or [] if t.get("name") == tool), None)
+        params = spec.get("parameters") if spec is not None else None
+        if params is None or arg not in params:
+            raise ConfigError(f"edit {e['id']}: {tool}.{arg} is not an argument of task.tools")
+        owner, key = params, arg
+        if not isinstance(params[arg], dict):  # the shorthand `argument: type`
+            params[arg] = CommentedMap(type=params[arg] or "string")
+        spec = params[arg]
+    else:
+        fields = task.get("fields") or []
+        names = [f if isinstance(f, str) else f.get("name") for f in fields]
+        if arg not in names:
+            raise ConfigError(f"edit {e['id']}: {arg!r} is not in task.fields")
+        owner, key = fields, names.index(arg)
+        if isinstance(fields[key], str):  # the shorthand `- name`
+            fields[key] = CommentedMap(name=fields[key])
+        spec = fields[key]
+    have = [str(x) for x in spec.get("values") or []]
+    spec["values"] = have + [str(x) for x in e["value"] if str(x) not in have]
+    owner[key] = spec
+
+
 def apply(config_path: str | Path, edits: list[dict], labels: list[str], header: str = "") -> str:
     """The config at `config_path` with `edits` applied, as YAML text (its comments kept). A null
     `task.labels` becomes the explicit list of `labels` so single labels can carry definitions."""
     cfg, doc = load_config(config_path)
 
     task = doc.setdefault("task", CommentedMap())
-    if any(e["kind"] != "more_rows" for e in edits):
+    if any(e["kind"] in ("contrast", "definition", "phrasing") for e in edits):
         if task.get("labels") is None:
             task["labels"] = CommentedSeq(labels)
         specs = task["labels"]
@@ -326,6 +356,9 @@ def apply(config_path: str | Path, edits: list[dict], labels: list[str], header:
             extra = sampling.get("extra_rows") or CommentedMap()
             extra[label] = int(extra.get(label, 0)) + int(value)
             sampling["extra_rows"] = extra
+            continue
+        if e["kind"] == "values":
+            _add_values(task, e)
             continue
         idx = next((i for i, x in enumerate(specs) if (x if isinstance(x, str) else x.get("name")) == label), None)
         if idx is None:

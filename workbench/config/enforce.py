@@ -31,7 +31,12 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         (),
         ("classification", "classification/multi_label"),
     ),
-    "task.fields": ("00_task", "the answer's schema; the dataset's arguments checked against it", (), ("extraction",)),
+    "task.fields": (
+        "00_task, 01_prompts",
+        "the answer's schema; the dataset's arguments checked against it; `values` drawn from by 01",
+        (),
+        ("extraction",),
+    ),
     "task.summary_max_words": (
         "runs",
         "summarization: refused by `workbench run` until its stages exist",

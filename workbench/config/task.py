@@ -103,6 +103,7 @@ class FieldSpec(_Section):
     )
     description: str = Field("", description="What the field holds.")
     required: bool = Field(True, description="Whether every row must have a value for it.")
+    values: list[str] = Field([], description="Known values, shown to the generator as suggestions; [] = none.")
 
 
 class ParamSpec(_Section):

@@ -580,20 +580,69 @@ def gaps_markdown(m: dict) -> str:
     )
 
 
+def _value_list_edit(cfg: RunConfig, tool: str, g: pd.DataFrame, cluster: int, done: set) -> dict | None:
+    """A `values` edit for the argument (of `tool`) that cluster `g`'s failures most often miss or get
+    wrong, with its real values there that the config lacks; None when there is none (or that
+    argument had its edit already: `done` holds "tool.argument")."""
+    missed = [
+        sig.split(":", 1)[1] for x in g["signature"] for sig in x.split() if sig.startswith(("missing:", "wrong:"))
+    ]
+    if not missed:
+        return None
+    arg = pd.Series(missed).value_counts().index[0]
+    if cfg.task.type == "extraction":
+        label, known = arg, next((f.values for f in cfg.task.fields if f.name == arg), [])
+    else:
+        label = f"{tool}.{arg}"
+        known = next((t.parameters[arg].values for t in cfg.task.tools if t.name == tool and arg in t.parameters), [])
+    if label in done:
+        return None
+    seen = {structured.norm(v) for v in known}
+    new = []
+    for exp in g["expected"]:
+        v = str((exp.get("arguments") or {}).get(arg, ""))
+        if v and structured.norm(v) not in seen:
+            seen.add(structured.norm(v))
+            new.append(v)
+    if not new:
+        return None
+    done.add(label)
+    n = sum(1 for x in g["signature"] if f"missing:{arg}" in x.split() or f"wrong:{arg}" in x.split())
+    return {
+        "kind": "values",
+        "cluster": int(cluster),
+        "label": label,
+        "other": None,
+        "path": f"task.fields.{arg}.values" if label == arg else f"task.tools.{tool}.parameters.{arg}.values",
+        "value": new[:8],
+        "evidence": (
+            f"cluster {cluster}: {n} real dev rows of {tool} miss or get '{arg}' wrong; their values "
+            f"{new[:8]} are not in the config's list yet. 01 draws from them."
+        ),
+    }
+
+
 def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """07's edits: per cluster, largest first, more generated rows for the tool its failures are
-    about (`sampling.extra_rows`, read by 01's plan); each tool once, at most `gaps.max_edits`.
-    Writes `config_patch.yaml` (applied by `workbench iterate`) and saves `edits`."""
+    about (`sampling.extra_rows`, read by 01's plan; each tool once), and a value list for the
+    argument the cluster most often misses or gets wrong: its values in those real dev rows that
+    the config does not list yet (`values`, drawn from by 01). At most `gaps.max_edits`. Writes
+    `config_patch.yaml` (applied by `workbench iterate`) and saves `edits`."""
     cfg = stage.cfg
     extra = cfg.gaps.extra_rows or cfg.sampling.rows_per_label
     dev_counts = load_rows(stage, "dev")["tool"].value_counts().to_dict()
     edits, done = [], set()
     for s in summary[summary["cluster"] >= 0].sort_values(["size", "cluster"], ascending=[False, True]).itertuples():
         tool = s.dominant_true
-        if tool in done or tool == structured.NO_TOOL:
+        if tool == structured.NO_TOOL:
+            continue
+        g = clustered[clustered["cluster"] == s.cluster]
+        value_edit = _value_list_edit(cfg, tool, g, s.cluster, done)
+        if value_edit is not None:
+            edits.append(value_edit)
+        if tool in done:
             continue
         done.add(tool)
-        g = clustered[clustered["cluster"] == s.cluster]
         edits.append(
             {
                 "kind": "more_rows",
@@ -610,6 +659,7 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame) -
         )
         if len(edits) >= cfg.gaps.max_edits:
             break
+    edits = edits[: cfg.gaps.max_edits]
     for i, e in enumerate(edits):
         e["id"] = f"e{i + 1}"
     edits = pd.DataFrame(edits, columns=gaps.EDIT_COLUMNS)

@@ -159,13 +159,16 @@ def score(gold: pd.DataFrame, answers: list[dict | None], bootstrap: int, seed: 
 
 
 def value_pool(cfg: RunConfig, seeds: pd.DataFrame) -> dict[str, list[str]]:
-    """Values each argument may take in a generated request: the config's `values`, then every
-    value the real seeds give the argument (under any tool: a city is a city), in that order,
-    each once. An argument without any has none, and is drawn only with suggested values."""
+    """Values each argument may take in a generated request: the config's `values` (of tool
+    arguments, or of extraction fields), then every value the real seeds give the argument (under
+    any tool: a city is a city), in that order, each once. An argument without any has none, and
+    is drawn only with suggested values."""
     pool: dict[str, list[str]] = {}
     for t in cfg.task.tools:
         for name, p in t.parameters.items():
             pool.setdefault(name, []).extend(p.values)
+    for f in cfg.task.fields if cfg.task.type == "extraction" else []:
+        pool.setdefault(f.name, []).extend(f.values)
     for args in seeds["arguments"]:
         for name, v in args.items():
             pool.setdefault(name, []).append(str(v))
