@@ -115,6 +115,10 @@ def test_the_report_shows_the_table_the_rejects_and_the_clusters(tools_run):
     assert "Traceback" not in page
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["07_gaps"]["dev_rows"] == 12
+    # the judge scored every candidate of the rows that passed the checks, each judgment parsed
+    judge_page = (run / "report" / "03_judge.html").read_text()
+    assert "The judge on the answers" in judge_page and "judge_correctness_rationale" in judge_page
+    assert metrics["03_judge"]["judged_candidates"] > 0 and metrics["03_judge"]["judge_unparsed"] == 0
     assert metrics["06_evaluate"]["test_rows"] == 24
     # the task's iterations page (written after the run; a failure there is only a warning in the log)
     index = (run.parent / "index.html").read_text()

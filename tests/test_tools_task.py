@@ -138,6 +138,23 @@ def test_03_rejects_a_planted_wrong_argument_and_pairs_the_worst_candidate(cfg):
     assert judged.loc["c", "reject_reason"] == "answer_invalid"
     assert json.loads(judged.loc["a", "answer"]) == intended
 
+    # the judge on the answers: one request per (candidate of a kept row, dimension, juror), showing
+    # the request, the candidate's answer and a real request of the tool; its score breaks ties
+    seeds = pd.DataFrame([{"text": "play some Adele", "tool": "PlayMusic", "arguments": {"artist": "Adele"}}])
+    jcfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"jurors": 2})})
+    kept = judged.reset_index()
+    reqs, keys = t.answer_judge_requests(jcfg, kept, cands, seeds, "{}")
+    assert len(reqs) == 2 * 2 * 2  # row a only: 2 candidates × (correctness, tool_usage) × 2 jurors
+    assert {(k[1], k[2]) for k in keys} == {(d, j) for d in ("correctness", "tool_usage") for j in (0, 1)}
+    user = reqs[0].messages[-1][1]
+    assert good in user and 'Request: "play jazz by Miles Davis on Spotify"' in user and "play some Adele" in user
+    tie = pd.DataFrame([{"row": "a", "candidate": i, "raw": raw, "agreement": 0.5,
+                         "answer": {"tool": "PlayMusic", "arguments": {}}, "judge_score": s}
+                        for i, (raw, s) in enumerate([("x", 0.9), ("y", 0.2)])])  # fmt: skip
+    ranked = t.judge_rows(cfg, rows, tie).set_index("id")
+    assert ranked.loc["a", "best_answer"] == "x" and ranked.loc["a", "rejected_answer"] == "y"
+    assert abs(ranked.loc["a", "judge_score"] - 0.55) < 1e-9
+
 
 def test_grpo_rewards_are_field_f1_and_schema_validity(cfg):
     f1, valid = tasks.tools.rewards(cfg)

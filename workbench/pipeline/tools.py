@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from workbench import causal, clusters, embed, filters, gaps, structured, tagger, tasks
+from workbench import causal, clusters, embed, filters, gaps, judge, structured, tagger, tasks
 from workbench.config import LLMConfig, RunConfig
 from workbench.files import cache_dir, write_atomic
 from workbench.llm import LLM, local_model_dir
@@ -190,14 +190,55 @@ def candidate_view(cands: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- 03_judge
 
 
-def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """03: the verifiable checks of each row's intended answer (`answer_invalid`, `value_missing`),
-    the candidates' agreement per field, best-of-N (the intended answer, which the checks proved)
-    and DPO pairs: the worst candidate is the rejected side when the best beats it by
-    `judge.pair_margin` in field agreement. Saves `judged` and `pairs`."""
+def judge_answers(stage: Stage, rows: pd.DataFrame, cands: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The judge on the answers of the kept rows' candidates: each rubric dimension (`judge.rubric`,
+    else the task's) scored 1-5 with a rationale by `judge.jurors` jurors (own seed each). Returns
+    the candidates with judge_score (0-1, mean over dimensions and jurors), judge_<dimension>,
+    judge_<dimension>_rationale and judge_spread (max − min over jurors), and the judgments, one
+    row per (row, candidate, dimension, juror)."""
     cfg = stage.cfg
     t = tasks.of(cfg)
-    judged = t.judge_rows(cfg, load_rows(stage, "prompts"), load_rows(stage, "candidates"))
+    reqs, keys = t.answer_judge_requests(cfg, rows, cands, load_rows(stage, "seeds"), judge.SCHEMA)
+    results = stage.llm().generate(reqs, desc="03 judge on the answers") if reqs else []
+    recs = []
+    for (i, dim, juror), c in zip(keys, results):
+        score, why = judge.parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))
+        recs.append({"row": cands.at[i, "row"], "candidate": cands.at[i, "candidate"], "dimension": dim,
+                     "juror": juror, "score": score, "rationale": why, "raw": c[0]["text"], "error": c[0]["error"],
+                     "cached": bool(c[0]["cached"]), "model": c[0]["model"]})  # fmt: skip
+    cols = ["row", "candidate", "dimension", "juror", "score", "rationale", "raw", "error", "cached", "model"]
+    judgments = pd.DataFrame(recs, columns=cols).astype({"score": float})
+    out = cands.copy()
+    out["judge_score"] = out["judge_spread"] = math.nan
+    for (row, cand), g in judgments.groupby(["row", "candidate"]):
+        at = out.index[(out["row"] == row) & (out["candidate"] == cand)]
+        for dim, d in g.groupby("dimension"):
+            out.loc[at, f"judge_{dim}"] = d["score"].mean()
+            out.loc[at, f"judge_{dim}_rationale"] = (
+                d["rationale"].dropna().iloc[0] if d["rationale"].notna().any() else None
+            )
+        out.loc[at, "judge_score"] = g["score"].mean()
+        per_juror = g.groupby("juror")["score"].mean().dropna()
+        if len(per_juror) > 1:
+            out.loc[at, "judge_spread"] = per_juror.max() - per_juror.min()
+    return out, judgments
+
+
+def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """03: the verifiable checks of each row's intended answer (`answer_invalid`, `value_missing`),
+    then the judge on the candidates' answers of the rows that pass (`judge_answers`), the
+    candidates' agreement per field, best-of-N by agreement then judge score (the row's answer
+    stays the intended one, which the checks proved) and DPO pairs: the worst candidate is the
+    rejected side when the intended answer beats it by `judge.pair_margin` in field agreement.
+    Saves `judged`, `candidates_judged`, `judgments` and `pairs`."""
+    cfg = stage.cfg
+    t = tasks.of(cfg)
+    prompts, cands = load_rows(stage, "prompts"), load_rows(stage, "candidates")
+    checked = t.judge_rows(cfg, prompts, cands)
+    cands, judgments = judge_answers(stage, checked, cands)
+    save_rows(stage, cands, "candidates_judged")
+    stage.save(judgments, "judgments")
+    judged = t.judge_rows(cfg, prompts, cands)
     judged["keep_judge"] = judged["keep"] | ~judged["keep_prompts"]  # 01's rejects keep 01's reason
     judged["reject_reason_judge"] = judged["reject_reason"].where(judged["keep_prompts"])
     worst = judged["agreement"].fillna(1.0)
@@ -221,17 +262,57 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "mean_agreement": float(judged["agreement"].mean()) if judged["agreement"].notna().any() else None,
         "pairs": len(pairs),
         "field_agreement": {k: round(float(np.mean(v)), 3) for k, v in sorted(fields.items())},
+        "judged_candidates": int(cands["judge_score"].notna().sum()),
+        "mean_judge_score": float(cands["judge_score"].mean()) if cands["judge_score"].notna().any() else None,
+        "judge_unparsed": int(judgments["score"].isna().sum()),
+        "judge_alpha": _judge_alpha(judgments),
+        # does the judge prefer the candidates that agree with the checked answer? (the judge's signal)
+        "judge_vs_agreement": _spearman(cands["judge_score"], cands["agreement"]),
     }
     return judged, pairs, summary
 
 
+def _judge_alpha(judgments: pd.DataFrame) -> float | None:
+    """Krippendorff's alpha (interval) of the jurors over (candidate, dimension); None with one juror."""
+    if judgments.empty or judgments["juror"].nunique() < 2:
+        return None
+    m = judgments.pivot_table(index="juror", columns=["row", "candidate", "dimension"], values="score")
+    a = judge.krippendorff_alpha(m.to_numpy())
+    return None if a is None or math.isnan(a) else round(float(a), 3)
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> float | None:
+    ok = a.notna() & b.notna()
+    if ok.sum() < 3 or a[ok].nunique() < 2 or b[ok].nunique() < 2:
+        return None
+    return round(float(a[ok].rank().corr(b[ok].rank())), 3)
+
+
 def judge_markdown(m: dict) -> str:
     agree = "n/a" if m["mean_agreement"] is None else f"{m['mean_agreement']:.2f}"
+    score = "n/a" if m.get("mean_judge_score") is None else f"{m['mean_judge_score']:.2f}"
+    corr = "n/a (too few distinct scores)" if m.get("judge_vs_agreement") is None else f"{m['judge_vs_agreement']:+.2f}"
+    alpha = (
+        "" if m.get("judge_alpha") is None else f" Jurors' agreement (Krippendorff's alpha): {m['judge_alpha']:.2f}."
+    )
     return (
         f"**{m['kept']} of {m['checked']} requests pass the checks**; rejected here: {m['reasons'] or 'none'}. "
-        f"The candidates' mean field agreement with the intended answers: {agree}. **{m['pairs']} DPO pairs** "
-        "(intended answer over the worst candidate)."
+        f"The candidates' mean field agreement with the intended answers: {agree}. The judge scored "
+        f"{m.get('judged_candidates', 0)} candidate answers (mean {score} on 0-1, {m.get('judge_unparsed', 0)} "
+        f"judgments without a score); rank correlation of its score with the checked agreement: {corr}.{alpha} "
+        f"**{m['pairs']} DPO pairs** (intended answer over the worst candidate)."
     )
+
+
+def judged_candidates(stage: Stage) -> pd.DataFrame:
+    """The judged candidates, best first per row: the answer, its checked agreement, the judge's
+    score per dimension with the rationale."""
+    c = load_rows(stage, "candidates_judged")
+    dims = [k[6:] for k in c.columns if k.startswith("judge_") and k.endswith("_rationale")]
+    cols = ["row", "candidate", "raw", "agreement", "judge_score"]
+    cols += [x for d in dims for x in (f"judge_{d[:-10]}", f"judge_{d}")] + ["judge_spread"]
+    c = c.sort_values(["row", "agreement", "judge_score"], ascending=[True, False, False])
+    return c[[x for x in cols if x in c]].reset_index(drop=True)
 
 
 def field_agreement(judged: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from workbench import structured
-from workbench.config import ConfigError, RunConfig, plan_counts
+from workbench.config import RUBRIC, ConfigError, RunConfig, plan_counts
 from workbench.data import dataset_dir
 from workbench.llm.types import Request, clean_text
 
@@ -486,16 +486,77 @@ def candidates(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
+# The judge on an answer: what each rubric dimension means for a tool call or an extraction (the
+# other dimensions keep their general wording), and the dimensions scored when `judge.rubric` is unset.
+ANSWER_CRITERIA = {
+    "correctness": "the answer fits the request: the right tool, and each value it gives is the request's own "
+    "words for that argument, with nothing the request says left out",
+    "formatting": "the answer uses only the schema's own argument names, with no empty, placeholder or made-up values",
+    "tool_usage": RUBRIC["tool_usage"],
+}
+ANSWER_RUBRIC = {"tools": ["correctness", "tool_usage"], "extraction": ["correctness", "formatting"]}
+JUDGE_SYSTEM = "You are a strict reviewer of {what} for {domain}."
+JUDGE_USER = (
+    'Criterion: {criterion}.\n{anchor}Request: "{text}"\nAnswer: {answer}\n'
+    "Score the answer 1 (fails) to 5 (fully meets), then give a one-sentence reason."
+)
+JUDGE_ANCHOR = 'A real request and its correct answer, for reference:\nRequest: "{text}"\nAnswer: {answer}\n'
+
+
+def answer_rubric(cfg: RunConfig) -> list[str]:
+    return list(cfg.judge.rubric) if cfg.judge.rubric is not None else ANSWER_RUBRIC[cfg.task.type]
+
+
+def answer_judge_requests(
+    cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame, seeds: pd.DataFrame, schema: str
+) -> tuple[list[Request], list[tuple]]:
+    """03's judge on the answers: one request per (candidate of a kept row, rubric dimension, juror),
+    showing the request and the candidate's answer (and, with `judge.anchor`, a real seed of the
+    same tool with its answer), and the key (candidate index, dimension, juror)."""
+    j = cfg.judge
+    with_tool = cfg.task.type == "tools"
+    anchor = {}
+    if j.anchor:
+        for s in seeds.drop_duplicates("tool").itertuples():
+            anchor[s.tool] = JUDGE_ANCHOR.format(text=s.text, answer=answer_json(s.tool, s.arguments, with_tool))
+    kept = rows.set_index("id")[rows.set_index("id")["keep"]]
+    what = "tool calls" if with_tool else "extracted fields"
+    reqs, keys = [], []
+    for i, c in cands[cands["row"].isin(kept.index)].iterrows():
+        r = kept.loc[c["row"]]
+        for dim in answer_rubric(cfg):
+            criterion = ANSWER_CRITERIA.get(dim) or RUBRIC[dim].format(topic=r["tool"], domain=cfg.task.domain)
+            for juror in range(j.jurors):
+                user = JUDGE_USER.format(
+                    criterion=criterion, anchor=anchor.get(r["tool"], ""), text=r["text"], answer=c["raw"]
+                )
+                reqs.append(
+                    Request.chat(
+                        JUDGE_SYSTEM.format(what=what, domain=cfg.task.domain),
+                        user,
+                        temperature=j.temperature,
+                        top_p=1.0,
+                        max_tokens=j.max_tokens,
+                        seed=cfg.seed + juror,
+                        schema=schema,
+                        first_tokens=("1", "2", "3", "4", "5"),
+                    )
+                )
+                keys.append((i, dim, juror))
+    return reqs, keys
+
+
 def judge_rows(cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame) -> pd.DataFrame:
     """03, verifiable checks first: a row's answer is its intended one (drawn before the message
     was written), kept only if it validates under the schema and each value is in the message
     (`answer_invalid`, `value_missing`); the candidates' agreement with it, field by field, is
     the jury's (`agreement`: mean F1 over candidates; `agreement_<argument>`: the share of
-    candidates that give that argument its value). The best candidate is the one that agrees
-    most; the worst, when it agrees less, is the rejected side of a DPO pair."""
+    candidates that give that argument its value). Candidates rank by agreement, then by the
+    judge's score where 03 has one (`judge_score`): the best is `best_answer`; the worst, when it
+    agrees less than fully, is the rejected side of a DPO pair."""
     tools = structured.tools_of(cfg)
     out = rows.copy()
-    reasons, agree, worst, per_field = [], [], [], []
+    reasons, agree, worst, best, scored, per_field = [], [], [], [], [], []
     by_row = {k: g for k, g in cands.groupby("row")} if len(cands) else {}
     for r in out.itertuples():
         reason = r.reject_reason
@@ -510,11 +571,17 @@ def judge_rows(cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame) -> pd.Da
         if g is None or not len(g):
             agree.append(None)
             worst.append(None)
+            best.append(None)
+            scored.append(None)
             per_field.append({})
             continue
         agree.append(float(g["agreement"].mean()))
-        lo = g.loc[g["agreement"].idxmin()]
+        judge = g["judge_score"] if "judge_score" in g else pd.Series(np.nan, index=g.index)
+        order = g.assign(_judge=judge.fillna(-1.0)).sort_values(["agreement", "_judge", "candidate"], kind="stable")
+        lo, hi = order.iloc[0], order.iloc[-1]
         worst.append(lo["raw"] if lo["agreement"] < 1.0 and lo["answer"] is not None else None)
+        best.append(hi["raw"])
+        scored.append(float(judge.mean()) if judge.notna().any() else None)
         fields = {}
         for k, v in r.arguments.items():
             fields[k] = float(
@@ -532,6 +599,8 @@ def judge_rows(cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame) -> pd.Da
     out["field_agreement"] = per_field
     out["answer"] = [answer_json(t, a, cfg.task.type == "tools") for t, a in zip(out["tool"], out["arguments"])]
     out["rejected_answer"] = worst
+    out["best_answer"] = best
+    out["judge_score"] = scored
     return out
 
 
