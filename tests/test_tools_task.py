@@ -215,9 +215,10 @@ def test_07_proposes_a_value_list_that_iterate_writes_and_01_draws_from(cfg, tmp
     from workbench.pipeline import tools as steps
 
     g = pd.DataFrame(
-        {"signature": ["missing:city", "missing:city wrong:timeRange", "wrong:city"],
-         "expected": [{"tool": "GetWeather", "arguments": {"city": c, "timeRange": "now"}}
-                      for c in ("Oslo", "Bergen", "oslo")]}
+        {"signature": ["missing:city", "missing:city wrong:timeRange", "wrong:city", "missing:city"],
+         "tool": ["GetWeather"] * 3 + ["BookRestaurant"],  # the last is another tool's: not counted
+         "expected": [{"tool": t, "arguments": {"city": c, "timeRange": "now"}}
+                      for t, c in zip(["GetWeather"] * 3 + ["BookRestaurant"], ("Oslo", "Bergen", "oslo", "Rome"))]}
     )  # fmt: skip
     edit = steps._value_list_edit(cfg, "GetWeather", g, 3, set())
     assert edit["kind"] == "values" and edit["label"] == "GetWeather.city"
@@ -236,7 +237,7 @@ def test_07_proposes_a_value_list_that_iterate_writes_and_01_draws_from(cfg, tmp
         gaps.apply(ROOT / "configs" / "snips-tools.yaml", [{**edit, "id": "e1", "label": "GetWeather.nope"}], [])
 
     ext = load_config(ROOT / "configs" / "snips-extract.yaml")[0]
-    edit = steps._value_list_edit(ext, "BookRestaurant", g, 0, set())
+    edit = steps._value_list_edit(ext, "BookRestaurant", g.assign(tool="BookRestaurant").iloc[:3], 0, set())
     assert edit["label"] == "city" and edit["path"] == "task.fields.city.values"
     (tmp_path / "ext.yaml").write_text(gaps.apply(ROOT / "configs" / "snips-extract.yaml", [{**edit, "id": "e1"}], []))
     ext2 = load_config(tmp_path / "ext.yaml")[0]

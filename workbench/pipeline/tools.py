@@ -662,9 +662,10 @@ def gaps_markdown(m: dict) -> str:
 
 
 def _value_list_edit(cfg: RunConfig, tool: str, g: pd.DataFrame, cluster: int, done: set) -> dict | None:
-    """A `values` edit for the argument (of `tool`) that cluster `g`'s failures most often miss or get
-    wrong, with its real values there that the config lacks; None when there is none (or that
-    argument had its edit already: `done` holds "tool.argument")."""
+    """A `values` edit for the argument (of `tool`) that cluster `g`'s failures of `tool` most often
+    miss or get wrong, with its real values there that the config lacks; None when there is none
+    (or that argument had its edit already: `done` holds "tool.argument")."""
+    g = g[g["tool"] == tool]
     missed = [
         sig.split(":", 1)[1] for x in g["signature"] for sig in x.split() if sig.startswith(("missing:", "wrong:"))
     ]
@@ -717,7 +718,8 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame) -
         tool = s.dominant_true
         if tool == structured.NO_TOOL:
             continue
-        g = clustered[clustered["cluster"] == s.cluster]
+        # the cluster's failures of its dominant tool (a cluster may hold a few of other tools)
+        g = clustered[(clustered["cluster"] == s.cluster) & (clustered["tool"] == tool)]
         value_edit = _value_list_edit(cfg, tool, g, s.cluster, done)
         if value_edit is not None:
             edits.append(value_edit)
