@@ -107,15 +107,13 @@ def judge_requests(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> t
             criterion = RUBRIC[dim].format(topic=topic, domain=cfg.task.domain)
             for juror in range(j.jurors):
                 reqs.append(
-                    Request.chat(
+                    Request.rating(
                         SYSTEM.format(domain=cfg.task.domain),
                         USER[juror % len(USER)].format(criterion=criterion, anchor=anchor, text=row["text"]),
                         temperature=j.temperature,
-                        top_p=1.0,
                         max_tokens=j.max_tokens,
                         seed=cfg.seed + juror,
                         schema=SCHEMA,
-                        first_tokens=("1", "2", "3", "4", "5"),
                     )
                 )
                 keys.append((i, dim, juror))

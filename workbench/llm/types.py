@@ -37,6 +37,21 @@ class Request:
         msgs = ((("system", system),) if system else ()) + (("user", user),)
         return Request(messages=msgs, **kw)
 
+    @staticmethod
+    def rating(system: str, user: str, *, temperature: float, max_tokens: int, seed: int, schema: str) -> Request:
+        """A judge's 1-5 rating with a reason: top_p 1, and on the embedded model the first token is
+        one of "1".."5" (its probabilities give the expected rating)."""
+        return Request.chat(
+            system,
+            user,
+            temperature=temperature,
+            top_p=1.0,
+            max_tokens=max_tokens,
+            seed=seed,
+            schema=schema,
+            first_tokens=("1", "2", "3", "4", "5"),
+        )
+
     def openai_messages(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
 

@@ -531,15 +531,13 @@ def answer_judge_requests(
                     criterion=criterion, anchor=anchor.get(r["tool"], ""), text=r["text"], answer=c["raw"]
                 )
                 reqs.append(
-                    Request.chat(
+                    Request.rating(
                         JUDGE_SYSTEM.format(what=what, domain=cfg.task.domain),
                         user,
                         temperature=j.temperature,
-                        top_p=1.0,
                         max_tokens=j.max_tokens,
                         seed=cfg.seed + juror,
                         schema=schema,
-                        first_tokens=("1", "2", "3", "4", "5"),
                     )
                 )
                 keys.append((i, dim, juror))
