@@ -308,9 +308,9 @@ def judged_candidates(stage: Stage) -> pd.DataFrame:
     """The judged candidates, best first per row: the answer, its checked agreement, the judge's
     score per dimension with the rationale."""
     c = load_rows(stage, "candidates_judged")
-    dims = [k[6:] for k in c.columns if k.startswith("judge_") and k.endswith("_rationale")]
     cols = ["row", "candidate", "raw", "agreement", "judge_score"]
-    cols += [x for d in dims for x in (f"judge_{d[:-10]}", f"judge_{d}")] + ["judge_spread"]
+    cols += [x for d in tasks.of(stage.cfg).answer_rubric(stage.cfg) for x in (f"judge_{d}", f"judge_{d}_rationale")]
+    cols += ["judge_spread"]
     c = c.sort_values(["row", "agreement", "judge_score"], ascending=[True, False, False])
     return c[[x for x in cols if x in c]].reset_index(drop=True)
 
