@@ -208,3 +208,71 @@ def test_run_refuses_an_unknown_trainer_field_before_any_stage(tmp_path, capsys)
     code = cli.main(["run", "configs/smoke.yaml", "--set", "train.sft={lerning_rate: 0.001}", "--runs-dir", str(runs)])
     assert code == 2 and "train.sft: unknown SFTConfig fields" in capsys.readouterr().err
     assert not runs.exists()  # nothing was started
+
+
+def test_grpo_reward_moves_with_a_scripted_judge(cfg, tiny, tmp_path):
+    """`train.grpo_reward: [judge]`: the reward of each step is the judge's scores of that step's
+    replies, read from one batched call per step, and it moves as the student changes."""
+    import re
+
+    import torch
+
+    from tests.scripted_llm import ScriptedLLM
+    from workbench import train
+
+    scores = []
+
+    def score(req, i):  # this judge likes capitals: 1 + a point for every 2, up to 5
+        reply = re.search(r'Reply: "(.*)"\n', req.messages[-1][1], re.S).group(1)
+        scores.append(min(5, 1 + sum(ch.isupper() for ch in reply) // 2))
+        return json.dumps({"score": scores[-1], "rationale": "capitals"})
+
+    judge = ScriptedLLM(score, tmp_path)
+    cfg.train.grpo_reward = ["judge"]
+    cfg.train.grpo = {"max_steps": 6, "learning_rate": 5e-2, "per_device_train_batch_size": 8, "num_generations": 4}
+    funcs = train.grpo_rewards(cfg, causal.rewards(LABELS), {"llm": judge})
+    assert len(funcs) == 1  # the judge's term only
+    data = causal.grpo_dataset(_rows(8), causal.system_prompt(cfg))
+    causal.fit("grpo", tiny, data, cfg, tmp_path / "grpo", reward_funcs=funcs)
+    rewards = [h["reward"] for h in _curve(tmp_path / "grpo")]
+    assert len(judge.requests) == 6 * 8  # every reply of every step judged (1 dimension, 1 judge)
+    assert all("message number" in r.messages[-1][1] for r in judge.requests)  # shown the request
+    per_step = [(np.mean(scores[k : k + 8]) - 1) / 4 for k in range(0, len(scores), 8)]
+    assert rewards == pytest.approx(per_step, abs=1e-3)  # the logged reward is the judge's, step by step
+    assert len(set(np.round(rewards, 6))) > 1  # and it moves
+    before, _ = causal.load(tiny)
+    after, _ = causal.load(tmp_path / "grpo" / "merged")
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+
+
+def test_a_second_iteration_starts_from_the_first_ones_student(cfg, tiny, tmp_path):
+    import torch
+
+    from workbench import train
+    from workbench.pipeline import learn
+    from workbench.stage import Stage
+
+    task = tmp_path / "runs" / "smoke"
+    first, second = task / "001-a", task / "002-b"
+    for run in (first, second):
+        (run / "artifacts").mkdir(parents=True)
+        (run / "config.yaml").write_text("")
+    cfg.train.methods = ["sft"]
+    cfg.train.sft = {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 4}
+    seeds, rows = _rows(6), _rows(6).assign(keep=True)
+    t1 = train.train_causal(cfg, seeds, rows, pd.DataFrame(), LABELS, tmp_path, first / "artifacts" / "causal")
+    assert t1["start"].tolist() == [str(tiny)]
+    assert learn.start_of(Stage("05_train", cfg, second)) is None  # train.start_from: base
+    cfg.train.start_from = "parent"
+    start = learn.start_of(Stage("05_train", cfg, second))
+    assert start == first / "artifacts" / "causal" / "sft" / "merged"
+    assert learn.start_of(Stage("05_train", cfg, first)) is None  # the first iteration has no parent
+    cfg.train.sft = {**cfg.train.sft, "learning_rate": 0.0}  # a round that changes nothing shows where it began
+    t2 = train.train_causal(cfg, seeds, rows, pd.DataFrame(), LABELS, tmp_path, second / "artifacts" / "causal",
+                            start=start)  # fmt: skip
+    assert t2["start"].tolist() == [str(start)]
+    base, _ = causal.load(tiny)
+    one, _ = causal.load(start)
+    two, _ = causal.load(second / "artifacts" / "causal" / "sft" / "merged")
+    assert all(torch.equal(a, b) for a, b in zip(one.parameters(), two.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(base.parameters(), two.parameters()))

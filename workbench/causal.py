@@ -7,10 +7,12 @@ and `train.lora` (any field of peft.LoraConfig; null = full fine-tune).
 - **sft**: prompt/completion rows (system = the task, user = the message, assistant = the label), so
   the loss is on the completion only.
 - **dpo**: 03's best-vs-worst pairs, from the SFT model, with the SFT model as the explicit reference.
-- **grpo**: prompts with their intended label, from the SFT model; the reward is `correct` (the
-  generated label is the intended one) plus a small `label_format` term (how close the reply is
-  to some label: 1.0 for a valid label), so a model that starts far from the label set still gets
-  a signal.
+- **grpo**: prompts with their intended label, from the SFT model; the verifiable reward is
+  `correct` (the generated label is the intended one) plus a small `label_format` term (how close
+  the reply is to some label: 1.0 for a valid label), so a model that starts far from the label set
+  still gets a signal. With `train.grpo_reward` naming `judge`, `judge_reward` adds the judges'
+  score of each reply (roles.judge's models, batched and cached). Each reward function carries its
+  `weight` (format terms 0.2), used unless `train.grpo.reward_weights` is set.
 
 Each method writes `adapter/` (LoRA only), `merged/` (a plain model folder, float32) and `curve.json`
 (trl's log history) under its folder.
@@ -43,7 +45,9 @@ from workbench import precision
 from workbench.config import ConfigError, RunConfig, TrainConfig
 from workbench.export import system_prompt as with_labels
 from workbench.files import replace_dir, write_atomic
+from workbench.llm import Request, generate_by
 from workbench.llm.decode import Decoder, end_id
+from workbench.llm.types import read_rating
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,6 @@ TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
         "num_generations": 4,
         "max_completion_length": 12,
         "learning_rate": 2e-4,
-        "reward_weights": [1.0, 0.2],
     },
 }
 
@@ -194,7 +197,66 @@ def rewards(labels: list[str]) -> list:
             out.append(1.0 if r in known else max(difflib.SequenceMatcher(None, r, k).ratio() for k in known) * 0.5)
         return out
 
+    label_format.weight = 0.2
     return [correct, label_format]
+
+
+# What the reward's judge rates a student's reply on, per rubric dimension: the reply, not the input
+REWARD_CRITERIA = {
+    "correctness": "the reply is the right answer to the request (for a label: the one the message is about)",
+    "helpfulness": "the reply does what the user asked, completely and usefully",
+    "policy_compliance": "the reply is something a {domain} assistant may say: nothing harmful, abusive or private, "
+    "and a request that must be refused is refused",
+    "formatting": "the reply is in the form asked for, with no preamble, notes, placeholders or markup",
+    "tool_usage": "a tool call names the right tool with correct arguments, and only when needed",
+    "refusal_quality": "a refusal is brief and polite, says why, and offers a safe alternative",
+}
+REWARD_SYSTEM = "You are a strict grader of an assistant's replies for {domain}."
+REWARD_USER = (
+    'Criterion: {criterion}.\nThe assistant\'s instructions: "{system}"\nRequest: "{text}"\nReply: "{reply}"\n'
+    "Score the reply 1 (fails) to 5 (fully meets), then give a one-sentence reason."
+)
+
+
+def judge_reward(cfg: RunConfig, judges: dict, log_to: list | None = None):
+    """GRPO's judge reward: each reply of a step's batch rated 1-5 (as 0-1) on each dimension of
+    `judge.rubric` (correctness when null) by each model of `judges` (roles.judge's LLMs by name),
+    shown the instructions, the request and the reply; the reward is the mean over dimensions and
+    judges. One `generate` per model and step (batched), through the LLM cache (a reply seen before
+    costs nothing). A rating that cannot be read scores 0 and is counted in `log_to` (one dict per
+    step: calls, cached, unreadable)."""
+    dims = list(cfg.judge.rubric or ["correctness"])
+    j, domain = cfg.judge, cfg.task.domain
+
+    def judge(completions, prompts, **_: Any) -> list[float]:
+        reqs, names = [], []
+        for prompt, c in zip(prompts, completions):
+            system = next((m["content"] for m in prompt if m["role"] == "system"), "")
+            text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+            for dim in dims:
+                user = REWARD_USER.format(
+                    criterion=REWARD_CRITERIA[dim].format(domain=domain), system=system, text=text, reply=_reply(c)
+                )
+                for name in judges:
+                    reqs.append(
+                        Request.rating(
+                            REWARD_SYSTEM.format(domain=domain),
+                            user,
+                            temperature=j.temperature,
+                            max_tokens=j.max_tokens,
+                            seed=cfg.seed,
+                        )
+                    )
+                    names.append(name)
+        results = generate_by(judges, reqs, names, "05 grpo judge reward")
+        scores = [read_rating(r[0]["text"], r[0]["parsed"], r[0].get("first_probs"))[0] for r in results]
+        if log_to is not None:
+            log_to.append({"calls": len(results), "cached": sum(bool(r[0]["cached"]) for r in results),
+                           "unreadable": sum(s is None for s in scores)})  # fmt: skip
+        per = len(dims) * len(judges)
+        return [float(np.mean([s or 0.0 for s in scores[k * per : (k + 1) * per]])) for k in range(len(completions))]
+
+    return judge
 
 
 # ---------------------------------------------------------------- training
@@ -239,7 +301,10 @@ def fit(
     elif method == "grpo":
         if labels is None and reward_funcs is None:
             raise ValueError("grpo needs the label set or reward functions for its reward")
-        trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs or rewards(labels), **kw)
+        funcs = reward_funcs or rewards(labels)
+        if "reward_weights" not in cfg.train.grpo:  # each term's own weight (format terms 0.2)
+            args.reward_weights = [float(getattr(f, "weight", 1.0)) for f in funcs]
+        trainer = GRPOTrainer(model=model, reward_funcs=funcs, **kw)
     else:
         raise ValueError(f"unknown method {method!r}; expected sft, dpo or grpo")
     t0 = time.perf_counter()

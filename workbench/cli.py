@@ -157,15 +157,16 @@ def _loop(args: argparse.Namespace) -> int:
 
 def preflight(cfg: RunConfig) -> None:
     """What can be checked before a run folder exists, so a mistake costs nothing: the labels and
-    the data (the dataset's files, the seeds file: columns, encoding, labels) and the endpoint
-    (it answers, takes the key, serves the model)."""
+    the data (the dataset's files, the seeds file: columns, encoding, labels) and each endpoint
+    the roles name (it answers, takes the key, serves the model)."""
     where = (
         f"WORKBENCH_CACHE={os.environ['WORKBENCH_CACHE']}" if os.environ.get("WORKBENCH_CACHE") else "the cache folder"
     )
     check_writable(cache_dir(), where)
     tasks.of(cfg).check_data(cfg)
-    if cfg.llm.provider == "openai":
-        endpoint(cfg.llm)
+    for model in cfg.models_in_use().values():  # the generator's and every other role's endpoint
+        if model.provider == "openai":
+            endpoint(model)
 
 
 def _check_trainers(cfg: RunConfig) -> None:

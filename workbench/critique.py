@@ -1,6 +1,7 @@
 """Stage 01's prompt critic: an LLM labels each generated prompt with defect classes and routes it.
 
-`critique(cfg, rows, todo, llm, systems)` adds, for the rows in `todo`:
+`critique(cfg, rows, todo, llm, systems, writer)` (llm: the critic; writer: the generator, which
+writes the rewrites; default the critic) adds, for the rows in `todo`:
     critique_raw, critique_parsed (bool), critique_defects (comma-separated), critique_reason,
     critique_action (keep / rewrite / drop; None when unparseable), original_text (the text the
     critic saw), rewritten (bool), recritique_raw, recritique_action,
@@ -100,9 +101,11 @@ def _requests(cfg: RunConfig, rows: pd.DataFrame, todo: list, seed: int) -> list
     return reqs
 
 
-def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: dict) -> None:
-    """Critique rows[todo] in place. `systems[row id]` is the generator's system prompt of the row,
-    reused for its rewrite."""
+def critique(
+    cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: dict, writer: LLM | None = None
+) -> None:
+    """Critique rows[todo] in place with `llm` (the critic). `systems[row id]` is the generator's system
+    prompt of the row, reused for its rewrite, which `writer` (the generator; default `llm`) writes."""
     for col, default in (
         ("critique_raw", None),
         ("critique_cached", False),
@@ -170,7 +173,7 @@ def critique(cfg: RunConfig, rows: pd.DataFrame, todo: list, llm: LLM, systems: 
     ]
 
     redo = []
-    for i, cands in zip(rewrite, llm.generate(reqs, desc="01 rewrite")):
+    for i, cands in zip(rewrite, (writer or llm).generate(reqs, desc="01 rewrite")):
         text = clean_text(cands[0]["text"]) if cands[0]["error"] is None else ""
         if not text:
             rows.at[i, "keep_critique"] = False

@@ -1,8 +1,8 @@
 """Stage 03: a rubric judge (or several) and, for classification, a jury that re-labels blind.
 
 Rubric judge. Each kept row is scored 1-5 on each dimension of `judge.rubric` with a one-line
-rationale, by `judge.jurors` judges: the same model with its own seed and prompt wording each
-when only one model exists. Endpoints get a JSON schema ({score, rationale}); the embedded
+rationale by the jurors (`RunConfig.jurors`): each model `roles.judge` names, `judge.jurors` times with its
+own seed and prompt wording each; a jury of different models is several names. Endpoints get a JSON schema ({score, rationale}); the embedded
 model's first token is constrained to a digit 1-5, then it writes its reason. A reply with no
 score is kept raw. Scores are scaled to 0-1 and averaged over jurors; agreement between them is
 Krippendorff's alpha (interval), and rows whose jurors' scores spread more than
@@ -15,13 +15,14 @@ Label jury (classification). Each juror names a label without being told the int
 Votes are aggregated by majority (`judge.aggregate`: more than half of the votes cast) or by
 mean (the label with the highest mean probability). Agreement is Fleiss' kappa.
 
-`judge_rows(cfg, rows, cands, seeds, llm, cache_dir)` → (rows, judgments)
+`judge_rows(cfg, rows, cands, seeds, llms, cache_dir)` → (rows, judgments); llms: the judges by name
     rows in:  prompt rows of 02 (id, label, text, keep_prompts, …); cands: 02's candidates
     rows out: + judge_<dim> (0-1), judge_<dim>_rationale, judge_score (mean over dimensions),
               judge_spread, jury_votes ({juror: label}), jury_label, jury_unanimous,
               keep_judge, reject_reason_judge (None, 'unparseable', 'llm_error', 'low_score',
               'label_mismatch', 'uncertain')
-    judgments: one row per (row, dimension, juror): id, dimension, juror, score, rationale, raw, error
+    judgments: one row per (row, dimension, juror): id, dimension, juror, juror_model, score, rationale,
+               raw, error
 Rows rejected upstream are not judged (keep_judge True; the earlier reason stands).
 
 `preference_pairs(cands, margin)` → best-of-N and DPO pairs from scored candidates.
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
 
 import numpy as np
@@ -40,11 +40,12 @@ import pandas as pd
 from workbench.config import RUBRIC, RunConfig
 from workbench.data import label_topic
 from workbench.embed import embed
-from workbench.llm import LLM, Request
+from workbench.llm import LLM, Request, generate_by
+from workbench.llm.types import RATING_SCHEMA, read_rating
 from workbench.train import train_probe
 
 SYSTEM = "You are a strict data-quality reviewer for {domain}."
-# Juror j uses wording j mod len: the same model with different prompts and seeds.
+# A model's juror k uses wording k and seed + k (config.JUDGE_WORDINGS: no more of them at temperature 0).
 # Measured with the embedded model on 120 real dev rows, each judged under its true label and under a
 # random wrong one (score = expected rating under the model's first-token probabilities of 1-5):
 # wording 0 separates them with AUC 0.58 (0.61 with the anchor example), wording 1 with 0.49 (0.48);
@@ -57,30 +58,8 @@ USER = (
     'Message: "{text}"\nReply with the rating, then one short sentence why.',
 )
 ANCHOR = 'A real message on this topic, for reference: "{example}"\n'
-SCHEMA = json.dumps(
-    {
-        "type": "object",
-        "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}, "rationale": {"type": "string"}},
-        "required": ["score", "rationale"],
-    }
-)
-_SCORE = re.compile(r"\b([1-5])\b")
-
-
-def parse_judgment(text: str, parsed: dict | None, first_probs: dict | None = None) -> tuple[float | None, str | None]:
-    """(score in 0-1, rationale) from {"score", "rationale"}, or from "N ... reason" (with the
-    embedded model: the expected rating under its first-token probabilities of 1-5);
-    (None, None) when there is no score."""
-    if isinstance(parsed, dict) and parsed.get("score") in (1, 2, 3, 4, 5):
-        return (parsed["score"] - 1) / 4, str(parsed.get("rationale") or "").strip() or None
-    m = _SCORE.search(text or "")
-    if not m:
-        return None, None
-    rest = (text[m.end() :]).lstrip(" ./5:-–—)").strip() or None
-    if first_probs and sum(first_probs.values()) > 0:
-        total = sum(first_probs.values())
-        return sum((int(k) - 1) / 4 * p for k, p in first_probs.items()) / total, rest
-    return (int(m.group(1)) - 1) / 4, rest
+SCHEMA = RATING_SCHEMA
+parse_judgment = read_rating  # (score in 0-1, rationale) of one judgment
 
 
 def rubric(cfg: RunConfig) -> list[str]:
@@ -95,8 +74,13 @@ RUBRIC_BY_TYPE = {
 }
 
 
+def as_jury(cfg: RunConfig, llms) -> dict:
+    """The judges by name: `llms` as given, or one LLM answering for every name in `roles.judge`."""
+    return llms if isinstance(llms, dict) else {name: llms for name in cfg.roles.judge}
+
+
 def judge_requests(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> tuple[list[Request], list[tuple]]:
-    """One request per (row, dimension, juror), and its (row index, dimension, juror)."""
+    """One request per (row, dimension, juror), and its (row index, dimension, juror number)."""
     j = cfg.judge
     example = seeds.groupby("label")["text"].first().to_dict() if j.anchor else {}
     reqs, keys = [], []
@@ -105,14 +89,14 @@ def judge_requests(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> t
         anchor = ANCHOR.format(example=example[row["label"]]) if row["label"] in example else ""
         for dim in rubric(cfg):
             criterion = RUBRIC[dim].format(topic=topic, domain=cfg.task.domain)
-            for juror in range(j.jurors):
+            for juror, (_, k) in enumerate(cfg.jurors()):
                 reqs.append(
                     Request.rating(
                         SYSTEM.format(domain=cfg.task.domain),
-                        USER[juror % len(USER)].format(criterion=criterion, anchor=anchor, text=row["text"]),
+                        USER[k % len(USER)].format(criterion=criterion, anchor=anchor, text=row["text"]),
                         temperature=j.temperature,
                         max_tokens=j.max_tokens,
-                        seed=cfg.seed + juror,
+                        seed=cfg.seed + k,
                         schema=SCHEMA,
                     )
                 )
@@ -121,30 +105,32 @@ def judge_requests(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> t
 
 
 def judge_rows(
-    cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame, seeds: pd.DataFrame, llm: LLM, cache_dir
+    cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame, seeds: pd.DataFrame, llms: dict[str, LLM] | LLM, cache_dir
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rubric judge and the label jury over 02's rows.
+    """The rubric judge and the label jury over 02's rows; `llms`: the judges by the names in
+    `roles.judge` (one LLM: it answers for all).
 
     Columns: `rows` is 02's (id, text, label, keep_prompts, …), `cands` 02's candidates, `seeds` id,
     text, label. Out: `rows` with judge_<dimension> and judge_<dimension>_rationale per rubric
     dimension, judge_score, judge_spread, jury_votes, jury_label, jury_unanimous, keep_judge and
-    reject_reason_judge; and the judgments, one row per (id, dimension, juror): score, rationale, raw,
-    error, cached, model, completion_tokens, latency_s."""
+    reject_reason_judge; and the judgments, one row per (id, dimension, juror): juror_model (its name in
+    roles.judge), score, rationale, raw, error, cached, model, completion_tokens, latency_s."""
     j = cfg.judge
     out = rows.copy()
     todo = out.index[out["keep_prompts"]]
     dims = rubric(cfg)
     reqs, keys = judge_requests(cfg, out.loc[todo], seeds)
-    results = llm.generate(reqs, desc="03 judge") if reqs else []
+    who = cfg.jurors()
+    results = generate_by(as_jury(cfg, llms), reqs, [who[k][0] for *_, k in keys], "03 judge") if reqs else []
     judgments = pd.DataFrame(
         [
-            {"id": out.at[i, "id"], "dimension": dim, "juror": juror}
+            {"id": out.at[i, "id"], "dimension": dim, "juror": juror, "juror_model": who[juror][0]}
             | dict(zip(("score", "rationale"), parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))))
             | {"raw": c[0]["text"], "error": c[0]["error"], "cached": bool(c[0]["cached"]), "model": c[0]["model"]}
             | {"completion_tokens": c[0]["completion_tokens"], "latency_s": c[0]["latency_s"]}
             for (i, dim, juror), c in zip(keys, results)
         ],
-        columns=["id", "dimension", "juror", "score", "rationale", "raw", "error", "cached", "model"]
+        columns=["id", "dimension", "juror", "juror_model", "score", "rationale", "raw", "error", "cached", "model"]
         + ["completion_tokens", "latency_s"],
     )
     judgments["score"] = judgments["score"].astype(float)

@@ -64,6 +64,25 @@ def _identity(cfg: RunConfig) -> str:
     return f"{llm.provider}/{llm.model}" + (f"@{local_identity(llm.dtype)}" if llm.provider == "local" else "")
 
 
+# the role whose model answers each part's calls (and whose prices it costs)
+PART_ROLE = {"preview": "generator", "generation": "generator", "critic": "critic", "candidates": "generator",
+             "rubric": "judge", "rewrite": "generator"}  # fmt: skip
+
+
+def _cost(cfg: RunConfig, role: str, prompt_tokens: float, completion_tokens: float) -> float:
+    """What a part's tokens cost at the prices of its role's models (the judge's shared among its
+    jurors' models); NaN when none of them has a price."""
+    names = getattr(cfg.roles, role)
+    names = names if isinstance(names, list) else [names]
+    out = []
+    for name in names:
+        m = cfg.model_named(name)
+        if m.price_input_per_1m is not None or m.price_output_per_1m is not None:
+            p_in, p_out = m.price_input_per_1m or 0, m.price_output_per_1m or 0
+            out.append((prompt_tokens * p_in + completion_tokens * p_out) / 1e6 / len(names))
+    return sum(out) if out else math.nan
+
+
 def _throughput_file(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / "throughput.json"
 
@@ -251,7 +270,7 @@ def estimate(
         cached_preview = llm.cached_count(list(first["request"]))
         preview = len(first)
     judge_chars = len(judge.SYSTEM) + len(judge.USER[0]) + 80 + 60 * (1 + cfg.judge.anchor)  # + criterion, message
-    judge_calls = n_gen * len(judge.rubric(cfg)) * cfg.judge.jurors
+    judge_calls = n_gen * len(judge.rubric(cfg)) * len(cfg.jurors())
     resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
     m01 = _measured(cfg, known, "01_prompts") or {}
@@ -276,11 +295,10 @@ def estimate(
         *([("04_filter", "rewrite", n_gen, 1, 200, cfg.filter.rewrite_max_tokens, "04_rewrite", n_gen * share)]
           if cfg.filter.rewrite else []),
     ]  # fmt: skip
-    price_in, price_out = cfg.llm.price_input_per_1m, cfg.llm.price_output_per_1m
     rows = []
     for name in STAGE_NAMES:
         row = dict(stage=name, llm_calls=0, prompt_tokens=0.0, completion_tokens=0.0, completion_tokens_max=0)
-        llm_s, basis = 0.0, []
+        llm_s, basis, costs = 0.0, [], []
         for stage, part, calls, n, chars, max_tokens, key, hits in parts:
             if stage != name:
                 continue
@@ -290,6 +308,7 @@ def estimate(
             row["llm_calls"] += int(round(calls))
             row["prompt_tokens"] += calls * chars / CHARS_PER_TOKEN
             row["completion_tokens"] += calls * mean_out
+            costs.append(_cost(cfg, PART_ROLE[part], calls * chars / CHARS_PER_TOKEN, calls * mean_out))
             row["completion_tokens_max"] += int(round(calls)) * max_tokens * n
             if m:
                 llm_s += fresh * m["seconds"] / m["calls"]
@@ -314,11 +333,7 @@ def estimate(
             basis.append(f"calibration: {calibrating:.0f} s, just now")
         units = work_units(cfg, name, counts)
         other, how = _other_seconds(known, name, units, cal)
-        row["cost"] = (
-            (row["prompt_tokens"] * (price_in or 0) + row["completion_tokens"] * (price_out or 0)) / 1e6
-            if (price_in is not None or price_out is not None) and row["llm_calls"]
-            else math.nan
-        )
+        row["cost"] = sum(c for c in costs if c == c) if any(c == c for c in costs) else math.nan
         row["llm_seconds"] = llm_s if row["llm_calls"] else 0.0
         row["other_seconds"] = other
         row["seconds"] = (

@@ -256,11 +256,13 @@ def build_prompts(
     train_counts: dict | None = None,
     eval_index: gates.ShingleIndex | None = None,
     earlier: pd.DataFrame | None = None,
+    critic: LLM | None = None,
 ) -> pd.DataFrame:
     """Generate, critique and gate prompts in rounds until every slot of the plan has a kept prompt
     or `prompts.rounds` is spent. Round r+1 regenerates only the slots still empty
     (`topup_factor` attempts each) and its instructions carry round r's defect statistics.
 
+    `llm` writes the prompts and the critic's rewrites; `critic` (default: `llm`) critiques them.
     `embed_fn(texts)` gives unit vectors (MiniLM); `eval_index` holds the real evaluation rows as
     hashes (contamination); `earlier` has id, text of earlier iterations' prompts. Returns every
     attempt: kept rows and the reject pile, with `keep_prompts` and `reject_reason_prompts` (the first
@@ -303,7 +305,8 @@ def build_prompts(
             rows[f"keep_{g}"] = rows[f"keep_{g}"].fillna(True).astype(bool)  # the new batch's rows
         new = rows.index[rows["round"] == r]
         t0 = time.perf_counter()  # with the critic off, critique() only adds its columns (every row kept)
-        critique.critique(cfg, rows, list(new[gates.alive(rows)[new]]) if p.critique else [], llm, systems)
+        todo = list(new[gates.alive(rows)[new]]) if p.critique else []
+        critique.critique(cfg, rows, todo, critic or llm, systems, writer=llm)
         seconds["critique"] += time.perf_counter() - t0
         gates.constraints(cfg, rows, new[gates.alive(rows)[new]])
         gates.dedup(rows, new[gates.alive(rows)[new]], index)

@@ -191,6 +191,8 @@ def new_run(
         "git": git_state(),
         "packages": _versions(),
         "precision": _precision(cfg),
+        "models": {name: f"{m.provider}/{m.model}" for name, m in cfg.models_in_use().items()},
+        "roles": cfg.roles.model_dump(),
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "finished": None,
         "status": "created",

@@ -35,17 +35,29 @@ class Stage:
     cfg: RunConfig
     run_dir: Path
     _llm_stats: dict = field(default_factory=dict, init=False, repr=False)
+    _llms: dict = field(default_factory=dict, init=False, repr=False)
     _t0: float = field(default_factory=time.perf_counter, init=False, repr=False)
 
     @property
     def artifacts(self) -> Path:
         return self.run_dir / "artifacts"
 
-    def llm(self):
-        """The stage's LLM. Its calls are counted in metrics.json under the stage's `llm`
-        (calls, answered from the cache, errors, retries; summed over the stage's LLMs), so a
-        resumed stage shows how many of its calls had already been paid for."""
-        return LLM(self.cfg.llm, cache_dir(), on_stats=self._count_llm)
+    def llm(self, role: str = "generator") -> LLM:
+        """The LLM of a role (`roles.<role>`: `llm`, or a model of `models`). Its calls are counted in
+        metrics.json under the stage's `llm` (calls, answered from the cache, errors, retries;
+        summed over the stage's LLMs), so a resumed stage shows how many of its calls had already
+        been paid for. Roles that name the same model share one LLM (one embedded model loaded)."""
+        name = getattr(self.cfg.roles, role)
+        return self._named(name[0] if isinstance(name, list) else name)
+
+    def jury(self) -> dict[str, LLM]:
+        """03's judges: an LLM for each model `roles.judge` names, by name."""
+        return {name: self._named(name) for name in self.cfg.roles.judge}
+
+    def _named(self, name: str) -> LLM:
+        if name not in self._llms:
+            self._llms[name] = LLM(self.cfg.model_named(name), cache_dir(), on_stats=self._count_llm)
+        return self._llms[name]
 
     def _count_llm(self, stats: dict) -> None:
         self._llm_stats[id(stats)] = dict(stats)
@@ -81,15 +93,15 @@ class Stage:
         """The run's provenance; empty in a scratch folder, which is not a numbered run."""
         return read_json(self.run_dir / "provenance.json")
 
-    def parent_config(self) -> tuple[str, str] | None:
-        """(name, config text) of the parent run: provenance's `parent`, else the latest earlier
-        numbered run of the same task. None when there is none."""
+    def parent_dir(self) -> Path | None:
+        """The parent run's folder: provenance's `parent`, else the latest earlier numbered run of the
+        same task (with a config.yaml). None when there is none."""
         task_dir = self.run_dir.parent
         parent = self.provenance().get("parent")
         if parent:
             p = Path(parent) if Path(parent).is_absolute() else task_dir / parent
             if (p / "config.yaml").is_file():
-                return p.name, (p / "config.yaml").read_text()
+                return p
         here = re.match(r"^(\d{3,})-", self.run_dir.name)
         limit = int(here.group(1)) if here else None
         earlier = []
@@ -97,10 +109,12 @@ class Stage:
             m = re.match(r"^(\d{3,})-", p.name)
             if m and (limit is None or int(m.group(1)) < limit) and (p / "config.yaml").is_file():
                 earlier.append((int(m.group(1)), p))
-        if not earlier:
-            return None
-        p = max(earlier)[1]
-        return p.name, (p / "config.yaml").read_text()
+        return max(earlier)[1] if earlier else None
+
+    def parent_config(self) -> tuple[str, str] | None:
+        """(name, config text) of the parent run (`parent_dir`). None when there is none."""
+        p = self.parent_dir()
+        return (p.name, (p / "config.yaml").read_text()) if p is not None else None
 
     def finish(self) -> pd.DataFrame:
         """The stage's wall time (from open_stage to now) and its LLM time beside 00's estimate for

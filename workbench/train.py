@@ -133,6 +133,26 @@ def train_students(
     return pd.DataFrame(out)
 
 
+def grpo_rewards(cfg: RunConfig, verifiable: list, judges: dict | None) -> list:
+    """GRPO's reward functions for `train.grpo_reward`: the task's `verifiable` terms and/or the
+    judges' score (`causal.judge_reward`; `judges`: roles.judge's LLMs by name)."""
+    funcs = list(verifiable) if "verifiable" in cfg.train.grpo_reward else []
+    if "judge" in cfg.train.grpo_reward:
+        if not judges:
+            raise ValueError("train.grpo_reward names judge, but no judge LLM was given")
+        funcs.append(causal.judge_reward(cfg, judges))
+    return funcs
+
+
+def parent_student(parent: Path | None) -> Path | None:
+    """The last causal student of a parent run's 05 (grpo, else dpo, else sft: its merged folder)."""
+    for method in ("grpo", "dpo", "sft"):
+        path = parent / "artifacts" / "causal" / method / "merged" if parent is not None else None
+        if path is not None and (path / "config.json").is_file():
+            return path
+    return None
+
+
 def train_causal(
     cfg: RunConfig,
     seeds: pd.DataFrame,
@@ -142,14 +162,18 @@ def train_causal(
     cache_dir: Path,
     folder: Path,
     reference: pd.DataFrame | None = None,
+    start: Path | None = None,
+    judges: dict | None = None,
 ) -> pd.DataFrame:
     """The causal student: SFT on seeds + kept rows, then DPO and GRPO from the SFT model (as
-    `train.methods` asks), and an SFT on `reference` (real train rows) when given. One folder per
-    model under `folder`; returns one row per model: student, model, method, train_rows,
-    train_seconds, steps and paths.
+    `train.methods` asks), and an SFT on `reference` (real train rows) when given. SFT starts from
+    `start` (the parent run's student, `train.start_from: parent`) or else `train.model`; the
+    reference always from `train.model`. GRPO's reward is `train.grpo_reward`'s terms (`judges`:
+    roles.judge's LLMs, for the judge term). One folder per model under `folder`; returns one row
+    per model: student, model, start, train_rows, train_seconds, steps and paths.
 
     Columns: as train_students; `pairs` is 03's (chosen, rejected, prompt, pair). Out, one row
-    per method: student, model, train_rows, train_seconds, steps, path, adapter, merged, curve."""
+    per method: student, model, start, train_rows, train_seconds, steps, path, adapter, merged, curve."""
     causal.check_args(cfg.train)
     base = local_model_dir(cfg.train.model, Path(cache_dir))
     system = causal.system_prompt(cfg)
@@ -157,7 +181,10 @@ def train_causal(
     out = []
     methods = cfg.train.methods
     if "sft" in methods:
-        out.append({"model": "sft"} | causal.fit("sft", base, causal.sft_dataset(train, system), cfg, folder / "sft"))
+        data = causal.sft_dataset(train, system)
+        out.append(
+            {"model": "sft", "start": str(start or base)} | causal.fit("sft", start or base, data, cfg, folder / "sft")
+        )
     sft = folder / "sft" / "merged"
     if "dpo" in methods:
         p = kept_pairs(rows, pairs)
@@ -167,7 +194,8 @@ def train_causal(
             log.warning("dpo skipped: no DPO pairs among the kept rows")
     if "grpo" in methods:
         data = causal.grpo_dataset(train, system)
-        out.append({"model": "grpo"} | causal.fit("grpo", sft, data, cfg, folder / "grpo", labels=labels))
+        funcs = grpo_rewards(cfg, causal.rewards(labels), judges)
+        out.append({"model": "grpo"} | causal.fit("grpo", sft, data, cfg, folder / "grpo", reward_funcs=funcs))
     if reference is not None:
         data = causal.sft_dataset(reference, system)
         out.append({"model": REFERENCE} | causal.fit("sft", base, data, cfg, folder / REFERENCE))

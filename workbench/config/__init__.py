@@ -29,6 +29,7 @@ from workbench.config.files import (  # noqa: F401
 )
 from workbench.config.sampling import allocate, plan_counts  # noqa: F401
 from workbench.config.schema import (  # noqa: F401
+    JUDGE_WORDINGS,
     RUBRIC,
     DiversityConfig,
     EvaluateConfig,
@@ -39,6 +40,7 @@ from workbench.config.schema import (  # noqa: F401
     PromptsConfig,
     QualityConfig,
     ResponsesConfig,
+    RolesConfig,
     RunConfig,
     SamplingConfig,
     TrainConfig,

@@ -140,6 +140,32 @@ class LLMConfig(_Section):
         return v
 
 
+# Each rubric juror of one model reads its own wording of the judge's prompt (judge.USER, the tools
+# judge's JUDGE_USER): at temperature 0 a model's juror past the last wording would repeat an earlier
+# juror word for word and inflate the agreement, so the config refuses it.
+JUDGE_WORDINGS = 2
+_MODEL_NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+
+
+class RolesConfig(_Section):
+    """Which model plays each part. A name is `llm` (the section above) or a key of `models`."""
+
+    generator: str = Field(
+        "llm", description="Writes 01's inputs, 02's candidates, 01's and 04's rewrites, 00's previews."
+    )
+    critic: str = Field("llm", description="01's critic: critiques each generated input and re-critiques rewrites.")
+    judge: list[str] = Field(
+        ["llm"],
+        min_length=1,
+        description="03's rubric judges: each model named is a juror (judge.jurors of it, own seed and wording "
+        "each); several models make a jury whose agreement is Krippendorff's alpha.",
+    )
+    refusal_judge: str = Field(
+        "llm", description="06's safety check: decides whether each answer to a harmful request refuses it."
+    )
+    namer: str = Field("llm", description="07's cluster namer: names each failure cluster from its rows.")
+
+
 class SamplingConfig(_Section):
     rows_per_label: int = Field(4, ge=1, le=100000, description="Inputs to generate per label (balanced plan).")
     total_rows: int | None = Field(
@@ -395,6 +421,21 @@ class TrainConfig(_Section):
     )
     dpo: dict[str, Any] = Field(default_factory=dict, description="causal: trl.DPOConfig fields, over the defaults.")
     grpo: dict[str, Any] = Field(default_factory=dict, description="causal: trl.GRPOConfig fields, over the defaults.")
+    grpo_reward: list[Literal["verifiable", "judge"]] = Field(
+        ["verifiable"],
+        min_length=1,
+        description="causal: GRPO's reward terms. verifiable: the task's checks (the label is the intended one, "
+        "with a small format term; slot F1 and schema validity for structured tasks); judge: the score (1-5 as "
+        "0-1) the models of roles.judge give each reply, shown the request, on judge.rubric's dimensions "
+        "(correctness when null), in one cached batch per step. Weights: train.grpo.reward_weights, else 1 per "
+        "term and 0.2 for a format term.",
+    )
+    start_from: Literal["base", "parent"] = Field(
+        "base",
+        description="causal: base = each iteration trains train.model afresh; parent = from the parent run's last "
+        "causal student (grpo, else dpo, else sft), so SFT and RFT rounds continue across iterations (the first "
+        "iteration, and a parent with no student, start from train.model: 05 says which).",
+    )
     reference: bool = Field(
         True,
         description="Also train each student on the real train split: the clearly labelled reference row "
@@ -475,7 +516,18 @@ class RunConfig(_Section):
     diversity: DiversityConfig = Field(
         default_factory=DiversityConfig, description="DIVERSITY CONTROLS: the 01_prompts generation grid."
     )
-    llm: LLMConfig = Field(default_factory=LLMConfig, description="LLM: the model behind every LLM call.")
+    llm: LLMConfig = Field(
+        default_factory=LLMConfig,
+        description="LLM: the generator's model, and every role's unless `roles` names another.",
+    )
+    models: dict[str, LLMConfig] = Field(
+        {},
+        description="MODELS: more models by name, each with its own endpoint, key variable and limits (the fields of "
+        "`llm`), e.g. a stronger judge; `roles` names them.",
+    )
+    roles: RolesConfig = Field(
+        default_factory=RolesConfig, description="ROLES: which model (llm or a name in models) plays each part."
+    )
     prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="STAGE 01: input generation.")
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="STAGE 02: responses.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="STAGE 03: LLM judge.")
@@ -526,12 +578,73 @@ class RunConfig(_Section):
             raise ValueError("sampling: set rows_per_label or total_rows, not both")
         if self.diversity.edge_case_share > 0 and not self.task.edge_cases:
             raise ValueError("diversity.edge_case_share > 0 but task.edge_cases is empty: list the edge cases")
+        self._check_roles()
         names = self.task.label_names()
         if self.task.type == "tools" and self.task.tools:  # the sampling plan's "labels" are the tools
             names = [t.name for t in self.task.tools]
         if names is not None:
             check_plan(self, names)
         return self
+
+    def _check_roles(self) -> None:
+        for name in self.models:
+            if name == "llm" or not re.fullmatch(_MODEL_NAME, name):
+                raise ValueError(f"models: {name!r} cannot name a model: use letters, digits, _ and -, not 'llm'")
+        known = ["llm", *self.models]
+        for role in RolesConfig.model_fields:
+            value = getattr(self.roles, role)
+            for name in value if isinstance(value, list) else [value]:
+                if name not in known:
+                    raise ValueError(f"roles.{role} names {name!r}, which is not a model: expected one of {known}")
+        unused = sorted(set(self.models) - set(self.models_in_use()))
+        if unused:
+            raise ValueError(f"models {unused}: no role names them (roles.<role>: <name>), so nothing would call them")
+        twice = sorted({n for n in self.roles.judge if self.roles.judge.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"roles.judge names {twice} twice: a model's jurors are judge.jurors, not repeats in roles.judge"
+            )
+        if self.judge.temperature == 0 and self.judge.jurors > JUDGE_WORDINGS:
+            raise ValueError(
+                f"judge.jurors={self.judge.jurors} at judge.temperature 0: a model's juror past its "
+                f"{JUDGE_WORDINGS} prompt wordings repeats an earlier one word for word, which inflates the "
+                f"agreement; name more models in roles.judge, or set judge.temperature above 0"
+            )
+
+    def jurors(self) -> list[tuple[str, int]]:
+        """The rubric jurors, in order: (model name, k) for each model `roles.judge` names and k below
+        `judge.jurors`. A model's juror k reads the judge's wording k with seed `seed + k`."""
+        return [(name, k) for name in self.roles.judge for k in range(self.judge.jurors)]
+
+    def models_in_use(self) -> dict[str, LLMConfig]:
+        """The models the roles name, by name (`llm` first when a role names it)."""
+        names = []
+        for role in RolesConfig.model_fields:
+            value = getattr(self.roles, role)
+            names += value if isinstance(value, list) else [value]
+        return {n: self.model_named(n) for n in dict.fromkeys(names)}
+
+    def models_line(self) -> str:
+        """`provider / model`, or each role's model when the roles name more than one."""
+        used = self.models_in_use()
+        if len(used) == 1:
+            m = next(iter(used.values()))
+            return f"{m.provider} / {m.model}"
+        out = []
+        for role in RolesConfig.model_fields:
+            value = getattr(self.roles, role)
+            names = value if isinstance(value, list) else [value]
+            models = ", ".join(f"{self.model_named(n).provider} / {self.model_named(n).model}" for n in names)
+            out.append(f"{role.replace('_', ' ')}: {models}")
+        return "; ".join(out)
+
+    def model_of(self, role: str) -> LLMConfig:
+        """The model a role names (`roles.<role>`); for the judge, its first juror's."""
+        name = getattr(self.roles, role)
+        return self.model_named(name[0] if isinstance(name, list) else name)
+
+    def model_named(self, name: str) -> LLMConfig:
+        return self.llm if name == "llm" else self.models[name]
 
 
 def check_plan(cfg: RunConfig, labels: list[str]) -> None:

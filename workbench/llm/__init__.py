@@ -6,7 +6,7 @@ in `http`), a provider's batch API (`batch`) and the embedded model (`embedded`)
 from workbench.llm.batch import BatchPending
 from workbench.llm.embedded import embedded_gguf, local_model_dir
 from workbench.llm.endpoint import EndpointError, preflight
-from workbench.llm.front import LLM
+from workbench.llm.front import LLM, generate_by
 from workbench.llm.types import EMBEDDED_MODEL, Request, cache_key, clean_text, parse_json
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "cache_key",
     "clean_text",
     "embedded_gguf",
+    "generate_by",
     "local_model_dir",
     "parse_json",
     "preflight",

@@ -185,3 +185,18 @@ class LLM:
         for r in rows:
             r["parsed"] = parse_json(r["text"]) if req.json or req.schema else None
         return rows
+
+
+def generate_by(llms: dict[str, LLM], requests: list[Request], names: list[str], desc: str = "") -> list[list[dict]]:
+    """Each request answered by the model `names` gives it (a jury of different models: `llms` by
+    name), in the order of `requests`."""
+    out: list = [None] * len(requests)
+    for name, llm in llms.items():
+        at = [k for k, n in enumerate(names) if n == name]
+        if at:
+            for k, res in zip(at, llm.generate([requests[k] for k in at], desc=f"{desc} ({name})")):
+                out[k] = res
+    missing = sorted({names[k] for k, r in enumerate(out) if r is None})
+    if missing:
+        raise KeyError(f"no model named {missing} among {sorted(llms)}")
+    return out

@@ -38,9 +38,13 @@ class Request:
         return Request(messages=msgs, **kw)
 
     @staticmethod
-    def rating(system: str, user: str, *, temperature: float, max_tokens: int, seed: int, schema: str) -> Request:
-        """A judge's 1-5 rating with a reason: top_p 1, and on the embedded model the first token is
-        one of "1".."5" (its probabilities give the expected rating)."""
+    def rating(
+        system: str, user: str, *, temperature: float, max_tokens: int, seed: int, schema: str | None = None
+    ) -> Request:
+        """A judge's 1-5 rating with a reason (`read_rating` reads it): top_p 1, the JSON schema
+        {score, rationale} for endpoints, and on the embedded model the first token is one of
+        "1".."5" (its probabilities give the expected rating)."""
+        schema = RATING_SCHEMA if schema is None else schema
         return Request.chat(
             system,
             user,
@@ -54,6 +58,32 @@ class Request:
 
     def openai_messages(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
+
+
+RATING_SCHEMA = json.dumps(
+    {
+        "type": "object",
+        "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}, "rationale": {"type": "string"}},
+        "required": ["score", "rationale"],
+    }
+)
+_SCORE = re.compile(r"\b([1-5])\b")
+
+
+def read_rating(text: str, parsed: dict | None, first_probs: dict | None = None) -> tuple[float | None, str | None]:
+    """(score in 0-1, rationale) from {"score", "rationale"}, or from "N ... reason" (with the
+    embedded model: the expected rating under its first-token probabilities of 1-5);
+    (None, None) when there is no score."""
+    if isinstance(parsed, dict) and parsed.get("score") in (1, 2, 3, 4, 5):
+        return (parsed["score"] - 1) / 4, str(parsed.get("rationale") or "").strip() or None
+    m = _SCORE.search(text or "")
+    if not m:
+        return None, None
+    rest = (text[m.end() :]).lstrip(" ./5:-–—)").strip() or None
+    if first_probs and sum(first_probs.values()) > 0:
+        total = sum(first_probs.values())
+        return sum((int(k) - 1) / 4 * p for k, p in first_probs.items()) / total, rest
+    return (int(m.group(1)) - 1) / 4, rest
 
 
 def parse_json(text: str) -> dict | None:

@@ -46,7 +46,7 @@ def task_markdown(cfg: RunConfig, labels: list[str], seeds: pd.DataFrame) -> str
     source = cfg.data.seeds_file or f"the {cfg.data.dataset} train split"
     return (
         f"**Task:** {cfg.task.description}  \n**Type:** {kind} · **Domain:** {cfg.task.domain} · "
-        f"**LLM:** {cfg.llm.provider} / {cfg.llm.model}  \n**A row:** {ROW_SCHEMA[kind]['row']}  \n"
+        f"**LLM:** {cfg.models_line()}  \n**A row:** {ROW_SCHEMA[kind]['row']}  \n"
         f"**Evaluated by:** {ROW_SCHEMA[kind]['evaluated']} ({', '.join(cfg.evaluate.metrics)})  \n"
         f"{len(labels)} labels, {len(seeds)} seed examples from {source}."
     )
@@ -55,10 +55,12 @@ def task_markdown(cfg: RunConfig, labels: list[str], seeds: pd.DataFrame) -> str
 # ---------------------------------------------------------------- 01_prompts
 
 
-def build_prompts(stage: Stage, llm: LLM) -> tuple[pd.DataFrame, dict]:
-    """01: prompts generated over the grid, critiqued and gated (`prompts.build_prompts`; its rows,
-    rejects marked), saved as `prompts`; the summary counts kept, short cells, critiques, throughput."""
+def build_prompts(stage: Stage, llm: LLM | None = None) -> tuple[pd.DataFrame, dict]:
+    """01: prompts generated over the grid by `llm` (default: the generator's), critiqued by the
+    critic's and gated (`prompts.build_prompts`; its rows, rejects marked), saved as `prompts`; the
+    summary counts kept, short cells, critiques, throughput."""
     cfg = stage.cfg
+    llm = llm or stage.llm("generator")
     t0 = time.perf_counter()
     rows = prompts.build_prompts(
         cfg,
@@ -69,6 +71,7 @@ def build_prompts(stage: Stage, llm: LLM) -> tuple[pd.DataFrame, dict]:
         train_counts=data.label_counts(cfg),
         eval_index=gates.eval_index(cfg) if cfg.data.dataset else None,
         earlier=stage.earlier_prompts(),
+        critic=stage.llm("critic"),
     )
     wall = time.perf_counter() - t0
     stage.save(rows, "prompts")
@@ -183,7 +186,7 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     prompt_rows = stage.load("prompts")
     labels = sorted(prompt_rows["label"].unique())
     shortlists = responses.label_shortlists(cfg, labels, cfg.responses.choices, cache_dir())
-    llm = stage.llm()
+    llm = stage.llm("generator")
     n_prompts = int(prompt_rows["keep_prompts"].sum())
     view = LiveView(n_prompts * cfg.responses.candidates, llm.stats, stage.artifacts / "candidates.jsonl")
     t0 = time.perf_counter()
@@ -227,7 +230,7 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     cfg = stage.cfg
     t0 = time.perf_counter()
     rows, judgments = judge.judge_rows(
-        cfg, stage.load("responses"), stage.load("candidates"), stage.load("seeds"), stage.llm(), cache_dir()
+        cfg, stage.load("responses"), stage.load("candidates"), stage.load("seeds"), stage.jury(), cache_dir()
     )
     seconds = time.perf_counter() - t0
     cands = judge.score_candidates(stage.load("candidates"), rows)
@@ -295,7 +298,7 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict, pd.DataFrame, dict]:
     (`tables.reject_counts`) and the summary."""
     cfg = stage.cfg
     seeds = stage.load("seeds")
-    llm = stage.llm() if cfg.filter.rewrite else None
+    llm = stage.llm("generator") if cfg.filter.rewrite else None
     rows = filters.filter_rows(cfg, stage.load("judged"), seeds, partial(embed.embed, cache_dir=cache_dir()), llm)
     rows = rows.assign(carried_from=None)
     carried = stage.earlier_rows()  # earlier iterations' rows with their verdicts: the data accumulates

@@ -4,7 +4,9 @@ contamination, and the failure clusters with the config patch and its review wid
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
@@ -26,6 +28,7 @@ from workbench.files import batch_mode, cache_dir, write_atomic
 from workbench.llm import local_model_dir
 from workbench.stage import Stage
 
+log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- 05_train
 
 
@@ -41,10 +44,32 @@ def train_stage(stage: Stage) -> pd.DataFrame:
         parts.append(train.train_students(seeds, rows, cfg.train, cache_dir(), stage.artifacts / "students", reference))
     if "causal" in cfg.train.students:
         labels, out = data.labels(cfg), stage.artifacts / "causal"
-        parts.append(train.train_causal(cfg, seeds, rows, stage.load("pairs"), labels, cache_dir(), out, reference))
+        judges = stage.jury() if "judge" in cfg.train.grpo_reward else None
+        parts.append(
+            train.train_causal(
+                cfg, seeds, rows, stage.load("pairs"), labels, cache_dir(), out, reference, start_of(stage), judges
+            )
+        )
     summary = pd.concat(parts, ignore_index=True)
     stage.save(summary, "training")
     return summary
+
+
+def start_of(stage: Stage) -> Path | None:
+    """Where the causal student starts: with `train.start_from: parent`, the parent run's last student
+    (`train.parent_student`); None (train.model) otherwise, or when the parent has none (logged)."""
+    if stage.cfg.train.start_from != "parent":
+        return None
+    parent = stage.parent_dir()
+    start = train.parent_student(parent)
+    if start is None:
+        log.warning(
+            "train.start_from: parent, but %s: starting from train.model",
+            "there is no parent run" if parent is None else f"{parent.name} has no causal student",
+        )
+    else:
+        log.info("the causal student starts from the parent's %s", start)
+    return start
 
 
 def students(training: pd.DataFrame) -> dict:
@@ -102,7 +127,7 @@ def safety_stage(stage: Stage, replies: pd.DataFrame | None) -> tuple[pd.DataFra
     cfg = stage.cfg
     if replies is None or not len(replies):
         return pd.DataFrame(), pd.DataFrame(columns=["model", "refusal_rate"])
-    judge_p = evaluate.judge_refusals(stage.llm(), replies, seed=cfg.seed)
+    judge_p = evaluate.judge_refusals(stage.llm("refusal_judge"), replies, seed=cfg.seed)
     rows, summary = evaluate.safety(replies, judge_p, cfg.evaluate.bootstrap, seed=cfg.seed)
     stage.save(rows, "safety")
     stage.save(summary, "safety_summary")
@@ -172,7 +197,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict, pd.DataF
     reducer, clusterer = clusters.default_models(cfg.gaps, vectors)
     clustered = clusters.cluster_failures(failures, vectors, reducer, clusterer)
     cluster_seconds = time.perf_counter() - t0
-    summary = gaps.name_clusters(cfg, stage.llm(), clusters.summarize(clustered))
+    summary = gaps.name_clusters(cfg, stage.llm("namer"), clusters.summarize(clustered))
     stage.save(clustered, "failures")
     stage.save(summary, "clusters")
     metrics = {

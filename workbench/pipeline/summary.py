@@ -62,7 +62,7 @@ def training_table(stage: Stage) -> tuple[pd.DataFrame | None, pd.DataFrame]:
 def run_header_markdown(stage: Stage) -> str:
     cfg, prov = stage.cfg, stage.provenance()
     return (
-        f"**Task:** {cfg.task.description} · **LLM:** {cfg.llm.provider} / {cfg.llm.model} · "
+        f"**Task:** {cfg.task.description} · **LLM:** {cfg.models_line()} · "
         f"**run:** {stage.run_dir.name} · **git:** {(prov.get('git') or {}).get('sha')}"
     )
 

@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from workbench import causal, clusters, embed, filters, gaps, judge, structured, tagger, tasks
+from workbench import train as trainer
 from workbench.config import LLMConfig, RunConfig
 from workbench.files import cache_dir, write_atomic
-from workbench.llm import LLM, local_model_dir
+from workbench.llm import LLM, generate_by, local_model_dir
+from workbench.pipeline import learn
 from workbench.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,7 @@ def build_inputs(stage: Stage) -> tuple[pd.DataFrame, dict]:
     """01, answer first (`tasks.tools.generate_inputs`); saves `prompts` (every attempt, with its
     cell, intended answer and reject reason) and `suggestions` (values the generator proposed)."""
     cfg = stage.cfg
-    rows = tasks.of(cfg).generate_inputs(cfg, load_rows(stage, "seeds"), stage.llm())
+    rows = tasks.of(cfg).generate_inputs(cfg, load_rows(stage, "seeds"), stage.llm("generator"))
     rows["keep_prompts"] = rows["keep"]
     rows["reject_reason_prompts"] = rows["reject_reason"]
     save_rows(stage, rows, "prompts")
@@ -156,7 +158,7 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
     cfg = stage.cfg
     rows = load_rows(stage, "prompts")
     t0 = time.perf_counter()
-    cands = tasks.of(cfg).candidates(cfg, rows, stage.llm())
+    cands = tasks.of(cfg).candidates(cfg, rows, stage.llm("generator"))
     seconds = time.perf_counter() - t0
     save_rows(stage, cands, "candidates")
     tokens = cands["completion_tokens"].fillna(0).sum() if len(cands) else 0
@@ -199,14 +201,28 @@ def judge_answers(stage: Stage, rows: pd.DataFrame, cands: pd.DataFrame) -> tupl
     cfg = stage.cfg
     t = tasks.of(cfg)
     reqs, keys = t.answer_judge_requests(cfg, rows, cands, load_rows(stage, "seeds"), judge.SCHEMA)
-    results = stage.llm().generate(reqs, desc="03 judge on the answers") if reqs else []
+    who = cfg.jurors()
+    names = [who[juror][0] for *_, juror in keys]
+    results = generate_by(stage.jury(), reqs, names, "03 judge on the answers") if reqs else []
     recs = []
     for (i, dim, juror), c in zip(keys, results):
         score, why = judge.parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))
         recs.append({"row": cands.at[i, "row"], "candidate": cands.at[i, "candidate"], "dimension": dim,
-                     "juror": juror, "score": score, "rationale": why, "raw": c[0]["text"], "error": c[0]["error"],
+                     "juror": juror, "juror_model": who[juror][0], "score": score, "rationale": why, "raw": c[0]["text"], "error": c[0]["error"],
                      "cached": bool(c[0]["cached"]), "model": c[0]["model"]})  # fmt: skip
-    cols = ["row", "candidate", "dimension", "juror", "score", "rationale", "raw", "error", "cached", "model"]
+    cols = [
+        "row",
+        "candidate",
+        "dimension",
+        "juror",
+        "juror_model",
+        "score",
+        "rationale",
+        "raw",
+        "error",
+        "cached",
+        "model",
+    ]
     judgments = pd.DataFrame(recs, columns=cols).astype({"score": float})
     out = cands.copy()
     out["judge_score"] = out["judge_spread"] = math.nan
@@ -342,7 +358,7 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     rows = judged.drop(columns=["keep", "reject_reason"]).assign(label=judged["tool"])
     rows["text"] = rows["text"].fillna("")
     seeds = load_rows(stage, "seeds").assign(label=lambda d: d["tool"])
-    llm = stage.llm() if cfg.filter.rewrite else None
+    llm = stage.llm("generator") if cfg.filter.rewrite else None
     out = filters.filter_rows(cfg, rows, seeds, lambda texts: embed.embed(texts, cache_dir()), llm)
     if cfg.filter.rewrite:  # a rewrite that lost a value is caught like any message: value_missing
         for i in out.index[out["keep"] & out["original_text"].notna()]:
@@ -426,10 +442,10 @@ def _train_causal(stage: Stage, train: pd.DataFrame) -> list[dict]:
     sft_rows = t.sft_rows(cfg, train)
     out = []
     methods = cfg.train.methods
+    start = learn.start_of(stage) or base
     if "sft" in methods or {"dpo", "grpo"} & set(methods):
-        out.append(
-            {"model": "sft"} | causal.fit("sft", base, causal.sft_dataset(sft_rows, system), cfg, folder / "sft")
-        )
+        data = causal.sft_dataset(sft_rows, system)
+        out.append({"model": "sft", "start": str(start)} | causal.fit("sft", start, data, cfg, folder / "sft"))
     sft = folder / "sft" / "merged"
     if "dpo" in methods:
         pairs = stage.load("pairs")
@@ -440,7 +456,9 @@ def _train_causal(stage: Stage, train: pd.DataFrame) -> list[dict]:
             log.warning("dpo skipped: 03 made no DPO pairs")
     if "grpo" in methods:
         data = causal.grpo_dataset(sft_rows, system)
-        out.append({"model": "grpo"} | causal.fit("grpo", sft, data, cfg, folder / "grpo", reward_funcs=t.rewards(cfg)))
+        judges = stage.jury() if "judge" in cfg.train.grpo_reward else None
+        funcs = trainer.grpo_rewards(cfg, t.rewards(cfg), judges)
+        out.append({"model": "grpo"} | causal.fit("grpo", sft, data, cfg, folder / "grpo", reward_funcs=funcs))
     return [{"student": "causal"} | r for r in out]
 
 

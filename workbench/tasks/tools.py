@@ -496,9 +496,12 @@ ANSWER_CRITERIA = {
 }
 ANSWER_RUBRIC = {"tools": ["correctness", "tool_usage"], "extraction": ["correctness", "formatting"]}
 JUDGE_SYSTEM = "You are a strict reviewer of {what} for {domain}."
+# a model's juror k reads wording k (config.JUDGE_WORDINGS of them), as the classification judge's
 JUDGE_USER = (
     'Criterion: {criterion}.\n{anchor}Request: "{text}"\nAnswer: {answer}\n'
-    "Score the answer 1 (fails) to 5 (fully meets), then give a one-sentence reason."
+    "Score the answer 1 (fails) to 5 (fully meets), then give a one-sentence reason.",
+    "Rate from 1 to 5 how well this answer to the request meets the criterion.\nCriterion: {criterion}.\n"
+    '{anchor}Request: "{text}"\nAnswer: {answer}\nReply with the rating, then one short sentence why.',
 )
 JUDGE_ANCHOR = 'A real request and its correct answer, for reference:\nRequest: "{text}"\nAnswer: {answer}\n'
 
@@ -526,8 +529,8 @@ def answer_judge_requests(
         r = kept.loc[c["row"]]
         for dim in answer_rubric(cfg):
             criterion = ANSWER_CRITERIA.get(dim) or RUBRIC[dim].format(topic=r["tool"], domain=cfg.task.domain)
-            for juror in range(j.jurors):
-                user = JUDGE_USER.format(
+            for juror, (_, k) in enumerate(cfg.jurors()):
+                user = JUDGE_USER[k].format(
                     criterion=criterion, anchor=anchor.get(r["tool"], ""), text=r["text"], answer=c["raw"]
                 )
                 reqs.append(
@@ -536,7 +539,7 @@ def answer_judge_requests(
                         user,
                         temperature=j.temperature,
                         max_tokens=j.max_tokens,
-                        seed=cfg.seed + juror,
+                        seed=cfg.seed + k,
                         schema=schema,
                     )
                 )
@@ -682,6 +685,7 @@ def rewards(cfg: RunConfig) -> list:
                 out.append(0.5 * max(difflib.SequenceMatcher(None, got["tool"], n).ratio() for n in names))
         return out
 
+    schema_valid.weight = 0.2  # GRPO's weight of a format term (causal.fit)
     return [field_f1, schema_valid]
 
 
