@@ -11,6 +11,7 @@ import pytest
 from tests.support import ROOT, cache_with_models, completion, http_answer, provider
 from workbench import critique, judge
 from workbench.config import ConfigError, load_config
+from workbench.data import describe_label
 from workbench.pipeline import build
 from workbench.stage import Stage
 
@@ -44,6 +45,8 @@ def real_texts():
 
 def test_generator_critic_and_a_jury_of_two_judges_are_separate_models(tmp_path, monkeypatch, real_texts):
     said = iter(real_texts)
+    train = pd.read_csv(ROOT / "data" / "banking77" / "train.csv")
+    truth = dict(zip(train["text"], train["category"]))
 
     def writer(req, c):  # 01's inputs and rewrites: a real message; 02's answers: an option number
         return "1" if req["body"].get("max_tokens", 99) <= 2 else next(said)
@@ -54,8 +57,11 @@ def test_generator_critic_and_a_jury_of_two_judges_are_separate_models(tmp_path,
     def strict(req, c):
         return json.dumps({"score": 2, "rationale": "strict judge"})
 
-    def kind(req, c):
-        return json.dumps({"score": 5, "rationale": "kind judge"})
+    def kind(req, c):  # knows each real row's label: 5 when the criterion names it, else 1
+        user = req["body"]["messages"][-1]["content"]
+        text = user.split('Message: "')[-1].rsplit('"', 1)[0]
+        right = truth.get(text) is None or describe_label(truth[text]) in user.split("\n")[0]
+        return json.dumps({"score": 5 if right else 1, "rationale": "kind judge"})
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(cache_with_models(tmp_path / "cache")))
     monkeypatch.setenv("ROLE_KEY", "sk-test")
@@ -92,14 +98,21 @@ def test_generator_critic_and_a_jury_of_two_judges_are_separate_models(tmp_path,
     # the critic's endpoint saw only critiques; each judge's only judgments, one per (row, dimension, juror)
     assert chats["crit"] and all(_system(r).startswith(CRITIC_SYSTEM) for r in chats["crit"])
     kept = int(rows["keep_prompts"].sum())
-    per_judge = kept * len(judge.rubric(cfg)) * cfg.judge.jurors
+    # each judge judged the kept rows and the calibration's known-good and known-bad dev rows
+    per_judge = (kept + 2 * cfg.judge.calibration_rows) * len(judge.rubric(cfg)) * cfg.judge.jurors
     for name in ("a", "b"):
         assert len(chats[name]) == per_judge and all(_system(r).startswith(JUDGE_SYSTEM) for r in chats[name])
     # the judgments say which model each juror was; the jury's two models disagree, and the queue shows it
-    assert judgments.groupby("juror_model")["score"].mean().to_dict() == {"strict": 0.25, "kind": 1.0}
+    by_model = judgments.groupby("juror_model")["score"]
+    assert by_model.min()["strict"] == by_model.max()["strict"] == 0.25 and by_model.max()["kind"] == 1.0
     assert sorted(judgments["juror"].unique()) == [0, 1, 2, 3]
-    assert (judged.loc[judged["keep_prompts"], "judge_spread"] == 0.75).all()
-    assert len(tables["queue"]) >= kept and m["jurors"] == cfg.judge.jurors
+    assert judged.loc[judged["keep_prompts"], "judge_spread"].gt(0).all()
+    assert len(tables["queue"]) > 0 and m["jurors"] == cfg.judge.jurors
+    # the calibration tells the judges apart: the one that knows the labels separates right from wrong
+    calib = tables["calibration"].set_index("judge")
+    assert calib.loc["kind", "auc"] == 1.0 and calib.loc["strict", "auc"] == 0.5
+    assert calib.loc["jury (mean)", "auc"] == 1.0 and m["calibration_auc"] == 1.0
+    assert (calib["good"] == cfg.judge.calibration_rows).all() and (calib["bad"] == cfg.judge.calibration_rows).all()
 
 
 @pytest.mark.parametrize(
@@ -165,3 +178,21 @@ def test_roles_naming_one_model_share_one_llm(tmp_path):
     assert stage.llm("namer") is stage.llm("refusal_judge") and stage.llm("namer").cfg.model == "big"
     assert stage.llm("critic") is stage.llm("generator") and stage.llm("critic").cfg.provider == "local"
     assert list(stage.jury()) == ["llm"]
+
+
+def test_the_calibration_table_reads_each_judges_separation():
+    scored = pd.DataFrame(
+        {
+            "id": ["g1", "g2", "b1", "b2"] * 3,
+            "known": ["good", "good", "bad", "bad"] * 3,
+            "juror_model": ["sharp"] * 4 + ["blind"] * 4 + ["backwards"] * 4,
+            "score": [1.0, 0.75, 0.25, 0.0] + [0.5] * 4 + [0.0, 0.25, 0.75, None],
+        }
+    )
+    table = judge.calibration_table(scored)
+    t = table.set_index("judge")
+    assert t.loc["sharp", "auc"] == 1.0 and t.loc["blind", "auc"] == 0.5 and t.loc["backwards", "auc"] == 0.0
+    assert t.loc["backwards", "unscored"] == 1 and t.loc["backwards", "bad"] == 1
+    assert t.loc["sharp", "good_mean"] == 0.875 and "jury (mean)" in t.index
+    assert "AUC" in judge.calibration_markdown(table) and "chance" in judge.calibration_markdown(table.iloc[[1]])
+    assert "No calibration" in judge.calibration_markdown(None)

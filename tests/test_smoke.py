@@ -125,6 +125,8 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     assert set(alpha) == {"correctness", "formatting", "policy_compliance"} and all(
         -1 <= a <= 1 for a in alpha.values()
     )
+    calib = pd.read_parquet(run / "artifacts" / "calibration.parquet")  # the judge's AUC on known rows
+    assert calib["good"].tolist() == [8] and 0 <= metrics["03_judge"]["calibration_auc"] <= 1
     export = run / "artifacts" / "export"
     sft = export / "sft.jsonl"
     assert len(sft.read_text().splitlines()) == rows["keep"].sum() and (export / "hf").is_dir()

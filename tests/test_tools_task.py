@@ -243,3 +243,31 @@ def test_07_proposes_a_value_list_that_iterate_writes_and_01_draws_from(cfg, tmp
     ext2 = load_config(tmp_path / "ext.yaml")[0]
     assert next(f for f in ext2.task.fields if f.name == "city").values == ["Oslo", "Bergen"]
     assert tasks.tools.value_pool(ext2, seeds)["city"][:2] == ["Oslo", "Bergen"]
+
+
+def test_the_judge_calibration_on_answers_tells_a_knowing_judge_from_a_blind_one(cfg, tmp_path, monkeypatch):
+    """03's calibration for tool calls: real dev requests with their own answer (known good) and with
+    another tool's answer (known bad); a judge that knows the answers separates them (AUC 1), a
+    judge that says 3 to everything does not (AUC 0.5)."""
+    from workbench.pipeline import tools as steps
+    from workbench.stage import Stage
+
+    t = tasks.of(cfg)
+    truth = {r.text: t.answer_json(r.tool, r.arguments) for r in t.dev(cfg).itertuples()}
+
+    def knowing(req, i):
+        user = req.messages[-1][1]
+        text = user.rsplit('Request: "', 1)[1].split('"\nAnswer: ', 1)
+        return json.dumps({"score": 5 if truth.get(text[0]) == text[1].split("\n")[0] else 1, "rationale": "."})
+
+    judges = {"llm": ScriptedLLM(knowing, tmp_path), "blind": ScriptedLLM(lambda r, i: "3 so-so", tmp_path)}
+    c = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"calibration_rows": 12})})
+    c = c.model_copy(update={"roles": c.roles.model_copy(update={"judge": ["llm", "blind"]})})
+    stage = Stage("03_judge", c, tmp_path / "run")
+    steps.save_rows(stage, t.seeds(c), "seeds")
+    monkeypatch.setattr(Stage, "jury", lambda self: judges)
+    scored, table = steps.calibrate(stage)
+    table = table.set_index("judge")
+    assert table.loc["llm", "auc"] == 1.0 and table.loc["blind", "auc"] == 0.5
+    assert (table["good"] == 12).all() and (table["bad"] == 12).all()
+    assert len(scored) == 2 * 24 and len(judges["llm"].requests) == 24 * len(t.answer_rubric(c))

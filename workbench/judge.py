@@ -36,6 +36,7 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from workbench.config import RUBRIC, RunConfig
 from workbench.data import label_topic
@@ -168,6 +169,77 @@ def judge_rows(
     if cfg.task.type == "classification" and j.jury:
         jury(cfg, out, todo, cands, seeds, cache_dir)
     return out, judgments
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def calibration_rows(cfg: RunConfig, dev: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Known-good and known-bad rows for the judge: `judge.calibration_rows` real dev rows (a seeded
+    sample), each under its own label (good) and under another label (bad). Columns: id, text,
+    label, known ('good' or 'bad'), keep_prompts."""
+    n = min(cfg.judge.calibration_rows, len(dev))
+    dev = dev.sample(n, random_state=cfg.seed).reset_index(drop=True)
+    rng = np.random.default_rng(cfg.seed)
+    wrong = [rng.choice([x for x in labels if x != t]) for t in dev["label"]]
+    return pd.DataFrame(
+        {
+            "id": [f"good{i}" for i in range(n)] + [f"bad{i}" for i in range(n)],
+            "text": list(dev["text"]) * 2,
+            "label": list(dev["label"]) + wrong,
+            "known": ["good"] * n + ["bad"] * n,
+            "keep_prompts": True,
+        }
+    )
+
+
+def calibrate(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, llms) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rubric judges on `calibration_rows` (no label jury, no gate): (the rows' scores, one row
+    per (id, juror_model): id, known, juror_model, score), and `calibration_table` of them."""
+    j = cfg.judge.model_copy(update={"jury": [], "min_score": 0.0})
+    _, judgments = judge_rows(cfg.model_copy(update={"judge": j}), rows, pd.DataFrame(), seeds, llms, None)
+    scored = judgments.groupby(["id", "juror_model"], as_index=False)["score"].mean()
+    scored = scored.merge(rows[["id", "known"]], on="id")
+    return scored, calibration_table(scored)
+
+
+def calibration_table(scored: pd.DataFrame) -> pd.DataFrame:
+    """How well each judge model, and the jury's mean, separates known-good from known-bad items:
+    `scored` has id, known ('good'/'bad'), juror_model, score (0-1). Out: judge, good, bad (items
+    scored), mean score of each, AUC (the chance a good item outscores a bad one; ties count a
+    half; None without both kinds), and unscored (no readable score)."""
+    jury = scored.groupby("id", as_index=False).agg(score=("score", "mean"), known=("known", "first"))
+    parts = [(m, g) for m, g in scored.groupby("juror_model", sort=False)]
+    if len(parts) > 1:
+        parts.append(("jury (mean)", jury))
+    out = []
+    for name, g in parts:
+        ok = g.dropna(subset=["score"])
+        good, bad = ok[ok["known"] == "good"], ok[ok["known"] == "bad"]
+        both = len(good) and len(bad)
+        auc = float(roc_auc_score(ok["known"].eq("good"), ok["score"])) if both else None
+        out.append({"judge": name, "good": len(good), "bad": len(bad), "good_mean": good["score"].mean(),
+                    "bad_mean": bad["score"].mean(), "auc": auc, "unscored": int(g["score"].isna().sum())})  # fmt: skip
+    return pd.DataFrame(out, columns=["judge", "good", "bad", "good_mean", "bad_mean", "auc", "unscored"])
+
+
+def calibration_markdown(table: pd.DataFrame) -> str:
+    """One line on whether to trust the judge, from its calibration AUC."""
+    if table is None or not len(table) or table["auc"].isna().all():
+        return "No calibration (`judge.calibration_rows: 0`, no real dev rows, or no readable score)."
+    row = table.iloc[-1]
+    auc = row["auc"]
+    verdict = (
+        "it separates them: its scores can rank rows"
+        if auc >= 0.75
+        else "a weak signal: read its scores as hints, not verdicts"
+        if auc >= 0.6
+        else "no better than chance: do not trust its scores or the pairs they make"
+    )
+    return (
+        f"**Judge calibration:** {row['judge']} gives known-good items {row['good_mean']:.2f} and known-bad "
+        f"{row['bad_mean']:.2f} on average; **AUC {auc:.2f}** over {row['good']} + {row['bad']} items: {verdict}."
+    )
 
 
 # ---------------------------------------------------------------- label jury (classification)

@@ -359,6 +359,14 @@ class JudgeConfig(_Section):
     pair_margin: float = Field(
         0.5, ge=0, le=1, description="DPO pair: the best candidate must score at least this above the worst."
     )
+    calibration_rows: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="03's calibration: this many real dev rows judged twice, as they are (known good) and paired "
+        "with a wrong answer (another label; another request's answer), by every judge; the AUC says how well "
+        "each separates them (0.5 = chance). 0 = off; needs data.dataset.",
+    )
 
 
 class FilterConfig(_Section):

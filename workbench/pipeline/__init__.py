@@ -5,6 +5,7 @@ call these and draw. `build` serves 00–04, `learn` 05–07, `summary` 99."""
 
 from workbench.pipeline.build import (  # noqa: F401
     build_prompts,
+    calibration,
     candidates,
     critic_views,
     filter_markdown,

@@ -241,6 +241,12 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     votes = judge.vote_table(rows)
     alpha = judge.judge_alpha(judgments)
     queue = judge.disagreements(rows, cfg.judge.max_spread)
+    calib = None
+    if cfg.judge.calibration_rows and cfg.data.dataset and judge.rubric(cfg):
+        known = judge.calibration_rows(cfg, tasks.of(cfg).dev(cfg), data.labels(cfg))
+        scored, calib = judge.calibrate(cfg, known, stage.load("seeds"), stage.jury())
+        stage.save(scored, "calibration_scores")
+        stage.save(calib, "calibration")
     judged = rows[rows["keep_prompts"]]
     summary = {
         "judged": len(judged),
@@ -255,8 +261,19 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         "disagreements": len(queue),
         "pairs": int(pairs["pair"].sum()),
         "seconds": round(seconds, 1),
+        "calibration_auc": calib["auc"].iloc[-1] if calib is not None and len(calib) else None,
     }
-    return rows, judgments, pairs, summary, {"votes": votes, "alpha": alpha, "queue": queue}
+    tables = {"votes": votes, "alpha": alpha, "queue": queue, "calibration": calib}
+    return rows, judgments, pairs, summary, tables
+
+
+def calibration(stage: Stage) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
+    """03's judge calibration as saved (`judge.calibrate`; tools: `pipeline.tools.calibrate`): the
+    table per judge, the scores of the known-good and known-bad items, and the verdict line."""
+    have = (stage.artifacts / "calibration.parquet").is_file()
+    table = stage.load("calibration") if have else None
+    scored = stage.load("calibration_scores") if have else None
+    return table, scored, judge.calibration_markdown(table)
 
 
 def judge_markdown(m: dict, votes: pd.DataFrame) -> str:
@@ -272,7 +289,8 @@ def judge_report_markdown(j: dict) -> str:
     """99's line on 03, from its recorded metrics."""
     return (
         f"Rubric {j.get('rubric')} × {j.get('jurors')} juror(s); mean score {j.get('mean_score')}; "
-        f"Krippendorff's alpha {j.get('krippendorff_alpha')}; label jury {j.get('jury')}: Fleiss' kappa "
+        f"Krippendorff's alpha {j.get('krippendorff_alpha')}; calibration AUC {j.get('calibration_auc')}; "
+        f"label jury {j.get('jury')}: Fleiss' kappa "
         f"{j.get('fleiss_kappa')}; judge rejects {j.get('reasons')}; {j.get('pairs')} DPO pairs"
     )
 

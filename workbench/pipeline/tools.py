@@ -265,6 +265,10 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     )
     save_rows(stage, judged, "judged")
     stage.save(pairs.reset_index(drop=True), "pairs")
+    calib = calibrate(stage)
+    if calib is not None:
+        stage.save(calib[0], "calibration_scores")
+        stage.save(calib[1], "calibration")
     fields: dict[str, list[float]] = {}
     for f in judged.loc[judged["keep"], "field_agreement"]:
         for k, v in (f or {}).items():
@@ -284,8 +288,37 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "judge_alpha": _judge_alpha(judgments),
         # does the judge prefer the candidates that agree with the checked answer? (the judge's signal)
         "judge_vs_agreement": _spearman(cands["judge_score"], cands["agreement"]),
+        "calibration_auc": calib[1]["auc"].iloc[-1] if calib is not None and len(calib[1]) else None,
     }
     return judged, pairs, summary
+
+
+def calibrate(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """03's judge calibration: `judge.calibration_rows` real dev requests, each judged with its own
+    answer (known good) and with the answer of another request (known bad: another tool's where
+    there is one), by every judge of roles.judge. Returns (scores per item and judge model: id,
+    known, juror_model, score; `judge.calibration_table`), or None when off."""
+    cfg = stage.cfg
+    if not cfg.judge.calibration_rows or not cfg.data.dataset or not tasks.of(cfg).answer_rubric(cfg):
+        return None
+    t, with_tool = tasks.of(cfg), cfg.task.type == "tools"
+    dev = t.dev(cfg)
+    dev = dev.sample(min(cfg.judge.calibration_rows, len(dev)), random_state=cfg.seed).reset_index(drop=True)
+    if len(dev) < 2:
+        return None
+    rows = pd.DataFrame({"id": [f"cal{i}" for i in range(len(dev))], "text": dev["text"], "tool": dev["tool"],
+                         "keep": True})  # fmt: skip
+    good = [t.answer_json(r.tool, r.arguments, with_tool) for r in dev.itertuples()]
+    other = [next((k for k in range(1, len(dev)) if dev.at[(i + k) % len(dev), "tool"] != dev.at[i, "tool"]), 1)
+             for i in range(len(dev))]  # fmt: skip
+    bad = [good[(i + k) % len(dev)] for i, k in enumerate(other)]
+    cands = pd.DataFrame({"row": list(rows["id"]) * 2, "candidate": [0] * len(dev) + [1] * len(dev), "raw": good + bad})
+    _, judgments = judge_answers(stage, rows, cands)
+    scored = judgments.groupby(["row", "candidate", "juror_model"], as_index=False)["score"].mean()
+    scored = scored.assign(id=scored["row"] + "/" + scored["candidate"].astype(str),
+                           known=np.where(scored["candidate"] == 0, "good", "bad"))  # fmt: skip
+    scored = scored[["id", "known", "juror_model", "score"]]
+    return scored, judge.calibration_table(scored)
 
 
 def _judge_alpha(judgments: pd.DataFrame) -> float | None:
