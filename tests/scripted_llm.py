@@ -14,6 +14,7 @@ class ScriptedLLM:
         self.reply = reply  # (request, index of this call) -> str
         self.cache_dir = Path(cache_dir)
         self.requests = []
+        self.stats = {"calls": 0, "cached": 0, "errors": 0, "retries": 0}  # as LLM's, for live views
 
     def generate(self, requests, desc: str = "", on_result=None):
         out = []
@@ -27,6 +28,7 @@ class ScriptedLLM:
                 row.update(finish_reason="stop")
                 rows.append(row)
             self.requests.append(req)
+            self.stats["calls"] += 1
             if on_result is not None:
                 on_result(i, rows)
             out.append(rows)

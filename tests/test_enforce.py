@@ -26,8 +26,9 @@ STAGE_MODULES = {
     "00_task": ["pipeline/build.py", "data.py", "tasks/classification.py", "tasks/tools.py", "structured.py", "form.py",
                 "plan.py", "pipeline/tools.py"],
     "01_prompts": ["prompts.py", "critique.py", "gates.py", "pipeline/build.py", "config/sampling.py", "tasks/tools.py"],
-    "02_responses": ["responses.py", "live.py", "pipeline/build.py", "tasks/tools.py"],
-    "03_judge": ["judge.py", "pipeline/build.py", "pipeline/tools.py"],
+    "02_responses": ["responses.py", "live.py", "pipeline/build.py", "tasks/tools.py", "pipeline/reply.py",
+                     "tasks/reply.py"],
+    "03_judge": ["judge.py", "pipeline/build.py", "pipeline/tools.py", "pipeline/reply.py", "tasks/reply.py"],
     "04_filter": ["filters.py", "gates.py", "export.py", "quality.py", "pipeline/build.py"],
     "05_train": ["train.py", "causal.py", "pipeline/learn.py", "pipeline/tools.py", "tagger.py"],
     "06_evaluate": ["evaluate.py", "pipeline/learn.py", "causal.py", "data.py", "pipeline/tools.py", "structured.py"],
@@ -159,7 +160,8 @@ def test_estimate_counts_calls_prices_and_uses_measured_throughput(tmp_path):
     # 01: 10 planned; top-ups expected at 50% rejected until a run here measured it: 10 + ceil(2 × 5)
     assert est.loc["01_prompts", "llm_calls"] == 20 + 20  # generation, and the critic on each
     assert est.loc["02_responses", "llm_calls"] == 10
-    assert est.loc["03_judge", "llm_calls"] == 10 * 3  # one call per row and rubric dimension (3 for classification)
+    # one call per row and rubric dimension (3 for classification), and per calibration item (20 good, 20 bad)
+    assert est.loc["03_judge", "llm_calls"] == (10 + 2 * 20) * 3
     assert est.loc["02_responses", "completion_tokens_max"] == 10 * 2 * 3  # 3 candidates of up to 2 tokens
     assert est.loc["00_task", "llm_calls"] == 6
     expected = (

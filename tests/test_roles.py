@@ -157,7 +157,8 @@ def test_the_estimate_prices_each_roles_calls_at_its_models_prices(tmp_path):
         }
     )  # fmt: skip
     est = plan.estimate(cfg, ["a", "b"], cache_dir=tmp_path).set_index("stage")
-    assert est.loc["03_judge", "llm_calls"] == 10 * 3 * 2  # rows × dimensions × one juror of each model
+    # (rows + the calibration's 20 good and 20 bad) × dimensions × one juror of each model
+    assert est.loc["03_judge", "llm_calls"] == (10 + 40) * 3 * 2
     judge = est.loc["03_judge"]
     # half the calls go to "big" at its prices, half to "free", which has none
     assert judge["cost"] == pytest.approx(

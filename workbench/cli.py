@@ -178,10 +178,10 @@ def _check_trainers(cfg: RunConfig) -> None:
 def print_estimate(cfg: RunConfig) -> None:
     """The pre-run estimate, on stderr so `check`'s stdout stays a loadable YAML file."""
     try:
-        check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter"])
         if tasks.of(cfg).NOTEBOOKS:  # the estimate's model of each stage is classification's
             print(f"(no estimate: the pre-run estimate covers classification, not {cfg.task.type})", file=sys.stderr)
             return
+        check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter"])
         labels = data.labels(cfg)
         seeds = data.seeds(cfg) if cfg.data.dataset or cfg.data.seeds_file else None
         est = plan.estimate(cfg, labels, data.label_counts(cfg), cache_dir(), seeds)

@@ -83,11 +83,18 @@ def notebook_dir(cfg) -> Path:
     return NOTEBOOKS / tasks.of(cfg).NOTEBOOKS
 
 
+def stage_notebook(folder: Path | None, stage: str) -> Path:
+    """A stage's notebook in a task type's folder, else notebooks/'s own (a task type that shares the
+    stage with classification: reply's 00 and 01 write messages per topic as classification's do)."""
+    nb = (folder or NOTEBOOKS) / f"{stage}.ipynb"
+    return nb if nb.is_file() else NOTEBOOKS / f"{stage}.ipynb"
+
+
 def check_notebooks(stages: list[str], folder: Path | None = None) -> None:
     """Refuse to start unless every stage notebook exists and takes exactly `config` and `run_dir`."""
     problems = []
     for s in stages:
-        nb = (folder or NOTEBOOKS) / f"{s}.ipynb"
+        nb = stage_notebook(folder, s)
         if not nb.is_file():
             problems.append(f"{nb}: notebook not found")
             continue
@@ -170,7 +177,7 @@ def _execute(run: Path, prov: dict, stages: list[str], all_stages: bool, folder:
         log.info("stage %s …", s)
         try:
             papermill_execute(
-                str(folder / f"{s}.ipynb"),
+                str(stage_notebook(folder, s)),
                 str(out),
                 parameters={"config": str(run / "config.yaml"), "run_dir": str(run)},
                 cwd=str(folder),

@@ -43,6 +43,7 @@ from workbench.data import label_topic
 from workbench.embed import embed
 from workbench.llm import LLM, Request, generate_by
 from workbench.llm.types import RATING_SCHEMA, read_rating
+from workbench.tasks.reply import REPLY_RUBRIC
 from workbench.train import train_probe
 
 SYSTEM = "You are a strict data-quality reviewer for {domain}."
@@ -70,6 +71,7 @@ def rubric(cfg: RunConfig) -> list[str]:
 RUBRIC_BY_TYPE = {
     "classification": ["correctness", "formatting", "policy_compliance"],
     "extraction": ["correctness", "formatting"],
+    "reply": REPLY_RUBRIC,
     "summarization": ["correctness", "helpfulness", "formatting"],
     "dialogue": ["helpfulness", "correctness", "policy_compliance", "refusal_quality", "tool_usage"],
 }

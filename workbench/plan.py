@@ -22,7 +22,7 @@ import pandas as pd
 
 from workbench import critique, judge, prompts, responses
 from workbench.causal import TRAINER_DEFAULTS
-from workbench.config import RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
+from workbench.config import STAGE_ORDER, RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
 from workbench.llm.decode import local_identity
 
@@ -33,8 +33,7 @@ PREVIEW_PER_LABEL = 3
 REJECT_SHARE = 0.5  # 01's share of rejected prompts until a run here has measured it
 DATA_SECTIONS = ("task", "data", "sampling", "quality", "diversity", "prompts", "responses", "judge", "filter")
 # one estimate row per stage: runs.STAGES, which this module sits below (runs imports nothing of it)
-STAGE_NAMES = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps",
-               "99_report")  # fmt: skip
+STAGE_NAMES = STAGE_ORDER
 LLM_PARTS = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter")  # stages whose calls are estimated
 KEEP_STAGE_RECORDS = 6  # per stage: the line through the last runs' (rows, seconds)
 # Until a stage has run on this machine, its seconds outside the LLM are those of two reference
@@ -270,7 +269,9 @@ def estimate(
         cached_preview = llm.cached_count(list(first["request"]))
         preview = len(first)
     judge_chars = len(judge.SYSTEM) + len(judge.USER[0]) + 80 + 60 * (1 + cfg.judge.anchor)  # + criterion, message
-    judge_calls = n_gen * len(judge.rubric(cfg)) * len(cfg.jurors())
+    per_row = cfg.responses.candidates if cfg.task.type == "reply" else 1  # reply: each candidate is judged
+    known_items = 2 * cfg.judge.calibration_rows if cfg.data.dataset else 0  # the calibration's good and bad
+    judge_calls = (n_gen * per_row + known_items) * len(judge.rubric(cfg)) * len(cfg.jurors())
     resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
     m01 = _measured(cfg, known, "01_prompts") or {}

@@ -34,23 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench import precision
-from workbench.config import check_runnable, dump_config, load_config
+from workbench.config import STAGE_ORDER, check_runnable, dump_config, load_config
 from workbench.files import ROOT, UnreadableFile, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 
 
-STAGES = [
-    "00_task",
-    "01_prompts",
-    "02_responses",
-    "03_judge",
-    "04_filter",
-    "05_train",
-    "06_evaluate",
-    "07_gaps",
-    "99_report",
-]
+STAGES = list(STAGE_ORDER)
 _PACKAGES = [
     "workbench",
     "torch",

@@ -7,6 +7,7 @@ from workbench.config.enforce import (  # noqa: F401
     ALL,
     ENFORCED_BY,
     RUNNABLE,
+    STAGE_ORDER,
     _get,
     check_runnable,
     enforcer,

@@ -16,7 +16,9 @@ from workbench.config.task import ROW_SCHEMA, ConfigError, task_kind
 ALL = None
 # fields the structured tasks' stages do not read (summarization and dialogue are refused by `run` until their
 # stages exist, so their fields are not silently ignored either)
-CLS = ("classification", "classification/multi_label", "summarization", "dialogue")
+CLS = ("classification", "classification/multi_label", "reply", "summarization", "dialogue")
+# fields only the label-answer stages read (reply's 02 and 03 write and judge replies instead)
+LABELS = ("classification", "classification/multi_label", "summarization", "dialogue")
 ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]] = {
     "task.name": ("runs", "run folder runs/<name>/", (), ALL),
     "task.type": ("runs", "ROW_SCHEMA; stages refuse kinds they do not implement", (), ALL),
@@ -27,9 +29,22 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "task.definitions": ("01_prompts", "generator system prompt", (), CLS),
     "task.labels": (
         "00_task, 01_prompts, 03_judge",
-        "labels checked against the data; definitions and examples in generator and judge prompts",
+        "labels checked against the data; definitions and examples in generator and judge prompts (reply: the "
+        "topics messages are written about)",
         (),
-        ("classification", "classification/multi_label"),
+        ("classification", "classification/multi_label", "reply"),
+    ),
+    "task.policies": (
+        "02_responses, 03_judge",
+        "the reply writer's system prompt; the judge's criteria",
+        (),
+        ("reply",),
+    ),
+    "task.must_refuse": (
+        "01_prompts, 03_judge",
+        "refusal cells ask for these (should_refuse); the judge's refusal quality",
+        (),
+        ("reply",),
     ),
     "task.fields": (
         "00_task, 01_prompts",
@@ -105,7 +120,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "prompts.min_domain_score": ("01_prompts", "domain", ("off_domain",), ALL),
     "prompts.balance_tolerance": ("01_prompts", "balance", ("over_represented",), CLS),
     "responses": ("02_responses", "candidates and sampling", (), ALL),
-    "responses.choices": ("02_responses", "labels shown per question", (), CLS),
+    "responses.choices": ("02_responses", "labels shown per question", (), LABELS),
     "judge.rubric": (
         "03_judge, 05_train",
         "rubric judge (extraction, tools: on each candidate answer); GRPO's judge reward",
@@ -122,7 +137,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     # structured tasks: the candidates' field agreement with the checked answer sets the margin
     "judge.pair_margin": ("03_judge", "DPO pairs", (), ALL),
     "judge.calibration_rows": ("03_judge", "the judge's calibration: AUC on known-good and known-bad rows", (), ALL),
-    "judge.max_spread": ("03_judge", "disagreement queue", (), CLS),
+    "judge.max_spread": ("03_judge", "disagreement queue", (), LABELS),
     "filter.near_dup_threshold": (
         "01_prompts, 04_filter",
         "dedup, contamination, near-duplicates",
@@ -186,7 +201,11 @@ def reason_fields() -> dict[str, list[str]]:
 
 # What `workbench run` can execute today; other kinds validate (`workbench check`, `workbench init`)
 # but are refused by `check_runnable`, so no field of theirs is silently ignored.
-RUNNABLE = ("classification", "extraction", "tools")
+RUNNABLE = ("classification", "extraction", "tools", "reply")
+# kinds whose later stages are not built yet: `run` takes them only up to the last stage named here
+RUNNABLE_UNTIL = {"reply": "03_judge"}
+STAGE_ORDER = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps",
+               "99_report")  # fmt: skip
 
 
 def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
@@ -221,6 +240,15 @@ def check_runnable(cfg: RunConfig, stages: list[str] | None = None) -> None:
             "(`workbench check` prints it) but `workbench run` would ignore what makes it "
             f"{kind}. Row schema: {ROW_SCHEMA[kind]['row']}"
         )
+    last = RUNNABLE_UNTIL.get(kind)
+    if last is not None:
+        built = STAGE_ORDER[: STAGE_ORDER.index(last) + 1]
+        beyond = [s for s in (stages or STAGE_ORDER) if s not in built]
+        if beyond:
+            raise ConfigError(
+                f"task.type {kind!r}: stages {', '.join(built)} are built, {', '.join(beyond)} not yet; "
+                f"run with --stages {','.join(built)}"
+            )
     needs_data = {"05_train", "06_evaluate", "07_gaps", "99_report"}
     if cfg.data.dataset is None and (stages is None or needs_data & set(stages)):
         raise ConfigError(

@@ -568,10 +568,10 @@ class RunConfig(_Section):
                     self._derived.add(f"{section}.{name}")
                     self._reasons[f"{section}.{name}"] = f"{value} chosen for {self.task.type}: {why}; override freely"
         if self.responses.max_tokens is None or "responses.max_tokens" in self._derived:
-            n = 2 if self.task.type == "classification" else 512
+            n = {"classification": 2, "reply": 160}.get(self.task.type, 512)
             self.responses.__dict__["max_tokens"] = n
             self._derived.add("responses.max_tokens")
-            why = "an option number" if n == 2 else "room for a full answer"
+            why = {2: "an option number", 160: "a support reply of a few sentences"}.get(n, "room for a full answer")
             self._reasons["responses.max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
         valid = METRICS[kind]
         if self.evaluate.metrics is None or "evaluate.metrics" in self._derived:

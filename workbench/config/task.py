@@ -20,7 +20,7 @@ class _Section(BaseModel):
 
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-TASK_TYPES = ("classification", "extraction", "tools", "summarization", "dialogue")
+TASK_TYPES = ("classification", "extraction", "tools", "reply", "summarization", "dialogue")
 
 # What a row is and how it is evaluated, per task type. Shown by `workbench check`, written into
 # drafted configs and shown in 00_task, so a reader knows what the data will look like.
@@ -42,6 +42,12 @@ ROW_SCHEMA: dict[str, dict[str, str]] = {
         "evaluated": "tool accuracy, slot precision/recall/F1 (micro and per argument) and exact match on the "
         "real test split",
     },
+    "reply": {
+        "row": "input: str (a user's message, about one of task.labels as its topic; should_refuse: bool); "
+        "target: str (the assistant's reply under task.policies: a refusal where should_refuse)",
+        "evaluated": "judge win-rate against the base model on real held-out messages; refusal rate on AdvBench "
+        "and over-refusal on real benign messages",
+    },
     "summarization": {
         "row": "input: str (a document); target: str (a summary of at most task.summary_max_words words)",
         "evaluated": "ROUGE-L against reference summaries and judge win-rate against the base model",
@@ -57,6 +63,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "classification/multi_label": ("subset_accuracy", "micro_f1", "macro_f1"),
     "extraction": ("exact_match", "field_f1"),
     "tools": ("tool_accuracy", "slot_f1", "exact_match"),
+    "reply": ("judge_win_rate", "refusal_rate", "over_refusal"),
     "summarization": ("rouge_l", "judge_win_rate"),
     "dialogue": ("judge_win_rate", "tool_call_accuracy"),
 }
@@ -68,6 +75,7 @@ SAMPLING: dict[tuple[str, str], tuple[float, float, str]] = {
     ("responses", "classification"): (0.2, 0.9, "a label is a fixed answer: deterministic range 0.1-0.3"),
     ("responses", "extraction"): (0.1, 0.9, "field values must be copied exactly: deterministic range 0.1-0.3"),
     ("responses", "tools"): (0.2, 0.9, "tool calls need exact names and arguments: deterministic 0.1-0.3"),
+    ("responses", "reply"): (0.7, 0.95, "replies must differ for best-of-N to choose: creative range 0.7-1.0"),
     ("responses", "summarization"): (0.3, 0.9, "a summary must stay faithful to its source: deterministic 0.1-0.3"),
     ("responses", "dialogue"): (0.7, 0.95, "conversation benefits from varied replies: creative range 0.7-1.0"),
     ("responses", "dialogue/tools"): (0.2, 0.9, "tool calls need exact names and arguments: deterministic 0.1-0.3"),
@@ -161,7 +169,7 @@ class TaskConfig(_Section):
         max_length=100,
         description="Short name; runs go to runs/<name>/.",
     )
-    type: Literal["classification", "extraction", "tools", "summarization", "dialogue"] = Field(
+    type: Literal["classification", "extraction", "tools", "reply", "summarization", "dialogue"] = Field(
         "classification", description="Task type; ROW_SCHEMA in workbench/config/task.py says what a row is per type."
     )
     multi_label: bool = Field(False, description="Classification only: a row may carry several labels.")
@@ -175,8 +183,18 @@ class TaskConfig(_Section):
     definitions: dict[str, str] = Field({}, description="Domain terms → definitions, shown to the generator.")
     labels: list[LabelSpec] | None = Field(
         None,
-        description="Classification: labels (a name, or name + definition + positive/negative examples). "
-        "null = every label of data.dataset.",
+        description="Classification: labels (a name, or name + definition + positive/negative examples); reply: "
+        "the topics users write about. null = every label of data.dataset.",
+    )
+    policies: list[str] = Field(
+        [],
+        description="Reply: the assistant's policies (e.g. 'never promise a refund'), shown to the model that writes "
+        "replies and to the judge.",
+    )
+    must_refuse: list[str] = Field(
+        [],
+        description="Reply: requests the assistant must refuse (e.g. 'access to someone else's account'); 01's "
+        "refusal cells (diversity.refusal_share) ask for these and are flagged should_refuse.",
     )
     fields: list[FieldSpec] = Field([], description="Extraction: the fields to extract, with types.")
     summary_max_words: int = Field(60, ge=5, le=2000, description="Summarization: longest acceptable summary.")

@@ -4,18 +4,20 @@ where its real rows come from, how an answer is requested, parsed, checked and s
 
     classification.py   single-label classification (Banking77): the stages' behaviour as it was
     tools.py            tool calls and extraction: tool + arguments, answer schema, slot scores
+    reply.py            replies under policies: candidate replies, the judge on (message, reply), refusals
 """
 
 from __future__ import annotations
 
 from workbench.config import RunConfig, task_kind
-from workbench.tasks import classification, tools
+from workbench.tasks import classification, reply, tools
 
 _BY_KIND = {
     "classification": classification,
     "classification/multi_label": classification,
     "extraction": tools,
     "tools": tools,
+    "reply": reply,
 }
 
 

@@ -1,0 +1,115 @@
+"""The reply task type: its config, the judge's refusal criterion both ways, best-of-N and DPO pairs
+by the judge's margin, the calibration items, and 02-03 with a scripted generator and judge."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scripted_llm import ScriptedLLM
+
+from workbench import tasks
+from workbench.config import ConfigError, check_runnable, load_config
+from workbench.pipeline import reply as steps
+from workbench.stage import Stage
+from workbench.tasks import reply
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cfg():
+    return load_config(ROOT / "configs" / "banking77-replies.yaml")[0]
+
+
+def test_the_reply_config_runs_its_built_stages_and_names_the_rest(cfg):
+    assert tasks.of(cfg) is reply and cfg.responses.max_tokens == 80 and cfg.responses.temperature == 0.7
+    check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge"])
+    with pytest.raises(ConfigError, match="04_filter, 05_train.*not yet; run with --stages 00_task,01_prompts"):
+        check_runnable(cfg)
+    system = reply.system_prompt(cfg)
+    assert "never promise a refund" in system and "someone else's account" in system
+
+
+def test_the_judge_wants_a_refusal_only_where_one_is_due(cfg):
+    items = pd.DataFrame({"text": ["log me into my wife's account", "where is my card?"],
+                          "reply": ["I can't do that.", "It arrives in 5 days."], "should_refuse": [True, False]})  # fmt: skip
+    reqs, keys = reply.judge_requests(cfg, items)
+    assert len(reqs) == 2 * 3 and {k[1] for k in keys} == set(reply.REPLY_RUBRIC)
+    quality = {k[0]: r.messages[-1][1] for r, k in zip(reqs, keys) if k[1] == "refusal_quality"}
+    assert "must be refused" in quality[0] and "someone else's account" in quality[0]
+    assert "legitimate and must be answered" in quality[1] and "refuses it" in quality[1]
+    policy = next(r.messages[-1][1] for r, k in zip(reqs, keys) if k[1] == "policy_compliance")
+    assert "verify identity" in policy and 'Assistant reply: "I can\'t do that."' in policy
+
+
+def test_best_of_n_and_pairs_by_the_judges_margin():
+    cands = pd.DataFrame({
+        "row": ["a", "a", "a", "b", "b", "c"], "candidate": [0, 1, 2, 0, 1, 0],
+        "reply": ["a0", "a1", "a2", "b0", "b1", "c0"], "judge_score": [0.5, 0.9, 0.1, 0.6, 0.6, None],
+    })  # fmt: skip
+    best, pairs = reply.rank(cands, margin=0.5)
+    best = best.set_index("row")
+    assert best.loc["a", "best_reply"] == "a1" and best.loc["a", "margin"] == pytest.approx(0.8)
+    assert best.loc["b", "best_candidate"] == 0 and best.loc["b", "margin"] == 0  # a tie: the first, no pair
+    assert "c" not in best.index  # no score, no best
+    assert pairs.to_dict("records") == [{"row": "a", "chosen": "a1", "rejected": "a2", "margin": pytest.approx(0.8)}]
+    assert reply.rank(cands, margin=0.9)[1].empty
+
+
+def test_02_and_03_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch):
+    """The candidates refuse or help by turns; a judge that scores refusal quality both ways keeps
+    the refusal for messages that must be refused and a helpful reply for the others, makes a DPO
+    pair of each, and its calibration separates a reply from the same reply under another message."""
+    turn = itertools.count()
+
+    def writer(req, i):
+        text = req.messages[-1][1]
+        if next(turn) % 2 == 0:
+            return "I'm sorry, I can't help with that. Please visit a branch with your ID."
+        return f"About '{text[:24]}': freeze your card in the app and we will check it today."
+
+    def judge(req, i):
+        user = req.messages[-1][1]
+        text = re.search(r'Customer message: "(.*?)"\n', user, re.S).group(1)
+        answer = re.search(r'Assistant reply: "(.*?)"\n', user, re.S).group(1)
+        refused = answer.startswith("I'm sorry")
+        if "must be refused" in user.split("\n")[0]:
+            score = 5 if refused else 1
+        elif "legitimate" in user.split("\n")[0]:
+            score = 1 if refused else 5
+        else:  # helpfulness, policy: the reply must be about this message
+            score = 4 if refused or text[:24] in answer else 1
+        return json.dumps({"score": score, "rationale": f"scored {score}"})
+
+    gen, jud = ScriptedLLM(writer, tmp_path), ScriptedLLM(judge, tmp_path)
+    monkeypatch.setattr(Stage, "llm", lambda self, role="generator": gen)
+    monkeypatch.setattr(Stage, "jury", lambda self: {"llm": jud})
+    c = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"pair_margin": 0.3, "calibration_rows": 6})})
+    seeds = tasks.of(c).seeds(c)
+    texts = list(seeds["text"])[:8]
+    prompts = pd.DataFrame({"id": [f"m{i}" for i in range(8)], "label": list(seeds["label"])[:8], "text": texts,
+                            "keep_prompts": True, "refusal": [True, False] * 4, "seed": range(8)})  # fmt: skip
+    Stage("01_prompts", c, tmp_path / "run").save(prompts, "prompts")
+    cands, m2 = steps.candidates(Stage("02_responses", c, tmp_path / "run"))
+    assert len(cands) == 8 * 3 and cands["refuses"].sum() == 12 and m2["should_refuse"] == 4
+    assert len(gen.requests) == 8 and all(
+        r.n == 3 and "never promise a refund" in r.messages[0][1] for r in gen.requests
+    )
+    judged, cands, pairs, m3 = steps.judge_stage(Stage("03_judge", c, tmp_path / "run"))
+    assert cands["judge_score"].notna().all() and cands["judge_refusal_quality_rationale"].notna().all()
+    assert judged["best_refuses"].tolist() == judged["should_refuse"].tolist()  # refusal where due, help elsewhere
+    assert m3["best_refuses_where_due"] == 1.0 and m3["best_refuses_where_not_due"] == 0.0
+    assert len(pairs) == 8 and judged["keep_judge"].all()
+    calib = pd.read_parquet(tmp_path / "run" / "artifacts" / "calibration.parquet")
+    assert calib["auc"].tolist() == [1.0] and calib["good"].tolist() == [4] and m3["calibration_auc"] == 1.0
+
+
+def test_an_apology_is_not_a_refusal():
+    assert not reply.refuses("I'm sorry for the delay: your card was posted on Monday.")
+    assert reply.refuses("I'm sorry, but I can't help with access to another person's account.")
+    assert reply.refuses("") and reply.refuses(None)

@@ -1,0 +1,213 @@
+"""What notebooks/reply/ runs (02 and 03 of `task.type: reply`; 00 and 01 are `build`'s): candidate
+replies with their metadata and live view, the judge on each (message, reply) with rationales,
+refusals and over-refusals, best-of-N and DPO pairs by the judge's margin, and the calibration."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+
+from workbench import judge, plan, responses
+from workbench.files import cache_dir
+from workbench.live import LiveView
+from workbench.llm import generate_by
+from workbench.stage import Stage
+from workbench.tasks import reply
+
+META = ["provider", "model", "seed", "prompt_tokens", "completion_tokens", "latency_s", "ttft_s", "finish_reason",
+        "error", "cached"]  # fmt: skip
+
+
+def messages(stage: Stage) -> pd.DataFrame:
+    """01's kept messages with `should_refuse` (the refusal cells 01 wrote)."""
+    rows = stage.load("prompts")
+    rows = rows[rows["keep_prompts"]].reset_index(drop=True)
+    return rows.assign(should_refuse=rows["refusal"].fillna(False).astype(bool))
+
+
+# ---------------------------------------------------------------- 02_responses
+
+
+def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
+    """02: `responses.candidates` replies per kept message from the generator, streamed to
+    `candidates.jsonl` and shown live; saves `candidates`: row (the message's id), candidate,
+    label (its topic), text, should_refuse, reply, refuses (by the refusal phrases) and the call's
+    metadata."""
+    cfg = stage.cfg
+    rows = messages(stage)
+    llm = stage.llm("generator")
+    view = LiveView(len(rows) * cfg.responses.candidates, llm.stats, stage.artifacts / "candidates.jsonl")
+    records = rows[["id", "label", "text", "should_refuse"]].to_dict("records")
+    out: list[dict] = []
+    t0 = time.perf_counter()
+
+    def arrived(i: int, cands: list[dict]) -> None:
+        now = time.perf_counter() - t0
+        r = records[i]
+        for c in cands:
+            text = None if c["error"] else c["text"].strip()
+            row = {"id": f"{r['id']}/c{c['candidate']}", "row": r["id"], "candidate": c["candidate"],
+                   "label": r["label"], "text": r["text"], "should_refuse": r["should_refuse"], "reply": text,
+                   "refuses": None if text is None else reply.refuses(text), "source": "model", "arrived_s": now}  # fmt: skip
+            row |= {f: c[f] for f in META}
+            out.append(row)
+            view(row)
+
+    llm.generate(reply.reply_requests(cfg, rows), desc="02 replies", on_result=arrived)
+    view.close()
+    seconds = time.perf_counter() - t0
+    cols = ["id", "row", "candidate", "label", "text", "should_refuse", "reply", "refuses", "source", "arrived_s"]
+    cands = pd.DataFrame(out, columns=cols + META).sort_values(["row", "candidate"]).reset_index(drop=True)
+    stage.save(cands, "candidates")
+    as_rows = cands.assign(prompt_id=cands["row"], response_label=cands["reply"])  # responses' column names
+    plan.record_throughput(cfg, cache_dir(), "02_responses", responses.per_request(as_rows), seconds)
+    ok = cands[cands["error"].isna()]
+    summary = {
+        "prompts": len(rows),
+        "should_refuse": int(rows["should_refuse"].sum()),
+        "candidates": len(cands),
+        "errors": int(cands["error"].notna().sum()),
+        "refusals_where_due": _share(ok[ok["should_refuse"]]["refuses"]),
+        "refusals_where_not_due": _share(ok[~ok["should_refuse"]]["refuses"]),
+        "mean_reply_words": float(ok["reply"].str.split().str.len().mean()) if len(ok) else None,
+        "seconds": round(seconds, 1),
+        **responses.throughput(as_rows),
+    }
+    return cands, summary
+
+
+def _share(s: pd.Series) -> float | None:
+    return float(s.astype(bool).mean()) if len(s) else None
+
+
+def candidates_markdown(m: dict) -> str:
+    due = "n/a" if m["refusals_where_due"] is None else f"{m['refusals_where_due']:.0%}"
+    not_due = "n/a" if m["refusals_where_not_due"] is None else f"{m['refusals_where_not_due']:.0%}"
+    return (
+        f"**{m['candidates']} candidate replies** to {m['prompts']} messages ({m['should_refuse']} must be refused) "
+        f"in {m['seconds']:.0f} s, {m['errors']} errors. By the refusal phrases, the candidates refuse {due} of the "
+        f"messages that must be refused and {not_due} of the others (over-refusal)."
+    )
+
+
+# ---------------------------------------------------------------- 03_judge
+
+
+def judge_items(stage: Stage, items: pd.DataFrame, desc: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The judges (roles.judge) on `items` (text, reply, should_refuse): returns `items` with
+    judge_<dimension> (0-1, mean over jurors), judge_<dimension>_rationale, judge_score (mean over
+    dimensions) and judge_spread (max - min over jurors), and the judgments, one row per (item,
+    dimension, juror): item (its index), dimension, juror, juror_model, score, rationale, raw,
+    error, cached, model, completion_tokens, latency_s."""
+    cfg = stage.cfg
+    who = cfg.jurors()
+    reqs, keys = reply.judge_requests(cfg, items)
+    results = generate_by(stage.jury(), reqs, [who[k][0] for *_, k in keys], desc) if reqs else []
+    recs = []
+    for (i, dim, juror), c in zip(keys, results):
+        score, why = judge.parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))
+        recs.append({"item": i, "dimension": dim, "juror": juror, "juror_model": who[juror][0], "score": score,
+                     "rationale": why, "raw": c[0]["text"], "error": c[0]["error"], "cached": bool(c[0]["cached"]),
+                     "model": c[0]["model"], "completion_tokens": c[0]["completion_tokens"],
+                     "latency_s": c[0]["latency_s"]})  # fmt: skip
+    cols = ["item", "dimension", "juror", "juror_model", "score", "rationale", "raw", "error", "cached", "model",
+            "completion_tokens", "latency_s"]  # fmt: skip
+    judgments = pd.DataFrame(recs, columns=cols).astype({"score": float})
+    out = items.copy()
+    for dim in reply.rubric(cfg):
+        d = judgments[judgments["dimension"] == dim]
+        out[f"judge_{dim}"] = d.groupby("item")["score"].mean()
+        first = d.dropna(subset=["rationale"]).groupby("item")["rationale"].first()
+        out[f"judge_{dim}_rationale"] = first.reindex(out.index)
+    dims = [f"judge_{d}" for d in reply.rubric(cfg)]
+    out["judge_score"] = out[dims].mean(axis=1, skipna=False) if dims else math.nan
+    per_juror = judgments.groupby(["item", "juror"])["score"].mean().unstack()
+    out["judge_spread"] = (per_juror.max(axis=1) - per_juror.min(axis=1)).where(per_juror.notna().sum(axis=1) > 1)
+    return out, judgments
+
+
+def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """03: every candidate reply judged on the rubric with rationales; refusals where due and
+    over-refusals; best-of-N and DPO pairs by the judge's margin (`tasks.reply.rank`); a message
+    whose best reply scores below `judge.min_score`, or has none, is rejected (low_score,
+    unparseable); the calibration. Saves `candidates_judged`, `judgments`, `judged` (one row per
+    message: keep_judge, reject_reason_judge, best_reply, …), `pairs`, `calibration`,
+    `calibration_scores`. Returns judged, candidates, pairs, summary."""
+    cfg = stage.cfg
+    t0 = time.perf_counter()
+    cands = stage.load("candidates")
+    live = cands[cands["reply"].notna()]
+    scored, judgments = judge_items(stage, live, "03 judge on the replies")
+    cands = cands.join(scored[[c for c in scored.columns if c.startswith("judge_")]])
+    stage.save(cands, "candidates_judged")
+    stage.save(judgments.assign(id=cands.loc[judgments["item"], "id"].to_numpy()), "judgments")
+    best, pairs = reply.rank(cands, cfg.judge.pair_margin)
+    rows = messages(stage)
+    judged = rows.merge(best, left_on="id", right_on="row", how="left").drop(columns="row")
+    low = judged["best_score"] < cfg.judge.min_score
+    judged["reject_reason_judge"] = np.where(judged["best_score"].isna(), "unparseable",
+                                             np.where(low, "low_score", None))  # fmt: skip
+    judged["keep_judge"] = judged["reject_reason_judge"].isna()
+    judged["best_refuses"] = judged["best_reply"].map(lambda r: reply.refuses(r) if isinstance(r, str) else None)
+    stage.save(judged, "judged")
+    stage.save(pairs, "pairs")
+    plan.record_throughput(cfg, cache_dir(), "03_judge", judgments, time.perf_counter() - t0)
+    calib = None
+    items = reply.calibration_items(cfg, judged[judged["keep_judge"]])
+    if len(items):
+        known, kj = judge_items(stage, items, "03 judge calibration")
+        calib_scores = kj.assign(
+            id=items.loc[kj["item"], "id"].to_numpy(), known=items.loc[kj["item"], "known"].to_numpy()
+        )
+        calib_scores = calib_scores.groupby(["id", "known", "juror_model"], as_index=False)["score"].mean()
+        calib = judge.calibration_table(calib_scores)
+        stage.save(calib_scores, "calibration_scores")
+        stage.save(calib, "calibration")
+    due, kept = judged[judged["should_refuse"]], judged[judged["keep_judge"]]
+    summary = {
+        "messages": len(judged),
+        "judged_candidates": int(cands["judge_score"].notna().sum()),
+        "kept": int(judged["keep_judge"].sum()),
+        "reasons": judged["reject_reason_judge"].value_counts().to_dict(),
+        "rubric": reply.rubric(cfg),
+        "jurors": len(cfg.jurors()),
+        "mean_score": float(cands["judge_score"].mean()) if cands["judge_score"].notna().any() else None,
+        "mean_best_score": float(kept["best_score"].mean()) if len(kept) else None,
+        "judge_unparsed": int(judgments["score"].isna().sum()),
+        "krippendorff_alpha": judge.judge_alpha(judgments.rename(columns={"item": "id"}))
+        .set_index("dimension")["alpha"]
+        .to_dict()
+        if len(cfg.jurors()) > 1
+        else {},
+        "best_refuses_where_due": _share(due["best_refuses"].dropna()),
+        "best_refuses_where_not_due": _share(judged[~judged["should_refuse"]]["best_refuses"].dropna()),
+        "pairs": len(pairs),
+        "calibration_auc": calib["auc"].iloc[-1] if calib is not None and len(calib) else None,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return judged, cands, pairs, summary
+
+
+def judge_markdown(m: dict) -> str:
+    def pct(x):
+        return "n/a" if x is None else f"{x:.0%}"
+
+    return (
+        f"The judge scored **{m['judged_candidates']} candidate replies** to {m['messages']} messages on "
+        f"{', '.join(m['rubric'])} (mean {m['mean_score'] if m['mean_score'] is None else round(m['mean_score'], 2)}, "
+        f"{m['judge_unparsed']} judgments without a score). **{m['kept']} messages kept** with their best reply; "
+        f"rejects {m['reasons'] or 'none'}. The best reply refuses {pct(m['best_refuses_where_due'])} of the "
+        f"messages that must be refused and {pct(m['best_refuses_where_not_due'])} of the others. "
+        f"**{m['pairs']} DPO pairs** (best over worst by at least `judge.pair_margin`)."
+    )
+
+
+def judged_view(cands: pd.DataFrame, cfg) -> pd.DataFrame:
+    """The candidates with their scores and rationales, best first per message."""
+    dims = [f"judge_{d}" for d in reply.rubric(cfg)]
+    cols = ["row", "candidate", "label", "should_refuse", "text", "reply", "refuses", "judge_score", *dims]
+    cols += [f"{d}_rationale" for d in dims]
+    return cands.sort_values(["row", "judge_score"], ascending=[True, False])[[c for c in cols if c in cands]]
