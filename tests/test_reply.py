@@ -75,6 +75,9 @@ def test_02_and_03_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatc
 
     def judge(req, i):
         user = req.messages[-1][1]
+        if "Reply A:" in user:  # pairwise: the refusal where one is due, else the helpful reply
+            a_refuses = re.search(r'Reply A: "(.*?)"', user, re.S).group(1).startswith("I'm sorry")
+            return "A" if a_refuses == ("must be refused" in user) else "B"
         text = re.search(r'Customer message: "(.*?)"\n', user, re.S).group(1)
         answer = re.search(r'Assistant reply: "(.*?)"\n', user, re.S).group(1)
         refused = answer.startswith("I'm sorry")
@@ -104,7 +107,8 @@ def test_02_and_03_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatc
     assert cands["judge_score"].notna().all() and cands["judge_refusal_quality_rationale"].notna().all()
     assert judged["best_refuses"].tolist() == judged["should_refuse"].tolist()  # refusal where due, help elsewhere
     assert m3["best_refuses_where_due"] == 1.0 and m3["best_refuses_where_not_due"] == 0.0
-    assert len(pairs) == 8 and judged["keep_judge"].all()
+    assert pairs["pair"].sum() == 8 and set(pairs["outcome"]) == {"chosen"} and judged["keep_judge"].all()
+    assert sum("Reply A" in r.messages[-1][1] for r in jud.requests) == 8 * 2  # each pair in both orders
     calib = pd.read_parquet(tmp_path / "run" / "artifacts" / "calibration.parquet")
     assert calib["auc"].tolist() == [1.0] and calib["good"].tolist() == [4] and m3["calibration_auc"] == 1.0
 
@@ -113,3 +117,19 @@ def test_an_apology_is_not_a_refusal():
     assert not reply.refuses("I'm sorry for the delay: your card was posted on Monday.")
     assert reply.refuses("I'm sorry, but I can't help with access to another person's account.")
     assert reply.refuses("") and reply.refuses(None)
+
+
+def test_a_judge_that_prefers_a_position_confirms_no_pair(cfg, tmp_path, monkeypatch):
+    """Asked in both orders, a judge that always answers A contradicts itself: every pair is dropped
+    as `position`; one that prefers the rejected reply in both orders drops it as `rejected`."""
+    pairs = pd.DataFrame({"row": ["a", "b"], "chosen": ["Freeze your card in the app.", "Your top-up is pending."],
+                          "rejected": ["No.", "I can't help."], "margin": [0.6, 0.7], "id": ["a", "b"],
+                          "text": ["I lost my card", "my top-up failed"], "should_refuse": [False, False]})  # fmt: skip
+    for answers, outcome in (("AA", "position"), ("BA", "rejected")):  # chosen as A, then chosen as B
+        turn = itertools.count()
+        jud = ScriptedLLM(lambda r, i, a=answers, t=turn: a[next(t) % 2], tmp_path)
+        monkeypatch.setattr(Stage, "jury", lambda self, j=jud: {"llm": j})
+        got = steps.confirm_pairs(Stage("03_judge", cfg, tmp_path / "run"), pairs)
+        assert got["outcome"].tolist() == [outcome] * 2 and not got["pair"].any() and len(jud.requests) == 4
+    assert reply.pair_outcome("A", "B") == "chosen" and reply.pair_outcome(None, "B") == "unread"
+    assert reply.verdict({"text": "", "first_probs": {"A": 0.2, "B": 0.7}}) == "B"

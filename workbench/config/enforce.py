@@ -136,6 +136,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "judge.aggregate": ("03_judge", "label jury", ("label_mismatch", "uncertain"), ("classification",)),
     # structured tasks: the candidates' field agreement with the checked answer sets the margin
     "judge.pair_margin": ("03_judge", "DPO pairs", (), ALL),
+    "judge.pairwise": ("03_judge", "DPO pairs confirmed in both orders", (), ("reply",)),
     "judge.calibration_rows": ("03_judge", "the judge's calibration: AUC on known-good and known-bad rows", (), ALL),
     "judge.max_spread": ("03_judge", "disagreement queue", (), LABELS),
     "filter.near_dup_threshold": (

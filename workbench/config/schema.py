@@ -359,6 +359,11 @@ class JudgeConfig(_Section):
     pair_margin: float = Field(
         0.5, ge=0, le=1, description="DPO pair: the best candidate must score at least this above the worst."
     )
+    pairwise: bool = Field(
+        True,
+        description="Replies: confirm each DPO pair by asking every judge which reply is better, in both orders; a "
+        "pair whose verdict flips with the order (position bias) or prefers the rejected reply is dropped.",
+    )
     calibration_rows: int = Field(
         20,
         ge=0,

@@ -146,6 +146,7 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     stage.save(judgments.assign(id=cands.loc[judgments["item"], "id"].to_numpy()), "judgments")
     best, pairs = reply.rank(cands, cfg.judge.pair_margin)
     rows = messages(stage)
+    pairs = confirm_pairs(stage, pairs.merge(rows[["id", "text", "should_refuse"]], left_on="row", right_on="id"))
     judged = rows.merge(best, left_on="id", right_on="row", how="left").drop(columns="row")
     low = judged["best_score"] < cfg.judge.min_score
     judged["reject_reason_judge"] = np.where(judged["best_score"].isna(), "unparseable",
@@ -184,11 +185,38 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         else {},
         "best_refuses_where_due": _share(due["best_refuses"].dropna()),
         "best_refuses_where_not_due": _share(judged[~judged["should_refuse"]]["best_refuses"].dropna()),
-        "pairs": len(pairs),
+        "pairs": int(pairs["pair"].sum()),
+        "pairs_by_margin": len(pairs),
+        "pairwise": pairs["outcome"].value_counts().to_dict() if "outcome" in pairs else {},
         "calibration_auc": calib["auc"].iloc[-1] if calib is not None and len(calib) else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return judged, cands, pairs, summary
+
+
+def confirm_pairs(stage: Stage, pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs by margin (row, chosen, rejected, margin, text, should_refuse), each asked of every
+    judge of roles.judge in both orders (`judge.pairwise`): `outcome` is the judges' majority
+    ('chosen', 'rejected', 'position': the verdict followed the order, 'unread'); `pair` is True
+    where it is 'chosen' (every pair by margin when judge.pairwise is off)."""
+    cfg = stage.cfg
+    if not cfg.judge.pairwise or pairs.empty:
+        return pairs.assign(outcome=None, pair=True)
+    reqs = reply.pairwise_requests(cfg, pairs)
+    judges = stage.jury()
+    names = [n for n in judges for _ in reqs]
+    results = generate_by(judges, reqs * len(judges), names, "03 pairwise, both orders")
+    votes = []
+    for m in range(len(judges)):
+        res = results[m * len(reqs) : (m + 1) * len(reqs)]
+        votes.append([reply.pair_outcome(reply.verdict(res[2 * k][0]), reply.verdict(res[2 * k + 1][0]))
+                      for k in range(len(pairs))])  # fmt: skip
+    # chosen needs more than half the judges; otherwise the commonest other outcome names why not
+    outcome = [
+        "chosen" if v.count("chosen") * 2 > len(v) else max(sorted(set(v) - {"chosen"}), key=v.count)
+        for v in zip(*votes)
+    ]
+    return pairs.drop(columns="id").assign(outcome=outcome, pair=[o == "chosen" for o in outcome])
 
 
 def judge_markdown(m: dict) -> str:
@@ -201,7 +229,9 @@ def judge_markdown(m: dict) -> str:
         f"{m['judge_unparsed']} judgments without a score). **{m['kept']} messages kept** with their best reply; "
         f"rejects {m['reasons'] or 'none'}. The best reply refuses {pct(m['best_refuses_where_due'])} of the "
         f"messages that must be refused and {pct(m['best_refuses_where_not_due'])} of the others. "
-        f"**{m['pairs']} DPO pairs** (best over worst by at least `judge.pair_margin`)."
+        f"**{m['pairs']} DPO pairs**: best over worst by at least `judge.pair_margin` ({m['pairs_by_margin']}), "
+        f"then asked in both orders: {m['pairwise'] or 'not asked'} (a `position` verdict follows the order, "
+        "not the reply: that pair is dropped)."
     )
 
 
