@@ -28,8 +28,8 @@ def cfg():
 
 def test_the_reply_config_runs_its_built_stages_and_names_the_rest(cfg):
     assert tasks.of(cfg) is reply and cfg.responses.max_tokens == 80 and cfg.responses.temperature == 0.7
-    check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge"])
-    with pytest.raises(ConfigError, match="04_filter, 05_train.*not yet; run with --stages 00_task,01_prompts"):
+    check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter"])
+    with pytest.raises(ConfigError, match="05_train, 06_evaluate.*not yet; run with --stages 00_task,01_prompts"):
         check_runnable(cfg)
     system = reply.system_prompt(cfg)
     assert "never promise a refund" in system and "someone else's account" in system
@@ -61,16 +61,22 @@ def test_best_of_n_and_pairs_by_the_judges_margin():
     assert reply.rank(cands, margin=0.9)[1].empty
 
 
-def test_02_and_03_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch):
+def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch):
     """The candidates refuse or help by turns; a judge that scores refusal quality both ways keeps
     the refusal for messages that must be refused and a helpful reply for the others, makes a DPO
-    pair of each, and its calibration separates a reply from the same reply under another message."""
+    pair of each, and its calibration separates a reply from the same reply under another message;
+    04 filters the best replies (a planted e-mail address is redacted, a placeholder rejected) and
+    exports the kept ones as chat records, refusal examples among them, with their pairs."""
     turn = itertools.count()
 
     def writer(req, i):
         text = req.messages[-1][1]
         if next(turn) % 2 == 0:
-            return "I'm sorry, I can't help with that. Please visit a branch with your ID."
+            return f"I'm sorry, I can't help with this: {text} Please visit a branch with your ID."
+        if "m1" in text:  # a reply with an e-mail address (04 redacts it), one with a placeholder (rejected)
+            return f"About '{text[:24]}': write to jane.doe@example.com and we will check it today."
+        if "m3" in text:
+            return f"About '{text[:24]}': contact [Your Company Name] and we will check it today."
         return f"About '{text[:24]}': freeze your card in the app and we will check it today."
 
     def judge(req, i):
@@ -94,10 +100,12 @@ def test_02_and_03_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatc
     monkeypatch.setattr(Stage, "jury", lambda self: {"llm": jud})
     c = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"pair_margin": 0.3, "calibration_rows": 6})})
     seeds = tasks.of(c).seeds(c)
-    texts = list(seeds["text"])[:8]
+    texts = [f"{t} (m{i})" for i, t in enumerate(list(seeds["text"])[:8])]
     prompts = pd.DataFrame({"id": [f"m{i}" for i in range(8)], "label": list(seeds["label"])[:8], "text": texts,
-                            "keep_prompts": True, "refusal": [True, False] * 4, "seed": range(8)})  # fmt: skip
+                            "keep_prompts": True, "reject_reason_prompts": None, "refusal": [True, False] * 4,
+                            "seed": range(8)})  # fmt: skip
     Stage("01_prompts", c, tmp_path / "run").save(prompts, "prompts")
+    Stage("00_task", c, tmp_path / "run").save(seeds, "seeds")
     cands, m2 = steps.candidates(Stage("02_responses", c, tmp_path / "run"))
     assert len(cands) == 8 * 3 and cands["refuses"].sum() == 12 and m2["should_refuse"] == 4
     assert len(gen.requests) == 8 and all(
@@ -111,6 +119,15 @@ def test_02_and_03_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatc
     assert sum("Reply A" in r.messages[-1][1] for r in jud.requests) == 8 * 2  # each pair in both orders
     calib = pd.read_parquet(tmp_path / "run" / "artifacts" / "calibration.parquet")
     assert calib["auc"].tolist() == [1.0] and calib["good"].tolist() == [4] and m3["calibration_auc"] == 1.0
+    rows, m4 = steps.filter_stage(Stage("04_filter", c, tmp_path / "run"))
+    rejected = rows.set_index("id").loc[~rows.set_index("id")["keep"], "reject_reason"].to_dict()
+    assert rejected == {"m3": "format"}, rejected
+    sft = [json.loads(x) for x in (tmp_path / "run" / "artifacts" / "export" / "sft.jsonl").read_text().splitlines()]
+    assert len(sft) == 7 == m4["kept"] and m4["refusal_examples"] == 4 == sum(r["should_refuse"] for r in sft)
+    assert "jane.doe@example.com" not in json.dumps(sft) and rows.set_index("id").at["m1", "pii_found"]
+    assert [m["role"] for m in sft[0]["messages"]] == ["system", "user", "assistant"]
+    dpo = (tmp_path / "run" / "artifacts" / "export" / "dpo.jsonl").read_text().splitlines()
+    assert len(dpo) == m4["dpo_pairs"] == 7  # the pairs of the kept messages
 
 
 def test_an_apology_is_not_a_refusal():

@@ -34,10 +34,21 @@ REWRITE = (
 )
 
 
-def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_fn, llm=None) -> pd.DataFrame:
+def filter_rows(
+    cfg: RunConfig,
+    rows: pd.DataFrame,
+    seeds: pd.DataFrame,
+    embed_fn,
+    llm=None,
+    rewrite_prompt: str = REWRITE,
+    off_topic_ok: str | None = None,
+) -> pd.DataFrame:
     """The final filter chain over 03's rows: every gate marks, nothing is dropped.
 
     Columns: `rows` is 03's judged rows (id, text, label, keep_<stage>, …), `seeds` id, text, label.
+    `rewrite_prompt` ({how}, {text}): how the optional rewrite is asked for (replies: tasks.reply's);
+    `off_topic_ok`: a boolean column of rows the domain gate skips (a reply that refuses is generic
+    by design).
     Out: `rows` with keep_filter, reject_reason_filter, pii_found, toxic_found, dup_of,
     filter_domain_score, and the verdict over every stage (see `verdict`): keep, reject_stage,
     reject_reason."""
@@ -52,12 +63,14 @@ def filter_rows(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame, embed_f
         return out.index[alive & out["keep_filter"]]
 
     if f.rewrite:
-        rewrite(cfg, out, todo(), llm)
+        rewrite(cfg, out, todo(), llm, rewrite_prompt)
     gates.constraints(cfg, out, todo(), gate="filter", num_proc=f.num_proc)
     out["toxic_found"] = None
     if f.toxicity == "reject":
         toxicity(out, todo(), num_proc=f.num_proc)
     idx = todo()
+    if off_topic_ok is not None:
+        idx = idx[~out.loc[idx, off_topic_ok].fillna(False).astype(bool).to_numpy()]
     reference = [cfg.task.description, *gates.domain_reference(cfg, seeds, sorted(set(seeds["label"])))]
     scores = gates.domain_scores(embed_fn(list(out.loc[idx, "text"])), embed_fn(reference)) if len(idx) else []
     threshold = f.min_domain_score if f.min_domain_score is not None else cfg.prompts.min_domain_score
@@ -83,7 +96,7 @@ def check_toxicity(text: list[str]) -> dict[str, list]:
     return {"toxic": [", ".join(found) if (found := quality.toxic(t, p)) else None for t, p in zip(text, probs)]}
 
 
-def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:
+def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm, prompt: str = REWRITE) -> None:
     """Rewrite each row as `filter.rewrite` asks; the original text moves to `original_text`."""
     if llm is None:
         raise ValueError("filter.rewrite is set but no LLM was given to filter_rows")
@@ -91,7 +104,7 @@ def rewrite(cfg: RunConfig, rows: pd.DataFrame, todo: pd.Index, llm) -> None:
     reqs = [
         Request.chat(
             None,
-            REWRITE.format(how=cfg.filter.rewrite, text=rows.at[i, "text"]),
+            prompt.format(how=cfg.filter.rewrite, text=rows.at[i, "text"]),
             temperature=cfg.prompts.temperature,
             top_p=cfg.prompts.top_p,
             max_tokens=cfg.filter.rewrite_max_tokens,

@@ -186,6 +186,9 @@ _RULE_REASONS = {
     "value_unintended": "(rule: no value of the example it saw that was not drawn)",
     "echoes_instructions": "(rule: the generator repeated its instructions)",
     "answer_invalid": "(rule: the answer validates under the tools' schema)",
+    # replies (tasks/reply.py): the best reply must do what the message needs
+    "not_refused": "task.must_refuse (rule: a message that must be refused gets a refusal)",
+    "over_refused": "(rule: a legitimate message is answered, not refused)",
 }
 
 
@@ -204,7 +207,7 @@ def reason_fields() -> dict[str, list[str]]:
 # but are refused by `check_runnable`, so no field of theirs is silently ignored.
 RUNNABLE = ("classification", "extraction", "tools", "reply")
 # kinds whose later stages are not built yet: `run` takes them only up to the last stage named here
-RUNNABLE_UNTIL = {"reply": "03_judge"}
+RUNNABLE_UNTIL = {"reply": "04_filter"}
 STAGE_ORDER = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps",
                "99_report")  # fmt: skip
 

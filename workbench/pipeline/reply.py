@@ -4,14 +4,16 @@ refusals and over-refusals, best-of-N and DPO pairs by the judge's margin, and t
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
-from workbench import judge, plan, responses
-from workbench.files import cache_dir
+from workbench import embed, filters, judge, plan, responses
+from workbench.files import cache_dir, write_atomic
 from workbench.live import LiveView
 from workbench.llm import generate_by
 from workbench.stage import Stage
@@ -131,9 +133,10 @@ def judge_items(stage: Stage, items: pd.DataFrame, desc: str) -> tuple[pd.DataFr
 
 def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """03: every candidate reply judged on the rubric with rationales; refusals where due and
-    over-refusals; best-of-N and DPO pairs by the judge's margin (`tasks.reply.rank`); a message
-    whose best reply scores below `judge.min_score`, or has none, is rejected (low_score,
-    unparseable); the calibration. Saves `candidates_judged`, `judgments`, `judged` (one row per
+    over-refusals; best-of-N and DPO pairs by the judge's margin (`tasks.reply.rank`), confirmed in
+    both orders (`confirm_pairs`); a message is rejected when its best reply has no score
+    (unparseable), scores below `judge.min_score` (low_score), does not refuse a request that must
+    be refused (not_refused) or refuses a legitimate one (over_refused); the calibration. Saves `candidates_judged`, `judgments`, `judged` (one row per
     message: keep_judge, reject_reason_judge, best_reply, …), `pairs`, `calibration`,
     `calibration_scores`. Returns judged, candidates, pairs, summary."""
     cfg = stage.cfg
@@ -148,11 +151,16 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     rows = messages(stage)
     pairs = confirm_pairs(stage, pairs.merge(rows[["id", "text", "should_refuse"]], left_on="row", right_on="id"))
     judged = rows.merge(best, left_on="id", right_on="row", how="left").drop(columns="row")
-    low = judged["best_score"] < cfg.judge.min_score
-    judged["reject_reason_judge"] = np.where(judged["best_score"].isna(), "unparseable",
-                                             np.where(low, "low_score", None))  # fmt: skip
-    judged["keep_judge"] = judged["reject_reason_judge"].isna()
     judged["best_refuses"] = judged["best_reply"].map(lambda r: reply.refuses(r) if isinstance(r, str) else None)
+    # a reply that trains the student must do what the message needs: refuse where due, help elsewhere
+    wrong = judged["best_refuses"].notna() & (judged["best_refuses"].astype(bool) != judged["should_refuse"])
+    judged["reject_reason_judge"] = np.select(
+        [judged["best_score"].isna(), judged["best_score"] < cfg.judge.min_score, wrong & judged["should_refuse"],
+         wrong],
+        ["unparseable", "low_score", "not_refused", "over_refused"],
+        None,
+    )  # fmt: skip
+    judged["keep_judge"] = judged["reject_reason_judge"].isna()
     stage.save(judged, "judged")
     stage.save(pairs, "pairs")
     plan.record_throughput(cfg, cache_dir(), "03_judge", judgments, time.perf_counter() - t0)
@@ -241,3 +249,61 @@ def judged_view(cands: pd.DataFrame, cfg) -> pd.DataFrame:
     cols = ["row", "candidate", "label", "should_refuse", "text", "reply", "refuses", "judge_score", *dims]
     cols += [f"{d}_rationale" for d in dims]
     return cands.sort_values(["row", "judge_score"], ascending=[True, False])[[c for c in cols if c in cands]]
+
+
+# ---------------------------------------------------------------- 04_filter
+
+
+def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
+    """04: the final filter on the best replies (`filters.filter_rows` on the reply: constraints, PII,
+    toxicity, domain (not for a refusal, generic by design), near-duplicate replies, the optional
+    rewrite in the assistant's voice), over
+    every message 01 wrote so the reject pile holds them all; saves `dataset` (message, text: the
+    reply, should_refuse, keep, reject_stage, reject_reason, …) and the exports: `export/sft.jsonl`
+    (chat records of the kept replies, refusal examples among them) and `export/dpo.jsonl` (the
+    confirmed pairs of kept messages)."""
+    cfg = stage.cfg
+    prompts = stage.load("prompts")
+    judged = stage.load("judged")
+    cols = ["id", "best_reply", "best_score", "best_refuses", "margin", "keep_judge", "reject_reason_judge"]
+    rows = prompts.merge(judged[cols], on="id", how="left")
+    rows["keep_judge"] = rows["keep_judge"].fillna(True).astype(bool)  # 01's rejects keep 01's reason
+    rows = rows.assign(
+        should_refuse=rows["refusal"].fillna(False).astype(bool),
+        message=rows["text"],
+        text=rows["best_reply"].fillna(""),
+        entity=None,
+    )  # fmt: skip  (01's entity is the message's)
+    llm = stage.llm("generator") if cfg.filter.rewrite else None
+    embed_fn = partial(embed.embed, cache_dir=cache_dir())
+    rows["refuses"] = rows["text"].map(reply.refuses) & rows["best_reply"].notna()
+    rows = filters.filter_rows(cfg, rows, stage.load("seeds"), embed_fn, llm, reply.REWRITE, off_topic_ok="refuses")
+    stage.save(rows, "dataset")
+    kept = rows[rows["keep"]]
+    pairs = stage.load("pairs")
+    pairs = pairs[pairs["pair"] & pairs["row"].isin(kept["id"])]
+    out = stage.artifacts / "export"
+    sft = reply.sft_records(cfg, kept)
+    write_atomic(out / "sft.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft))
+    dpo = reply.dpo_records(cfg, pairs)
+    write_atomic(out / "dpo.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dpo))
+    refusals = kept[kept["should_refuse"]]
+    summary = {
+        "rows": len(rows),
+        "kept": len(kept),
+        "reasons": rows.loc[~rows["keep"], "reject_reason"].value_counts().to_dict(),
+        "refusal_examples": int(refusals["best_refuses"].fillna(False).astype(bool).sum()),
+        "should_refuse_kept": len(refusals),
+        "dpo_pairs": len(dpo),
+        "sft_records": len(sft),
+    }
+    return rows, summary
+
+
+def filter_markdown(m: dict) -> str:
+    return (
+        f"**{m['kept']} of {m['rows']} messages keep their best reply** for training; rejects by reason: "
+        f"{m['reasons'] or 'none'}. Among the kept, {m['should_refuse_kept']} messages must be refused and "
+        f"{m['refusal_examples']} of their replies refuse (the refusal examples). Exports: {m['sft_records']} SFT "
+        f"records, {m['dpo_pairs']} DPO pairs."
+    )

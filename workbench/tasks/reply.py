@@ -62,6 +62,12 @@ JUDGE_USER = (
 )
 
 
+REWRITE = (
+    "Rewrite this support reply {how}. Keep what it says, refuses and promises exactly; reply with the rewritten "
+    'reply only.\nReply: "{text}"'
+)
+
+
 def rubric(cfg: RunConfig) -> list[str]:
     return list(cfg.judge.rubric) if cfg.judge.rubric is not None else list(REPLY_RUBRIC)
 
@@ -184,6 +190,29 @@ def pair_outcome(first: str | None, second: str | None) -> str:
     if (first, second) == ("B", "A"):
         return "rejected"
     return "position"
+
+
+def sft_records(cfg: RunConfig, rows: pd.DataFrame) -> list[dict]:
+    """Chat records (system: the assistant's instructions; user: the message; assistant: the reply)
+    of the kept rows (message, text: the reply, should_refuse)."""
+    system = system_prompt(cfg)
+    return [
+        {"messages": [{"role": "system", "content": system}, {"role": "user", "content": r.message},
+                      {"role": "assistant", "content": r.text}], "should_refuse": bool(r.should_refuse)}
+        for r in rows.itertuples()
+    ]  # fmt: skip
+
+
+def dpo_records(cfg: RunConfig, pairs: pd.DataFrame) -> list[dict]:
+    """Preference records (prompt: system and message; chosen, rejected: the replies) of `pairs`
+    (text: the message, chosen, rejected)."""
+    system = system_prompt(cfg)
+    return [
+        {"prompt": [{"role": "system", "content": system}, {"role": "user", "content": r.text}],
+         "chosen": [{"role": "assistant", "content": r.chosen}],
+         "rejected": [{"role": "assistant", "content": r.rejected}]}
+        for r in pairs.itertuples()
+    ]  # fmt: skip
 
 
 def refuses(reply: str | None) -> bool:
