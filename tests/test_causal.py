@@ -276,3 +276,38 @@ def test_a_second_iteration_starts_from_the_first_ones_student(cfg, tiny, tmp_pa
     two, _ = causal.load(second / "artifacts" / "causal" / "sft" / "merged")
     assert all(torch.equal(a, b) for a, b in zip(one.parameters(), two.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(base.parameters(), two.parameters()))
+
+
+def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(tiny, tmp_path, monkeypatch):
+    """Replies' 05: SFT on every kept reply and again without the refusal examples (the safety
+    ablation), DPO on the confirmed pairs, GRPO from the SFT model on the verifiable reply terms and
+    the scripted judge's score on the reply rubric."""
+    from tests.scripted_llm import ScriptedLLM
+    from workbench.pipeline import reply as steps
+    from workbench.stage import Stage
+
+    c, _ = load_config("configs/banking77-replies.yaml")
+    c.train.model, c.train.lora = str(tiny), {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+    c.train.grpo_reward = ["verifiable", "judge"]
+    c.train.sft = {"max_steps": 2, "per_device_train_batch_size": 4}
+    c.train.dpo = {"max_steps": 1, "per_device_train_batch_size": 2}
+    c.train.grpo = {"max_steps": 2, "per_device_train_batch_size": 4, "num_generations": 4}
+    refuse = [True, False, False, False, True, False]
+    data = pd.DataFrame({"id": [f"m{i}" for i in range(6)], "message": [f"customer message {i}" for i in range(6)],
+                         "text": ["I can't help with that." if r else "Freeze your card in the app." for r in refuse],
+                         "should_refuse": refuse, "keep": True})  # fmt: skip
+    stage = Stage("05_train", c, tmp_path / "run")
+    stage.save(data, "dataset")
+    pairs = pd.DataFrame({"row": ["m1", "m2"], "text": ["customer message 1", "customer message 2"],
+                          "chosen": ["Freeze your card in the app."] * 2, "rejected": ["No."] * 2, "pair": True})  # fmt: skip
+    stage.save(pairs, "pairs")
+    judge = ScriptedLLM(lambda r, i: json.dumps({"score": 3, "rationale": "ok"}), tmp_path)
+    monkeypatch.setattr(Stage, "jury", lambda self: {"llm": judge})
+    training = steps.train_stage(stage).set_index("model")
+    assert list(training.index) == ["sft", "sft_no_refusals", "dpo", "grpo"]
+    assert training.loc["sft", "train_rows"] == 6 and training.loc["sft_no_refusals", "train_rows"] == 4
+    assert training.loc["dpo", "train_rows"] == 2 and training.loc["grpo", "steps"] == 2
+    logged = json.loads((tmp_path / "run" / "artifacts" / "causal" / "grpo" / "curve.json").read_text())[0]
+    assert {"rewards/refusal_right/mean", "rewards/length_ok/mean", "rewards/judge/mean"} <= set(logged)
+    assert len(judge.requests) == 2 * 4 * 3  # steps × replies × the reply rubric's 3 dimensions
+    assert sum("does what the user asked" in r.messages[-1][1] for r in judge.requests) == 8  # helpfulness

@@ -218,14 +218,14 @@ REWARD_USER = (
 )
 
 
-def judge_reward(cfg: RunConfig, judges: dict, log_to: list | None = None):
+def judge_reward(cfg: RunConfig, judges: dict, log_to: list | None = None, dims: list[str] | None = None):
     """GRPO's judge reward: each reply of a step's batch rated 1-5 (as 0-1) on each dimension of
-    `judge.rubric` (correctness when null) by each model of `judges` (roles.judge's LLMs by name),
+    `dims` (default `judge.rubric`, correctness when null) by each model of `judges` (roles.judge's LLMs by name),
     shown the instructions, the request and the reply; the reward is the mean over dimensions and
     judges. One `generate` per model and step (batched), through the LLM cache (a reply seen before
     costs nothing). A rating that cannot be read scores 0 and is counted in `log_to` (one dict per
     step: calls, cached, unreadable)."""
-    dims = list(cfg.judge.rubric or ["correctness"])
+    dims = list(dims or cfg.judge.rubric or ["correctness"])
     j, domain = cfg.judge, cfg.task.domain
 
     def judge(completions, prompts, **_: Any) -> list[float]:

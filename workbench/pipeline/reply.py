@@ -12,10 +12,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from workbench import embed, filters, judge, plan, responses
+from workbench import causal, embed, filters, judge, plan, responses
+from workbench import train as trainer
 from workbench.files import cache_dir, write_atomic
 from workbench.live import LiveView
-from workbench.llm import generate_by
+from workbench.llm import generate_by, local_model_dir
+from workbench.pipeline import learn
 from workbench.stage import Stage
 from workbench.tasks import reply
 
@@ -307,3 +309,51 @@ def filter_markdown(m: dict) -> str:
         f"{m['refusal_examples']} of their replies refuse (the refusal examples). Exports: {m['sft_records']} SFT "
         f"records, {m['dpo_pairs']} DPO pairs."
     )
+
+
+# ---------------------------------------------------------------- 05_train
+
+
+def train_stage(stage: Stage) -> pd.DataFrame:
+    """05: the causal student on 04's kept replies (`train.methods`): SFT on every kept reply, the
+    refusal examples among them; the same SFT without the refusal examples (`sft_no_refusals`, the
+    ablation 06 compares on safety); DPO on the confirmed pairs; GRPO from the SFT model with
+    `train.grpo_reward` (verifiable: `tasks.reply.rewards`; judge: roles.judge's score on the reply
+    rubric). Each starts from `train.model`, or from the parent run's student (`train.start_from`).
+    Saves `training` (student, model, start, train_rows, train_seconds, steps, paths)."""
+    cfg = stage.cfg
+    causal.check_args(cfg.train)
+    rows = stage.load("dataset")
+    kept = rows[rows["keep"]]
+    data = pd.DataFrame({"text": kept["message"], "label": kept["text"], "should_refuse": kept["should_refuse"]})
+    system, folder = reply.system_prompt(cfg), stage.artifacts / "causal"
+    start = learn.start_of(stage) or local_model_dir(cfg.train.model, cache_dir())
+    methods, out = cfg.train.methods, []
+    if methods and len(data):
+        out.append({"model": "sft", "start": str(start)}
+                   | causal.fit("sft", start, causal.sft_dataset(data, system), cfg, folder / "sft"))  # fmt: skip
+        plain = data[~data["should_refuse"].astype(bool)]
+        if 0 < len(plain) < len(data):
+            out.append({"model": "sft_no_refusals", "start": str(start)}
+                       | causal.fit("sft", start, causal.sft_dataset(plain, system), cfg, folder / "sft_no_refusals"))  # fmt: skip
+    sft = folder / "sft" / "merged"
+    pairs = stage.load("pairs")
+    pairs = pairs[pairs["pair"] & pairs["row"].isin(kept["id"])] if len(pairs) else pairs
+    if "dpo" in methods and len(pairs):
+        out.append({"model": "dpo"} | causal.fit("dpo", sft, causal.dpo_dataset(pairs, system), cfg, folder / "dpo"))
+    if "grpo" in methods and len(data):
+        judges = stage.jury() if "judge" in cfg.train.grpo_reward else None
+        funcs = trainer.grpo_rewards(cfg, reply.rewards(cfg), judges, dims=reply.rubric(cfg))
+        from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
+
+        prompts = Dataset.from_list([{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": t}],
+                                      "should_refuse": bool(r)} for t, r in zip(data["text"], data["should_refuse"])])  # fmt: skip
+        out.append({"model": "grpo"} | causal.fit("grpo", sft, prompts, cfg, folder / "grpo", reward_funcs=funcs))
+    training = pd.DataFrame([{"student": "causal"} | r for r in out])
+    stage.save(training, "training")
+    return training
+
+
+def training_markdown(training: pd.DataFrame) -> str:
+    lines = [f"- `{r.model}`: {r.train_rows} rows, {r.steps} steps, {r.train_seconds} s" for r in training.itertuples()]
+    return "\n".join(lines) or "No student: 04 kept no reply, or train.methods is empty."

@@ -215,6 +215,26 @@ def dpo_records(cfg: RunConfig, pairs: pd.DataFrame) -> list[dict]:
     ]  # fmt: skip
 
 
+def rewards(cfg: RunConfig) -> list:
+    """GRPO's verifiable terms for replies: `refusal_right`, 1 when the reply refuses exactly where the
+    message must be refused (`should_refuse`), else 0; `length_ok` (weight 0.2), 1 for a reply of 3
+    words up to three quarters of `responses.max_tokens` words, less the further outside."""
+    limit = max(3, int(cfg.responses.max_tokens * 0.75))
+
+    def text(c) -> str:
+        return (c[-1]["content"] if isinstance(c, list) else str(c)).strip()
+
+    def refusal_right(completions, should_refuse, **_) -> list[float]:
+        return [float(refuses(text(c)) == bool(s)) for c, s in zip(completions, should_refuse)]
+
+    def length_ok(completions, **_) -> list[float]:
+        n = [len(text(c).split()) for c in completions]
+        return [1.0 if 3 <= k <= limit else (k / 3 if k < 3 else limit / k) for k in n]
+
+    length_ok.weight = 0.2
+    return [refusal_right, length_ok]
+
+
 def refuses(reply: str | None) -> bool:
     """Whether a reply refuses: it says no (a phrase of `SAYS_NO`), or is empty."""
     r = str(reply or "").lower().replace("\u2019", "'")
