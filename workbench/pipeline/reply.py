@@ -1,6 +1,7 @@
-"""What notebooks/reply/ runs (02 and 03 of `task.type: reply`; 00 and 01 are `build`'s): candidate
+"""What notebooks/reply/ runs (02-05 of `task.type: reply`; 00 and 01 are `build`'s): candidate
 replies with their metadata and live view, the judge on each (message, reply) with rationales,
-refusals and over-refusals, best-of-N and DPO pairs by the judge's margin, and the calibration."""
+refusals and over-refusals, best-of-N and DPO pairs by the judge's margin confirmed in both orders,
+the calibration, the final filter on the best replies with the exports, and the causal students."""
 
 from __future__ import annotations
 
