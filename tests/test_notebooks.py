@@ -41,7 +41,7 @@ def cell_problems(path: Path) -> list[str]:
     return out
 
 
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "tools").glob("*.ipynb"))
+NOTEBOOKS = [p for sub in ("", "tools", "reply") for p in sorted((ROOT / "notebooks" / sub).glob("*.ipynb"))]
 
 
 def test_there_are_stage_notebooks():
@@ -50,6 +50,8 @@ def test_there_are_stage_notebooks():
 
     for folder in (ROOT / "notebooks", ROOT / "notebooks" / "tools"):
         assert sorted(p.stem for p in folder.glob("*.ipynb")) == STAGES
+    # replies run notebooks/'s 00 and 01, and their own from 02 on (only the stages built so far)
+    assert {p.stem for p in (ROOT / "notebooks" / "reply").glob("*.ipynb")} <= set(STAGES[2:])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))
