@@ -281,7 +281,10 @@ def test_a_second_iteration_starts_from_the_first_ones_student(cfg, tiny, tmp_pa
 def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(tiny, tmp_path, monkeypatch):
     """Replies' 05: SFT on every kept reply and again without the refusal examples (the safety
     ablation), DPO on the confirmed pairs, GRPO from the SFT model on the verifiable reply terms and
-    the scripted judge's score on the reply rubric."""
+    the scripted judge's score on the reply rubric; then 06: each student against the untuned model
+    on real test messages in both orders, over-refusal, and AdvBench safety for every model."""
+    import re
+
     from tests.scripted_llm import ScriptedLLM
     from workbench.pipeline import reply as steps
     from workbench.stage import Stage
@@ -311,3 +314,24 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     assert {"rewards/refusal_right/mean", "rewards/length_ok/mean", "rewards/judge/mean"} <= set(logged)
     assert len(judge.requests) == 2 * 4 * 3  # steps × replies × the reply rubric's 3 dimensions
     assert sum("does what the user asked" in r.messages[-1][1] for r in judge.requests) == 8  # helpfulness
+
+    # 06: every student against the untuned model on real test messages, both orders; safety with the ablation
+    def shorter(req, i):  # this judge prefers the shorter reply, whichever position it is in
+        a, b = re.search(r'Reply A: "(.*)"\n\nReply B: "(.*)"\n\nThe', req.messages[-1][1], re.S).groups()
+        return "A" if len(a) < len(b) else "B"
+
+    pairwise = ScriptedLLM(shorter, tmp_path)
+    refusal_judge = ScriptedLLM(lambda r, i: "Yes" if i % 2 else "No", tmp_path)
+    monkeypatch.setattr(Stage, "jury", lambda self: {"llm": pairwise})
+    monkeypatch.setattr(Stage, "llm", lambda self, role="generator": refusal_judge)
+    c.evaluate.causal_test_per_label, c.evaluate.safety_rows, c.responses.max_tokens = 1, 4, 8
+    table, safety, replies = steps.evaluate_stage(Stage("06_evaluate", c, tmp_path / "run"))
+    table = table.set_index("model")
+    students = ["sft", "sft_no_refusals", "dpo", "grpo"]
+    assert list(table.index) == [steps.BASE, *students] and (table["messages"] == 8).all()
+    assert (table.loc[students, ["wins", "ties", "losses"]].sum(axis=1) == 8).all()
+    assert ((table.loc[students, "win_lo"] <= table.loc[students, "win_rate"])
+            & (table.loc[students, "win_rate"] <= table.loc[students, "win_hi"])).all()  # fmt: skip
+    assert len(pairwise.requests) == 4 * 8 * 2  # students × messages × both orders
+    assert set(safety["model"]) == {steps.BASE, *students} and (safety["prompts"] == 4).all()
+    assert replies["refuses"].notna().all() and table["over_refusal"].between(0, 1).all()

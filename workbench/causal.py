@@ -419,8 +419,9 @@ def classify(model, tok, texts: list[str], labels: list[str], system: str, batch
     return np.asarray(got, dtype=object)
 
 
-def answers(model, tok, texts: list[str], max_new: int, batch_size: int = 32) -> list[str]:
-    """Free greedy replies to each text sent as a plain user message (no system message)."""
+def answers(model, tok, texts: list[str], max_new: int, batch_size: int = 32, system: str | None = None) -> list[str]:
+    """Free greedy replies to each text sent as a user message (after `system` when given; none by
+    default, as the safety check sends AdvBench instructions)."""
     end = {end_id(tok), tok.eos_token_id}
     got: list[list[int]] = [[] for _ in texts]
 
@@ -434,6 +435,7 @@ def answers(model, tok, texts: list[str], max_new: int, batch_size: int = 32) ->
             out.append(t)
         return out
 
-    prompts = [_encode(tok, [{"role": "user", "content": t}]) for t in texts]
+    head = [{"role": "system", "content": system}] if system else []
+    prompts = [_encode(tok, [*head, {"role": "user", "content": t}]) for t in texts]
     _as_decoder(model, tok).decode(prompts, max_new, pick, batch_size)
     return [tok.decode(g, skip_special_tokens=True).strip() for g in got]

@@ -162,7 +162,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "train.C": ("05_train", "probe: logistic-regression head", (), LABELS),
     "train.max_iter": ("05_train", "probe: logistic-regression head", (), LABELS),
     "evaluate.bootstrap": ("06_evaluate", "confidence intervals", (), ALL),
-    "evaluate.metrics": ("06_evaluate", "metrics reported", (), CLS),
+    "evaluate.metrics": ("06_evaluate", "metrics reported", (), LABELS),
     "evaluate.causal_test_per_label": ("06_evaluate", "test rows of the before/after table", (), ALL),
     "evaluate.safety_rows": ("06_evaluate", "refusal rate before/after", (), CLS),
     "evaluate.safety_max_tokens": ("06_evaluate", "refusal rate before/after", (), CLS),
@@ -207,7 +207,7 @@ def reason_fields() -> dict[str, list[str]]:
 # but are refused by `check_runnable`, so no field of theirs is silently ignored.
 RUNNABLE = ("classification", "extraction", "tools", "reply")
 # kinds whose later stages are not built yet: `run` takes them only up to the last stage named here
-RUNNABLE_UNTIL = {"reply": "05_train"}
+RUNNABLE_UNTIL = {"reply": "06_evaluate"}
 STAGE_ORDER = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps",
                "99_report")  # fmt: skip
 

@@ -13,11 +13,11 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from workbench import causal, embed, filters, judge, plan, responses
+from workbench import causal, data, embed, evaluate, filters, judge, plan, responses, tasks
 from workbench import train as trainer
 from workbench.files import cache_dir, write_atomic
 from workbench.live import LiveView
-from workbench.llm import generate_by, local_model_dir
+from workbench.llm import decode, generate_by, local_model_dir
 from workbench.pipeline import learn
 from workbench.stage import Stage
 from workbench.tasks import reply
@@ -205,13 +205,14 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     return judged, cands, pairs, summary
 
 
-def confirm_pairs(stage: Stage, pairs: pd.DataFrame) -> pd.DataFrame:
+def confirm_pairs(stage: Stage, pairs: pd.DataFrame, always: bool = False) -> pd.DataFrame:
     """The pairs by margin (row, chosen, rejected, margin, text, should_refuse), each asked of every
     judge of roles.judge in both orders (`judge.pairwise`): `outcome` is the judges' majority
     ('chosen', 'rejected', 'position': the verdict followed the order, 'unread'); `pair` is True
-    where it is 'chosen' (every pair by margin when judge.pairwise is off)."""
+    where it is 'chosen' (every pair by margin when judge.pairwise is off, unless `always`: 06's
+    win-rate asks whatever the config says)."""
     cfg = stage.cfg
-    if not cfg.judge.pairwise or pairs.empty:
+    if not (cfg.judge.pairwise or always) or pairs.empty:
         return pairs.assign(outcome=None, pair=True)
     reqs = reply.pairwise_requests(cfg, pairs)
     judges = stage.jury()
@@ -358,3 +359,97 @@ def train_stage(stage: Stage) -> pd.DataFrame:
 def training_markdown(training: pd.DataFrame) -> str:
     lines = [f"- `{r.model}`: {r.train_rows} rows, {r.steps} steps, {r.train_seconds} s" for r in training.itertuples()]
     return "\n".join(lines) or "No student: 04 kept no reply, or train.methods is empty."
+
+
+# ---------------------------------------------------------------- 06_evaluate
+
+BASE = evaluate.CAUSAL_ZERO_SHOT  # the untuned model: the safety table's and the win-rate's reference
+
+
+def evaluate_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """06 on real messages nobody here generated: `evaluate.causal_test_per_label` test messages per
+    topic (Banking77's test split), answered greedily under the assistant's instructions by the
+    untuned model and by each of 05's students. Each student's reply is put against the untuned
+    model's, for every message, to every judge of roles.judge in both orders (`confirm_pairs`): a
+    win, a loss, or a tie (the verdict followed the position, or no verdict); the win-rate counts a
+    tie as half, with a 95% bootstrap CI. Over-refusal: the share of these benign messages a model
+    refuses. Safety: each model answers `evaluate.safety_rows` AdvBench instructions as a plain chat
+    and the refusal judge (roles.refusal_judge) decides (`learn.safety_stage`): `sft` against
+    `sft_no_refusals` is the refusal examples' ablation. Saves `replies_test`, `wins`, `evaluation`,
+    `safety`, `safety_summary`. Returns (evaluation, safety summary, the replies)."""
+    cfg = stage.cfg
+    test = data.sample_per_label(tasks.of(cfg).test(cfg), cfg.evaluate.causal_test_per_label, cfg.seed)
+    harmful = data.harmful_instructions(cfg.evaluate.safety_rows, cfg.seed) if cfg.evaluate.safety_rows else None
+    training = stage.load("training")
+    models = {BASE: local_model_dir(cfg.train.model, cache_dir())} | dict(zip(training["model"], training["merged"]))
+    system, bs = reply.system_prompt(cfg), cfg.evaluate.batch_size
+    said, harm = [], []
+    for name, path in models.items():
+        model, tok = decode.load(path, cfg.evaluate.dtype)
+        got = causal.answers(model, tok, list(test["text"]), cfg.responses.max_tokens, bs, system=system)
+        said.append(test[["id", "label", "text"]].assign(model=name, reply=got))
+        if harmful is not None and len(harmful):
+            got = causal.answers(model, tok, list(harmful["text"]), cfg.evaluate.safety_max_tokens, bs)
+            harm.append(harmful.assign(model=name, reply=got))
+        del model
+    replies = pd.concat(said, ignore_index=True).assign(refuses=lambda d: d["reply"].map(reply.refuses))
+    stage.save(replies, "replies_test")
+    base = replies[replies["model"] == BASE].set_index("id")["reply"]
+    wins = []
+    for name in models:
+        if name == BASE:
+            continue
+        mine = replies[replies["model"] == name]
+        pairs = pd.DataFrame({"row": mine["id"], "text": mine["text"], "chosen": mine["reply"],
+                              "rejected": base.reindex(mine["id"]).to_numpy(), "should_refuse": False, "id": mine["id"]})  # fmt: skip
+        wins.append(confirm_pairs(stage, pairs.assign(margin=0.0), always=True).assign(model=name))
+    wins = pd.concat(wins, ignore_index=True) if wins else pd.DataFrame(columns=["model", "row", "outcome"])
+    stage.save(wins.drop(columns=["pair"], errors="ignore"), "wins")
+    _, safety = learn.safety_stage(stage, pd.concat(harm, ignore_index=True) if harm else None)
+    table = win_table(cfg, replies, wins, training)
+    table = table.merge(safety.reindex(columns=["model", "refusal_rate", "refusal_lo", "refusal_hi"]), on="model",
+                        how="left")  # fmt: skip
+    stage.save(table, "evaluation")
+    return table, safety, replies
+
+
+def win_table(cfg, replies: pd.DataFrame, wins: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
+    """Per model: messages, wins / ties / losses against the untuned model and the win-rate (a tie
+    counts half) with its 95% bootstrap CI; over-refusal (benign messages refused) with its CI;
+    train rows. The untuned model's row has over-refusal only."""
+    boot, seed = cfg.evaluate.bootstrap, cfg.seed
+    rows_of = dict(zip(training["model"], training["train_rows"]))
+    out = []
+    for name, g in replies.groupby("model", sort=False):
+        r = g["refuses"].to_numpy(bool)
+        lo, hi = evaluate.bootstrap_ci(np.ones(len(r), bool), r, evaluate._accuracy, boot, seed)
+        entry = {"model": name, "messages": len(g), "over_refusal": float(r.mean()), "over_refusal_lo": lo,
+                 "over_refusal_hi": hi, "train_rows": rows_of.get(name, 0)}  # fmt: skip
+        w = wins[wins["model"] == name]
+        if len(w):
+            s = w["outcome"].map({"chosen": 1.0, "rejected": 0.0}).fillna(0.5).to_numpy()
+            wlo, whi = evaluate.bootstrap_ci(s, s, lambda t, p: float(np.mean(p)), boot, seed)
+            entry |= {"wins": int((s == 1).sum()), "ties": int((s == 0.5).sum()), "losses": int((s == 0).sum()),
+                      "win_rate": float(s.mean()), "win_lo": wlo, "win_hi": whi}  # fmt: skip
+        out.append(entry)
+    cols = ["model", "messages", "wins", "ties", "losses", "win_rate", "win_lo", "win_hi", "over_refusal",
+            "over_refusal_lo", "over_refusal_hi", "train_rows"]  # fmt: skip
+    return pd.DataFrame(out).reindex(columns=cols)
+
+
+def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame) -> str:
+    students = table[table["model"] != BASE]
+    lines = [
+        f"- `{r.model}`: win-rate against the untuned model **{r.win_rate:.2f}** [{r.win_lo:.2f}, {r.win_hi:.2f}] "
+        f"({r.wins} wins, {r.ties} ties, {r.losses} losses over {r.messages} real messages); over-refusal "
+        f"{r.over_refusal:.0%}"
+        for r in students.itertuples()
+    ]
+    if len(safety):
+        rate = safety.set_index("model")["refusal_rate"]
+        lines.append(
+            "- AdvBench refusal rate: "
+            + ", ".join(f"`{m}` {v:.0%}" for m, v in rate.items())
+            + " (`sft` against `sft_no_refusals`: what the refusal examples did)"
+        )
+    return "\n".join(lines) or "No student to compare (05 trained none)."
