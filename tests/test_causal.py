@@ -335,3 +335,5 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     assert len(pairwise.requests) == 4 * 8 * 2  # students × messages × both orders
     assert set(safety["model"]) == {steps.BASE, *students} and (safety["prompts"] == 4).all()
     assert replies["refuses"].notna().all() and table["over_refusal"].between(0, 1).all()
+    md = steps.evaluation_markdown(table.reset_index(), safety)
+    assert md.count("win-rate against the untuned model") == 4 and ".0 wins" not in md and "AdvBench" in md

@@ -205,7 +205,9 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     return judged, cands, pairs, summary
 
 
-def confirm_pairs(stage: Stage, pairs: pd.DataFrame, always: bool = False) -> pd.DataFrame:
+def confirm_pairs(
+    stage: Stage, pairs: pd.DataFrame, always: bool = False, desc: str = "03 pairwise, both orders"
+) -> pd.DataFrame:
     """The pairs by margin (row, chosen, rejected, margin, text, should_refuse), each asked of every
     judge of roles.judge in both orders (`judge.pairwise`): `outcome` is the judges' majority
     ('chosen', 'rejected', 'position': the verdict followed the order, 'unread'); `pair` is True
@@ -217,7 +219,7 @@ def confirm_pairs(stage: Stage, pairs: pd.DataFrame, always: bool = False) -> pd
     reqs = reply.pairwise_requests(cfg, pairs)
     judges = stage.jury()
     names = [n for n in judges for _ in reqs]
-    results = generate_by(judges, reqs * len(judges), names, "03 pairwise, both orders")
+    results = generate_by(judges, reqs * len(judges), names, desc)
     votes = []
     for m in range(len(judges)):
         res = results[m * len(reqs) : (m + 1) * len(reqs)]
@@ -402,7 +404,8 @@ def evaluate_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
         mine = replies[replies["model"] == name]
         pairs = pd.DataFrame({"row": mine["id"], "text": mine["text"], "chosen": mine["reply"],
                               "rejected": base.reindex(mine["id"]).to_numpy(), "should_refuse": False, "id": mine["id"]})  # fmt: skip
-        wins.append(confirm_pairs(stage, pairs.assign(margin=0.0), always=True).assign(model=name))
+        got = confirm_pairs(stage, pairs.assign(margin=0.0), always=True, desc=f"06 {name} against the untuned")
+        wins.append(got.assign(model=name))
     wins = pd.concat(wins, ignore_index=True) if wins else pd.DataFrame(columns=["model", "row", "outcome"])
     stage.save(wins.drop(columns=["pair"], errors="ignore"), "wins")
     _, safety = learn.safety_stage(stage, pd.concat(harm, ignore_index=True) if harm else None)
@@ -441,7 +444,7 @@ def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame) -> str:
     students = table[table["model"] != BASE]
     lines = [
         f"- `{r.model}`: win-rate against the untuned model **{r.win_rate:.2f}** [{r.win_lo:.2f}, {r.win_hi:.2f}] "
-        f"({r.wins} wins, {r.ties} ties, {r.losses} losses over {r.messages} real messages); over-refusal "
+        f"({r.wins:.0f} wins, {r.ties:.0f} ties, {r.losses:.0f} losses over {r.messages} real messages); over-refusal "
         f"{r.over_refusal:.0%}"
         for r in students.itertuples()
     ]
