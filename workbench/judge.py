@@ -107,6 +107,27 @@ def judge_requests(cfg: RunConfig, rows: pd.DataFrame, seeds: pd.DataFrame) -> t
     return reqs, keys
 
 
+JUDGMENT_COLUMNS = ["dimension", "juror", "juror_model", "score", "rationale", "raw", "error", "cached", "model",
+                    "completion_tokens", "latency_s"]  # fmt: skip
+
+
+def run_judgments(cfg: RunConfig, llms: dict, reqs: list[Request], keys: list[tuple], desc: str) -> pd.DataFrame:
+    """Rating requests answered by the jurors' models (`keys`: (item, dimension, juror number) each,
+    the juror numbering `cfg.jurors()`) and read: one row per request, `item` then JUDGMENT_COLUMNS
+    (score 0-1 or NaN, rationale, the raw reply and the call's metadata). The one place the classification
+    judge, the structured answer judge and the reply judge turn ratings into judgments."""
+    who = cfg.jurors()
+    results = generate_by(llms, reqs, [who[k][0] for *_, k in keys], desc) if reqs else []
+    recs = [
+        {"item": i, "dimension": dim, "juror": juror, "juror_model": who[juror][0]}
+        | dict(zip(("score", "rationale"), parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))))
+        | {"raw": c[0]["text"], "error": c[0]["error"], "cached": bool(c[0]["cached"]), "model": c[0]["model"]}
+        | {"completion_tokens": c[0]["completion_tokens"], "latency_s": c[0]["latency_s"]}
+        for (i, dim, juror), c in zip(keys, results)
+    ]
+    return pd.DataFrame(recs, columns=["item", *JUDGMENT_COLUMNS]).astype({"score": float})
+
+
 def judge_rows(
     cfg: RunConfig, rows: pd.DataFrame, cands: pd.DataFrame, seeds: pd.DataFrame, llms: dict[str, LLM] | LLM, cache_dir
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -123,20 +144,8 @@ def judge_rows(
     todo = out.index[out["keep_prompts"]]
     dims = rubric(cfg)
     reqs, keys = judge_requests(cfg, out.loc[todo], seeds)
-    who = cfg.jurors()
-    results = generate_by(as_jury(cfg, llms), reqs, [who[k][0] for *_, k in keys], "03 judge") if reqs else []
-    judgments = pd.DataFrame(
-        [
-            {"id": out.at[i, "id"], "dimension": dim, "juror": juror, "juror_model": who[juror][0]}
-            | dict(zip(("score", "rationale"), parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))))
-            | {"raw": c[0]["text"], "error": c[0]["error"], "cached": bool(c[0]["cached"]), "model": c[0]["model"]}
-            | {"completion_tokens": c[0]["completion_tokens"], "latency_s": c[0]["latency_s"]}
-            for (i, dim, juror), c in zip(keys, results)
-        ],
-        columns=["id", "dimension", "juror", "juror_model", "score", "rationale", "raw", "error", "cached", "model"]
-        + ["completion_tokens", "latency_s"],
-    )
-    judgments["score"] = judgments["score"].astype(float)
+    judgments = run_judgments(cfg, as_jury(cfg, llms), reqs, keys, "03 judge")
+    judgments.insert(0, "id", out.loc[judgments.pop("item"), "id"].to_numpy())
     out["judge_score"] = math.nan
     out["judge_spread"] = math.nan
     for dim in dims:

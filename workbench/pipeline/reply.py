@@ -108,19 +108,8 @@ def judge_items(stage: Stage, items: pd.DataFrame, desc: str) -> tuple[pd.DataFr
     dimension, juror): item (its index), dimension, juror, juror_model, score, rationale, raw,
     error, cached, model, completion_tokens, latency_s."""
     cfg = stage.cfg
-    who = cfg.jurors()
     reqs, keys = reply.judge_requests(cfg, items)
-    results = generate_by(stage.jury(), reqs, [who[k][0] for *_, k in keys], desc) if reqs else []
-    recs = []
-    for (i, dim, juror), c in zip(keys, results):
-        score, why = judge.parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))
-        recs.append({"item": i, "dimension": dim, "juror": juror, "juror_model": who[juror][0], "score": score,
-                     "rationale": why, "raw": c[0]["text"], "error": c[0]["error"], "cached": bool(c[0]["cached"]),
-                     "model": c[0]["model"], "completion_tokens": c[0]["completion_tokens"],
-                     "latency_s": c[0]["latency_s"]})  # fmt: skip
-    cols = ["item", "dimension", "juror", "juror_model", "score", "rationale", "raw", "error", "cached", "model",
-            "completion_tokens", "latency_s"]  # fmt: skip
-    judgments = pd.DataFrame(recs, columns=cols).astype({"score": float})
+    judgments = judge.run_judgments(cfg, stage.jury(), reqs, keys, desc)
     out = items.copy()
     for dim in reply.rubric(cfg):
         d = judgments[judgments["dimension"] == dim]

@@ -22,7 +22,7 @@ from workbench import causal, clusters, embed, filters, gaps, judge, structured,
 from workbench import train as trainer
 from workbench.config import LLMConfig, RunConfig
 from workbench.files import cache_dir, write_atomic
-from workbench.llm import LLM, generate_by, local_model_dir
+from workbench.llm import LLM, local_model_dir
 from workbench.pipeline import learn
 from workbench.stage import Stage
 
@@ -201,29 +201,11 @@ def judge_answers(stage: Stage, rows: pd.DataFrame, cands: pd.DataFrame) -> tupl
     cfg = stage.cfg
     t = tasks.of(cfg)
     reqs, keys = t.answer_judge_requests(cfg, rows, cands, load_rows(stage, "seeds"), judge.SCHEMA)
-    who = cfg.jurors()
-    names = [who[juror][0] for *_, juror in keys]
-    results = generate_by(stage.jury(), reqs, names, "03 judge on the answers") if reqs else []
-    recs = []
-    for (i, dim, juror), c in zip(keys, results):
-        score, why = judge.parse_judgment(c[0]["text"], c[0]["parsed"], c[0].get("first_probs"))
-        recs.append({"row": cands.at[i, "row"], "candidate": cands.at[i, "candidate"], "dimension": dim,
-                     "juror": juror, "juror_model": who[juror][0], "score": score, "rationale": why, "raw": c[0]["text"], "error": c[0]["error"],
-                     "cached": bool(c[0]["cached"]), "model": c[0]["model"]})  # fmt: skip
-    cols = [
-        "row",
-        "candidate",
-        "dimension",
-        "juror",
-        "juror_model",
-        "score",
-        "rationale",
-        "raw",
-        "error",
-        "cached",
-        "model",
-    ]
-    judgments = pd.DataFrame(recs, columns=cols).astype({"score": float})
+    judgments = judge.run_judgments(cfg, stage.jury(), reqs, keys, "03 judge on the answers")
+    item = judgments.pop("item")
+    judgments.insert(0, "row", cands.loc[item, "row"].to_numpy())
+    judgments.insert(1, "candidate", cands.loc[item, "candidate"].to_numpy())
+    judgments = judgments.drop(columns=["completion_tokens", "latency_s"])  # the columns 03 saved before
     out = cands.copy()
     out["judge_score"] = out["judge_spread"] = math.nan
     for (row, cand), g in judgments.groupby(["row", "candidate"]):
