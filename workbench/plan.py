@@ -71,8 +71,7 @@ PART_ROLE = {"preview": "generator", "generation": "generator", "critic": "criti
 def _cost(cfg: RunConfig, role: str, prompt_tokens: float, completion_tokens: float) -> float:
     """What a part's tokens cost at the prices of its role's models (the judge's shared among its
     jurors' models); NaN when none of them has a price."""
-    names = getattr(cfg.roles, role)
-    names = names if isinstance(names, list) else [names]
+    names = cfg.roles.names(role)
     out = []
     for name in names:
         m = cfg.model_named(name)

@@ -47,8 +47,7 @@ class Stage:
         metrics.json under the stage's `llm` (calls, answered from the cache, errors, retries;
         summed over the stage's LLMs), so a resumed stage shows how many of its calls had already
         been paid for. Roles that name the same model share one LLM (one embedded model loaded)."""
-        name = getattr(self.cfg.roles, role)
-        return self._named(name[0] if isinstance(name, list) else name)
+        return self._named(self.cfg.roles.names(role)[0])
 
     def jury(self) -> dict[str, LLM]:
         """03's judges: an LLM for each model `roles.judge` names, by name."""

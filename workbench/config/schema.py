@@ -165,6 +165,11 @@ class RolesConfig(_Section):
     )
     namer: str = Field("llm", description="07's cluster namer: names each failure cluster from its rows.")
 
+    def names(self, role: str) -> list[str]:
+        """The models a role names, as a list (one for every role but the judge's jury)."""
+        value = getattr(self, role)
+        return list(value) if isinstance(value, list) else [value]
+
 
 class SamplingConfig(_Section):
     rows_per_label: int = Field(4, ge=1, le=100000, description="Inputs to generate per label (balanced plan).")
@@ -605,8 +610,7 @@ class RunConfig(_Section):
                 raise ValueError(f"models: {name!r} cannot name a model: use letters, digits, _ and -, not 'llm'")
         known = ["llm", *self.models]
         for role in RolesConfig.model_fields:
-            value = getattr(self.roles, role)
-            for name in value if isinstance(value, list) else [value]:
+            for name in self.roles.names(role):
                 if name not in known:
                     raise ValueError(f"roles.{role} names {name!r}, which is not a model: expected one of {known}")
         unused = sorted(set(self.models) - set(self.models_in_use()))
@@ -631,10 +635,7 @@ class RunConfig(_Section):
 
     def models_in_use(self) -> dict[str, LLMConfig]:
         """The models the roles name, by name (`llm` first when a role names it)."""
-        names = []
-        for role in RolesConfig.model_fields:
-            value = getattr(self.roles, role)
-            names += value if isinstance(value, list) else [value]
+        names = [n for role in RolesConfig.model_fields for n in self.roles.names(role)]
         return {n: self.model_named(n) for n in dict.fromkeys(names)}
 
     def models_line(self) -> str:
@@ -645,16 +646,11 @@ class RunConfig(_Section):
             return f"{m.provider} / {m.model}"
         out = []
         for role in RolesConfig.model_fields:
-            value = getattr(self.roles, role)
-            names = value if isinstance(value, list) else [value]
-            models = ", ".join(f"{self.model_named(n).provider} / {self.model_named(n).model}" for n in names)
+            models = ", ".join(
+                f"{self.model_named(n).provider} / {self.model_named(n).model}" for n in self.roles.names(role)
+            )
             out.append(f"{role.replace('_', ' ')}: {models}")
         return "; ".join(out)
-
-    def model_of(self, role: str) -> LLMConfig:
-        """The model a role names (`roles.<role>`); for the judge, its first juror's."""
-        name = getattr(self.roles, role)
-        return self.model_named(name[0] if isinstance(name, list) else name)
 
     def model_named(self, name: str) -> LLMConfig:
         return self.llm if name == "llm" else self.models[name]
