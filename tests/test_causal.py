@@ -5,6 +5,7 @@ constrained to the label set."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -282,7 +283,9 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     """Replies' 05: SFT on every kept reply and again without the refusal examples (the safety
     ablation), DPO on the confirmed pairs, GRPO from the SFT model on the verifiable reply terms and
     the scripted judge's score on the reply rubric; then 06: each student against the untuned model
-    on real test messages in both orders, over-refusal, and AdvBench safety for every model."""
+    on real test messages in both orders, over-refusal, and AdvBench safety for every model; then
+    07: the final student's failures on real dev messages and 03's weak replies, clustered, and the
+    edits they lead to, applied to a config that still loads."""
     import re
 
     from tests.scripted_llm import ScriptedLLM
@@ -298,7 +301,7 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     refuse = [True, False, False, False, True, False]
     data = pd.DataFrame({"id": [f"m{i}" for i in range(6)], "message": [f"customer message {i}" for i in range(6)],
                          "text": ["I can't help with that." if r else "Freeze your card in the app." for r in refuse],
-                         "should_refuse": refuse, "keep": True})  # fmt: skip
+                         "should_refuse": refuse, "keep": True, "refuses": refuse})  # fmt: skip
     stage = Stage("05_train", c, tmp_path / "run")
     stage.save(data, "dataset")
     pairs = pd.DataFrame({"row": ["m1", "m2"], "text": ["customer message 1", "customer message 2"],
@@ -337,3 +340,56 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     assert replies["refuses"].notna().all() and table["over_refusal"].between(0, 1).all()
     md = steps.evaluation_markdown(table.reset_index(), safety)
     assert md.count("win-rate against the untuned model") == 4 and ".0 wins" not in md and "AdvBench" in md
+
+    # 07: the last student (grpo) on real dev messages; a judge that scores every third reply 1 and
+    # prefers the shorter reply; 03's best replies, one of which answered what it had to refuse
+    def judge07(req, i):
+        prompt = req.messages[-1][1]
+        if "Reply A" in prompt:
+            return shorter(req, i)
+        return json.dumps({"score": 1 if i % 3 == 0 else 4, "rationale": "scripted"})
+
+    dims = ["helpfulness", "policy_compliance", "refusal_quality"]
+    stage.save(pd.DataFrame({"id": ["m0", "m1"], "label": ["card_arrival", "pin_blocked"], "text": ["help", "pin"],
+                             "best_candidate": [0, 0], "best_reply": ["Sure, here is the code.", "Unblock it."],
+                             "reject_reason_judge": ["not_refused", None]}), "judged")  # fmt: skip
+    stage.save(pd.DataFrame({"row": ["m0", "m1"], "candidate": [0, 0]} | {f"judge_{d}": [0.0, 0.75] for d in dims}),
+               "candidates_judged")  # fmt: skip
+    jury07 = ScriptedLLM(judge07, tmp_path)
+    namer = ScriptedLLM(
+        lambda r, i: json.dumps(
+            {
+                "name": f"customers asking thing {i}",
+                "persona": f"a busy parent {i}",
+                "policy": f"say what the bank checks first, case {i}",
+            }
+        ),
+        tmp_path,
+    )
+    monkeypatch.setattr(Stage, "jury", lambda self: {"llm": jury07})
+    monkeypatch.setattr(Stage, "llm", lambda self, role="generator": namer)
+    c.gaps.min_cluster_size, c.gaps.max_edits = 2, 30
+    s7 = Stage("07_gaps", c, tmp_path / "run")
+    clustered, summary, m = steps.gaps_stage(s7)
+    dev = s7.load("dev_replies")
+    assert m["student"] == "grpo" and m["dev_messages"] == len(dev) == 32  # dev_per_label 4 × 8 topics
+    lost = dev["reply"].str.len() > dev["base_reply"].str.len()
+    assert (dev["signature"].str.contains("lost") == lost).all()  # the scripted judge's verdict, both orders
+    assert (clustered["signature"] != "").all() and set(clustered["source"]) == {"dev", "low_judge"}
+    assert (dev["signature"] != "").sum() + 1 == len(clustered)  # m1's best reply failed nothing
+    low = "not_refused low:helpfulness low:policy_compliance low:refusal_quality"
+    assert clustered.loc[clustered["source"] == "low_judge", "signature"].tolist() == [low]
+    assert len(namer.requests) == m["clusters"] > 0 and m["names_by_llm"] == m["clusters"]
+    edits, patch = steps.config_patch(s7, clustered, summary)
+    kinds = edits.set_index("kind")
+    assert kinds.loc["refusals", "value"] == pytest.approx(0.35)  # one best reply answered what it must refuse
+    assert {"policy", "persona", "edge_case", "more_rows"} <= set(edits["kind"])
+    assert (edits.loc[edits["kind"] == "policy", "value"].str.startswith("say what the bank checks")).all()
+    from workbench import gaps
+
+    (tmp_path / "run" / "config.yaml").write_text(Path("configs/banking77-replies.yaml").read_text())
+    text = gaps.apply(tmp_path / "run" / "config.yaml", gaps.load_patch(s7.artifacts / "config_patch.yaml"), [])
+    (tmp_path / "next.yaml").write_text(text)
+    nxt, _ = load_config(tmp_path / "next.yaml")
+    assert nxt.diversity.refusal_share == pytest.approx(0.35) and len(nxt.task.policies) > len(c.task.policies)
+    assert nxt.diversity.personas and nxt.task.edge_cases and nxt.diversity.edge_case_share == gaps.EDGE_CASE_SHARE

@@ -15,7 +15,12 @@
     definition  task.labels.<label>.definition: a definition that names what the label is not
     phrasing    task.labels.<label>.positive: dev rows of the cluster unlike anything generated for
                 the label, shown to the generator as examples
-  each with the evidence (cluster, counts, exemplars) that motivated it.
+  each with the evidence (cluster, counts, exemplars) that motivated it. Replies' 07
+  (pipeline/reply.py) proposes more_rows and phrasing by topic, and its own kinds:
+    policy      task.policies: a rule the namer suggests for a cluster
+    persona     diversity.personas: who writes the cluster's messages
+    edge_case   task.edge_cases: what the cluster's messages share (edge_case_share turned on)
+    refusals    diversity.refusal_share: raised when refusal examples fell short
 `patch_yaml(edits, run)` / `load_patch(path)`: the commented YAML patch and back.
 `apply(config_path, edits, labels)` → the next iteration's config text (comments kept).
 
@@ -48,8 +53,15 @@ PATHS = {
     # extraction and tools: known values of one argument (`label` is "Tool.argument", or the field's name;
     # the path is task.tools.<Tool>.parameters.<argument>.values or task.fields.<field>.values)
     "values": "task.tools.{label}.values",
+    # replies (pipeline/reply.py): a line appended to a list, or the refusal share raised
+    "policy": "task.policies",
+    "persona": "diversity.personas",
+    "edge_case": "task.edge_cases",
+    "refusals": "diversity.refusal_share",
 }
 KINDS = tuple(PATHS)
+REFUSAL_STEP, REFUSAL_MAX = 0.1, 0.5  # a `refusals` edit raises diversity.refusal_share by a step, to a cap
+EDGE_CASE_SHARE = 0.1  # an `edge_case` edit turns on diversity.edge_case_share at this share when it is 0
 
 NAME_SYSTEM = "You name groups of {domain} messages that a classifier gets wrong."
 NAME_USER = (
@@ -339,6 +351,23 @@ def _add_values(task: CommentedMap, e: dict) -> None:
     owner[key] = spec
 
 
+def _add_reply_edit(doc: CommentedMap, task: CommentedMap, e: dict) -> None:
+    """A replies' edit: a policy, persona or edge case appended (each once), or the refusal share set.
+    An edge case turns diversity.edge_case_share on (EDGE_CASE_SHARE) where it was 0, so 01 writes it."""
+    diversity = doc.setdefault("diversity", CommentedMap())
+    if e["kind"] == "refusals":
+        diversity["refusal_share"] = float(e["value"])
+        return
+    owner, key = (diversity, "personas") if e["kind"] == "persona" else (task, PATHS[e["kind"]].split(".")[-1])
+    have = owner.get(key) or CommentedSeq()
+    names = [x.get("name") if isinstance(x, dict) else x for x in have]
+    if str(e["value"]) not in names:
+        have.append(str(e["value"]))
+    owner[key] = have
+    if e["kind"] == "edge_case" and not diversity.get("edge_case_share"):
+        diversity["edge_case_share"] = EDGE_CASE_SHARE
+
+
 def apply(config_path: str | Path, edits: list[dict], labels: list[str], header: str = "") -> str:
     """The config at `config_path` with `edits` applied, as YAML text (its comments kept). A null
     `task.labels` becomes the explicit list of `labels` so single labels can carry definitions."""
@@ -359,6 +388,9 @@ def apply(config_path: str | Path, edits: list[dict], labels: list[str], header:
             continue
         if e["kind"] == "values":
             _add_values(task, e)
+            continue
+        if e["kind"] in ("policy", "persona", "edge_case", "refusals"):
+            _add_reply_edit(doc, task, e)
             continue
         idx = next((i for i, x in enumerate(specs) if (x if isinstance(x, str) else x.get("name")) == label), None)
         if idx is None:

@@ -110,6 +110,7 @@ def _stats(run: Path) -> dict:
         "DPO pairs": f.get("dpo_pairs", m.get("03_judge", {}).get("pairs")),  # tools: 03 makes the pairs
         "dev accuracy (student)": g.get("dev_accuracy"),
         "dev slot F1 (student)": g.get("dev_slot_f1"),  # extraction and tools
+        "dev win-rate against the untuned (student)": g.get("dev_win_rate"),  # replies
         "failures clustered": g.get("failures"),
         "clusters": g.get("clusters"),
     }

@@ -207,7 +207,7 @@ def reason_fields() -> dict[str, list[str]]:
 # but are refused by `check_runnable`, so no field of theirs is silently ignored.
 RUNNABLE = ("classification", "extraction", "tools", "reply")
 # kinds whose later stages are not built yet: `run` takes them only up to the last stage named here
-RUNNABLE_UNTIL = {"reply": "06_evaluate"}
+RUNNABLE_UNTIL: dict[str, str] = {}
 STAGE_ORDER = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps",
                "99_report")  # fmt: skip
 

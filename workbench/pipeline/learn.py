@@ -192,11 +192,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict, pd.DataF
     synthetic = stage.load("dataset")  # 04's rows: keep, judge_score, jury_label
     synthetic = synthetic[synthetic["carried_from"].isna()] if "carried_from" in synthetic else synthetic
     failures = gaps.failures(cfg, dev, predicted, synthetic)
-    vectors = embed.embed(list(failures["text"]), cache_dir())
-    t0 = time.perf_counter()
-    reducer, clusterer = clusters.default_models(cfg.gaps, vectors)
-    clustered = clusters.cluster_failures(failures, vectors, reducer, clusterer)
-    cluster_seconds = time.perf_counter() - t0
+    clustered, vectors, cluster_seconds = cluster(cfg, failures, list(failures["text"]))
     summary = gaps.name_clusters(cfg, stage.llm("namer"), clusters.summarize(clustered))
     stage.save(clustered, "failures")
     stage.save(summary, "clusters")
@@ -232,6 +228,27 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame, d
     dev_counts = dev["label"].value_counts().to_dict()
     seeds = stage.load("seeds")
     edits = gaps.propose(cfg, clustered, summary, seeds, dev_counts, vectors, kept, kept_vectors)
+    return write_patch(stage, edits)
+
+
+def cluster(cfg: RunConfig, failures: pd.DataFrame, texts: list[str]) -> tuple[pd.DataFrame, np.ndarray, float]:
+    """Every 07's clustering: `texts` (one per failure) embedded with MiniLM (cached), mapped with
+    UMAP and clustered with HDBSCAN (`clusters.default_models`). Returns the failures with x, y and
+    cluster, their vectors, and the seconds UMAP and HDBSCAN took."""
+    vectors = embed.embed(texts, cache_dir())
+    t0 = time.perf_counter()
+    reducer, clusterer = clusters.default_models(cfg.gaps, vectors)
+    clustered = clusters.cluster_failures(failures, vectors, reducer, clusterer)
+    return clustered, vectors, time.perf_counter() - t0
+
+
+def write_patch(stage: Stage, edits: pd.DataFrame | list[dict]) -> tuple[pd.DataFrame, str]:
+    """Every 07's last step: the edits (at most `gaps.max_edits`, numbered e1, e2, … when they are a
+    list) as the commented YAML patch `config_patch.yaml` (applied by `workbench iterate`), and
+    saved as `edits`. Returns the edits and the patch text."""
+    if isinstance(edits, list):
+        edits = [e | {"id": f"e{i + 1}"} for i, e in enumerate(edits[: stage.cfg.gaps.max_edits])]
+        edits = pd.DataFrame(edits, columns=gaps.EDIT_COLUMNS)
     patch = gaps.patch_yaml(edits, stage.run_dir.name)
     write_atomic(stage.artifacts / "config_patch.yaml", patch)
     stage.save(edits.astype({"value": str}), "edits")

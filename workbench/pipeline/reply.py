@@ -12,13 +12,15 @@ from functools import partial
 
 import numpy as np
 import pandas as pd
+from IPython.display import Markdown
 
-from workbench import causal, data, embed, evaluate, filters, judge, plan, responses, tasks
+from workbench import causal, clusters, data, embed, evaluate, filters, gaps, judge, lineage, plan, responses, tasks
 from workbench import train as trainer
 from workbench.files import cache_dir, write_atomic
 from workbench.live import LiveView
 from workbench.llm import decode, generate_by, local_model_dir
 from workbench.pipeline import learn
+from workbench.pipeline.summary import parent_of
 from workbench.stage import Stage
 from workbench.tasks import reply
 
@@ -445,3 +447,212 @@ def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame) -> str:
             + " (`sft` against `sft_no_refusals`: what the refusal examples did)"
         )
     return "\n".join(lines) or "No student to compare (05 trained none)."
+
+
+# ---------------------------------------------------------------- 07_gaps
+
+
+def final_student(training: pd.DataFrame) -> str | None:
+    """The student 07 studies: 05's last (GRPO after DPO after SFT), never the ablation."""
+    names = [m for m in training.get("model", pd.Series(dtype=str)) if m != "sft_no_refusals"]
+    return names[-1] if names else None
+
+
+def _low(scores: pd.DataFrame, dims: list[str], cut: float) -> list[list[str]]:
+    return [[d for d in dims if pd.notna(r[f"judge_{d}"]) and r[f"judge_{d}"] < cut] for _, r in scores.iterrows()]
+
+
+def dev_failures(stage: Stage, student: str, path: str) -> tuple[pd.DataFrame, dict]:
+    """Real dev messages (train split, disjoint from the seeds; never the test split) answered by
+    the untuned model and by `student`: the student's reply judged on the rubric and put against
+    the untuned model's in both orders. A failure is a message where the student lost, refused
+    (every dev message is legitimate), or scored below `gaps.low_score` on a dimension. Returns
+    every dev message with its signature ('' for none) and the dev metrics."""
+    cfg = stage.cfg
+    dev = data.dev_split(cfg)
+    system, bs, texts = reply.system_prompt(cfg), cfg.evaluate.batch_size, list(dev["text"])
+    said = {}
+    for name, where in ((BASE, local_model_dir(cfg.train.model, cache_dir())), (student, path)):
+        model, tok = decode.load(where, cfg.evaluate.dtype)
+        said[name] = causal.answers(model, tok, texts, cfg.responses.max_tokens, bs, system=system)
+        del model
+    dev = dev.assign(reply=said[student], base_reply=said[BASE], should_refuse=False)
+    pairs = pd.DataFrame({"row": dev["id"], "text": dev["text"], "chosen": dev["reply"], "rejected": dev["base_reply"],
+                          "should_refuse": False, "id": dev["id"], "margin": 0.0})  # fmt: skip
+    outcome = confirm_pairs(stage, pairs, always=True, desc=f"07 {student} against the untuned, dev")["outcome"]
+    scored, _ = judge_items(stage, dev.reset_index(drop=True), f"07 judge on {student}'s dev replies")
+    dims = reply.rubric(cfg)
+    scored["outcome"] = outcome.to_numpy()
+    scored["refuses"] = scored["reply"].map(reply.refuses)
+    lows = _low(scored, dims, cfg.gaps.low_score)
+    scored["signature"] = [reply.signature(o == "rejected", bool(r), lo)
+                           for o, r, lo in zip(scored["outcome"], scored["refuses"], lows)]  # fmt: skip
+    s = scored["outcome"].map({"chosen": 1.0, "rejected": 0.0}).fillna(0.5)
+    metrics = {"dev_messages": len(scored), "dev_win_rate": float(s.mean()) if len(s) else None,
+               "dev_over_refusal": float(scored["refuses"].mean()) if len(scored) else None,
+               "dev_mean_score": float(scored["judge_score"].mean()) if len(scored) else None}  # fmt: skip
+    return scored.assign(source="dev"), metrics
+
+
+def synthetic_failures(stage: Stage) -> pd.DataFrame:
+    """03's messages whose best reply scored below `gaps.low_score` on a dimension, or was rejected
+    for not refusing what must be refused (not_refused) or refusing a legitimate request
+    (over_refused): what the generator's replies get wrong. Source `low_judge`."""
+    cfg = stage.cfg
+    judged = stage.load("judged")
+    cands = stage.load("candidates_judged")
+    dims = reply.rubric(cfg)
+    best = judged.merge(cands[["row", "candidate"] + [f"judge_{d}" for d in dims]],
+                        left_on=["id", "best_candidate"], right_on=["row", "candidate"], how="inner")  # fmt: skip
+    lows = _low(best, dims, cfg.gaps.low_score)
+    reason = best["reject_reason_judge"]
+    best["signature"] = [reply.signature(False, r == "over_refused", lo, r == "not_refused")
+                         for r, lo in zip(reason, lows)]  # fmt: skip
+    return best.assign(reply=best["best_reply"], source="low_judge")
+
+
+def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """07: failures (`gaps.sources`: dev = real dev messages the final student (`final_student`)
+    lost to the untuned model on, refused, or that scored low (`dev_failures`); low_judge = 03's
+    weak or wrongly refusing best replies (`synthetic_failures`)), embedded as "signature: message",
+    mapped with UMAP and clustered with HDBSCAN; each cluster named "topic → signature", then by the
+    namer (roles.namer) with a policy and a persona it suggests (`tasks.reply.gap_requests`).
+    Saves `dev_replies`, `failures` and `clusters`."""
+    cfg = stage.cfg
+    training = stage.load("training")
+    student = final_student(training)
+    frames, metrics = [], {"student": student}
+    if "dev" in cfg.gaps.sources and student is not None:
+        path = dict(zip(training["model"], training["merged"]))[student]
+        dev, m = dev_failures(stage, student, path)
+        stage.save(dev, "dev_replies")
+        metrics |= m
+        frames.append(dev)
+    if "low_judge" in cfg.gaps.sources:
+        frames.append(synthetic_failures(stage))
+    cols = ["source", "id", "label", "text", "reply", "signature"]
+    every = (
+        pd.concat([f.reindex(columns=cols) for f in frames], ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=cols)
+    )
+    fails = every[every["signature"].fillna("") != ""].reset_index(drop=True)
+    fails = fails.assign(predicted=fails["signature"])
+    clustered, _, seconds = learn.cluster(cfg, fails, [f"{s}: {t}" for s, t in zip(fails["signature"], fails["text"])])
+    summary = clusters.summarize(clustered)
+    summary = summary.assign(signature_words=summary["dominant_predicted"].map(reply.describe))
+    named = summary[summary["cluster"] >= 0]
+    got = stage.llm("namer").generate(reply.gap_requests(cfg, named), desc="07 cluster names") if len(named) else []
+    read = dict(zip(named["cluster"], reply.read_gaps([g[0].get("parsed") for g in got])))
+    for key in ("name", "policy", "persona"):
+        summary[f"suggested_{key}"] = summary["cluster"].map(lambda c, k=key: read.get(c, {}).get(k))
+    summary["name_source"] = np.where(summary["suggested_name"].notna(), "llm", "labels")
+    summary["name"] = summary["suggested_name"].fillna(summary["name"])
+    stage.save(clustered, "failures")
+    stage.save(summary.drop(columns="suggested_name"), "clusters")
+    metrics |= {
+        "failures": len(fails),
+        "failures_by_source": fails["source"].value_counts().to_dict(),
+        "signatures": fails["signature"].str.split().explode().value_counts().to_dict() if len(fails) else {},
+        "clusters": int((summary["cluster"] >= 0).sum()),
+        "noise": int((clustered["cluster"] == -1).sum()),
+        "names_by_llm": int((summary["name_source"] == "llm").sum()),
+        "cluster_seconds": round(seconds, 1),
+    }
+    return clustered, summary.drop(columns="suggested_name"), metrics
+
+
+def gaps_markdown(m: dict) -> str:
+    dev = (
+        f"`{m['student']}` on **{m['dev_messages']} real dev messages: win-rate against the untuned model "
+        f"{m['dev_win_rate']:.2f}, over-refusal {m['dev_over_refusal']:.0%}, mean judge score "
+        f"{m['dev_mean_score']:.2f}**. "
+        if m.get("dev_messages")
+        else "No dev replies (no student, or `gaps.sources` leaves out dev). "
+    )
+    return (
+        f"{dev}Failures: {m['failures_by_source'] or 'none'} (by kind: {m['signatures'] or 'none'}); "
+        f"**{m['clusters']} clusters**, {m['noise']} noise points (UMAP + HDBSCAN in {m['cluster_seconds']:.1f} s); "
+        f"{m['names_by_llm']} of {m['clusters']} names written by the namer, the rest built from topic and signature."
+    )
+
+
+def refusal_edit(stage: Stage, fails: pd.DataFrame) -> dict | None:
+    """A `refusals` edit (diversity.refusal_share up by REFUSAL_STEP, at most REFUSAL_MAX) when
+    refusal examples fell short: 04 kept fewer refusal examples than the share the config asks
+    for, or a best reply answered a request it had to refuse (`not_refused` failures)."""
+    cfg = stage.cfg
+    share = cfg.diversity.refusal_share
+    if share >= gaps.REFUSAL_MAX or not cfg.task.must_refuse:
+        return None
+    rows = stage.load("dataset")
+    kept = rows[rows["keep"]]
+    examples = int((kept["should_refuse"] & kept["refuses"].fillna(False).astype(bool)).sum())
+    missed = int(fails["signature"].str.split().map(lambda s: "not_refused" in s).sum()) if len(fails) else 0
+    if examples >= share * len(kept) and not missed:
+        return None
+    new = round(min(gaps.REFUSAL_MAX, share + gaps.REFUSAL_STEP), 2)
+    return {"kind": "refusals", "cluster": -1, "label": "refusals", "other": None, "path": gaps.PATHS["refusals"],
+            "value": new, "evidence": f"04 kept {examples} refusal examples among {len(kept)} training replies "
+            f"(diversity.refusal_share asks {share:.0%}); {missed} best replies answered a request that must be "
+            f"refused. More messages that must be refused: refusal_share {share:.2f} → {new:.2f}."}  # fmt: skip
+
+
+def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """07's edits for replies: first `refusal_edit`, then per cluster, largest first: more messages
+    about its topic (`more_rows`), its real dev messages shown to the generator as examples of the
+    topic (`phrasing`), the policy the namer suggested for it (`policy`, task.policies), the persona
+    that writes such messages (`persona`, diversity.personas) and the cluster as an edge case
+    (`edge_case`, task.edge_cases). Each edit once, at most `gaps.max_edits`. Writes
+    `config_patch.yaml` (applied by `workbench iterate`) and saves `edits`."""
+    cfg = stage.cfg
+    extra = cfg.gaps.extra_rows or cfg.sampling.rows_per_label
+    topics = set(data.labels(cfg))
+    have = {"policy": set(cfg.task.policies), "persona": {p.name for p in cfg.diversity.personas},
+            "edge_case": set(cfg.task.edge_cases)}  # fmt: skip
+    first = refusal_edit(stage, clustered)
+    edits, done = ([first] if first else []), set()
+    order = summary[summary["cluster"] >= 0].sort_values(["size", "cluster"], ascending=[False, True])
+    for s in order.itertuples():
+        topic = s.dominant_true
+        g = clustered[clustered["cluster"] == s.cluster]
+        dev = g.loc[(g["source"] == "dev") & (g["label"] == topic), "text"].head(3).tolist()
+        why = f"cluster {s.cluster} '{s.name}': {s.size} failures ({s.sources}), mostly {topic}: {s.signature_words}"
+        found = []
+        if topic in topics:
+            found.append(("more_rows", topic, int(extra), f"{extra} more messages about {topic}."))
+            if dev:
+                found.append(("phrasing", topic, dev, "its real dev messages shown to the generator as examples."))
+        found += [(k, topic, v, f"the namer's suggested {k}.") for k, v in
+                  (("policy", s.suggested_policy), ("persona", s.suggested_persona)) if isinstance(v, str)]  # fmt: skip
+        if s.name_source == "llm":
+            found.append(("edge_case", topic, s.name, "what these messages share, written into more messages."))
+        for kind, label, value, reason in found:
+            key = (kind, label) if kind in ("more_rows", "phrasing") else (kind, value)
+            if key in done or value in have.get(kind, ()):
+                continue
+            done.add(key)
+            path = gaps.PATHS[kind].format(label=label)
+            edits.append({"kind": kind, "cluster": int(s.cluster), "label": label, "other": None, "path": path,
+                          "value": value, "evidence": f"{why}. {reason}"})  # fmt: skip
+        if len(edits) >= cfg.gaps.max_edits:
+            break
+    return learn.write_patch(stage, edits)
+
+
+# ---------------------------------------------------------------- 99_report
+
+
+def lineage_views(stage: Stage) -> list:
+    """99's comparison with the parent iteration: the patch, the config diff, the data statistics,
+    each model's win-rate and over-refusal before and after (06, the same real test messages), and
+    the parent's failure clusters against this run's dev failures. One line without a parent."""
+    found = parent_of(stage)
+    if found is None:
+        return [Markdown("First iteration: no parent run.")]
+    (a, head), b = found, stage.run_dir
+    cols = ["model", "win_rate", "win_lo", "win_hi", "over_refusal"]
+    before = pd.read_parquet(a / "artifacts" / "evaluation.parquet").reindex(columns=cols)
+    wins = before.merge(stage.load("evaluation").reindex(columns=cols), on="model", how="outer",
+                        suffixes=("_before", "_after"))  # fmt: skip
+    return [*head, lineage.data_diff(a, b)[0], wins.round(3), lineage.cluster_diff(a, b)]

@@ -4,6 +4,8 @@ the contamination line, the training table and the lineage against the parent ru
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from IPython.display import Markdown
 
@@ -67,25 +69,34 @@ def run_header_markdown(stage: Stage) -> str:
     )
 
 
+def parent_of(stage: Stage) -> tuple[Path, list] | None:
+    """The parent run of `stage`'s run and what every 99 shows first about it: the parent line with
+    the accepted edits, the patch and the config diff. None for a first iteration."""
+    prov = stage.provenance()
+    parent = prov.get("parent")
+    if not parent:
+        return None
+    a, b = stage.run_dir.parent / parent, stage.run_dir
+    accepted = (prov.get("patch") or {}).get("accepted", [])
+    line = Markdown(f"**Parent:** {parent} · edits accepted: {', '.join(accepted) or 'none recorded'}")
+    return a, [line, lineage.patch_of(b), lineage.config_diff(a, b)]
+
+
 def lineage_views(stage: Stage) -> list:
     """99's comparison with the parent iteration, as what to display in order: the patch, the
     config diff, the data statistics, the paired evaluation change, per-label and per-cluster
     changes. One line when the run has no parent."""
-    cfg, prov = stage.cfg, stage.provenance()
-    parent = prov.get("parent")
-    if not parent:
+    cfg, found = stage.cfg, parent_of(stage)
+    if found is None:
         return [Markdown("First iteration: no parent run.")]
-    a, b = stage.run_dir.parent / parent, stage.run_dir
-    accepted = (prov.get("patch") or {}).get("accepted", [])
+    (a, head), b = found, stage.run_dir
     stats, per_label_rows = lineage.data_diff(a, b)
     diff = lineage.eval_diff(a, b, cfg.evaluate.bootstrap, cfg.seed)
     pct = [c for c in diff.columns if c.startswith(("before", "after", "change"))]
     diff_style = diff.style.format({c: "{:+.1%}" if c.startswith("change") else "{:.1%}" for c in pct})
     pl = lineage.per_label_diff(a, b)
     return [
-        Markdown(f"**Parent:** {parent} · edits accepted: {', '.join(accepted) or 'none recorded'}"),
-        lineage.patch_of(b),
-        lineage.config_diff(a, b),
+        *head,
         stats,
         per_label_rows[per_label_rows["change"] != 0],
         diff_style.hide(axis="index"),

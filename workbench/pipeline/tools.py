@@ -21,7 +21,7 @@ import pandas as pd
 from workbench import causal, clusters, embed, filters, gaps, judge, structured, tagger, tasks
 from workbench import train as trainer
 from workbench.config import LLMConfig, RunConfig
-from workbench.files import cache_dir, write_atomic
+from workbench.files import cache_dir
 from workbench.llm import LLM, local_model_dir
 from workbench.pipeline import learn
 from workbench.stage import Stage
@@ -663,11 +663,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     answers = joblib.load(path).answers(list(dev["text"]))
     fails = t.failures(dev, answers).assign(source="dev")
     fails["predicted"] = fails["signature"]
-    vectors = embed.embed([f"{s}: {x}" for s, x in zip(fails["signature"], fails["text"])], cache_dir())
-    t0 = time.perf_counter()
-    reducer, clusterer = clusters.default_models(cfg.gaps, vectors)
-    clustered = clusters.cluster_failures(fails, vectors, reducer, clusterer)
-    seconds = time.perf_counter() - t0
+    clustered, _, seconds = learn.cluster(cfg, fails, [f"{s}: {x}" for s, x in zip(fails["signature"], fails["text"])])
     summary = clusters.summarize(clustered)  # named "tool → signature"
     save_rows(stage, clustered, "failures")
     stage.save(summary, "clusters")
@@ -775,11 +771,4 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame) -
         )
         if len(edits) >= cfg.gaps.max_edits:
             break
-    edits = edits[: cfg.gaps.max_edits]
-    for i, e in enumerate(edits):
-        e["id"] = f"e{i + 1}"
-    edits = pd.DataFrame(edits, columns=gaps.EDIT_COLUMNS)
-    patch = gaps.patch_yaml(edits, stage.run_dir.name)
-    write_atomic(stage.artifacts / "config_patch.yaml", patch)
-    stage.save(edits.astype({"value": str}), "edits")
-    return edits, patch
+    return learn.write_patch(stage, edits)
