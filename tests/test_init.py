@@ -259,3 +259,21 @@ def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path):
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "finished"
     assert "Field → gate" in (run / "report.html").read_text()
+
+
+def test_a_reply_draft_has_topics_policies_and_refusals_and_runs_every_stage(tmp_path):
+    extra = {"type": "classification", "policies": ["never promise a refund"],
+             "must_refuse": ["access to someone else's account"]}  # fmt: skip
+    res = init.draft("Reply to online-banking customers within the bank's policies",
+                     labels="card_arrival,pin_blocked", llm=scripted(tmp_path, [draft_reply(**extra)]))  # fmt: skip
+    cfg, _ = load_config(init.write(res, tmp_path / "r.yaml"))
+    assert cfg.task.type == "reply"  # the description's verb, over the draft's type
+    assert cfg.task.label_names() == ["card_arrival", "pin_blocked"] and cfg.data.dataset == "banking77"
+    assert cfg.task.policies == ["never promise a refund"] and cfg.task.must_refuse == extra["must_refuse"]
+    assert cfg.diversity.refusal_share == init.REFUSAL_SHARE
+    assert "# A row (reply)" in (tmp_path / "r.yaml").read_text()
+    check_runnable(cfg)  # every stage, 00 to 99
+    bare = init.draft("Reply to customers' questions about their parcels", labels="late,lost",
+                      llm=scripted(tmp_path, [draft_reply(type="reply")] * 3))  # fmt: skip
+    assert bare.cfg.task.must_refuse == [] and bare.cfg.diversity.refusal_share == 0.0
+    assert any(n.startswith("must_refuse: draft missing") for n in bare.notes)

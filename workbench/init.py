@@ -65,13 +65,17 @@ class Draft(BaseModel):
     """The JSON object the drafting LLM returns."""
 
     name: str = Field(pattern=r"^[a-z0-9_]{3,40}$", description="snake_case task name")
-    type: Literal["classification", "extraction", "tools", "summarization", "dialogue"]
+    type: Literal["classification", "extraction", "tools", "reply", "summarization", "dialogue"]
     multi_label: bool = False
     domain: str = Field(min_length=3, max_length=120, description="the domain, e.g. 'online banking support'")
     style: str = Field(min_length=5, max_length=300, description="how users write: register, length")
-    labels: list[DraftLabel] = Field(min_length=2, max_length=200, description="classification only")
+    labels: list[DraftLabel] = Field(
+        min_length=2, max_length=200, description="classification: the labels; reply: the topics messages are about"
+    )
     fields: list[DraftField] = Field(min_length=1, max_length=50, description="extraction only")
     tools: list[DraftTool] = Field(max_length=20, description="tools and dialogue only")
+    policies: list[str] = Field(max_length=12, description="reply only: rules every reply keeps")
+    must_refuse: list[str] = Field(max_length=12, description="reply only: requests the assistant must refuse")
     edge_cases: list[str] = Field(min_length=1, max_length=12, description="hard or unusual inputs to include")
     personas: list[str] = Field(min_length=2, max_length=8, description="who writes the inputs")
     tones: list[str] = Field(min_length=2, max_length=6, description="tones of voice")
@@ -86,6 +90,8 @@ EXAMPLE = {
     "labels": [{"name": "urgent", "definition": "The user cannot work at all and needs help now."}],
     "fields": [],
     "tools": [],
+    "policies": [],
+    "must_refuse": [],
     "edge_cases": ["a ticket that mixes two problems"],
     "personas": ["a new employee", "a system administrator"],
     "tones": ["calm", "frustrated"],
@@ -94,9 +100,10 @@ EXAMPLE = {
 SYSTEM = "You write configuration files for a synthetic-data tool. Reply with one JSON object and nothing else."
 USER = (
     "Task description: {description}\n{labels}"
-    "Write the JSON object for this task. Keys: name, type (classification, extraction, tools, summarization "
-    "or dialogue), multi_label, domain, style, labels (name and definition), fields (extraction), tools "
-    "(tools, dialogue), edge_cases, personas, tones.\nExample for another task:\n{example}\nJSON:"
+    "Write the JSON object for this task. Keys: name, type (classification, extraction, tools, reply, "
+    "summarization or dialogue), multi_label, domain, style, labels (name and definition; reply: the topics), "
+    "fields (extraction), tools (tools, dialogue), policies and must_refuse (reply), edge_cases, personas, "
+    "tones.\nExample for another task:\n{example}\nJSON:"
 )
 REPAIR = "These fields of your JSON are invalid:\n{errors}\nReply with the whole JSON object, corrected."
 DEFINE = 'In one sentence, say which {domain} messages belong to the category "{label}". Output only the sentence.'
@@ -107,6 +114,7 @@ DEFAULT_PERSONAS = ["a first-time customer", "a long-standing customer", "a non-
 DEFAULT_TONES = ["neutral", "frustrated", "polite"]
 DEFAULT_DIFFICULTY = {"easy": 0.3, "medium": 0.4, "hard": 0.3}
 DEFAULT_STYLE = "Messages as real users type them: short, plain, sometimes with typos."
+REFUSAL_SHARE = 0.2  # reply drafts with must_refuse items: the share of messages that ask for one
 
 # What the model must do, by the verb that says it: the earliest of these in the description
 # wins ("Classify what people ask a virtual assistant" is classification, whatever it mentions).
@@ -116,7 +124,8 @@ _TYPE_WORDS = [
     ("extraction", r"\bextract|\bpull out\b|\bparse\b|\bfields?\b"),
     ("summarization", r"\bsummar"),
     ("tools", r"\bcall (?:the right |a |one )?(?:tool|function)s?\b|\bfunction[- ]call|\bwhich tool\b"),
-    ("dialogue", r"\bdialog|\bconversation|\bchat ?bot|\bassistant\b|\btool calls?\b|\bmulti-turn|\breply\b|\brespond"),
+    ("reply", r"\brepl(?:y|ies)\b|\brespond|\banswer (?:customers|users|clients)"),
+    ("dialogue", r"\bdialog|\bconversation|\bchat ?bot|\bassistant\b|\btool calls?\b|\bmulti-turn"),
     ("classification", r"\bclassif|\bcategori|\blabel|\bintent|\btriage|\broute\b|\brouting|\bdetect|\btag"),
 ]
 _MULTI = r"multi-?label|several labels|multiple labels|all (?:labels |tags )?that apply|\btags\b"
@@ -263,7 +272,9 @@ def _validate_fields(obj: Any) -> tuple[dict, dict[str, str]]:
         if name not in obj:
             bad[name] = "missing"
             continue
-        if name not in ("type", "multi_label", "fields", "tools") and obj[name] == EXAMPLE.get(name):
+        if name not in ("type", "multi_label", "fields", "tools", "policies", "must_refuse") and obj[
+            name
+        ] == EXAMPLE.get(name):
             bad[name] = f"copied from the example, which is another task (got {json.dumps(obj[name])[:60]})"
             continue
         if (
@@ -365,8 +376,11 @@ def draft(
         "domain": domain,
         "style": style,
     }
-    if kind == "classification":
+    if kind in ("classification", "reply"):  # a reply task's topics are labels: 01 plans messages per topic
         task["labels"] = _labels(label_list, good, bad, notes, llm, domain, seed)
+    if kind == "reply":
+        task["policies"] = take("policies", [], "none (the judge then checks the domain's usual care)") or []
+        task["must_refuse"] = take("must_refuse", [], "none (no refusal examples are written)") or []
     structured_rows = _structured_rows(dataset, kind)
     if kind == "extraction" and structured_rows is not None:
         task["fields"] = _fields_from(structured_rows)
@@ -400,13 +414,13 @@ def draft(
         f"data.dataset: {dataset!r}"
         + (
             " (its train split has every label)"
-            if dataset and kind == "classification"
+            if dataset and kind in ("classification", "reply")
             else " (given)"
             if dataset
             else " — no dataset under data/ has these labels: 05-07 cannot run"
         )
     )
-    if kind == "classification" and task["labels"] and seeds is not None:
+    if kind in ("classification", "reply") and task["labels"] and seeds is not None:
         _negatives(task["labels"], seeds, llm.cache_dir)
         notes.append("task.labels[].negative: one seed of the most similar other label (MiniLM), as a near miss")
     data_section: dict[str, Any] = {"dataset": dataset, "seeds_file": str(seeds_file) if seeds_file else None}
@@ -423,6 +437,8 @@ def draft(
             "tones": tones,
             "difficulty": DEFAULT_DIFFICULTY,
             "edge_case_share": 0.2 if edge_cases else 0.0,
+            # replies: a share of messages ask for what must be refused, so refusal examples reach training
+            "refusal_share": REFUSAL_SHARE if task.get("must_refuse") else 0.0,
         },
         "llm": llm_cfg.model_dump(),
     }
@@ -440,7 +456,8 @@ def _needed(bad: dict[str, str], kind: str | None, labels: list[str] | None) -> 
     skip = {"labels"} if labels else set()
     skip |= {"fields"} if kind != "extraction" else set()
     skip |= {"tools"} if kind not in ("dialogue", "tools") else set()
-    skip |= {"labels"} if kind not in (None, "classification") else set()
+    skip |= {"labels"} if kind not in (None, "classification", "reply") else set()
+    skip |= {"policies", "must_refuse"} if kind != "reply" else set()
     return any(k not in skip for k in bad)
 
 
