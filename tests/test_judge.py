@@ -111,6 +111,32 @@ def test_the_jury_relabels_blind_and_rejects_a_label_mismatch(tmp_path):
     )
 
 
+def test_a_jury_of_different_judge_models_votes_labels_blind(tmp_path):
+    """`judge.jury: [judges]`: each model of roles.judge names a label under the label list's schema;
+    their votes are jurors beside each other, aggregated and measured like the others."""
+    ep = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    cfg = RunConfig.model_validate(
+        {"task": {"labels": ["card_arrival", "lost_or_stolen_card"]}, "models": {"a": ep | {"model": "a"},
+         "b": ep | {"model": "b"}}, "roles": {"judge": ["a", "b"]}, "judge": {"rubric": [], "jury": ["judges"]}}
+    )  # fmt: skip
+    rows = prompt_rows(["My card was stolen from my bag", "Has my new card been posted yet?"], ["card_arrival"] * 2)
+    # model a reads the message; model b always says card_arrival
+    a = ScriptedLLM(lambda r, i: json.dumps({"label": "lost_or_stolen_card" if "stolen from" in r.messages[-1][1]
+                                                       else "card_arrival"}), tmp_path)  # fmt: skip
+    b = ScriptedLLM(lambda r, i: json.dumps({"label": "card_arrival"}), tmp_path)
+    out, _ = judge.judge_rows(cfg, rows, pd.DataFrame(), SEEDS, {"a": a, "b": b}, tmp_path)
+    assert len(a.requests) == len(b.requests) == 2  # one blind call per message and model
+    req = a.requests[0]
+    assert req.strict and json.loads(req.schema)["properties"]["label"]["enum"] == ["card_arrival",
+                                                                                   "lost_or_stolen_card"]  # fmt: skip
+    assert "card_arrival" not in req.messages[-1][1].split("Categories")[0]  # not told the intended label
+    assert json.loads(out.loc[0, "jury_votes"]) == {"judge:a": "lost_or_stolen_card", "judge:b": "card_arrival"}
+    assert out.loc[0, "reject_reason_judge"] == "uncertain" and not out.loc[0, "jury_unanimous"]  # 1 against 1
+    assert out.loc[1, "keep_judge"] and out.loc[1, "jury_label"] == "card_arrival" and out.loc[1, "jury_unanimous"]
+    agree = judge.juror_agreement(out).set_index("juror")["agrees_with_intended"].to_dict()
+    assert agree == {"judge:a": 0.5, "judge:b": 1.0}
+
+
 def _pairwise_alpha(ratings, metric):
     """Krippendorff's alpha by its definition: every ordered pair of values (the old n × n form)."""
     r = np.asarray(ratings, dtype=float)

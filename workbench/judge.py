@@ -12,6 +12,8 @@ Label jury (classification). Each juror names a label without being told the int
     probe: MiniLM + logistic regression trained on the seeds and the config's positives
     knn:   the label of the nearest seed or positive (cosine of MiniLM embeddings)
     llm:   the most frequent label among stage 02's blind candidates (ties: no vote)
+    judges: each model of `roles.judge` names one label, shown the message and the label list, under a
+           JSON schema whose label is one of the list (juror `judge:<model>`): a jury of different models
 Votes are aggregated by majority (`judge.aggregate`: more than half of the votes cast) or by
 mean (the label with the highest mean probability). Agreement is Fleiss' kappa.
 
@@ -178,7 +180,7 @@ def judge_rows(
         out.at[i, "keep_judge"] = reason is None
         out.at[i, "reject_reason_judge"] = reason
     if cfg.task.type == "classification" and j.jury:
-        jury(cfg, out, todo, cands, seeds, cache_dir)
+        jury(cfg, out, todo, cands, seeds, cache_dir, llms)
     return out, judgments
 
 
@@ -256,10 +258,53 @@ def calibration_markdown(table: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- label jury (classification)
 
 
+LABEL_SYSTEM = "You sort {domain} messages into categories."
+LABEL_USER = (
+    'Message: "{text}"\nCategories: {options}.\nWhich category is this message? Answer in JSON: {{"label": ...}}'
+)
+
+
+def label_schema(labels: list[str]) -> str:
+    return json.dumps({"type": "object", "properties": {"label": {"enum": labels}}, "required": ["label"],
+                       "additionalProperties": False})  # fmt: skip
+
+
+def judge_votes(cfg: RunConfig, llms, texts: list[str], labels: list[str]) -> dict[str, np.ndarray]:
+    """The `judges` jurors: every model of roles.judge names a label for each text, blind (it is not
+    told the intended one), under `label_schema` (the embedded model decodes under its grammar).
+    One-hot rows; a reply naming no label of the list is an abstention (a row of 0)."""
+    names = list(dict.fromkeys(cfg.roles.names("judge")))
+    llms = as_jury(cfg, llms)
+    options, schema = ", ".join(labels), label_schema(labels)
+    reqs = [Request.chat(LABEL_SYSTEM.format(domain=cfg.task.domain), LABEL_USER.format(text=t, options=options),
+                         temperature=0.0, max_tokens=cfg.judge.max_tokens, seed=cfg.seed, schema=schema, strict=True)
+            for t in texts]  # fmt: skip
+    got = generate_by(llms, reqs * len(names), [n for n in names for _ in reqs], "03 label votes of the judges")
+    col = {lab: k for k, lab in enumerate(labels)}
+    out = {}
+    for m, name in enumerate(names):
+        p = np.zeros((len(texts), len(labels)))
+        for r, res in enumerate(got[m * len(reqs) : (m + 1) * len(reqs)]):
+            parsed = res[0].get("parsed")
+            said = parsed.get("label") if isinstance(parsed, dict) else None
+            if said in col:
+                p[r, col[said]] = 1.0
+        out[f"judge:{name}"] = p
+    return out
+
+
 def juror_probabilities(
-    cfg: RunConfig, texts: list[str], cands: pd.DataFrame, ids: list[str], seeds: pd.DataFrame, labels: list[str], cd
+    cfg: RunConfig,
+    texts: list[str],
+    cands: pd.DataFrame,
+    ids: list[str],
+    seeds: pd.DataFrame,
+    labels: list[str],
+    cd,
+    llms=None,
 ) -> dict[str, np.ndarray]:
-    """Each juror's distribution over `labels` for each text (rows of 0 = the juror abstains)."""
+    """Each juror's distribution over `labels` for each text (rows of 0 = the juror abstains);
+    `llms`: the judges by name, for the `judges` jurors."""
     ref = pd.concat(
         [seeds[["text", "label"]]]
         + [pd.DataFrame({"text": s.positive, "label": s.name}) for s in (cfg.task.labels or []) if s.positive],
@@ -289,6 +334,8 @@ def juror_probabilities(
             if p[r].sum():
                 p[r] /= p[r].sum()
         out["llm"] = p
+    if "judges" in cfg.judge.jury and texts:
+        out |= judge_votes(cfg, llms, texts, labels)
     return out
 
 
@@ -313,9 +360,12 @@ def aggregate(votes: list[int | None], probs: list[np.ndarray], how: str) -> int
     return vote(mean)
 
 
-def jury(cfg: RunConfig, out: pd.DataFrame, todo: pd.Index, cands: pd.DataFrame, seeds: pd.DataFrame, cd) -> None:
+def jury(
+    cfg: RunConfig, out: pd.DataFrame, todo: pd.Index, cands: pd.DataFrame, seeds: pd.DataFrame, cd, llms=None
+) -> None:
     labels = sorted(set(out["label"]) | set(seeds["label"]))
-    probs = juror_probabilities(cfg, list(out.loc[todo, "text"]), cands, list(out.loc[todo, "id"]), seeds, labels, cd)
+    texts, ids = list(out.loc[todo, "text"]), list(out.loc[todo, "id"])
+    probs = juror_probabilities(cfg, texts, cands, ids, seeds, labels, cd, llms)
     names = list(probs)
     out["jury_votes"] = None
     out["jury_label"] = None

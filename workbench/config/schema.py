@@ -350,10 +350,11 @@ class JudgeConfig(_Section):
     )
     max_tokens: int = Field(24, ge=1, le=1024, description="Cap on tokens of one judgment (score and rationale).")
     temperature: float = Field(0.0, ge=0, le=2, description="Judge sampling temperature (0 = greedy).")
-    jury: list[Literal["probe", "knn", "llm"]] = Field(
+    jury: list[Literal["probe", "knn", "llm", "judges"]] = Field(
         ["probe", "knn", "llm"],
         description="Classification: jurors that re-label each input blind (probe = MiniLM + logistic regression "
-        "on the seeds; knn = nearest seed; llm = stage 02's candidates); [] = no label jury.",
+        "on the seeds; knn = nearest seed; llm = stage 02's candidates; judges = each model of roles.judge names "
+        "a label, one call per input and model); [] = no label jury.",
     )
     aggregate: Literal["majority", "mean"] = Field(
         "majority", description="Jury verdict: the label most jurors name (majority) or the highest mean probability."
