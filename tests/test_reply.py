@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -129,6 +130,16 @@ def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch
     assert [m["role"] for m in sft[0]["messages"]] == ["system", "user", "assistant"]
     dpo = (tmp_path / "run" / "artifacts" / "export" / "dpo.jsonl").read_text().splitlines()
     assert len(dpo) == m4["dpo_pairs"] == 7  # the pairs of the kept messages
+    assert m4["carried"] == 0 and rows["carried_from"].isna().all()
+
+    # the next iteration's 04 carries this one's rows, verdicts kept: its students train on both
+    nxt = tmp_path / "run2"
+    shutil.copytree(tmp_path / "run" / "artifacts", nxt / "artifacts")
+    (nxt / "provenance.json").write_text(json.dumps({"parent": "run"}))
+    rows2, m5 = steps.filter_stage(Stage("04_filter", c, nxt))
+    assert m5["carried"] == 8 and m5["kept"] == 14 and m5["carried_kept"] == 7
+    assert rows2.set_index("id").at["run/m3", "reject_reason"] == "format"  # the verdict travels with the row
+    assert len((nxt / "artifacts" / "export" / "sft.jsonl").read_text().splitlines()) == 14
 
 
 def test_an_apology_is_not_a_refusal():

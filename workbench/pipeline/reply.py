@@ -255,8 +255,10 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     """04: the final filter on the best replies (`filters.filter_rows` on the reply: constraints, PII,
     toxicity, domain (not for a refusal, generic by design), near-duplicate replies, the optional
     rewrite in the assistant's voice), over
-    every message 01 wrote so the reject pile holds them all; saves `dataset` (message, text: the
-    reply, should_refuse, keep, reject_stage, reject_reason, …) and the exports: `export/sft.jsonl`
+    every message 01 wrote so the reject pile holds them all, plus the rows earlier iterations
+    carried over (`carried_from`, their verdicts kept: the training data accumulates); saves
+    `dataset` (message, text: the reply, should_refuse, keep, reject_stage, reject_reason, …) and
+    the exports: `export/sft.jsonl`
     (chat records of the kept replies, refusal examples among them) and `export/dpo.jsonl` (the
     confirmed pairs of kept messages)."""
     cfg = stage.cfg
@@ -275,6 +277,10 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     embed_fn = partial(embed.embed, cache_dir=cache_dir())
     rows["refuses"] = rows["text"].map(reply.refuses) & rows["best_reply"].notna()
     rows = filters.filter_rows(cfg, rows, stage.load("seeds"), embed_fn, llm, reply.REWRITE, off_topic_ok="refuses")
+    rows = rows.assign(carried_from=None)
+    carried = stage.earlier_rows()  # earlier iterations' messages and replies, verdicts kept: the data accumulates
+    if len(carried):
+        rows = pd.concat([rows, carried], ignore_index=True)
     stage.save(rows, "dataset")
     kept = rows[rows["keep"]]
     pairs = stage.load("pairs")
@@ -288,6 +294,8 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     summary = {
         "rows": len(rows),
         "kept": len(kept),
+        "carried": int(rows["carried_from"].notna().sum()),
+        "carried_kept": int(kept["carried_from"].notna().sum()),
         "reasons": rows.loc[~rows["keep"], "reject_reason"].value_counts().to_dict(),
         "refusal_examples": int(refusals["best_refuses"].fillna(False).astype(bool).sum()),
         "should_refuse_kept": len(refusals),
@@ -299,7 +307,8 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
 
 def filter_markdown(m: dict) -> str:
     return (
-        f"**{m['kept']} of {m['rows']} messages keep their best reply** for training; rejects by reason: "
+        f"**{m['kept']} of {m['rows']} messages keep their best reply** for training ({m.get('carried_kept', 0)} "
+        f"of them carried from earlier iterations); rejects by reason: "
         f"{m['reasons'] or 'none'}. Among the kept, {m['should_refuse_kept']} messages must be refused and "
         f"{m['refusal_examples']} of their replies refuse (the refusal examples). Exports: {m['sft_records']} SFT "
         f"records, {m['dpo_pairs']} DPO pairs."
