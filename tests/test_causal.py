@@ -393,3 +393,18 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     nxt, _ = load_config(tmp_path / "next.yaml")
     assert nxt.diversity.refusal_share == pytest.approx(0.35) and len(nxt.task.policies) > len(c.task.policies)
     assert nxt.diversity.personas and nxt.task.edge_cases and nxt.diversity.edge_case_share == gaps.EDGE_CASE_SHARE
+
+
+def test_sft_fits_the_longest_answer_and_names_max_length_when_none_fits(cfg, tiny, tmp_path):
+    """A reply is longer than a label: left unset, max_length grows to the longest example, so no
+    answer is cut; set too short for every example, the error names the field."""
+    long = pd.DataFrame({"text": ["message number 1"], "label": ["card arrival " * 90]})
+    data = causal.sft_dataset(long, causal.system_prompt(cfg))
+    _, tok = causal.load(tiny)
+    n = causal.longest(tok, data)
+    assert n > 160
+    cfg.train.sft = {"max_steps": 1, "per_device_train_batch_size": 1}
+    assert causal.fit("sft", tiny, data, cfg, tmp_path / "a")["max_length"] == n
+    cfg.train.sft = {"max_steps": 1, "per_device_train_batch_size": 1, "max_length": 8}
+    with pytest.raises(ValueError, match=r"none of the 1 examples fits train\.sft\.max_length=8"):
+        causal.fit("sft", tiny, data, cfg, tmp_path / "b")

@@ -271,6 +271,18 @@ def load(path: str | Path, dtype: str = "float32"):
     return model, tok
 
 
+def longest(tok, data) -> int:
+    """Tokens of the longest example of an SFT (prompt, completion) or DPO (prompt, chosen,
+    rejected) dataset, chat template included."""
+    out = 0
+    for r in data:
+        answers = [r[k] for k in ("completion", "chosen", "rejected") if k in r]
+        for a in answers:
+            ids = tok.apply_chat_template(list(r["prompt"]) + list(a), tokenize=True, return_dict=True)["input_ids"]
+            out = max(out, len(ids))
+    return out
+
+
 def fit(
     method: str,
     base: str | Path,
@@ -290,6 +302,9 @@ def fit(
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load(base)
     args = trainer_args(method, cfg.train, out / "checkpoints", cfg.seed)
+    if method in ("sft", "dpo") and "max_length" not in getattr(cfg.train, method) and len(data):
+        # the default (160 tokens, sized for a label answer) must not cut a longer example's answer
+        args.max_length = max(args.max_length or 0, longest(tok, data))
     kw: dict[str, Any] = {"args": args, "train_dataset": data, "processing_class": tok}
     if cfg.train.lora is not None:
         kw["peft_config"] = lora_config(cfg.train)
@@ -307,12 +322,19 @@ def fit(
         trainer = GRPOTrainer(model=model, reward_funcs=funcs, **kw)
     else:
         raise ValueError(f"unknown method {method!r}; expected sft, dpo or grpo")
+    if len(trainer.train_dataset) == 0:  # trl drops examples whose answer is cut off entirely
+        raise ValueError(
+            f"{method}: none of the {len(data)} examples fits train.{method}.max_length={args.max_length} tokens "
+            "with its answer; raise it (or leave it unset: then it fits the longest example)"
+        )
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
     trained = trainer.model
     result = {"method": method, "train_rows": len(data), "train_seconds": round(seconds, 1)}
     result["steps"] = int(trainer.state.global_step)
+    if method in ("sft", "dpo"):
+        result["max_length"] = args.max_length  # tokens of an example, answer included, before truncation
     # each folder is written under a temporary name and renamed: a crash never leaves a half-saved model
     if cfg.train.lora is not None:
         tmp = out / f".adapter.tmp{os.getpid()}"
