@@ -440,6 +440,14 @@ def win_table(cfg, replies: pd.DataFrame, wins: pd.DataFrame, training: pd.DataF
     return pd.DataFrame(out).reindex(columns=cols)
 
 
+def evaluation_view(table: pd.DataFrame):
+    """06's table for a page: win-rates to two decimals, refusal rates as percentages, counts whole."""
+    pct = [c for c in table.columns if "refusal" in c]
+    fmt = dict.fromkeys(["win_rate", "win_lo", "win_hi"], "{:.2f}") | dict.fromkeys(pct, "{:.0%}")
+    fmt |= dict.fromkeys(["wins", "ties", "losses"], "{:.0f}")
+    return table.style.format(fmt, na_rep="").hide(axis="index")
+
+
 def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame) -> str:
     students = table[table["model"] != BASE]
     lines = [
