@@ -118,7 +118,8 @@ def _stats(run: Path) -> dict:
 
 def data_diff(a: Path, b: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     sa, sb = _stats(a), _stats(b)
-    stats = pd.DataFrame({"stat": list(sa), "before": list(sa.values()), "after": [sb[k] for k in sa]})
+    keys = [k for k in sa if sa[k] is not None or sb[k] is not None]  # a statistic no run of this task type has
+    stats = pd.DataFrame({"stat": keys, "before": [sa[k] for k in keys], "after": [sb[k] for k in keys]})
     stats["change"] = [
         (y - x) if isinstance(x, int | float) and isinstance(y, int | float) else None
         for x, y in zip(stats["before"], stats["after"])
