@@ -148,6 +148,24 @@ def test_gate_table_counts_rejections_and_grid_cells():
     assert (t["gate"] != "NOT ENFORCED").all()
 
 
+def test_a_reply_estimate_counts_every_judge_call_and_prices_each_role(tmp_path):
+    """Replies' judges also answer in 03 (pairs, both orders), 05 (GRPO's judge reward), 06 (each
+    student against the untuned model, and the refusal judge) and 07 (dev messages, cluster names)."""
+    cfg, _ = load_config("configs/banking77-replies.yaml")
+    priced = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "j", "price_input_per_1m": 1.0}
+    cfg = cfg.model_copy(update={"models": {"j": RunConfig.model_validate({"llm": priced}).llm},
+                                 "roles": cfg.roles.model_copy(update={"judge": ["j"]})})  # fmt: skip
+    labels = cfg.task.label_names()
+    est = plan.estimate(cfg, labels, cache_dir=tmp_path).set_index("stage")
+    n, students = 4 * 8, 4  # 32 messages; sft, sft_no_refusals, dpo, grpo
+    assert est.loc["03_judge", "llm_calls"] == n * 3 * 3 + 2 * 12 * 3 + n * 2  # rubric, calibration, pairs
+    assert est.loc["05_train", "llm_calls"] == 3 * 4 * 3  # GRPO steps × completions × rubric dimensions
+    assert est.loc["06_evaluate", "llm_calls"] == students * 32 * 2 + (students + 1) * 16
+    assert est.loc["07_gaps", "llm_calls"] == 32 * 2 + 32 * 3 + round(32 / 3 / 2)
+    assert est.loc["03_judge", "cost"] > 0 and pd.isna(est.loc["02_responses", "cost"])  # the judge's model is priced
+    assert "not run on this machine yet" in est.loc["05_train", "time_basis"]  # classification's runs are no guide
+
+
 def test_estimate_counts_calls_prices_and_uses_measured_throughput(tmp_path):
     cfg = RunConfig.model_validate(
         {

@@ -178,8 +178,11 @@ def _check_trainers(cfg: RunConfig) -> None:
 def print_estimate(cfg: RunConfig) -> None:
     """The pre-run estimate, on stderr so `check`'s stdout stays a loadable YAML file."""
     try:
-        if tasks.of(cfg).NOTEBOOKS:  # the estimate's model of each stage is classification's
-            print(f"(no estimate: the pre-run estimate covers classification, not {cfg.task.type})", file=sys.stderr)
+        if tasks.of(cfg).NOTEBOOKS not in (None, "reply"):  # the estimate's model is classification's and replies'
+            print(
+                f"(no estimate: the pre-run estimate covers classification and replies, not {cfg.task.type})",
+                file=sys.stderr,
+            )
             return
         check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter"])
         labels = data.labels(cfg)

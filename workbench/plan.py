@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench import critique, judge, prompts, responses
+from workbench import critique, evaluate, judge, prompts, responses
 from workbench.causal import TRAINER_DEFAULTS
 from workbench.config import STAGE_ORDER, RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
 from workbench.llm.decode import local_identity
+from workbench.tasks import reply
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ DATA_SECTIONS = ("task", "data", "sampling", "quality", "diversity", "prompts", 
 # one estimate row per stage: runs.STAGES, which this module sits below (runs imports nothing of it)
 STAGE_NAMES = STAGE_ORDER
 LLM_PARTS = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter")  # stages whose calls are estimated
+REPLY_LLM_PARTS = ("05_train", "06_evaluate", "07_gaps")  # replies' judges answer in these too (`reply_parts`)
 KEEP_STAGE_RECORDS = 6  # per stage: the line through the last runs' (rows, seconds)
 # Until a stage has run on this machine, its seconds outside the LLM are those of two reference
 # runs on the 2-core Xeon (the smoke config, the session smoke run of `.ci/run`; and `make demo`),
@@ -65,7 +67,9 @@ def _identity(cfg: RunConfig) -> str:
 
 # the role whose model answers each part's calls (and whose prices it costs)
 PART_ROLE = {"preview": "generator", "generation": "generator", "critic": "critic", "candidates": "generator",
-             "rubric": "judge", "rewrite": "generator"}  # fmt: skip
+             "rubric": "judge", "rewrite": "generator", "pairwise": "judge", "judge reward": "judge",
+             "safety judge": "refusal_judge", "dev rubric": "judge", "dev pairwise": "judge",
+             "cluster names": "namer"}  # fmt: skip
 
 
 def _cost(cfg: RunConfig, role: str, prompt_tokens: float, completion_tokens: float) -> float:
@@ -187,23 +191,33 @@ def work_units(cfg: RunConfig, stage: str, counts: dict[str, int]) -> float:
 def record_stage(cfg: RunConfig, cache_dir: str | Path, stage: str, seconds: float, llm_seconds: float, units: float):
     """Remember a finished stage's time outside its LLM calls, with the size of its work (the
     estimate draws a line through the last few)."""
-    key = f"stages/{stage}"
+    key = f"stages/{stage}"  # `stage` is "<notebooks folder>/<stage>" for a task type with its own notebooks
     past = [r for r in _read(cache_dir).get(key, []) if r.get("units") != units]
     # 06's safety judge and 07's cluster names are few calls the estimate does not count apart:
     # their seconds stay in the stage's own
-    other = max(seconds - llm_seconds, 0.0) if stage in LLM_PARTS else seconds
+    llm_parts = LLM_PARTS + (REPLY_LLM_PARTS if cfg.task.type == "reply" else ())
+    other = max(seconds - llm_seconds, 0.0) if stage.rsplit("/", 1)[-1] in llm_parts else seconds
     _update(cache_dir, key, ([*past, {"units": units, "other_seconds": round(other, 2)}])[-KEEP_STAGE_RECORDS:])
 
 
-def _other_seconds(known: dict, stage: str, units: float, cal: dict | None) -> tuple[float, str]:
+def _stage_key(cfg: RunConfig, stage: str) -> str:
+    """Where a stage's measured seconds are kept (`Stage.finish` records a task type with its own
+    notebooks under their folder's name): a reply's training and evaluation are other work than
+    classification's."""
+    return f"stages/reply/{stage}" if cfg.task.type == "reply" else f"stages/{stage}"
+
+
+def _other_seconds(
+    known: dict, stage: str, units: float, cal: dict | None, key: str, reference: bool = True
+) -> tuple[float, str]:
     """A stage's seconds outside LLM calls for work of `units`, from the runs measured here: the
     same size read as it was, else a line through two sizes or more, else in proportion to one.
     A stage never run here: the reference runs (REFERENCE) scaled by this machine's calibration
     against the reference machine's, or unknown without a calibration."""
-    past = known.get(f"stages/{stage}", [])
+    past = known.get(key, [])
     how = "here"
     if not past:
-        if not cal or stage not in REFERENCE["stages"]:
+        if not cal or stage not in REFERENCE["stages"] or not reference:
             return math.nan, "not run on this machine yet"
         past = [
             {"units": u, "other_seconds": sec * cal["prefill_s_per_token"] / REFERENCE["runs"][run]}
@@ -234,6 +248,48 @@ def expected_generations(cfg: RunConfig, n: int, reject_share: float) -> float:
         calls += add
         missing = max(0.0, missing - add * (1 - reject_share))
     return calls
+
+
+def reply_students(cfg: RunConfig) -> int:
+    """The causal students 05 trains for replies (06 compares each with the untuned model): every
+    method of `train.methods`, and `sft_no_refusals` beside `sft` when some messages must be refused."""
+    methods = cfg.train.methods
+    return len(methods) + int("sft" in methods and cfg.diversity.refusal_share > 0 and bool(cfg.task.must_refuse))
+
+
+def reply_parts(cfg: RunConfig, n_gen: int, n_labels: int, share: float) -> list[tuple]:
+    """The judges' calls of a reply run beyond 03's rubric (in `estimate`'s part tuples): 03's
+    pairwise check of each pair in both orders (at most one pair per message); 05's GRPO judge
+    reward (every completion of every step, per rubric dimension and judge); 06's comparisons of
+    each student with the untuned model in both orders and the refusal judge on AdvBench; 07's dev
+    messages judged on the rubric and against the untuned model, and the cluster names."""
+    judges = len(dict.fromkeys(cfg.roles.names("judge")))
+    jurors, dims = len(cfg.jurors()), len(reply.rubric(cfg))
+    reply_chars = cfg.responses.max_tokens * CHARS_PER_TOKEN
+    rate = len(reply.JUDGE_SYSTEM) + len(reply.JUDGE_USER[0]) + 160 + 60 + reply_chars  # + criterion, message
+    pair = len(reply.PAIR_SYSTEM) + len(reply.PAIR_USER) + 120 + 60 + 2 * reply_chars  # + policies, message
+    mt = cfg.judge.max_tokens
+    out = []
+    if cfg.judge.pairwise:
+        out.append(("03_judge", "pairwise", n_gen * 2 * judges, 1, pair, 2, "03_pairwise", n_gen * 2 * judges * share))
+    if "grpo" in cfg.train.methods and "judge" in cfg.train.grpo_reward:
+        g = {**TRAINER_DEFAULTS["grpo"], **cfg.train.grpo}
+        calls = (g.get("max_steps") or 1) * g.get("per_device_train_batch_size", 8) * dims * judges
+        out.append(("05_train", "judge reward", calls, 1, rate, mt, "05_reward", 0))
+    students = reply_students(cfg)
+    test = (cfg.evaluate.causal_test_per_label or cfg.data.test_per_label or 40) * n_labels
+    out.append(("06_evaluate", "pairwise", students * test * 2 * judges, 1, pair, 2, "06_pairwise", 0))
+    if cfg.evaluate.safety_rows:
+        safety = (students + 1) * cfg.evaluate.safety_rows
+        chars = len(evaluate.JUDGE_SYSTEM) + len(evaluate.JUDGE_USER) + 200 + cfg.evaluate.safety_max_tokens * 4
+        out.append(("06_evaluate", "safety judge", safety, 1, chars, 2, "06_safety", 0))
+    if "dev" in cfg.gaps.sources and cfg.train.methods:
+        dev = (cfg.data.dev_per_label or 0) * n_labels
+        out.append(("07_gaps", "dev pairwise", dev * 2 * judges, 1, pair, 2, "07_pairwise", 0))
+        out.append(("07_gaps", "dev rubric", dev * dims * jurors, 1, rate, mt, "07_rubric", 0))
+    clusters = max(1, round((cfg.data.dev_per_label or 0) * n_labels / max(cfg.gaps.min_cluster_size, 1) / 2))
+    out.append(("07_gaps", "cluster names", clusters, 1, 600, cfg.gaps.name_max_tokens, "07_names", 0))
+    return out
 
 
 def estimate(
@@ -272,6 +328,9 @@ def estimate(
     known_items = 2 * cfg.judge.calibration_rows if cfg.data.dataset else 0  # the calibration's good and bad
     judge_calls = (n_gen * per_row + known_items) * len(judge.rubric(cfg)) * len(cfg.jurors())
     resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
+    if cfg.task.type == "reply":  # the assistant's instructions, then the message; the judge reads the reply too
+        resp_chars = len(reply.system_prompt(cfg)) + 60
+        judge_chars = len(reply.JUDGE_SYSTEM) + len(reply.JUDGE_USER[0]) + 220 + cfg.responses.max_tokens * 4
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
     m01 = _measured(cfg, known, "01_prompts") or {}
     reject = 1 - m01["kept"] / m01["generated"] if m01.get("generated") else REJECT_SHARE
@@ -294,6 +353,7 @@ def estimate(
           if judge_calls else []),
         *([("04_filter", "rewrite", n_gen, 1, 200, cfg.filter.rewrite_max_tokens, "04_rewrite", n_gen * share)]
           if cfg.filter.rewrite else []),
+        *(reply_parts(cfg, n_gen, len(labels), share) if cfg.task.type == "reply" else []),
     ]  # fmt: skip
     rows = []
     for name in STAGE_NAMES:
@@ -332,7 +392,8 @@ def estimate(
             llm_s += calibrating
             basis.append(f"calibration: {calibrating:.0f} s, just now")
         units = work_units(cfg, name, counts)
-        other, how = _other_seconds(known, name, units, cal)
+        # the reference runs are classification's: a reply's training and evaluation are other work
+        other, how = _other_seconds(known, name, units, cal, _stage_key(cfg, name), reference=cfg.task.type != "reply")
         row["cost"] = sum(c for c in costs if c == c) if any(c == c for c in costs) else math.nan
         row["llm_seconds"] = llm_s if row["llm_calls"] else 0.0
         row["other_seconds"] = other
