@@ -140,6 +140,13 @@ def histogram(rows: pd.DataFrame, column: str, title: str, color: str | None = N
     )
 
 
+def _sources(clustered: pd.DataFrame) -> str:
+    """'28 dev, 30 low_judge': how many failures each source gave ('dev' when none is named)."""
+    if "source" not in clustered:
+        return f"{len(clustered)} dev"
+    return ", ".join(f"{n} {k}" for k, n in clustered["source"].value_counts().items())
+
+
 def cluster_map(clustered: pd.DataFrame) -> go.Figure:
     """The failures' 2-D map coloured by cluster; noise (-1) in grey; hover shows the text."""
     df = clustered.assign(
@@ -154,7 +161,7 @@ def cluster_map(clustered: pd.DataFrame) -> go.Figure:
         hover_name="hover",
         hover_data={"label": True, "predicted": True, "x": False, "y": False},
         color_discrete_map={"noise": "lightgrey"},
-        title=f"Failure clusters on the real dev split ({len(df)} misclassified rows)",
+        title=f"Failure clusters ({len(df)} failures: {_sources(clustered)})",
     )
     return fig.update_layout(height=500)
 

@@ -547,7 +547,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         frames.append(dev)
     if "low_judge" in cfg.gaps.sources:
         frames.append(synthetic_failures(stage))
-    cols = ["source", "id", "label", "text", "reply", "signature"]
+    cols = ["source", "id", "label", "text", "reply", "base_reply", "signature"]
     every = (
         pd.concat([f.reindex(columns=cols) for f in frames], ignore_index=True)
         if frames
