@@ -43,7 +43,7 @@ from sklearn.metrics import roc_auc_score
 from workbench.config import RUBRIC, RunConfig
 from workbench.data import label_topic
 from workbench.embed import embed
-from workbench.llm import LLM, Request, generate_by
+from workbench.llm import LLM, Request, generate_by, generate_each
 from workbench.llm.types import RATING_SCHEMA, read_rating
 from workbench.tasks.reply import REPLY_RUBRIC
 from workbench.train import train_probe
@@ -279,12 +279,11 @@ def judge_votes(cfg: RunConfig, llms, texts: list[str], labels: list[str]) -> di
     reqs = [Request.chat(LABEL_SYSTEM.format(domain=cfg.task.domain), LABEL_USER.format(text=t, options=options),
                          temperature=0.0, max_tokens=cfg.judge.max_tokens, seed=cfg.seed, schema=schema, strict=True)
             for t in texts]  # fmt: skip
-    got = generate_by(llms, reqs * len(names), [n for n in names for _ in reqs], "03 label votes of the judges")
     col = {lab: k for k, lab in enumerate(labels)}
     out = {}
-    for m, name in enumerate(names):
+    for name, got in generate_each(llms, reqs, names, "03 label votes of the judges").items():
         p = np.zeros((len(texts), len(labels)))
-        for r, res in enumerate(got[m * len(reqs) : (m + 1) * len(reqs)]):
+        for r, res in enumerate(got):
             parsed = res[0].get("parsed")
             said = parsed.get("label") if isinstance(parsed, dict) else None
             if said in col:

@@ -6,7 +6,7 @@ in `http`), a provider's batch API (`batch`) and the embedded model (`embedded`)
 from workbench.llm.batch import BatchPending
 from workbench.llm.embedded import embedded_gguf, local_model_dir
 from workbench.llm.endpoint import EndpointError, preflight
-from workbench.llm.front import LLM, generate_by
+from workbench.llm.front import LLM, generate_by, generate_each
 from workbench.llm.types import EMBEDDED_MODEL, Request, cache_key, clean_text, parse_json
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "clean_text",
     "embedded_gguf",
     "generate_by",
+    "generate_each",
     "local_model_dir",
     "parse_json",
     "preflight",

@@ -200,3 +200,12 @@ def generate_by(llms: dict[str, LLM], requests: list[Request], names: list[str],
     if missing:
         raise KeyError(f"no model named {missing} among {sorted(llms)}")
     return out
+
+
+def generate_each(
+    llms: dict[str, LLM], requests: list[Request], names: list[str], desc: str = ""
+) -> dict[str, list[list[dict]]]:
+    """Every request answered by each model of `names` (a jury where each model answers all): the
+    answers by model name, each list in the order of `requests`."""
+    got = generate_by(llms, requests * len(names), [n for n in names for _ in requests], desc)
+    return {n: got[m * len(requests) : (m + 1) * len(requests)] for m, n in enumerate(names)}

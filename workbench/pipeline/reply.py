@@ -18,7 +18,7 @@ from workbench import causal, clusters, data, embed, evaluate, filters, gaps, ju
 from workbench import train as trainer
 from workbench.files import cache_dir, write_atomic
 from workbench.live import LiveView
-from workbench.llm import decode, generate_by, local_model_dir
+from workbench.llm import decode, generate_each, local_model_dir
 from workbench.pipeline import learn
 from workbench.pipeline.summary import parent_of
 from workbench.stage import Stage
@@ -209,13 +209,9 @@ def confirm_pairs(
         return pairs.assign(outcome=None, pair=True)
     reqs = reply.pairwise_requests(cfg, pairs)
     judges = stage.jury()
-    names = [n for n in judges for _ in reqs]
-    results = generate_by(judges, reqs * len(judges), names, desc)
-    votes = []
-    for m in range(len(judges)):
-        res = results[m * len(reqs) : (m + 1) * len(reqs)]
-        votes.append([reply.pair_outcome(reply.verdict(res[2 * k][0]), reply.verdict(res[2 * k + 1][0]))
-                      for k in range(len(pairs))])  # fmt: skip
+    votes = [[reply.pair_outcome(reply.verdict(res[2 * k][0]), reply.verdict(res[2 * k + 1][0]))
+              for k in range(len(pairs))]
+             for res in generate_each(judges, reqs, list(judges), desc).values()]  # fmt: skip
     # chosen needs more than half the judges; otherwise the commonest other outcome names why not
     outcome = [
         "chosen" if v.count("chosen") * 2 > len(v) else max(sorted(set(v) - {"chosen"}), key=v.count)
