@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench import critique, evaluate, judge, prompts, responses
+from workbench import critique, evaluate, judge, prompts, responses, tasks
 from workbench.causal import TRAINER_DEFAULTS
 from workbench.config import STAGE_ORDER, RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
 from workbench.files import write_atomic
@@ -191,20 +191,21 @@ def work_units(cfg: RunConfig, stage: str, counts: dict[str, int]) -> float:
 def record_stage(cfg: RunConfig, cache_dir: str | Path, stage: str, seconds: float, llm_seconds: float, units: float):
     """Remember a finished stage's time outside its LLM calls, with the size of its work (the
     estimate draws a line through the last few)."""
-    key = f"stages/{stage}"  # `stage` is "<notebooks folder>/<stage>" for a task type with its own notebooks
+    key = _stage_key(cfg, stage)
     past = [r for r in _read(cache_dir).get(key, []) if r.get("units") != units]
     # 06's safety judge and 07's cluster names are few calls the estimate does not count apart:
     # their seconds stay in the stage's own
     llm_parts = LLM_PARTS + (REPLY_LLM_PARTS if cfg.task.type == "reply" else ())
-    other = max(seconds - llm_seconds, 0.0) if stage.rsplit("/", 1)[-1] in llm_parts else seconds
+    other = max(seconds - llm_seconds, 0.0) if stage in llm_parts else seconds
     _update(cache_dir, key, ([*past, {"units": units, "other_seconds": round(other, 2)}])[-KEEP_STAGE_RECORDS:])
 
 
 def _stage_key(cfg: RunConfig, stage: str) -> str:
-    """Where a stage's measured seconds are kept (`Stage.finish` records a task type with its own
-    notebooks under their folder's name): a reply's training and evaluation are other work than
-    classification's."""
-    return f"stages/reply/{stage}" if cfg.task.type == "reply" else f"stages/{stage}"
+    """Where a stage's measured seconds are kept: each task type with its own notebooks under their
+    folder's name (a tool-call 01, or a reply's training and evaluation, are other work than
+    classification's)."""
+    folder = tasks.of(cfg).NOTEBOOKS
+    return f"stages/{folder}/{stage}" if folder else f"stages/{stage}"
 
 
 def _other_seconds(
@@ -257,6 +258,12 @@ def reply_students(cfg: RunConfig) -> int:
     return len(methods) + int("sft" in methods and cfg.diversity.refusal_share > 0 and bool(cfg.task.must_refuse))
 
 
+def reply_rating_chars(cfg: RunConfig) -> float:
+    """Characters of one rating request on a reply: the judge's prompt, a criterion (~160), the
+    message (~60) and a reply of up to `responses.max_tokens`."""
+    return len(reply.JUDGE_SYSTEM) + len(reply.JUDGE_USER[0]) + 160 + 60 + cfg.responses.max_tokens * CHARS_PER_TOKEN
+
+
 def reply_parts(cfg: RunConfig, n_gen: int, n_labels: int, share: float) -> list[tuple]:
     """The judges' calls of a reply run beyond 03's rubric (in `estimate`'s part tuples): 03's
     pairwise check of each pair in both orders (at most one pair per message); 05's GRPO judge
@@ -266,7 +273,7 @@ def reply_parts(cfg: RunConfig, n_gen: int, n_labels: int, share: float) -> list
     judges = len(dict.fromkeys(cfg.roles.names("judge")))
     jurors, dims = len(cfg.jurors()), len(reply.rubric(cfg))
     reply_chars = cfg.responses.max_tokens * CHARS_PER_TOKEN
-    rate = len(reply.JUDGE_SYSTEM) + len(reply.JUDGE_USER[0]) + 160 + 60 + reply_chars  # + criterion, message
+    rate = reply_rating_chars(cfg)
     pair = len(reply.PAIR_SYSTEM) + len(reply.PAIR_USER) + 120 + 60 + 2 * reply_chars  # + policies, message
     mt = cfg.judge.max_tokens
     out = []
@@ -330,7 +337,7 @@ def estimate(
     resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
     if cfg.task.type == "reply":  # the assistant's instructions, then the message; the judge reads the reply too
         resp_chars = len(reply.system_prompt(cfg)) + 60
-        judge_chars = len(reply.JUDGE_SYSTEM) + len(reply.JUDGE_USER[0]) + 220 + cfg.responses.max_tokens * 4
+        judge_chars = reply_rating_chars(cfg)
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
     m01 = _measured(cfg, known, "01_prompts") or {}
     reject = 1 - m01["kept"] / m01["generated"] if m01.get("generated") else REJECT_SHARE

@@ -124,9 +124,8 @@ class Stage:
         llm_s = sum(st.get("seconds", 0.0) + st.get("load_seconds", 0.0) for st in self._llm_stats.values())
         t = tasks.of(self.cfg)
         counts = plan_counts(self.cfg, t.labels(self.cfg), t.label_counts(self.cfg))
-        # each task type's stages keep their own records: a tool-call 01 is not a classification 01
-        key = f"{t.NOTEBOOKS}/{self.name}" if t.NOTEBOOKS else self.name
-        record_stage(self.cfg, cache_dir(), key, seconds, llm_s, work_units(self.cfg, self.name, counts))
+        # each task type's stages keep their own records (plan._stage_key): a tool-call 01 is not a classification 01
+        record_stage(self.cfg, cache_dir(), self.name, seconds, llm_s, work_units(self.cfg, self.name, counts))
         self.record(timing={"seconds": round(seconds, 1), "llm_seconds": round(llm_s, 1)})
         path = self.artifacts / "estimate.parquet"
         est = pd.read_parquet(path).set_index("stage") if path.is_file() else None
