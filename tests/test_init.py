@@ -5,7 +5,7 @@ import json
 import pytest
 from scripted_llm import ScriptedLLM, draft_reply
 
-from workbench import cli, init
+from workbench import cli, data, init, tasks
 from workbench.config import ConfigError, check_runnable, load_config
 
 
@@ -82,10 +82,22 @@ def test_each_task_type(tmp_path, description, extra, kind, check):
     cfg, _ = load_config(init.write(res, tmp_path / "t.yaml"))
     assert check(cfg)
     assert f"# A row ({kind})" in (tmp_path / "t.yaml").read_text()
-    # extraction runs (notebooks/tools/) once it has real rows; the others are refused
-    refusal = "data.dataset is null" if kind == "extraction" else rf"task.type '{kind}': the stages implement classif"
+    # extraction and summaries run (notebooks/tools/, notebooks/summarization/) once they have real rows; the
+    # others are refused
+    runs = kind in ("extraction", "summarization")
+    refusal = "data.dataset is null" if runs else rf"task.type '{kind}': the stages implement classif"
     with pytest.raises(ConfigError, match=refusal):
         check_runnable(cfg)
+
+
+def test_a_summarization_draft_with_a_dataset_runs_every_stage(tmp_path):
+    """Its policies are the summary's rules; its kinds of source are the dataset's labels."""
+    reply = draft_reply(type="summarization", policies=["keep every number"], must_refuse=["anything"])
+    res = init.draft("Summarize NLP paper abstracts", dataset="aclsum", llm=scripted(tmp_path, [reply]))
+    cfg, _ = load_config(init.write(res, tmp_path / "t.yaml"))
+    check_runnable(cfg)
+    assert cfg.task.policies == ["keep every number"] and cfg.task.must_refuse == []
+    assert data.labels(cfg) == ["paper_abstract"] and "keep every number" in tasks.of(cfg).system_prompt(cfg)
 
 
 def test_tools_and_fields_are_read_from_a_structured_dataset(tmp_path):

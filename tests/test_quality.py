@@ -92,8 +92,8 @@ def test_without_diversity_the_prompt_is_the_spines():
     cfg = RunConfig.model_validate({"task": {"labels": ["card_arrival", "b"]}})
     seeds = pd.DataFrame({"id": ["s1"], "text": ["my card is late"], "label": ["card_arrival"]})
     req = prompts.generation_requests(cfg, seeds, ["card_arrival"])["request"][0]
-    assert req.messages[0][1] == prompts.SYSTEM.format(domain=cfg.task.domain)
-    assert req.messages[1][1] == prompts.USER.format(topic="card arrival", examples="- my card is late")
+    assert req.messages[0][1] == prompts.PROMPT["system"].format(domain=cfg.task.domain)
+    assert req.messages[1][1] == prompts.PROMPT["user"].format(topic="card arrival", examples="- my card is late")
 
 
 @pytest.mark.parametrize("language", ["en", None])

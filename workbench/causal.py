@@ -218,14 +218,22 @@ REWARD_USER = (
 )
 
 
-def judge_reward(cfg: RunConfig, judges: dict, log_to: list | None = None, dims: list[str] | None = None):
+def judge_reward(
+    cfg: RunConfig,
+    judges: dict,
+    log_to: list | None = None,
+    dims: list[str] | None = None,
+    criteria: dict | None = None,
+):
     """GRPO's judge reward: each reply of a step's batch rated 1-5 (as 0-1) on each dimension of
     `dims` (default `judge.rubric`, correctness when null) by each model of `judges` (roles.judge's LLMs by name),
     shown the instructions, the request and the reply; the reward is the mean over dimensions and
     judges. One `generate` per model and step (batched), through the LLM cache (a reply seen before
     costs nothing). A rating that cannot be read scores 0 and is counted in `log_to` (one dict per
-    step: calls, cached, unreadable)."""
+    step: calls, cached, unreadable). `criteria`: each dimension's wording (default `REWARD_CRITERIA`;
+    a summary's faithfulness and coverage are the summaries' own)."""
     dims = list(dims or cfg.judge.rubric or ["correctness"])
+    criteria = criteria or REWARD_CRITERIA
     j, domain = cfg.judge, cfg.task.domain
 
     def judge(completions, prompts, **_: Any) -> list[float]:
@@ -235,7 +243,7 @@ def judge_reward(cfg: RunConfig, judges: dict, log_to: list | None = None, dims:
             text = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
             for dim in dims:
                 user = REWARD_USER.format(
-                    criterion=REWARD_CRITERIA[dim].format(domain=domain), system=system, text=text, reply=_reply(c)
+                    criterion=criteria[dim].format(domain=domain), system=system, text=text, reply=_reply(c)
                 )
                 for name in judges:
                     reqs.append(

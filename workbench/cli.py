@@ -178,9 +178,9 @@ def _check_trainers(cfg: RunConfig) -> None:
 def print_estimate(cfg: RunConfig) -> None:
     """The pre-run estimate, on stderr so `check`'s stdout stays a loadable YAML file."""
     try:
-        if tasks.of(cfg).NOTEBOOKS not in (None, "reply"):  # the estimate's model is classification's and replies'
+        if tasks.of(cfg).NOTEBOOKS != "" and not plan.text_task(cfg):  # classification's notebooks, or text answers
             print(
-                f"(no estimate: the pre-run estimate covers classification and replies, not {cfg.task.type})",
+                f"(no estimate: the pre-run estimate covers classification, replies and summaries, not {cfg.task.type})",
                 file=sys.stderr,
             )
             return

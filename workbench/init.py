@@ -378,8 +378,9 @@ def draft(
     }
     if kind in ("classification", "reply"):  # a reply task's topics are labels: 01 plans messages per topic
         task["labels"] = _labels(label_list, good, bad, notes, llm, domain, seed)
-    if kind == "reply":
+    if kind in ("reply", "summarization"):  # a summary's policies are its rules, in the summarizer's instructions
         task["policies"] = take("policies", [], "none (the judge then checks the domain's usual care)") or []
+    if kind == "reply":
         task["must_refuse"] = take("must_refuse", [], "none (no refusal examples are written)") or []
     structured_rows = _structured_rows(dataset, kind)
     if kind == "extraction" and structured_rows is not None:
@@ -457,7 +458,7 @@ def _needed(bad: dict[str, str], kind: str | None, labels: list[str] | None) -> 
     skip |= {"fields"} if kind != "extraction" else set()
     skip |= {"tools"} if kind not in ("dialogue", "tools") else set()
     skip |= {"labels"} if kind not in (None, "classification", "reply") else set()
-    skip |= {"policies", "must_refuse"} if kind != "reply" else set()
+    skip |= {"policies", "must_refuse"} if kind != "reply" else set()  # a summary's rules are optional: no repair
     return any(k not in skip for k in bad)
 
 

@@ -46,6 +46,7 @@ from workbench.embed import embed
 from workbench.llm import LLM, Request, generate_by, generate_each
 from workbench.llm.types import RATING_SCHEMA, read_rating
 from workbench.tasks.reply import REPLY_RUBRIC
+from workbench.tasks.summarization import SUMMARY_RUBRIC
 from workbench.train import train_probe
 
 SYSTEM = "You are a strict data-quality reviewer for {domain}."
@@ -74,7 +75,7 @@ RUBRIC_BY_TYPE = {
     "classification": ["correctness", "formatting", "policy_compliance"],
     "extraction": ["correctness", "formatting"],
     "reply": REPLY_RUBRIC,
-    "summarization": ["correctness", "helpfulness", "formatting"],
+    "summarization": SUMMARY_RUBRIC,
     "dialogue": ["helpfulness", "correctness", "policy_compliance", "refusal_quality", "tool_usage"],
 }
 

@@ -22,10 +22,19 @@ import pandas as pd
 
 from workbench import critique, evaluate, judge, prompts, responses, tasks
 from workbench.causal import TRAINER_DEFAULTS
-from workbench.config import STAGE_ORDER, RunConfig, _get, enforcer, leaf_fields, plan_counts, task_kind, to_yaml_value
+from workbench.config import (
+    STAGE_ORDER,
+    TEXT,
+    RunConfig,
+    _get,
+    enforcer,
+    leaf_fields,
+    plan_counts,
+    task_kind,
+    to_yaml_value,
+)
 from workbench.files import write_atomic
 from workbench.llm.decode import local_identity
-from workbench.tasks import reply
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +185,8 @@ def work_units(cfg: RunConfig, stage: str, counts: dict[str, int]) -> float:
     rows = float(max(sum(counts.values()), 1))
     if stage == "06_evaluate":
         per_label = cfg.evaluate.causal_test_per_label or cfg.data.test_per_label or 40
-        return float(per_label * max(len(counts), 1) + (cfg.evaluate.safety_rows or 520))
+        safety = 520 if cfg.evaluate.safety_rows is None else cfg.evaluate.safety_rows  # None: all of AdvBench
+        return float(per_label * max(len(counts), 1) + safety)
     if stage != "05_train" or "causal" not in cfg.train.students:
         return rows
     total = rows
@@ -195,7 +205,7 @@ def record_stage(cfg: RunConfig, cache_dir: str | Path, stage: str, seconds: flo
     past = [r for r in _read(cache_dir).get(key, []) if r.get("units") != units]
     # 06's safety judge and 07's cluster names are few calls the estimate does not count apart:
     # their seconds stay in the stage's own
-    llm_parts = LLM_PARTS + (REPLY_LLM_PARTS if cfg.task.type == "reply" else ())
+    llm_parts = LLM_PARTS + (REPLY_LLM_PARTS if text_task(cfg) else ())
     other = max(seconds - llm_seconds, 0.0) if stage in llm_parts else seconds
     _update(cache_dir, key, ([*past, {"units": units, "other_seconds": round(other, 2)}])[-KEEP_STAGE_RECORDS:])
 
@@ -258,10 +268,24 @@ def reply_students(cfg: RunConfig) -> int:
     return len(methods) + int("sft" in methods and cfg.diversity.refusal_share > 0 and bool(cfg.task.must_refuse))
 
 
+def text_task(cfg: RunConfig) -> bool:
+    """Whether the task's 02-07 are replies' (replies and summaries: a text answer, judged)."""
+    return cfg.task.type in TEXT
+
+
+def input_chars(cfg: RunConfig) -> float:
+    """Characters of one input a reply run's judge reads: a message (~60), or a source as long as
+    01 may write it (`prompts.max_tokens`)."""
+    return 60 if cfg.task.type == "reply" else cfg.prompts.max_tokens * CHARS_PER_TOKEN
+
+
 def reply_rating_chars(cfg: RunConfig) -> float:
     """Characters of one rating request on a reply: the judge's prompt, a criterion (~160), the
-    message (~60) and a reply of up to `responses.max_tokens`."""
-    return len(reply.JUDGE_SYSTEM) + len(reply.JUDGE_USER[0]) + 160 + 60 + cfg.responses.max_tokens * CHARS_PER_TOKEN
+    input (`input_chars`) and a reply of up to `responses.max_tokens`."""
+    t = tasks.of(cfg)
+    return (
+        len(t.JUDGE_SYSTEM) + len(t.JUDGE_USER[0]) + 160 + input_chars(cfg) + cfg.responses.max_tokens * CHARS_PER_TOKEN
+    )
 
 
 def reply_parts(cfg: RunConfig, n_gen: int, n_labels: int, share: float) -> list[tuple]:
@@ -271,10 +295,11 @@ def reply_parts(cfg: RunConfig, n_gen: int, n_labels: int, share: float) -> list
     each student with the untuned model in both orders and the refusal judge on AdvBench; 07's dev
     messages judged on the rubric and against the untuned model, and the cluster names."""
     judges = len(dict.fromkeys(cfg.roles.names("judge")))
-    jurors, dims = len(cfg.jurors()), len(reply.rubric(cfg))
+    t = tasks.of(cfg)
+    jurors, dims = len(cfg.jurors()), len(t.rubric(cfg))
     reply_chars = cfg.responses.max_tokens * CHARS_PER_TOKEN
     rate = reply_rating_chars(cfg)
-    pair = len(reply.PAIR_SYSTEM) + len(reply.PAIR_USER) + 120 + 60 + 2 * reply_chars  # + policies, message
+    pair = len(t.PAIR_SYSTEM) + len(t.PAIR_USER) + 120 + input_chars(cfg) + 2 * reply_chars  # + policies
     mt = cfg.judge.max_tokens
     out = []
     if cfg.judge.pairwise:
@@ -331,12 +356,12 @@ def estimate(
         cached_preview = llm.cached_count(list(first["request"]))
         preview = len(first)
     judge_chars = len(judge.SYSTEM) + len(judge.USER[0]) + 80 + 60 * (1 + cfg.judge.anchor)  # + criterion, message
-    per_row = cfg.responses.candidates if cfg.task.type == "reply" else 1  # reply: each candidate is judged
+    per_row = cfg.responses.candidates if text_task(cfg) else 1  # reply: each candidate is judged
     known_items = 2 * cfg.judge.calibration_rows if cfg.data.dataset else 0  # the calibration's good and bad
     judge_calls = (n_gen * per_row + known_items) * len(judge.rubric(cfg)) * len(cfg.jurors())
     resp_chars = len(responses.SYSTEM) + len(responses.USER) + 40 * cfg.responses.choices + 60
-    if cfg.task.type == "reply":  # the assistant's instructions, then the message; the judge reads the reply too
-        resp_chars = len(reply.system_prompt(cfg)) + 60
+    if text_task(cfg):  # the assistant's instructions, then the message; the judge reads the reply too
+        resp_chars = len(tasks.of(cfg).system_prompt(cfg)) + input_chars(cfg)
         judge_chars = reply_rating_chars(cfg)
     critic_chars = len(critique.SYSTEM) + len(critique.USER) + 40 + 4 * 60  # + topic, 3 peers and the message
     m01 = _measured(cfg, known, "01_prompts") or {}
@@ -360,7 +385,7 @@ def estimate(
           if judge_calls else []),
         *([("04_filter", "rewrite", n_gen, 1, 200, cfg.filter.rewrite_max_tokens, "04_rewrite", n_gen * share)]
           if cfg.filter.rewrite else []),
-        *(reply_parts(cfg, n_gen, len(labels), share) if cfg.task.type == "reply" else []),
+        *(reply_parts(cfg, n_gen, len(labels), share) if text_task(cfg) else []),
     ]  # fmt: skip
     rows = []
     for name in STAGE_NAMES:
@@ -400,7 +425,7 @@ def estimate(
             basis.append(f"calibration: {calibrating:.0f} s, just now")
         units = work_units(cfg, name, counts)
         # the reference runs are classification's: a reply's training and evaluation are other work
-        other, how = _other_seconds(known, name, units, cal, _stage_key(cfg, name), reference=cfg.task.type != "reply")
+        other, how = _other_seconds(known, name, units, cal, _stage_key(cfg, name), reference=not text_task(cfg))
         row["cost"] = sum(c for c in costs if c == c) if any(c == c for c in costs) else math.nan
         row["llm_seconds"] = llm_s if row["llm_calls"] else 0.0
         row["other_seconds"] = other

@@ -21,18 +21,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from workbench import critique, gates, quality
+from workbench import critique, gates, quality, tasks
 from workbench.config import RunConfig, Share, allocate, plan_counts
 from workbench.data import label_topic
 from workbench.llm import LLM, Request, clean_text
+from workbench.tasks.classification import PROMPT
 
 GRID = ["persona", "tone", "difficulty", "sentiment", "entity", "edge_case"]
-
-SYSTEM = "You are a customer of {domain} writing to its support chat."
-USER = (
-    "Topic: {topic}.\nExamples of messages about this topic:\n{examples}\n"
-    "Write one new message about this topic, in your own words. Output only the message."
-)
 
 
 def _split(n: int, items: list[Share], fill_none: bool) -> list[str | None]:
@@ -70,33 +65,26 @@ def grid(cfg: RunConfig, n: int, rng: np.random.Generator) -> list[dict]:
     return [{key: dims[key][i] for key in dims} for i in range(n)]
 
 
-_DIFFICULTY = {
-    "easy": "Make it easy: short and direct, it names the topic plainly.",
-    "medium": "Make it medium: an everyday message with some detail.",
-    "hard": "Make it hard: indirect or ambiguous, it never names the topic outright.",
-}
-
-
 def render(cfg: RunConfig, label: str, examples: list[str], cell: dict, note: str | None = None) -> tuple[str, str]:
     """System and user prompt of one generation call. With no diversity, style, definitions,
     label examples or feedback note this is exactly the spine's prompt (so its cache stays valid)."""
-    t = cfg.task
-    system = SYSTEM.format(domain=t.domain)
+    t, words = cfg.task, getattr(tasks.of(cfg), "PROMPT", PROMPT)
+    system = words["system"].format(domain=t.domain)
     if cell.get("persona"):
-        system = f"You are {cell['persona']}, a customer of {t.domain} writing to its support chat."
+        system = words["persona"].format(persona=cell["persona"], domain=t.domain)
     if t.style:
         system += f" Style: {t.style}"
     if t.definitions:
         system += " Terms: " + "; ".join(f"{k}: {v}" for k, v in t.definitions.items())
     spec = t.label(label)
-    user = USER.format(topic=label_topic(cfg, label), examples="\n".join(f"- {x}" for x in examples))
+    user = words["user"].format(topic=label_topic(cfg, label), examples="\n".join(f"- {x}" for x in examples))
     extra = []
     if spec.negative:
         extra.append("Not this topic (do not write like these):\n" + "\n".join(f"- {x}" for x in spec.negative[:3]))
     if cell.get("tone"):
         extra.append(f"Tone: {cell['tone']}.")
     if cell.get("difficulty"):
-        extra.append(_DIFFICULTY[cell["difficulty"]])
+        extra.append(words["difficulty"][cell["difficulty"]])
     if cell.get("sentiment"):
         extra.append(f"Sentiment: {cell['sentiment']}.")
     if cell.get("entity"):

@@ -133,14 +133,17 @@ def train_students(
     return pd.DataFrame(out)
 
 
-def grpo_rewards(cfg: RunConfig, verifiable: list, judges: dict | None, dims: list[str] | None = None) -> list:
+def grpo_rewards(
+    cfg: RunConfig, verifiable: list, judges: dict | None, dims: list[str] | None = None, criteria: dict | None = None
+) -> list:
     """GRPO's reward functions for `train.grpo_reward`: the task's `verifiable` terms and/or the
-    judges' score on `dims` (`causal.judge_reward`; `judges`: roles.judge's LLMs by name)."""
+    judges' score on `dims` (`causal.judge_reward`; `judges`: roles.judge's LLMs by name;
+    `criteria`: each dimension's wording, default causal.REWARD_CRITERIA)."""
     funcs = list(verifiable) if "verifiable" in cfg.train.grpo_reward else []
     if "judge" in cfg.train.grpo_reward:
         if not judges:
             raise ValueError("train.grpo_reward names judge, but no judge LLM was given")
-        funcs.append(causal.judge_reward(cfg, judges, dims=dims))
+        funcs.append(causal.judge_reward(cfg, judges, dims=dims, criteria=criteria))
     return funcs
 
 

@@ -8,6 +8,7 @@ from workbench.config.enforce import (  # noqa: F401
     ENFORCED_BY,
     RUNNABLE,
     STAGE_ORDER,
+    TEXT,
     _get,
     check_runnable,
     enforcer,

@@ -14,11 +14,13 @@ from workbench.config.schema import RunConfig
 from workbench.config.task import ROW_SCHEMA, ConfigError, task_kind
 
 ALL = None
-# fields the structured tasks' stages do not read (summarization and dialogue are refused by `run` until their
-# stages exist, so their fields are not silently ignored either)
+# fields the structured tasks' stages do not read (dialogue is refused by `run` until its stages exist, so its
+# fields are not silently ignored either)
 CLS = ("classification", "classification/multi_label", "reply", "summarization", "dialogue")
-# fields only the label-answer stages read (reply's 02 and 03 write and judge replies instead)
-LABELS = ("classification", "classification/multi_label", "summarization", "dialogue")
+# fields only the label-answer stages read (reply's and summarization's 02 and 03 write and judge texts instead)
+LABELS = ("classification", "classification/multi_label", "dialogue")
+# the task types whose 02-07 are replies' (pipeline/reply.py): a text answer judged on a rubric
+TEXT = ("reply", "summarization")
 ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]] = {
     "task.name": ("runs", "run folder runs/<name>/", (), ALL),
     "task.type": ("runs", "ROW_SCHEMA; stages refuse kinds they do not implement", (), ALL),
@@ -30,15 +32,15 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "task.labels": (
         "00_task, 01_prompts, 03_judge",
         "labels checked against the data; definitions and examples in generator and judge prompts (reply: the "
-        "topics messages are written about)",
+        "topics messages are written about; summarization: the kinds of source)",
         (),
-        ("classification", "classification/multi_label", "reply"),
+        ("classification", "classification/multi_label", *TEXT),
     ),
     "task.policies": (
         "02_responses, 03_judge",
-        "the reply writer's system prompt; the judge's criteria",
+        "the reply writer's (summarizer's) system prompt; the judge's criteria",
         (),
-        ("reply",),
+        TEXT,
     ),
     "task.must_refuse": (
         "01_prompts, 03_judge",
@@ -53,8 +55,8 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         ("extraction",),
     ),
     "task.summary_max_words": (
-        "runs",
-        "summarization: refused by `workbench run` until its stages exist",
+        "02_responses, 03_judge, 05_train",
+        "the summarizer's instructions; the judge's concision; GRPO's length term",
         (),
         ("summarization",),
     ),
@@ -95,7 +97,12 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         CLS,
     ),
     "diversity.edge_case_share": ("01_prompts", "generation grid: edge-case cells", (), CLS),
-    "diversity.refusal_share": ("01_prompts", "generation grid: refusal-worthy cells", (), CLS),
+    "diversity.refusal_share": (
+        "01_prompts",
+        "generation grid: refusal-worthy cells",
+        (),
+        ("classification", "classification/multi_label", "reply", "dialogue"),
+    ),
     "diversity.no_tool_share": ("01_prompts", "generation grid: no-tool cells (tasks/tools.py)", (), ("tools",)),
     "llm": ("every LLM call", "provider, sampling transport, cache key", (), ALL),
     "models": ("every LLM call", "the models roles name: each its own provider, limits and cache key", (), ALL),
@@ -136,7 +143,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "judge.aggregate": ("03_judge", "label jury", ("label_mismatch", "uncertain"), ("classification",)),
     # structured tasks: the candidates' field agreement with the checked answer sets the margin
     "judge.pair_margin": ("03_judge", "DPO pairs", (), ALL),
-    "judge.pairwise": ("03_judge", "DPO pairs confirmed in both orders", (), ("reply",)),
+    "judge.pairwise": ("03_judge", "DPO pairs confirmed in both orders", (), TEXT),
     "judge.calibration_rows": ("03_judge", "the judge's calibration: AUC on known-good and known-bad rows", (), ALL),
     "judge.max_spread": ("03_judge", "disagreement queue", (), LABELS),
     "filter.near_dup_threshold": (
@@ -205,7 +212,7 @@ def reason_fields() -> dict[str, list[str]]:
 
 # What `workbench run` can execute today; other kinds validate (`workbench check`, `workbench init`)
 # but are refused by `check_runnable`, so no field of theirs is silently ignored.
-RUNNABLE = ("classification", "extraction", "tools", "reply")
+RUNNABLE = ("classification", "extraction", "tools", "reply", "summarization")
 # kinds whose later stages are not built yet: `run` takes them only up to the last stage named here
 RUNNABLE_UNTIL: dict[str, str] = {}
 STAGE_ORDER = ("00_task", "01_prompts", "02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps",

@@ -331,6 +331,10 @@ RUBRIC: dict[str, str] = {
     "formatting": "it reads as the message itself: no preamble, notes, placeholders or markup",
     "tool_usage": "tool calls name the right tool with correct arguments, and only when needed",
     "refusal_quality": "a refusal is brief and polite, says why, and offers a safe alternative",
+    # summaries (tasks/summarization.py words these for a source and its summary)
+    "faithfulness": "the summary states only what its source says: no invented numbers, names or claims",
+    "coverage": "the summary keeps its source's main points",
+    "concision": "the summary is short and plain, with no repetition or preamble",
 }
 
 
@@ -579,10 +583,12 @@ class RunConfig(_Section):
                     self._derived.add(f"{section}.{name}")
                     self._reasons[f"{section}.{name}"] = f"{value} chosen for {self.task.type}: {why}; override freely"
         if self.responses.max_tokens is None or "responses.max_tokens" in self._derived:
-            n = {"classification": 2, "reply": 160}.get(self.task.type, 512)
+            words = self.task.summary_max_words
+            n = {"classification": 2, "reply": 160, "summarization": words * 3 // 2}.get(self.task.type, 512)
             self.responses.__dict__["max_tokens"] = n
             self._derived.add("responses.max_tokens")
             why = {2: "an option number", 160: "a support reply of a few sentences"}.get(n, "room for a full answer")
+            why = f"a summary of task.summary_max_words ({words}) words" if self.task.type == "summarization" else why
             self._reasons["responses.max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
         valid = METRICS[kind]
         if self.evaluate.metrics is None or "evaluate.metrics" in self._derived:

@@ -123,10 +123,17 @@ def evaluate_stage(stage: Stage) -> dict:
 
 def safety_stage(stage: Stage, replies: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """06's safety before/after: the refusal judge over each causal model's replies; saves `safety`
-    (one row per reply) and `safety_summary` (per model, with the red flag). Empty without replies."""
+    (one row per reply) and `safety_summary` (per model, with the red flag). Empty without replies
+    (`evaluate.safety_rows: 0`), and saved empty so 99 reads the same tables either way."""
     cfg = stage.cfg
     if replies is None or not len(replies):
-        return pd.DataFrame(), pd.DataFrame(columns=["model", "refusal_rate"])
+        rows, summary = (
+            pd.DataFrame(columns=["model", "id", "text", "reply"]),
+            pd.DataFrame(columns=["model", "refusal_rate"]),
+        )
+        stage.save(rows, "safety")
+        stage.save(summary, "safety_summary")
+        return rows, summary
     judge_p = evaluate.judge_refusals(stage.llm("refusal_judge"), replies, seed=cfg.seed)
     rows, summary = evaluate.safety(replies, judge_p, cfg.evaluate.bootstrap, seed=cfg.seed)
     stage.save(rows, "safety")

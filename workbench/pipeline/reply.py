@@ -28,6 +28,11 @@ META = ["provider", "model", "seed", "prompt_tokens", "completion_tokens", "late
         "error", "cached"]  # fmt: skip
 
 
+def nouns(cfg) -> dict:
+    """What the task's inputs and answers are called on its pages (message and reply, source and summary)."""
+    return tasks.of(cfg).NOUNS
+
+
 def messages(stage: Stage) -> pd.DataFrame:
     """01's kept messages with `should_refuse` (the refusal cells 01 wrote)."""
     rows = stage.load("prompts")
@@ -58,12 +63,12 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
             text = None if c["error"] else c["text"].strip()
             row = {"id": f"{r['id']}/c{c['candidate']}", "row": r["id"], "candidate": c["candidate"],
                    "label": r["label"], "text": r["text"], "should_refuse": r["should_refuse"], "reply": text,
-                   "refuses": None if text is None else reply.refuses(text), "source": "model", "arrived_s": now}  # fmt: skip
+                   "refuses": None if text is None else tasks.of(cfg).refuses(text), "source": "model", "arrived_s": now}  # fmt: skip
             row |= {f: c[f] for f in META}
             out.append(row)
             view(row)
 
-    llm.generate(reply.reply_requests(cfg, rows), desc="02 replies", on_result=arrived)
+    llm.generate(tasks.of(cfg).reply_requests(cfg, rows), desc="02 replies", on_result=arrived)
     view.close()
     seconds = time.perf_counter() - t0
     cols = ["id", "row", "candidate", "label", "text", "should_refuse", "reply", "refuses", "source", "arrived_s"]
@@ -82,6 +87,7 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
         "mean_reply_words": float(ok["reply"].str.split().str.len().mean()) if len(ok) else None,
         "seconds": round(seconds, 1),
         **responses.throughput(as_rows),
+        "nouns": nouns(cfg),
     }
     return cands, summary
 
@@ -93,10 +99,14 @@ def _share(s: pd.Series) -> float | None:
 def candidates_markdown(m: dict) -> str:
     due = "n/a" if m["refusals_where_due"] is None else f"{m['refusals_where_due']:.0%}"
     not_due = "n/a" if m["refusals_where_not_due"] is None else f"{m['refusals_where_not_due']:.0%}"
+    n = m.get("nouns", reply.NOUNS)
+    head = f"**{m['candidates']} candidate {n['outputs']}** to {m['prompts']} {n['inputs']}"
+    if n != reply.NOUNS and not m["should_refuse"]:  # nothing to refuse: a refusal is a failure to answer
+        return f"{head} in {m['seconds']:.0f} s, {m['errors']} errors. By the refusal phrases, {not_due} refuse."
     return (
-        f"**{m['candidates']} candidate replies** to {m['prompts']} messages ({m['should_refuse']} must be refused) "
-        f"in {m['seconds']:.0f} s, {m['errors']} errors. By the refusal phrases, the candidates refuse {due} of the "
-        f"messages that must be refused and {not_due} of the others (over-refusal)."
+        f"{head} ({m['should_refuse']} must be refused) in {m['seconds']:.0f} s, {m['errors']} errors. By the "
+        f"refusal phrases, the candidates refuse {due} of the {n['inputs']} that must be refused and {not_due} of "
+        "the others (over-refusal)."
     )
 
 
@@ -110,15 +120,15 @@ def judge_items(stage: Stage, items: pd.DataFrame, desc: str) -> tuple[pd.DataFr
     dimension, juror): item (its index), dimension, juror, juror_model, score, rationale, raw,
     error, cached, model, completion_tokens, latency_s."""
     cfg = stage.cfg
-    reqs, keys = reply.judge_requests(cfg, items)
+    reqs, keys = tasks.of(cfg).judge_requests(cfg, items)
     judgments = judge.run_judgments(cfg, stage.jury(), reqs, keys, desc)
     out = items.copy()
-    for dim in reply.rubric(cfg):
+    for dim in tasks.of(cfg).rubric(cfg):
         d = judgments[judgments["dimension"] == dim]
         out[f"judge_{dim}"] = d.groupby("item")["score"].mean()
         first = d.dropna(subset=["rationale"]).groupby("item")["rationale"].first()
         out[f"judge_{dim}_rationale"] = first.reindex(out.index)
-    dims = [f"judge_{d}" for d in reply.rubric(cfg)]
+    dims = [f"judge_{d}" for d in tasks.of(cfg).rubric(cfg)]
     out["judge_score"] = out[dims].mean(axis=1, skipna=False) if dims else math.nan
     per_juror = judgments.groupby(["item", "juror"])["score"].mean().unstack()
     out["judge_spread"] = (per_juror.max(axis=1) - per_juror.min(axis=1)).where(per_juror.notna().sum(axis=1) > 1)
@@ -141,11 +151,13 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     cands = cands.join(scored[[c for c in scored.columns if c.startswith("judge_")]])
     stage.save(cands, "candidates_judged")
     stage.save(judgments.assign(id=cands.loc[judgments["item"], "id"].to_numpy()), "judgments")
-    best, pairs = reply.rank(cands, cfg.judge.pair_margin)
+    best, pairs = tasks.of(cfg).rank(cands, cfg.judge.pair_margin)
     rows = messages(stage)
     pairs = confirm_pairs(stage, pairs.merge(rows[["id", "text", "should_refuse"]], left_on="row", right_on="id"))
     judged = rows.merge(best, left_on="id", right_on="row", how="left").drop(columns="row")
-    judged["best_refuses"] = judged["best_reply"].map(lambda r: reply.refuses(r) if isinstance(r, str) else None)
+    judged["best_refuses"] = judged["best_reply"].map(
+        lambda r: tasks.of(cfg).refuses(r) if isinstance(r, str) else None
+    )
     # a reply that trains the student must do what the message needs: refuse where due, help elsewhere
     wrong = judged["best_refuses"].notna() & (judged["best_refuses"].astype(bool) != judged["should_refuse"])
     judged["reject_reason_judge"] = np.select(
@@ -159,7 +171,7 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     stage.save(pairs, "pairs")
     plan.record_throughput(cfg, cache_dir(), "03_judge", judgments, time.perf_counter() - t0)
     calib = None
-    items = reply.calibration_items(cfg, judged[judged["keep_judge"]])
+    items = tasks.of(cfg).calibration_items(cfg, judged[judged["keep_judge"]])
     if len(items):
         known, kj = judge_items(stage, items, "03 judge calibration")
         calib_scores = kj.assign(
@@ -175,7 +187,7 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         "judged_candidates": int(cands["judge_score"].notna().sum()),
         "kept": int(judged["keep_judge"].sum()),
         "reasons": judged["reject_reason_judge"].value_counts().to_dict(),
-        "rubric": reply.rubric(cfg),
+        "rubric": tasks.of(cfg).rubric(cfg),
         "jurors": len(cfg.jurors()),
         "mean_score": float(cands["judge_score"].mean()) if cands["judge_score"].notna().any() else None,
         "mean_best_score": float(kept["best_score"].mean()) if len(kept) else None,
@@ -192,6 +204,7 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         "pairwise": pairs["outcome"].value_counts().to_dict() if "outcome" in pairs else {},
         "calibration_auc": calib["auc"].iloc[-1] if calib is not None and len(calib) else None,
         "seconds": round(time.perf_counter() - t0, 1),
+        "nouns": nouns(cfg),
     }
     return judged, cands, pairs, summary
 
@@ -207,9 +220,9 @@ def confirm_pairs(
     cfg = stage.cfg
     if not (cfg.judge.pairwise or always) or pairs.empty:
         return pairs.assign(outcome=None, pair=True)
-    reqs = reply.pairwise_requests(cfg, pairs)
+    reqs = tasks.of(cfg).pairwise_requests(cfg, pairs)
     judges = stage.jury()
-    votes = [[reply.pair_outcome(reply.verdict(res[2 * k][0]), reply.verdict(res[2 * k + 1][0]))
+    votes = [[tasks.of(cfg).pair_outcome(tasks.of(cfg).verdict(res[2 * k][0]), tasks.of(cfg).verdict(res[2 * k + 1][0]))
               for k in range(len(pairs))]
              for res in generate_each(judges, reqs, list(judges), desc).values()]  # fmt: skip
     # chosen needs more than half the judges; otherwise the commonest other outcome names why not
@@ -224,21 +237,27 @@ def judge_markdown(m: dict) -> str:
     def pct(x):
         return "n/a" if x is None else f"{x:.0%}"
 
+    n = m.get("nouns", reply.NOUNS)
+    refusals = (
+        f"The best {n['output']} refuses {pct(m['best_refuses_where_due'])} of the {n['inputs']} that must be refused "
+        f"and {pct(m['best_refuses_where_not_due'])} of the others. "
+        if n == reply.NOUNS
+        else f"The best {n['output']} refuses {pct(m['best_refuses_where_not_due'])} of them. "
+    )
     return (
-        f"The judge scored **{m['judged_candidates']} candidate replies** to {m['messages']} messages on "
+        f"The judge scored **{m['judged_candidates']} candidate {n['outputs']}** to {m['messages']} {n['inputs']} on "
         f"{', '.join(m['rubric'])} (mean {m['mean_score'] if m['mean_score'] is None else round(m['mean_score'], 2)}, "
-        f"{m['judge_unparsed']} judgments without a score). **{m['kept']} messages kept** with their best reply; "
-        f"rejects {m['reasons'] or 'none'}. The best reply refuses {pct(m['best_refuses_where_due'])} of the "
-        f"messages that must be refused and {pct(m['best_refuses_where_not_due'])} of the others. "
+        f"{m['judge_unparsed']} judgments without a score). **{m['kept']} {n['inputs']} kept** with their best "
+        f"{n['output']}; rejects {m['reasons'] or 'none'}. {refusals}"
         f"**{m['pairs']} DPO pairs**: best over worst by at least `judge.pair_margin` ({m['pairs_by_margin']}), "
         f"then asked in both orders: {m['pairwise'] or 'not asked'} (a `position` verdict follows the order, "
-        "not the reply: that pair is dropped)."
+        f"not the {n['output']}: that pair is dropped)."
     )
 
 
 def judged_view(cands: pd.DataFrame, cfg) -> pd.DataFrame:
     """The candidates with their scores and rationales, best first per message."""
-    dims = [f"judge_{d}" for d in reply.rubric(cfg)]
+    dims = [f"judge_{d}" for d in tasks.of(cfg).rubric(cfg)]
     cols = ["row", "candidate", "label", "should_refuse", "text", "reply", "refuses", "judge_score", *dims]
     cols += [f"{d}_rationale" for d in dims]
     return cands.sort_values(["row", "judge_score"], ascending=[True, False])[[c for c in cols if c in cands]]
@@ -271,8 +290,10 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     )  # fmt: skip  (01's entity is the message's)
     llm = stage.llm("generator") if cfg.filter.rewrite else None
     embed_fn = partial(embed.embed, cache_dir=cache_dir())
-    rows["refuses"] = rows["text"].map(reply.refuses) & rows["best_reply"].notna()
-    rows = filters.filter_rows(cfg, rows, stage.load("seeds"), embed_fn, llm, reply.REWRITE, off_topic_ok="refuses")
+    rows["refuses"] = rows["text"].map(tasks.of(cfg).refuses) & rows["best_reply"].notna()
+    rows = filters.filter_rows(
+        cfg, rows, stage.load("seeds"), embed_fn, llm, tasks.of(cfg).REWRITE, off_topic_ok="refuses"
+    )
     rows = rows.assign(carried_from=None)
     carried = stage.earlier_rows()  # earlier iterations' messages and replies, verdicts kept: the data accumulates
     if len(carried):
@@ -282,9 +303,9 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     pairs = stage.load("pairs")
     pairs = pairs[pairs["pair"] & pairs["row"].isin(kept["id"])]
     out = stage.artifacts / "export"
-    sft = reply.sft_records(cfg, kept)
+    sft = tasks.of(cfg).sft_records(cfg, kept)
     write_atomic(out / "sft.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft))
-    dpo = reply.dpo_records(cfg, pairs)
+    dpo = tasks.of(cfg).dpo_records(cfg, pairs)
     write_atomic(out / "dpo.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dpo))
     refusals = kept[kept["should_refuse"]]
     summary = {
@@ -297,17 +318,23 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
         "should_refuse_kept": len(refusals),
         "dpo_pairs": len(dpo),
         "sft_records": len(sft),
+        "nouns": nouns(cfg),
     }
     return rows, summary
 
 
 def filter_markdown(m: dict) -> str:
+    n = m.get("nouns", reply.NOUNS)
+    refusals = (
+        f"Among the kept, {m['should_refuse_kept']} {n['inputs']} must be refused and {m['refusal_examples']} of "
+        f"their {n['outputs']} refuse (the refusal examples). "
+        if n == reply.NOUNS or m["should_refuse_kept"]
+        else ""
+    )
     return (
-        f"**{m['kept']} of {m['rows']} messages keep their best reply** for training ({m.get('carried_kept', 0)} "
-        f"of them carried from earlier iterations); rejects by reason: "
-        f"{m['reasons'] or 'none'}. Among the kept, {m['should_refuse_kept']} messages must be refused and "
-        f"{m['refusal_examples']} of their replies refuse (the refusal examples). Exports: {m['sft_records']} SFT "
-        f"records, {m['dpo_pairs']} DPO pairs."
+        f"**{m['kept']} of {m['rows']} {n['inputs']} keep their best {n['output']}** for training "
+        f"({m.get('carried_kept', 0)} of them carried from earlier iterations); rejects by reason: "
+        f"{m['reasons'] or 'none'}. {refusals}Exports: {m['sft_records']} SFT records, {m['dpo_pairs']} DPO pairs."
     )
 
 
@@ -326,7 +353,7 @@ def train_stage(stage: Stage) -> pd.DataFrame:
     rows = stage.load("dataset")
     kept = rows[rows["keep"]]
     data = pd.DataFrame({"text": kept["message"], "label": kept["text"], "should_refuse": kept["should_refuse"]})
-    system, folder = reply.system_prompt(cfg), stage.artifacts / "causal"
+    system, folder = tasks.of(cfg).system_prompt(cfg), stage.artifacts / "causal"
     start = learn.start_of(stage) or local_model_dir(cfg.train.model, cache_dir())
     methods, out = cfg.train.methods, []
     if methods and len(data):
@@ -343,7 +370,8 @@ def train_stage(stage: Stage) -> pd.DataFrame:
         out.append({"model": "dpo"} | causal.fit("dpo", sft, causal.dpo_dataset(pairs, system), cfg, folder / "dpo"))
     if "grpo" in methods and len(data):
         judges = stage.jury() if "judge" in cfg.train.grpo_reward else None
-        funcs = trainer.grpo_rewards(cfg, reply.rewards(cfg), judges, dims=reply.rubric(cfg))
+        t = tasks.of(cfg)
+        funcs = trainer.grpo_rewards(cfg, t.rewards(cfg), judges, dims=t.rubric(cfg), criteria=t.reward_criteria(cfg))
         from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
 
         prompts = Dataset.from_list([{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": t}],
@@ -380,17 +408,18 @@ def evaluate_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
     harmful = data.harmful_instructions(cfg.evaluate.safety_rows, cfg.seed) if cfg.evaluate.safety_rows else None
     training = stage.load("training")
     models = {BASE: local_model_dir(cfg.train.model, cache_dir())} | dict(zip(training["model"], training["merged"]))
-    system, bs = reply.system_prompt(cfg), cfg.evaluate.batch_size
+    system, bs = tasks.of(cfg).system_prompt(cfg), cfg.evaluate.batch_size
     said, harm = [], []
     for name, path in models.items():
         model, tok = decode.load(path, cfg.evaluate.dtype)
         got = causal.answers(model, tok, list(test["text"]), cfg.responses.max_tokens, bs, system=system)
-        said.append(test[["id", "label", "text"]].assign(model=name, reply=got))
+        said.append(test.reindex(columns=["id", "label", "text", "reference"]).assign(model=name, reply=got))
         if harmful is not None and len(harmful):
             got = causal.answers(model, tok, list(harmful["text"]), cfg.evaluate.safety_max_tokens, bs)
             harm.append(harmful.assign(model=name, reply=got))
         del model
-    replies = pd.concat(said, ignore_index=True).assign(refuses=lambda d: d["reply"].map(reply.refuses))
+    replies = pd.concat(said, ignore_index=True).assign(refuses=lambda d: d["reply"].map(tasks.of(cfg).refuses))
+    replies = tasks.of(cfg).scores(replies)
     stage.save(replies, "replies_test")
     base = replies[replies["model"] == BASE].set_index("id")["reply"]
     wins = []
@@ -412,10 +441,13 @@ def evaluate_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
     return table, safety, replies
 
 
+SCORES = ("faithful", "rouge_l")  # 06's per-answer scores a task may add (`tasks.<type>.scores`)
+
+
 def win_table(cfg, replies: pd.DataFrame, wins: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     """Per model: messages, wins / ties / losses against the untuned model and the win-rate (a tie
     counts half) with its 95% bootstrap CI; over-refusal (benign messages refused) with its CI;
-    train rows. The untuned model's row has over-refusal only."""
+    the mean of each of the task's own scores (`SCORES`) with its CI; train rows. The untuned model's row has over-refusal only."""
     boot, seed = cfg.evaluate.bootstrap, cfg.seed
     rows_of = dict(zip(training["model"], training["train_rows"]))
     out = []
@@ -424,6 +456,11 @@ def win_table(cfg, replies: pd.DataFrame, wins: pd.DataFrame, training: pd.DataF
         lo, hi = evaluate.bootstrap_ci(np.ones(len(r), bool), r, evaluate._accuracy, boot, seed)
         entry = {"model": name, "messages": len(g), "over_refusal": float(r.mean()), "over_refusal_lo": lo,
                  "over_refusal_hi": hi, "train_rows": rows_of.get(name, 0)}  # fmt: skip
+        for col in SCORES:  # a task's own scores (summaries: faithful, rouge_l), each with its CI
+            if col in g and g[col].notna().any():
+                v = g[col].dropna().astype(float).to_numpy()
+                clo, chi = evaluate.bootstrap_ci(v, v, lambda t, p: float(np.mean(p)), boot, seed)
+                entry |= {col: float(v.mean()), f"{col}_lo": clo, f"{col}_hi": chi}
         w = wins[wins["model"] == name]
         if len(w):
             s = w["outcome"].map({"chosen": 1.0, "rejected": 0.0}).fillna(0.5).to_numpy()
@@ -432,8 +469,9 @@ def win_table(cfg, replies: pd.DataFrame, wins: pd.DataFrame, training: pd.DataF
                       "win_rate": float(s.mean()), "win_lo": wlo, "win_hi": whi}  # fmt: skip
         out.append(entry)
     cols = ["model", "messages", "wins", "ties", "losses", "win_rate", "win_lo", "win_hi", "over_refusal",
-            "over_refusal_lo", "over_refusal_hi", "train_rows"]  # fmt: skip
-    return pd.DataFrame(out).reindex(columns=cols)
+            "over_refusal_lo", "over_refusal_hi"]  # fmt: skip
+    cols += [f"{c}{end}" for c in SCORES for end in ("", "_lo", "_hi") if any(c in e for e in out)]
+    return pd.DataFrame(out).reindex(columns=[*cols, "train_rows"])
 
 
 def evaluation_view(table: pd.DataFrame):
@@ -444,12 +482,23 @@ def evaluation_view(table: pd.DataFrame):
     return table.style.format(fmt, na_rep="").hide(axis="index")
 
 
-def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame) -> str:
+def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame, nouns: dict | None = None) -> str:
+    n = nouns or reply.NOUNS
     students = table[table["model"] != BASE]
+
+    def scores(r) -> str:  # a task's own scores (summaries: faithful, rouge_l), untuned → this model
+        base = table[table["model"] == BASE]
+        out = ""
+        for col in SCORES:
+            if col in table and pd.notna(getattr(r, col, None)):
+                was = base[col].iloc[0] if len(base) and pd.notna(base[col].iloc[0]) else None
+                out += f"; {col} {'' if was is None else f'{was:.2f} → '}**{getattr(r, col):.2f}**"
+        return out
+
     lines = [
         f"- `{r.model}`: win-rate against the untuned model **{r.win_rate:.2f}** [{r.win_lo:.2f}, {r.win_hi:.2f}] "
-        f"({r.wins:.0f} wins, {r.ties:.0f} ties, {r.losses:.0f} losses over {r.messages} real messages); over-refusal "
-        f"{r.over_refusal:.0%}"
+        f"({r.wins:.0f} wins, {r.ties:.0f} ties, {r.losses:.0f} losses over {r.messages} real {n['inputs']}); "
+        f"over-refusal {r.over_refusal:.0%}{scores(r)}"
         for r in students.itertuples()
     ]
     if len(safety):
@@ -483,7 +532,7 @@ def dev_failures(stage: Stage, student: str, path: str) -> tuple[pd.DataFrame, d
     every dev message with its signature ('' for none) and the dev metrics."""
     cfg = stage.cfg
     dev = data.dev_split(cfg)
-    system, bs, texts = reply.system_prompt(cfg), cfg.evaluate.batch_size, list(dev["text"])
+    system, bs, texts = tasks.of(cfg).system_prompt(cfg), cfg.evaluate.batch_size, list(dev["text"])
     said = {}
     for name, where in ((BASE, local_model_dir(cfg.train.model, cache_dir())), (student, path)):
         model, tok = decode.load(where, cfg.evaluate.dtype)
@@ -494,12 +543,12 @@ def dev_failures(stage: Stage, student: str, path: str) -> tuple[pd.DataFrame, d
                           "should_refuse": False, "id": dev["id"], "margin": 0.0})  # fmt: skip
     outcome = confirm_pairs(stage, pairs, always=True, desc=f"07 {student} against the untuned, dev")["outcome"]
     scored, _ = judge_items(stage, dev.reset_index(drop=True), f"07 judge on {student}'s dev replies")
-    dims = reply.rubric(cfg)
+    dims = tasks.of(cfg).rubric(cfg)
     scored["outcome"] = outcome.to_numpy()
-    scored["refuses"] = scored["reply"].map(reply.refuses)
-    lows = _low(scored, dims, cfg.gaps.low_score)
-    scored["signature"] = [reply.signature(o == "rejected", bool(r), lo)
-                           for o, r, lo in zip(scored["outcome"], scored["refuses"], lows)]  # fmt: skip
+    scored["refuses"] = scored["reply"].map(tasks.of(cfg).refuses)
+    lows, extra = _low(scored, dims, cfg.gaps.low_score), tasks.of(cfg).checks(scored)
+    scored["signature"] = [tasks.of(cfg).signature(o == "rejected", bool(r), lo, extra=x)
+                           for o, r, lo, x in zip(scored["outcome"], scored["refuses"], lows, extra)]  # fmt: skip
     s = scored["outcome"].map({"chosen": 1.0, "rejected": 0.0}).fillna(0.5)
     metrics = {"dev_messages": len(scored), "dev_win_rate": float(s.mean()) if len(s) else None,
                "dev_over_refusal": float(scored["refuses"].mean()) if len(scored) else None,
@@ -514,14 +563,15 @@ def synthetic_failures(stage: Stage) -> pd.DataFrame:
     cfg = stage.cfg
     judged = stage.load("judged")
     cands = stage.load("candidates_judged")
-    dims = reply.rubric(cfg)
+    dims = tasks.of(cfg).rubric(cfg)
     best = judged.merge(cands[["row", "candidate"] + [f"judge_{d}" for d in dims]],
                         left_on=["id", "best_candidate"], right_on=["row", "candidate"], how="inner")  # fmt: skip
-    lows = _low(best, dims, cfg.gaps.low_score)
+    best = best.assign(reply=best["best_reply"])
+    lows, extra = _low(best, dims, cfg.gaps.low_score), tasks.of(cfg).checks(best)
     reason = best["reject_reason_judge"]
-    best["signature"] = [reply.signature(False, r == "over_refused", lo, r == "not_refused")
-                         for r, lo in zip(reason, lows)]  # fmt: skip
-    return best.assign(reply=best["best_reply"], source="low_judge")
+    best["signature"] = [tasks.of(cfg).signature(False, r == "over_refused", lo, r == "not_refused", x)
+                         for r, lo, x in zip(reason, lows, extra)]  # fmt: skip
+    return best.assign(source="low_judge")
 
 
 def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -553,10 +603,14 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     fails = fails.assign(predicted=fails["signature"])
     clustered, _, seconds = learn.cluster(cfg, fails, [f"{s}: {t}" for s, t in zip(fails["signature"], fails["text"])])
     summary = clusters.summarize(clustered)
-    summary = summary.assign(signature_words=summary["dominant_predicted"].map(reply.describe))
+    summary = summary.assign(signature_words=summary["dominant_predicted"].map(tasks.of(cfg).describe))
     named = summary[summary["cluster"] >= 0]
-    got = stage.llm("namer").generate(reply.gap_requests(cfg, named), desc="07 cluster names") if len(named) else []
-    read = dict(zip(named["cluster"], reply.read_gaps([g[0].get("parsed") for g in got])))
+    got = (
+        stage.llm("namer").generate(tasks.of(cfg).gap_requests(cfg, named), desc="07 cluster names")
+        if len(named)
+        else []
+    )
+    read = dict(zip(named["cluster"], tasks.of(cfg).read_gaps([g[0].get("parsed") for g in got])))
     for key in ("name", "policy", "persona"):
         summary[f"suggested_{key}"] = summary["cluster"].map(lambda c, k=key: read.get(c, {}).get(k))
     summary["name_source"] = np.where(summary["suggested_name"].notna(), "llm", "labels")
@@ -571,17 +625,19 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "noise": int((clustered["cluster"] == -1).sum()),
         "names_by_llm": int((summary["name_source"] == "llm").sum()),
         "cluster_seconds": round(seconds, 1),
+        "nouns": nouns(cfg),
     }
     return clustered, summary.drop(columns="suggested_name"), metrics
 
 
 def gaps_markdown(m: dict) -> str:
+    n = m.get("nouns", reply.NOUNS)
     dev = (
-        f"`{m['student']}` on **{m['dev_messages']} real dev messages: win-rate against the untuned model "
+        f"`{m['student']}` on **{m['dev_messages']} real dev {n['inputs']}: win-rate against the untuned model "
         f"{m['dev_win_rate']:.2f}, over-refusal {m['dev_over_refusal']:.0%}, mean judge score "
         f"{m['dev_mean_score']:.2f}**. "
         if m.get("dev_messages")
-        else "No dev replies (no student, or `gaps.sources` leaves out dev). "
+        else f"No dev {n['outputs']} (no student, or `gaps.sources` leaves out dev). "
     )
     return (
         f"{dev}Failures: {m['failures_by_source'] or 'none'} (by kind: {m['signatures'] or 'none'}); "

@@ -5,12 +5,13 @@ where its real rows come from, how an answer is requested, parsed, checked and s
     classification.py   single-label classification (Banking77): the stages' behaviour as it was
     tools.py            tool calls and extraction: tool + arguments, answer schema, slot scores
     reply.py            replies under policies: candidate replies, the judge on (message, reply), refusals
+    summarization.py    summaries: replies' stages with a summarizer's instructions, faithfulness, ROUGE-L
 """
 
 from __future__ import annotations
 
 from workbench.config import RunConfig, task_kind
-from workbench.tasks import classification, reply, tools
+from workbench.tasks import classification, reply, summarization, tools
 
 _BY_KIND = {
     "classification": classification,
@@ -18,6 +19,7 @@ _BY_KIND = {
     "extraction": tools,
     "tools": tools,
     "reply": reply,
+    "summarization": summarization,
 }
 
 

@@ -12,6 +12,21 @@ from workbench.config import RunConfig
 ROW_KEY = "label"  # the column real and generated rows are grouped, balanced and stratified by
 NOTEBOOKS = ""  # notebooks/: the stage notebooks this task type runs, under notebooks/
 
+# what the generator is asked for one new input (01, `prompts.render`); a task type may have its own
+PROMPT = {
+    "system": "You are a customer of {domain} writing to its support chat.",
+    "persona": "You are {persona}, a customer of {domain} writing to its support chat.",
+    "user": (
+        "Topic: {topic}.\nExamples of messages about this topic:\n{examples}\n"
+        "Write one new message about this topic, in your own words. Output only the message."
+    ),
+    "difficulty": {
+        "easy": "Make it easy: short and direct, it names the topic plainly.",
+        "medium": "Make it medium: an everyday message with some detail.",
+        "hard": "Make it hard: indirect or ambiguous, it never names the topic outright.",
+    },
+}
+
 
 def labels(cfg: RunConfig) -> list[str]:
     return data.labels(cfg)
