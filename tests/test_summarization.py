@@ -104,6 +104,17 @@ def test_the_judge_reads_the_source_and_the_summary_on_the_summary_rubric(cfg):
     assert (
         len(pair) == 2 and 'Summary A: "a"' in pair[0].messages[-1][1] and 'Summary A: "b"' in pair[1].messages[-1][1]
     )
+    # judge.anchor: a real seed source with its reference summary, the shortest seed that has one
+    seeds = data.seeds(cfg)
+    shortest = seeds.loc[seeds["text"].str.len().idxmin()]
+    reference = summ.references(cfg, "train")[shortest["id"]]
+    assert (
+        cfg.judge.anchor
+        and f'Its summary: "{reference}"' in user["coverage"]
+        and shortest["text"][:200] in user["coverage"]
+    )
+    plain = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"anchor": False})})
+    assert "A real example" not in summ.judge_requests(plain, items)[0][0].messages[-1][1]
     reward = summ.reward_criteria(cfg)
     assert set(reward) == set(summ.SUMMARY_RUBRIC) and "60 words" in reward["concision"].format(domain="x")
 

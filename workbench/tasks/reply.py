@@ -118,6 +118,7 @@ def judge_requests(cfg: RunConfig, items: pd.DataFrame, wording=None) -> tuple[l
     `wording`: the module whose JUDGE_SYSTEM, JUDGE_USER, criterion() and rubric() are asked (this
     one's by default; summaries pass theirs)."""
     w, j = wording or _self(), cfg.judge
+    anchor = w.anchor(cfg) if j.anchor else ""  # a real example, where the data has one
     reqs, keys = [], []
     for i, it in items.iterrows():
         for dim in w.rubric(cfg):
@@ -127,7 +128,10 @@ def judge_requests(cfg: RunConfig, items: pd.DataFrame, wording=None) -> tuple[l
                     Request.rating(
                         w.JUDGE_SYSTEM.format(domain=cfg.task.domain),
                         w.JUDGE_USER[k].format(
-                            criterion=crit, text=str(it["text"])[: w.INPUT_CHARS], reply=str(it["reply"])[:1200]
+                            criterion=crit,
+                            text=str(it["text"])[: w.INPUT_CHARS],
+                            reply=str(it["reply"])[:1200],
+                            anchor=anchor,
                         ),
                         temperature=j.temperature,
                         max_tokens=j.max_tokens,
@@ -136,6 +140,11 @@ def judge_requests(cfg: RunConfig, items: pd.DataFrame, wording=None) -> tuple[l
                 )
                 keys.append((i, dim, juror))
     return reqs, keys
+
+
+def anchor(cfg: RunConfig) -> str:
+    """The judge's real example: none for replies (the data has messages, not replies to them)."""
+    return ""
 
 
 def _self():

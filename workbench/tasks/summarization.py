@@ -64,14 +64,16 @@ EXEMPLAR_CHARS = 400  # the most of each source the namer reads
 JUDGE_SYSTEM = "You are a strict reviewer of summaries of {domain}."
 JUDGE_USER = (
     (
-        'Criterion: {criterion}.\nSource: "{text}"\nSummary: "{reply}"\n'
+        'Criterion: {criterion}.\n{anchor}Source: "{text}"\nSummary: "{reply}"\n'
         "Score the summary 1 (fails) to 5 (fully meets), then give a one-sentence reason."
     ),
     (
-        "Rate from 1 to 5 how well this summary meets the criterion.\nCriterion: {criterion}.\n"
+        "Rate from 1 to 5 how well this summary meets the criterion.\nCriterion: {criterion}.\n{anchor}"
         'Source: "{text}"\nSummary: "{reply}"\nReply with the rating, then one short sentence why.'
     ),
 )
+ANCHOR = 'A real example of a good summary of another text:\nText: "{source}"\nIts summary: "{summary}"\n\n'
+ANCHOR_CHARS = 1500  # the example's source is the shortest seed, cut to this
 PAIR_SYSTEM = "You compare two summaries of the same text from {domain}."
 PAIR_USER = (
     'Source: "{text}"\n\nSummary A: "{a}"\n\nSummary B: "{b}"\n\nThe summary\'s rules: faithful to the source, '
@@ -128,6 +130,21 @@ def sft_records(cfg: RunConfig, rows: pd.DataFrame) -> list[dict]:
 
 def dpo_records(cfg: RunConfig, pairs: pd.DataFrame) -> list[dict]:
     return reply.dpo_records(cfg, pairs, system_prompt(cfg))
+
+
+def anchor(cfg: RunConfig) -> str:
+    """With `judge.anchor`, the judge's single-shot example: the shortest seed source that has a
+    reference summary in the dataset, with that reference (the seeds' ids are the train split's);
+    '' when no seed has one (a seeds file, or a dataset without references)."""
+    if not cfg.data.dataset or cfg.data.seeds_file:
+        return ""
+    real = data.seeds(cfg)
+    real = real.assign(reference=real["id"].map(references(cfg, "train"))).dropna(subset=["reference"])
+    real = real[real["reference"].str.strip() != ""]
+    if real.empty:
+        return ""
+    best = real.loc[real["text"].str.len().idxmin()]
+    return ANCHOR.format(source=best["text"][:ANCHOR_CHARS], summary=best["reference"])
 
 
 def _self():
