@@ -280,12 +280,12 @@ def input_chars(cfg: RunConfig) -> float:
 
 
 def reply_rating_chars(cfg: RunConfig) -> float:
-    """Characters of one rating request on a reply: the judge's prompt, a criterion (~160), the
-    input (`input_chars`) and a reply of up to `responses.max_tokens`."""
+    """Characters of one rating request on a reply: the judge's prompt, a criterion (~160), the real
+    example (`judge.anchor`), the input (`input_chars`) and a reply of up to `responses.max_tokens`."""
     t = tasks.of(cfg)
-    return (
-        len(t.JUDGE_SYSTEM) + len(t.JUDGE_USER[0]) + 160 + input_chars(cfg) + cfg.responses.max_tokens * CHARS_PER_TOKEN
-    )
+    example = len(t.anchor(cfg)) if cfg.judge.anchor else 0
+    reply_chars = cfg.responses.max_tokens * CHARS_PER_TOKEN
+    return len(t.JUDGE_SYSTEM) + len(t.JUDGE_USER[0]) + 160 + example + input_chars(cfg) + reply_chars
 
 
 def reply_parts(cfg: RunConfig, n_gen: int, n_labels: int, share: float) -> list[tuple]:
