@@ -190,3 +190,21 @@ def test_check_prints_an_estimate_for_summaries_and_classification():
         out = subprocess.run([sys.executable, "-m", "workbench.cli", "check", str(ROOT / "configs" / config)],
                              capture_output=True, text=True, check=True)  # fmt: skip
         assert "pre-run estimate" in out.stderr and "no estimate" not in out.stderr, out.stderr[-500:]
+
+
+def test_a_users_dataset_of_texts_and_references_needs_no_label_column(cfg, tmp_path):
+    """A summarization dataset is often text and reference only: every row is one kind, `document`,
+    and the reference is never taken for a label."""
+    rows = "text,reference\n" + "".join(
+        f'"Text number {i}. It says {i} things.","It says {i} things."\n' for i in range(9)
+    )
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text(rows)
+    c = cfg.model_copy(update={"task": cfg.task.model_copy(update={"labels": None}),
+                               "data": cfg.data.model_copy(update={"dataset": str(tmp_path), "dev_per_label": 3})})  # fmt: skip
+    summ.check_data(c)
+    assert data.labels(c) == ["document"] and len(data.seeds(c)) == 3
+    test = summ.test(c)
+    assert (test["label"] == "document").all() and (
+        test["reference"] == test["text"].str.split(". ", regex=False).str[1]
+    ).all()

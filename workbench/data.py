@@ -35,9 +35,13 @@ def dataset_dir(cfg: RunConfig) -> Path:
     return d
 
 
+ONE_KIND = "document"  # the label of every row of a file with text and reference columns only
+
+
 def _label_key(path: Path, columns: list[str], label_key: str | None, where: str) -> str:
     """The label column: `label_key` when the config names one, else label, category, or the one
-    column besides text (and id)."""
+    column besides text (and id, and a summary's `reference`); `ONE_KIND` when the only other
+    column is `reference` (a summarization dataset without kinds: every row is a `document`)."""
     if label_key is not None:
         if label_key not in columns:
             raise ConfigError(f"{where}: no column {label_key!r} (data.label_column); found {columns}")
@@ -45,9 +49,11 @@ def _label_key(path: Path, columns: list[str], label_key: str | None, where: str
     for name in ("label", "category"):
         if name in columns:
             return name
-    others = [c for c in columns if c not in ("text", "id")]
+    others = [c for c in columns if c not in ("text", "id", "reference")]
     if len(others) == 1:
         return others[0]
+    if not others and "reference" in columns:
+        return ONE_KIND
     raise ConfigError(
         f"{where}: cannot tell the label column among {columns}; expected text and label (or category), or set "
         "data.label_column"
@@ -77,9 +83,9 @@ def read_rows(path: Path, label_key: str | None = None) -> pd.DataFrame:
                             f"{path}:{line}: expected an object with text and a label; got {type(r).__name__}"
                         )
                     key = key or _label_key(path, sorted(r), None, f"{path}:{line}")
-                    if "text" not in r or key not in r:
+                    if "text" not in r or (key not in r and key != ONE_KIND):
                         raise ConfigError(f"{path}:{line}: expected an object with keys text, {key}; got {sorted(r)}")
-                    text, label = r["text"], r[key]
+                    text, label = r["text"], r.get(key, ONE_KIND)
                     if not isinstance(text, str):
                         raise ConfigError(
                             f"{path}:{line}: text must be a string; got {type(text).__name__} {text!r:.60}"
@@ -97,7 +103,9 @@ def read_rows(path: Path, label_key: str | None = None) -> pd.DataFrame:
                         f"{path}:1: expected a header with a text column and a label column; found {reader.fieldnames}"
                     )
                 label_key = _label_key(path, list(reader.fieldnames), label_key, f"{path}:1")
-                rows = [(line, r.get("text") or "", r.get(label_key) or "") for line, r in enumerate(reader, start=2)]
+                one = label_key == ONE_KIND and ONE_KIND not in reader.fieldnames
+                rows = [(line, r.get("text") or "", ONE_KIND if one else r.get(label_key) or "")
+                        for line, r in enumerate(reader, start=2)]  # fmt: skip
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from e
     for line, text, label in rows:
