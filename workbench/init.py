@@ -74,7 +74,9 @@ class Draft(BaseModel):
     )
     fields: list[DraftField] = Field(min_length=1, max_length=50, description="extraction only")
     tools: list[DraftTool] = Field(max_length=20, description="tools and dialogue only")
-    policies: list[str] = Field(max_length=12, description="reply only: rules every reply keeps")
+    policies: list[str] = Field(
+        max_length=12, description="reply: rules every reply keeps; summarization: rules every summary keeps"
+    )
     must_refuse: list[str] = Field(max_length=12, description="reply only: requests the assistant must refuse")
     edge_cases: list[str] = Field(min_length=1, max_length=12, description="hard or unusual inputs to include")
     personas: list[str] = Field(min_length=2, max_length=8, description="who writes the inputs")
@@ -102,7 +104,8 @@ USER = (
     "Task description: {description}\n{labels}"
     "Write the JSON object for this task. Keys: name, type (classification, extraction, tools, reply, "
     "summarization or dialogue), multi_label, domain, style, labels (name and definition; reply: the topics), "
-    "fields (extraction), tools (tools, dialogue), policies and must_refuse (reply), edge_cases, personas, "
+    "fields (extraction), tools (tools, dialogue), policies (reply; summarization: the summary's rules) and "
+    "must_refuse (reply), edge_cases, personas, "
     "tones.\nExample for another task:\n{example}\nJSON:"
 )
 REPAIR = "These fields of your JSON are invalid:\n{errors}\nReply with the whole JSON object, corrected."
