@@ -475,10 +475,13 @@ def win_table(cfg, replies: pd.DataFrame, wins: pd.DataFrame, training: pd.DataF
 
 
 def evaluation_view(table: pd.DataFrame):
-    """06's table for a page: win-rates to two decimals, refusal rates as percentages, counts whole."""
+    """06's table for a page: win-rates and the task's own scores to two decimals, refusal rates as
+    percentages, counts whole; a column no model has (no AdvBench run: refusal_rate) is left out."""
+    table = table.dropna(axis="columns", how="all")
     pct = [c for c in table.columns if "refusal" in c]
-    fmt = dict.fromkeys(["win_rate", "win_lo", "win_hi"], "{:.2f}") | dict.fromkeys(pct, "{:.0%}")
-    fmt |= dict.fromkeys(["wins", "ties", "losses"], "{:.0f}")
+    two = ["win_rate", "win_lo", "win_hi"] + [f"{c}{e}" for c in SCORES for e in ("", "_lo", "_hi")]
+    fmt = dict.fromkeys([c for c in two if c in table], "{:.2f}") | dict.fromkeys(pct, "{:.0%}")
+    fmt |= dict.fromkeys([c for c in ("wins", "ties", "losses") if c in table], "{:.0f}")
     return table.style.format(fmt, na_rep="").hide(axis="index")
 
 
