@@ -25,7 +25,8 @@ def test_every_field_has_an_enforcer_and_no_entry_is_stale():
 STAGE_MODULES = {
     "00_task": ["pipeline/build.py", "data.py", "tasks/classification.py", "tasks/tools.py", "structured.py", "form.py",
                 "plan.py", "pipeline/tools.py"],
-    "01_prompts": ["prompts.py", "critique.py", "gates.py", "pipeline/build.py", "config/sampling.py", "tasks/tools.py"],
+    "01_prompts": ["prompts.py", "critique.py", "gates.py", "pipeline/build.py", "config/sampling.py", "tasks/tools.py",
+                   "tasks/reply.py"],
     "02_responses": ["responses.py", "live.py", "pipeline/build.py", "tasks/tools.py", "pipeline/reply.py",
                      "tasks/reply.py", "tasks/summarization.py"],
     "03_judge": ["judge.py", "pipeline/build.py", "pipeline/tools.py", "pipeline/reply.py", "tasks/reply.py",

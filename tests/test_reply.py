@@ -180,3 +180,52 @@ def test_the_namers_answers_that_are_no_finding_make_no_edit():
     assert got[2] == {"name": None, "policy": None, "persona": None}  # a question; copies of the example
     assert got[3] == {"name": None, "policy": None, "persona": "xxx"}
     assert got[4] == {"name": None, "policy": None, "persona": None}
+
+
+def test_multi_turn_conversations_reach_the_candidates_the_judge_and_the_exports(cfg, tmp_path, monkeypatch):
+    """With diversity.multi_turn_share 0.5 and task.max_turns 3, half the messages become the last
+    turn of a conversation of 2 or 3 customer turns: the generator writes the earlier customer
+    messages backwards and the assistant's replies forwards (each after the turns before it); 02's
+    requests carry the turns in order, the judge reads them as a transcript, and 04's chat records
+    and DPO prompts hold them between the system prompt and the last message."""
+    c = cfg.model_copy(update={"task": cfg.task.model_copy(update={"max_turns": 3}),
+                               "diversity": cfg.diversity.model_copy(update={"multi_turn_share": 0.5})})  # fmt: skip
+    assert reply.customer_turns(c, 8) == [1, 2, 1, 3, 1, 2, 1, 3]
+
+    def generator(req, i):
+        user = req.messages[-1][1]
+        if user.startswith("A customer of"):  # an earlier customer message, before the quoted one
+            quoted = re.search(r'chat: "(.*?)"\n', user, re.S).group(1)
+            return f"before[{quoted[:12]}]"
+        return f"reply to ({user[:20]}) after {len(req.messages) - 2} turns"
+
+    gen = ScriptedLLM(generator, tmp_path)
+    seeds = tasks.of(c).seeds(c)
+    rows = pd.DataFrame({"id": [f"m{i}" for i in range(8)], "label": list(seeds["label"])[:8],
+                         "text": [f"message {i}" for i in range(8)], "keep_prompts": True,
+                         "reject_reason_prompts": None, "refusal": [False] * 8, "seed": range(8)})  # fmt: skip
+    rows = reply.histories(c, rows, gen)
+    assert rows["turns"].tolist() == [1, 2, 1, 3, 1, 2, 1, 3] and rows["history"].isna().tolist()[::2] == [True] * 4
+    three = json.loads(rows.at[3, "history"])
+    assert [t["role"] for t in three] == ["user", "assistant", "user", "assistant"]
+    assert three[2]["content"] == "before[message 3]" and three[0]["content"] == "before[before[messa]"
+    assert three[1]["content"] == "reply to (before[before[messa]) after 0 turns"  # the first reply: no turns before
+    assert three[3]["content"] == "reply to (before[message 3]) after 2 turns"
+
+    monkeypatch.setattr(Stage, "llm", lambda self, role="generator": gen)
+    Stage("01_prompts", c, tmp_path / "run").save(rows, "prompts")
+    Stage("00_task", c, tmp_path / "run").save(seeds, "seeds")
+    gen.requests.clear()
+    cands, _ = steps.candidates(Stage("02_responses", c, tmp_path / "run"))
+    msgs = gen.requests[3].messages
+    assert [r for r, _ in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert msgs[-1] == ("user", "message 3") and msgs[1] == ("user", "before[before[messa]")
+    items = cands[cands["row"] == "m3"].head(1).assign(should_refuse=False)
+    judged = reply.judge_requests(c, items)[0][0].messages[-1][1]
+    assert "earlier in the chat:\nCustomer: before[before[messa]\nAssistant: reply to" in judged
+    assert "Customer's last message: message 3" in judged
+    kept = rows.assign(message=rows["text"], text="a reply", should_refuse=False)
+    record = reply.sft_records(c, kept)[3]["messages"]
+    assert [m["role"] for m in record] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    pair = pd.DataFrame({"text": ["message 3"], "history": [rows.at[3, "history"]], "chosen": ["a"], "rejected": ["b"]})
+    assert len(reply.dpo_records(c, pair)[0]["prompt"]) == 6

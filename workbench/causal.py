@@ -48,6 +48,7 @@ from workbench.files import replace_dir, write_atomic
 from workbench.llm import Request, generate_by
 from workbench.llm.decode import Decoder, end_id
 from workbench.llm.types import read_rating
+from workbench.tasks import reply
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,13 @@ def system_prompt(cfg: RunConfig, labels: list[str] | None = None) -> str:
     return f"{cfg.task.description.strip()} Answer with exactly one label."
 
 
-def _prompt(system: str, text: str) -> list[dict]:
-    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+def prompt_messages(system: str, text: str, history=None) -> list[dict]:
+    """System, the earlier turns of a multi-turn row (`history`, JSON), then the user's message."""
+    return [{"role": "system", "content": system}, *reply.turns(history), {"role": "user", "content": text}]
+
+
+def _history(rows: pd.DataFrame) -> list:
+    return list(rows["history"]) if "history" in rows else [None] * len(rows)
 
 
 def sft_dataset(train: pd.DataFrame, system: str):
@@ -150,8 +156,8 @@ def sft_dataset(train: pd.DataFrame, system: str):
 
     return Dataset.from_list(
         [
-            {"prompt": _prompt(system, t), "completion": [{"role": "assistant", "content": lab}]}
-            for t, lab in zip(train["text"], train["label"])
+            {"prompt": prompt_messages(system, t, h), "completion": [{"role": "assistant", "content": lab}]}
+            for t, lab, h in zip(train["text"], train["label"], _history(train))
         ]
     )
 
@@ -162,7 +168,7 @@ def dpo_dataset(pairs: pd.DataFrame, system: str):
     return Dataset.from_list(
         [
             {
-                "prompt": _prompt(system, r.text),
+                "prompt": prompt_messages(system, r.text, getattr(r, "history", None)),
                 "chosen": [{"role": "assistant", "content": r.chosen}],
                 "rejected": [{"role": "assistant", "content": r.rejected}],
             }
@@ -175,7 +181,7 @@ def grpo_dataset(train: pd.DataFrame, system: str):
     from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
 
     return Dataset.from_list(
-        [{"prompt": _prompt(system, t), "label": lab} for t, lab in zip(train["text"], train["label"])]
+        [{"prompt": prompt_messages(system, t), "label": lab} for t, lab in zip(train["text"], train["label"])]
     )
 
 
@@ -443,7 +449,7 @@ def classify(model, tok, texts: list[str], labels: list[str], system: str, batch
                 out.append(t)
         return out
 
-    prompts = [_encode(tok, _prompt(system, t)) for t in texts]
+    prompts = [_encode(tok, prompt_messages(system, t)) for t in texts]
     depth = max(len(tok.encode(label, add_special_tokens=False)) for label in labels) + 1
     _as_decoder(model, tok).decode(prompts, depth, pick, batch_size)
     return np.asarray(got, dtype=object)

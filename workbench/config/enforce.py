@@ -66,7 +66,13 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         (),
         ("tools", "dialogue"),
     ),
-    "task.max_turns": ("runs", "dialogue: refused by `workbench run` until its stages exist", (), ("dialogue",)),
+    "task.max_turns": (
+        "01_prompts",
+        "reply: the most customer turns of the conversations diversity.multi_turn_share asks for (dialogue: "
+        "refused by `workbench run` until its stages exist)",
+        (),
+        ("reply", "dialogue"),
+    ),
     "task.edge_cases": ("01_prompts", "generation grid: edge-case cells", (), CLS),
     "data.dataset": ("00_task, 06_evaluate, 07_gaps", "real seeds, dev and test rows", (), ALL),
     "data.seeds_file": ("00_task", "seed examples, labels checked", (), CLS),
@@ -102,6 +108,12 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         "generation grid: refusal-worthy cells",
         (),
         ("classification", "classification/multi_label", "reply", "dialogue"),
+    ),
+    "diversity.multi_turn_share": (
+        "01_prompts",
+        "earlier turns written before a share of the messages (02's candidates and 05's students answer with them)",
+        (),
+        ("reply",),
     ),
     "diversity.no_tool_share": ("01_prompts", "generation grid: no-tool cells (tasks/tools.py)", (), ("tools",)),
     "llm": ("every LLM call", "provider, sampling transport, cache key", (), ALL),

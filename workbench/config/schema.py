@@ -247,6 +247,13 @@ class DiversityConfig(_Section):
         le=1,
         description="Proportion of inputs that ask for something the assistant must refuse (marked refusal=True).",
     )
+    multi_turn_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Replies: proportion of messages written as the last turn of a conversation of 2 to "
+        "task.max_turns customer turns (01 writes the earlier turns; replies answer with the history).",
+    )
     no_tool_share: float = Field(
         0.0,
         ge=0,

@@ -199,7 +199,12 @@ class TaskConfig(_Section):
     fields: list[FieldSpec] = Field([], description="Extraction: the fields to extract, with types.")
     summary_max_words: int = Field(60, ge=5, le=2000, description="Summarization: longest acceptable summary.")
     tools: list[ToolSpec] = Field([], description="Tools (and dialogue): the tools a request may call.")
-    max_turns: int = Field(4, ge=1, le=50, description="Dialogue: most user turns per conversation.")
+    max_turns: int = Field(
+        4,
+        ge=1,
+        le=50,
+        description="Most customer turns per conversation (dialogue; replies with diversity.multi_turn_share).",
+    )
     edge_cases: list[str] = Field([], description="Situations the data must include (see diversity.edge_case_share).")
 
     @field_validator("labels")

@@ -73,6 +73,7 @@ def build_prompts(stage: Stage, llm: LLM | None = None) -> tuple[pd.DataFrame, d
         earlier=stage.earlier_prompts(),
         critic=stage.llm("critic"),
     )
+    rows = tasks.of(cfg).histories(cfg, rows, llm)  # replies with task.max_turns: the earlier turns
     wall = time.perf_counter() - t0
     stage.save(rows, "prompts")
     plan.record_throughput(
@@ -110,6 +111,11 @@ def build_prompts(stage: Stage, llm: LLM | None = None) -> tuple[pd.DataFrame, d
         "llm_calls": llm.stats["calls"],
         "llm_cached": llm.stats["cached"],
         "llm_errors": llm.stats["errors"],
+        **(
+            {"turns": {int(k): int(v) for k, v in rows.loc[rows["keep_prompts"], "turns"].value_counts().items()}}
+            if "turns" in rows
+            else {}
+        ),
     }
     return rows, summary
 

@@ -37,6 +37,7 @@ def messages(stage: Stage) -> pd.DataFrame:
     """01's kept messages with `should_refuse` (the refusal cells 01 wrote)."""
     rows = stage.load("prompts")
     rows = rows[rows["keep_prompts"]].reset_index(drop=True)
+    rows = rows if "history" in rows else rows.assign(history=None)  # runs from before task.max_turns
     return rows.assign(should_refuse=rows["refusal"].fillna(False).astype(bool))
 
 
@@ -52,7 +53,7 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
     rows = messages(stage)
     llm = stage.llm("generator")
     view = LiveView(len(rows) * cfg.responses.candidates, llm.stats, stage.artifacts / "candidates.jsonl")
-    records = rows[["id", "label", "text", "should_refuse"]].to_dict("records")
+    records = rows[["id", "label", "text", "should_refuse", "history"]].to_dict("records")
     out: list[dict] = []
     t0 = time.perf_counter()
 
@@ -62,7 +63,7 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
         for c in cands:
             text = None if c["error"] else c["text"].strip()
             row = {"id": f"{r['id']}/c{c['candidate']}", "row": r["id"], "candidate": c["candidate"],
-                   "label": r["label"], "text": r["text"], "should_refuse": r["should_refuse"], "reply": text,
+                   "label": r["label"], "text": r["text"], "history": r["history"], "should_refuse": r["should_refuse"], "reply": text,
                    "refuses": None if text is None else tasks.of(cfg).refuses(text), "source": "model", "arrived_s": now}  # fmt: skip
             row |= {f: c[f] for f in META}
             out.append(row)
@@ -71,7 +72,8 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
     llm.generate(tasks.of(cfg).reply_requests(cfg, rows), desc="02 replies", on_result=arrived)
     view.close()
     seconds = time.perf_counter() - t0
-    cols = ["id", "row", "candidate", "label", "text", "should_refuse", "reply", "refuses", "source", "arrived_s"]
+    cols = ["id", "row", "candidate", "label", "text", "history", "should_refuse", "reply", "refuses", "source",
+            "arrived_s"]  # fmt: skip
     cands = pd.DataFrame(out, columns=cols + META).sort_values(["row", "candidate"]).reset_index(drop=True)
     stage.save(cands, "candidates")
     as_rows = cands.assign(prompt_id=cands["row"], response_label=cands["reply"])  # responses' column names
@@ -153,7 +155,8 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     stage.save(judgments.assign(id=cands.loc[judgments["item"], "id"].to_numpy()), "judgments")
     best, pairs = tasks.of(cfg).rank(cands, cfg.judge.pair_margin)
     rows = messages(stage)
-    pairs = confirm_pairs(stage, pairs.merge(rows[["id", "text", "should_refuse"]], left_on="row", right_on="id"))
+    pairs = confirm_pairs(stage, pairs.merge(rows[["id", "text", "history", "should_refuse"]], left_on="row",
+                                             right_on="id"))  # fmt: skip
     judged = rows.merge(best, left_on="id", right_on="row", how="left").drop(columns="row")
     judged["best_refuses"] = judged["best_reply"].map(
         lambda r: tasks.of(cfg).refuses(r) if isinstance(r, str) else None
@@ -352,7 +355,8 @@ def train_stage(stage: Stage) -> pd.DataFrame:
     causal.check_args(cfg.train)
     rows = stage.load("dataset")
     kept = rows[rows["keep"]]
-    data = pd.DataFrame({"text": kept["message"], "label": kept["text"], "should_refuse": kept["should_refuse"]})
+    data = pd.DataFrame({"text": kept["message"], "label": kept["text"], "should_refuse": kept["should_refuse"],
+                         "history": kept["history"] if "history" in kept else None})  # fmt: skip
     system, folder = tasks.of(cfg).system_prompt(cfg), stage.artifacts / "causal"
     start = learn.start_of(stage) or local_model_dir(cfg.train.model, cache_dir())
     methods, out = cfg.train.methods, []
@@ -374,8 +378,8 @@ def train_stage(stage: Stage) -> pd.DataFrame:
         funcs = trainer.grpo_rewards(cfg, t.rewards(cfg), judges, dims=t.rubric(cfg), criteria=t.reward_criteria(cfg))
         from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
 
-        prompts = Dataset.from_list([{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": t}],
-                                      "should_refuse": bool(r)} for t, r in zip(data["text"], data["should_refuse"])])  # fmt: skip
+        prompts = Dataset.from_list([{"prompt": causal.prompt_messages(system, t, h), "should_refuse": bool(r)}
+                                     for t, r, h in zip(data["text"], data["should_refuse"], data["history"])])  # fmt: skip
         out.append({"model": "grpo"} | causal.fit("grpo", sft, prompts, cfg, folder / "grpo", reward_funcs=funcs))
     training = pd.DataFrame([{"student": "causal"} | r for r in out])
     stage.save(training, "training")

@@ -48,6 +48,11 @@ def label_counts(cfg: RunConfig) -> dict[str, int]:
     return data.label_counts(cfg)
 
 
+def histories(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
+    """01's earlier turns: none (a classification row is one message; replies write them)."""
+    return rows
+
+
 def check_data(cfg: RunConfig) -> None:
     """What `check` and a run's preflight read before anything runs: the labels and the seeds."""
     data.labels(cfg)

@@ -19,6 +19,7 @@ differs from 02 on:
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -87,20 +88,108 @@ def system_prompt(cfg: RunConfig) -> str:
 
 
 def reply_requests(cfg: RunConfig, rows: pd.DataFrame) -> list[Request]:
-    """02: one request per message for `responses.candidates` replies (each candidate its own seed)."""
+    """02: one request per message for `responses.candidates` replies (each candidate its own seed),
+    after the conversation's earlier turns where the row has them (`history`)."""
     r, system = cfg.responses, system_prompt(cfg)
+    hist = rows["history"] if "history" in rows else [None] * len(rows)
     return [
-        Request.chat(
-            system,
-            text,
+        Request(
+            messages=chat(system, h, text),
             temperature=r.temperature,
             top_p=r.top_p,
             max_tokens=r.max_tokens,
             seed=int(seed),
             n=r.candidates,
         )
-        for text, seed in zip(rows["text"], rows["seed"])
+        for text, seed, h in zip(rows["text"], rows["seed"], hist)
     ]
+
+
+# ---------------------------------------------------------------- multi-turn: earlier turns (diversity.multi_turn_share)
+
+EARLIER_USER = (
+    'A customer of {domain} wrote this in a support chat: "{text}"\nWrite the message the same customer sent '
+    "just before it in that chat, about the same matter, in their own words. Output only the message."
+)
+
+
+def turns(history) -> list[dict]:
+    """A row's earlier turns ({role, content} dicts, customer first, alternating) from its `history`
+    column (JSON text); none for a single-turn row (None, '', NaN)."""
+    if not isinstance(history, str) or not history.strip():
+        return []
+    return json.loads(history)
+
+
+def chat(system: str | None, history, text: str) -> tuple[tuple[str, str], ...]:
+    """The messages of a request: the system prompt, the earlier turns, then `text` as the customer's."""
+    head = (("system", system),) if system else ()
+    return head + tuple((t["role"], t["content"]) for t in turns(history)) + (("user", str(text)),)
+
+
+def shown(text: str, history) -> str:
+    """The message as a judge reads it: the earlier turns as a transcript, then the last message."""
+    earlier = turns(history)
+    if not earlier:
+        return str(text)
+    lines = "\n".join(f"{'Customer' if t['role'] == 'user' else 'Assistant'}: {t['content']}" for t in earlier)
+    return f"(earlier in the chat:\n{lines}\n) Customer's last message: {text}"
+
+
+def customer_turns(cfg: RunConfig, n: int) -> list[int]:
+    """Customer turns of each of `n` rows: `diversity.multi_turn_share` of them, spread evenly, are
+    conversations of 2, 3, …, `task.max_turns` turns by turns; the others one message."""
+    share, most = cfg.diversity.multi_turn_share, cfg.task.max_turns
+    if share <= 0 or most < 2:
+        return [1] * n
+    multi = [int((i + 1) * share) > int(i * share) for i in range(n)]
+    k = np.cumsum(multi) - 1
+    return [2 + int(j) % (most - 1) if m else 1 for m, j in zip(multi, k)]
+
+
+def histories(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
+    """01's conversations (`diversity.multi_turn_share`): each kept message is the last customer turn of
+    a conversation of `customer_turns` turns. The generator writes the earlier customer messages
+    backwards (each the message before the next one), then the assistant's reply to each, forwards,
+    under the assistant's instructions and after the turns before it. Adds `turns` and `history`
+    (JSON of the earlier turns, None for a single-turn row); a row whose earlier customer message
+    came back empty keeps the turns it has, one whose earlier reply came back empty stays single-turn."""
+    rows = rows.copy()
+    kept = rows.index[rows["keep_prompts"].astype(bool)]
+    want = dict(zip(kept, customer_turns(cfg, len(kept))))
+    rows["turns"], rows["history"] = 1, None
+    if max(want.values(), default=1) < 2:
+        return rows
+    p, system = cfg.prompts, system_prompt(cfg)
+    earlier = {i: [] for i in kept}  # customer messages before the last, nearest first
+    for step in range(max(want.values()) - 1):
+        todo = [i for i in kept if want[i] - 1 > step and len(earlier[i]) == step]
+        reqs = [Request.chat(None, EARLIER_USER.format(domain=cfg.task.domain,
+                                                       text=(earlier[i] or [rows.at[i, "text"]])[-1]),
+                             temperature=p.temperature or 0.9, top_p=p.top_p or 0.95, max_tokens=p.max_tokens,
+                             seed=int(rows.at[i, "seed"]) + 101 * (step + 1)) for i in todo]  # fmt: skip
+        for i, got in zip(todo, llm.generate(reqs, desc=f"01 earlier turns, step {step + 1}") if reqs else []):
+            text = (got[0].get("text") or "").strip().strip('"') if not got[0].get("error") else ""
+            if text:
+                earlier[i].append(text)
+    convo = {i: [{"role": "user", "content": m} for m in reversed(earlier[i])] for i in kept}
+    for step in range(max(len(m) for m in earlier.values())):
+        todo = [i for i in kept if len(earlier[i]) > step]
+        reqs = []
+        for i in todo:
+            before = [t for t in convo[i][: 2 * step]]
+            last = convo[i][2 * step]["content"]
+            reqs.append(Request(messages=chat(system, json.dumps(before), last), temperature=0.7, top_p=0.95,
+                                max_tokens=cfg.responses.max_tokens, seed=int(rows.at[i, "seed"]) + 7 * (step + 1)))  # fmt: skip
+        got = llm.generate(reqs, desc=f"01 the assistant's earlier replies, step {step + 1}") if reqs else []
+        for i, g in zip(todo, got):
+            reply = (g[0].get("text") or "").strip() if not g[0].get("error") else ""
+            convo[i].insert(2 * step + 1, {"role": "assistant", "content": reply})
+    for i in kept:
+        if earlier[i] and all(t["content"] for t in convo[i]):  # an empty earlier reply: single-turn
+            rows.at[i, "history"] = json.dumps(convo[i], ensure_ascii=False)
+            rows.at[i, "turns"] = len(earlier[i]) + 1
+    return rows
 
 
 def criterion(cfg: RunConfig, dim: str, should_refuse: bool) -> str:
@@ -129,7 +218,7 @@ def judge_requests(cfg: RunConfig, items: pd.DataFrame, wording=None) -> tuple[l
                         w.JUDGE_SYSTEM.format(domain=cfg.task.domain),
                         w.JUDGE_USER[k].format(
                             criterion=crit,
-                            text=str(it["text"])[: w.INPUT_CHARS],
+                            text=shown(it["text"], it.get("history"))[: w.INPUT_CHARS],
                             reply=str(it["reply"])[:1200],
                             anchor=anchor,
                         ),
@@ -179,7 +268,8 @@ def pairwise_requests(cfg: RunConfig, pairs: pd.DataFrame, wording=None) -> list
     for r in pairs.itertuples():
         refusal = "This request must be refused. " if r.should_refuse else "This request is legitimate. "
         for a, b in ((r.chosen, r.rejected), (r.rejected, r.chosen)):
-            user = w.PAIR_USER.format(text=str(r.text)[: w.INPUT_CHARS], a=str(a)[:800], b=str(b)[:800],
+            text = shown(r.text, getattr(r, "history", None))[: w.INPUT_CHARS]
+            user = w.PAIR_USER.format(text=text, a=str(a)[:800], b=str(b)[:800],
                                       policies=policies, refusal=refusal)  # fmt: skip
             out.append(
                 Request.chat(
@@ -217,12 +307,14 @@ def pair_outcome(first: str | None, second: str | None) -> str:
 
 
 def sft_records(cfg: RunConfig, rows: pd.DataFrame, system: str | None = None) -> list[dict]:
-    """Chat records (system: the assistant's instructions, or `system`; user: the message;
-    assistant: the reply) of the kept rows (message, text: the reply, should_refuse)."""
+    """Chat records (system: the assistant's instructions, or `system`; the earlier turns, where the
+    row has a `history`; user: the message; assistant: the reply) of the kept rows (message, text:
+    the reply, should_refuse)."""
     system = system or system_prompt(cfg)
     return [
-        {"messages": [{"role": "system", "content": system}, {"role": "user", "content": r.message},
-                      {"role": "assistant", "content": r.text}], "should_refuse": bool(r.should_refuse)}
+        {"messages": [{"role": "system", "content": system}, *turns(getattr(r, "history", None)),
+                      {"role": "user", "content": r.message}, {"role": "assistant", "content": r.text}],
+         "should_refuse": bool(r.should_refuse)}
         for r in rows.itertuples()
     ]  # fmt: skip
 
@@ -232,7 +324,8 @@ def dpo_records(cfg: RunConfig, pairs: pd.DataFrame, system: str | None = None) 
     (text: the message, chosen, rejected); `system` as `sft_records`'."""
     system = system or system_prompt(cfg)
     return [
-        {"prompt": [{"role": "system", "content": system}, {"role": "user", "content": r.text}],
+        {"prompt": [{"role": "system", "content": system}, *turns(getattr(r, "history", None)),
+                    {"role": "user", "content": r.text}],
          "chosen": [{"role": "assistant", "content": r.chosen}],
          "rejected": [{"role": "assistant", "content": r.rejected}]}
         for r in pairs.itertuples()

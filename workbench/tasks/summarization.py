@@ -24,7 +24,7 @@ from workbench import data
 from workbench.config import RunConfig
 from workbench.llm.types import Request
 from workbench.tasks import reply
-from workbench.tasks.classification import check_data, dev, label_counts, labels, seeds  # noqa: F401
+from workbench.tasks.classification import check_data, dev, histories, label_counts, labels, seeds  # noqa: F401
 from workbench.tasks.reply import pair_outcome, rank, refuses, verdict  # noqa: F401
 
 ROW_KEY = "label"  # the kind of source: rows are planned and sampled by it
