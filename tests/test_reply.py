@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
 
-from workbench import tasks
+from workbench import plan, tasks
 from workbench.config import check_runnable, load_config
 from workbench.pipeline import reply as steps
 from workbench.stage import Stage
@@ -191,6 +191,9 @@ def test_multi_turn_conversations_reach_the_candidates_the_judge_and_the_exports
     c = cfg.model_copy(update={"task": cfg.task.model_copy(update={"max_turns": 3}),
                                "diversity": cfg.diversity.model_copy(update={"multi_turn_share": 0.5})})  # fmt: skip
     assert reply.customer_turns(c, 8) == [1, 2, 1, 3, 1, 2, 1, 3]
+    # the estimate counts 01's calls for them: a customer message and a reply per earlier turn
+    assert [(p[1], p[2]) for p in plan.earlier_turn_parts(c, 8, 0.0)] == [("earlier turns", 6), ("earlier replies", 6)]
+    assert plan.earlier_turn_parts(cfg, 8, 0.0) == []
 
     def generator(req, i):
         user = req.messages[-1][1]

@@ -35,6 +35,7 @@ from workbench.config import (
 )
 from workbench.files import write_atomic
 from workbench.llm.decode import local_identity
+from workbench.tasks import reply
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _identity(cfg: RunConfig) -> str:
 PART_ROLE = {"preview": "generator", "generation": "generator", "critic": "critic", "candidates": "generator",
              "rubric": "judge", "rewrite": "generator", "pairwise": "judge", "judge reward": "judge",
              "safety judge": "refusal_judge", "dev rubric": "judge", "dev pairwise": "judge",
-             "cluster names": "namer"}  # fmt: skip
+             "cluster names": "namer", "earlier turns": "generator", "earlier replies": "generator"}  # fmt: skip
 
 
 def _cost(cfg: RunConfig, role: str, prompt_tokens: float, completion_tokens: float) -> float:
@@ -268,6 +269,21 @@ def reply_students(cfg: RunConfig) -> int:
     return len(methods) + int("sft" in methods and cfg.diversity.refusal_share > 0 and bool(cfg.task.must_refuse))
 
 
+def earlier_turn_parts(cfg: RunConfig, n_gen: int, share: float) -> list[tuple]:
+    """01's calls for multi-turn replies (`diversity.multi_turn_share`): per earlier turn, the
+    customer's message (the next one quoted) and the assistant's reply (after the turns before it)."""
+    if cfg.task.type != "reply":
+        return []
+    extra = sum(t - 1 for t in reply.customer_turns(cfg, n_gen))
+    if not extra:
+        return []
+    msg = cfg.prompts.max_tokens * CHARS_PER_TOKEN
+    ask = len(reply.EARLIER_USER) + msg
+    answer = len(reply.system_prompt(cfg)) + msg * 2 + cfg.responses.max_tokens * CHARS_PER_TOKEN
+    return [("01_prompts", "earlier turns", extra, 1, ask, cfg.prompts.max_tokens, "01_prompts", extra * share),
+            ("01_prompts", "earlier replies", extra, 1, answer, cfg.responses.max_tokens, "02_responses", extra * share)]  # fmt: skip
+
+
 def text_task(cfg: RunConfig) -> bool:
     """Whether the task's 02-07 are replies' (replies and summaries: a text answer, judged)."""
     return cfg.task.type in TEXT
@@ -379,6 +395,7 @@ def estimate(
          cached + preview - cached_preview + (generated - n_gen) * share),
         *([("01_prompts", "critic", generated, 1, critic_chars, cfg.prompts.critic_max_tokens, "01_critic",
             generated * share)] if cfg.prompts.critique else []),
+        *earlier_turn_parts(cfg, n_gen, share),
         ("02_responses", "candidates", n_gen, cfg.responses.candidates, resp_chars, cfg.responses.max_tokens,
          "02_responses", n_gen * share),
         *([("03_judge", "rubric", judge_calls, 1, judge_chars, cfg.judge.max_tokens, "03_judge", judge_calls * share)]
