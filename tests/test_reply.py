@@ -215,6 +215,19 @@ def test_multi_turn_conversations_reach_the_candidates_the_judge_and_the_exports
     assert three[1]["content"] == "reply to (before[before[messa]) after 0 turns"  # the first reply: no turns before
     assert three[3]["content"] == "reply to (before[message 3]) after 2 turns"
 
+    # an earlier turn that fails 01's constraint gate ends the chain there, and the note says why
+    def check(texts):
+        return {
+            "reason": ["format" if t.startswith("before[before") else None for t in texts],
+            "redacted": [None] * len(texts),
+        }
+
+    short = reply.histories(c, rows.drop(columns=["turns", "history", "history_note"]), gen, check=check)
+    assert (
+        short["turns"].tolist() == [1, 2, 1, 2, 1, 2, 1, 2] and short.at[3, "history_note"] == "earlier turn 2: format"
+    )
+    assert json.loads(short.at[3, "history"])[0]["content"] == "before[message 3]"
+
     monkeypatch.setattr(Stage, "llm", lambda self, role="generator": gen)
     Stage("01_prompts", c, tmp_path / "run").save(rows, "prompts")
     Stage("00_task", c, tmp_path / "run").save(seeds, "seeds")

@@ -73,7 +73,10 @@ def build_prompts(stage: Stage, llm: LLM | None = None) -> tuple[pd.DataFrame, d
         earlier=stage.earlier_prompts(),
         critic=stage.llm("critic"),
     )
-    rows = tasks.of(cfg).histories(cfg, rows, llm)  # replies with task.max_turns: the earlier turns
+    # replies with diversity.multi_turn_share: the earlier turns, each through the constraint gate
+    rows = tasks.of(cfg).histories(
+        cfg, rows, llm, check=lambda texts: gates.check_constraints(texts, [None] * len(texts), cfg)
+    )
     wall = time.perf_counter() - t0
     stage.save(rows, "prompts")
     plan.record_throughput(

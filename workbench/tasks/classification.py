@@ -48,7 +48,7 @@ def label_counts(cfg: RunConfig) -> dict[str, int]:
     return data.label_counts(cfg)
 
 
-def histories(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
+def histories(cfg: RunConfig, rows: pd.DataFrame, llm, check=None) -> pd.DataFrame:
     """01's earlier turns: none (a classification row is one message; replies write them)."""
     return rows
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.config import RUBRIC, RunConfig
-from workbench.llm.types import Request
+from workbench.llm.types import Request, clean_text
 from workbench.quality import REFUSAL_PHRASES
 from workbench.tasks.classification import PROMPT, check_data, dev, label_counts, labels, seeds, test  # noqa: F401
 
@@ -136,6 +136,14 @@ def shown(text: str, history) -> str:
     return f"(earlier in the chat:\n{lines}\n) Customer's last message: {text}"
 
 
+def _checked(texts: list[str], check) -> list[tuple]:
+    """(reason, redacted text) per text from `check` (None: every text passes as it is)."""
+    if check is None or not texts:
+        return [(None, None)] * len(texts)
+    got = check(texts)
+    return list(zip(got["reason"], got["redacted"]))
+
+
 def customer_turns(cfg: RunConfig, n: int) -> list[int]:
     """Customer turns of each of `n` rows: `diversity.multi_turn_share` of them, spread evenly, are
     conversations of 2, 3, …, `task.max_turns` turns by turns; the others one message."""
@@ -147,17 +155,20 @@ def customer_turns(cfg: RunConfig, n: int) -> list[int]:
     return [2 + int(j) % (most - 1) if m else 1 for m, j in zip(multi, k)]
 
 
-def histories(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
+def histories(cfg: RunConfig, rows: pd.DataFrame, llm, check=None) -> pd.DataFrame:
     """01's conversations (`diversity.multi_turn_share`): each kept message is the last customer turn of
     a conversation of `customer_turns` turns. The generator writes the earlier customer messages
     backwards (each the message before the next one), then the assistant's reply to each, forwards,
-    under the assistant's instructions and after the turns before it. Adds `turns` and `history`
-    (JSON of the earlier turns, None for a single-turn row); a row whose earlier customer message
-    came back empty keeps the turns it has, one whose earlier reply came back empty stays single-turn."""
+    under the assistant's instructions and after the turns before it. Each earlier turn goes through
+    `check` (texts → {reason, redacted}: 01's constraint gate), its redacted text kept. Adds `turns`,
+    `history` (JSON of the earlier turns, None for a single-turn row) and `history_note` (why a
+    conversation is shorter than asked): a customer message that came back empty or failed the
+    check ends the chain there (the turns after it are kept); a reply that did leaves the row
+    single-turn."""
     rows = rows.copy()
     kept = rows.index[rows["keep_prompts"].astype(bool)]
     want = dict(zip(kept, customer_turns(cfg, len(kept))))
-    rows["turns"], rows["history"] = 1, None
+    rows["turns"], rows["history"], rows["history_note"] = 1, None, None
     if max(want.values(), default=1) < 2:
         return rows
     p, system = cfg.prompts, system_prompt(cfg)
@@ -168,10 +179,14 @@ def histories(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
                                                        text=(earlier[i] or [rows.at[i, "text"]])[-1]),
                              temperature=p.temperature or 0.9, top_p=p.top_p or 0.95, max_tokens=p.max_tokens,
                              seed=int(rows.at[i, "seed"]) + 101 * (step + 1)) for i in todo]  # fmt: skip
-        for i, got in zip(todo, llm.generate(reqs, desc=f"01 earlier turns, step {step + 1}") if reqs else []):
-            text = (got[0].get("text") or "").strip().strip('"') if not got[0].get("error") else ""
-            if text:
-                earlier[i].append(text)
+        got = llm.generate(reqs, desc=f"01 earlier turns, step {step + 1}") if reqs else []
+        texts = [clean_text(g[0].get("text") or "") if not g[0].get("error") else "" for g in got]
+        verdict = _checked(texts, check)
+        for i, text, (reason, redacted) in zip(todo, texts, verdict):
+            if text and reason is None:
+                earlier[i].append(redacted or text)
+            else:
+                rows.at[i, "history_note"] = f"earlier turn {step + 1}: {reason or 'empty'}"
     convo = {i: [{"role": "user", "content": m} for m in reversed(earlier[i])] for i in kept}
     for step in range(max(len(m) for m in earlier.values())):
         todo = [i for i in kept if len(earlier[i]) > step]
@@ -182,11 +197,14 @@ def histories(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
             reqs.append(Request(messages=chat(system, json.dumps(before), last), temperature=0.7, top_p=0.95,
                                 max_tokens=cfg.responses.max_tokens, seed=int(rows.at[i, "seed"]) + 7 * (step + 1)))  # fmt: skip
         got = llm.generate(reqs, desc=f"01 the assistant's earlier replies, step {step + 1}") if reqs else []
-        for i, g in zip(todo, got):
-            reply = (g[0].get("text") or "").strip() if not g[0].get("error") else ""
-            convo[i].insert(2 * step + 1, {"role": "assistant", "content": reply})
+        texts = [(g[0].get("text") or "").strip() if not g[0].get("error") else "" for g in got]
+        for i, text, (reason, redacted) in zip(todo, texts, _checked(texts, check)):
+            ok = bool(text) and reason is None
+            convo[i].insert(2 * step + 1, {"role": "assistant", "content": (redacted or text) if ok else ""})
+            if not ok:
+                rows.at[i, "history_note"] = f"earlier reply {step + 1}: {reason or 'empty'}; single-turn"
     for i in kept:
-        if earlier[i] and all(t["content"] for t in convo[i]):  # an empty earlier reply: single-turn
+        if earlier[i] and all(t["content"] for t in convo[i]):  # a failed earlier reply: single-turn
             rows.at[i, "history"] = json.dumps(convo[i], ensure_ascii=False)
             rows.at[i, "turns"] = len(earlier[i]) + 1
     return rows
