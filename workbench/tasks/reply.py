@@ -75,16 +75,22 @@ REWRITE = (
 )
 
 
-def rubric(cfg: RunConfig) -> list[str]:
-    return list(cfg.judge.rubric) if cfg.judge.rubric is not None else list(REPLY_RUBRIC)
+def rubric(cfg: RunConfig, default: list[str] = REPLY_RUBRIC) -> list[str]:
+    """`judge.rubric`, or the task type's `default` when it is null."""
+    return list(cfg.judge.rubric) if cfg.judge.rubric is not None else list(default)
+
+
+def listed(head: str, items: list[str]) -> str:
+    """' Head: a; b.' for a system prompt ('' for no items)."""
+    return f" {head}: " + "; ".join(x.rstrip(".") for x in items) + "." if items else ""
 
 
 def system_prompt(cfg: RunConfig) -> str:
     """The assistant's instructions: its domain, policies and what it must refuse."""
     t = cfg.task
-    policies = (" Policies: " + "; ".join(p.rstrip(".") for p in t.policies) + ".") if t.policies else ""
-    refuse = (" Refuse: " + "; ".join(r.rstrip(".") for r in t.must_refuse) + ".") if t.must_refuse else ""
-    return SYSTEM.format(domain=t.domain, policies=policies, refuse=refuse)
+    return SYSTEM.format(
+        domain=t.domain, policies=listed("Policies", t.policies), refuse=listed("Refuse", t.must_refuse)
+    )
 
 
 def reply_requests(cfg: RunConfig, rows: pd.DataFrame) -> list[Request]:

@@ -86,14 +86,13 @@ REWRITE = (
 
 
 def rubric(cfg: RunConfig) -> list[str]:
-    return list(cfg.judge.rubric) if cfg.judge.rubric is not None else list(SUMMARY_RUBRIC)
+    return reply.rubric(cfg, SUMMARY_RUBRIC)
 
 
 def system_prompt(cfg: RunConfig) -> str:
     """The summarizer's instructions: its domain, the summary's rules and the word limit."""
     t = cfg.task
-    policies = (" Rules: " + "; ".join(p.rstrip(".") for p in t.policies) + ".") if t.policies else ""
-    return SYSTEM.format(domain=t.domain, policies=policies, words=t.summary_max_words)
+    return SYSTEM.format(domain=t.domain, policies=reply.listed("Rules", t.policies), words=t.summary_max_words)
 
 
 def reply_requests(cfg: RunConfig, rows: pd.DataFrame) -> list[Request]:
