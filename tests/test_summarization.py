@@ -208,3 +208,12 @@ def test_a_users_dataset_of_texts_and_references_needs_no_label_column(cfg, tmp_
     assert (test["label"] == "document").all() and (
         test["reference"] == test["text"].str.split(". ", regex=False).str[1]
     ).all()
+
+
+def test_a_summarys_failure_kinds_in_words():
+    assert summ.describe("lost low:coverage unfaithful") == (
+        "the tuned summary lost to the untuned model's; the summary scored low on coverage; the summary states "
+        "numbers or names its source does not have"
+    )
+    items = pd.DataFrame({"text": [SOURCE, SOURCE, SOURCE], "reply": ["LexNet parses German.", "It beats BERT.", None]})
+    assert summ.checks(items) == [[], ["unfaithful"], []]

@@ -682,7 +682,7 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame) -
     (`edge_case`, task.edge_cases). Each edit once, at most `gaps.max_edits`. Writes
     `config_patch.yaml` (applied by `workbench iterate`) and saves `edits`."""
     cfg = stage.cfg
-    extra = cfg.gaps.extra_rows or cfg.sampling.rows_per_label
+    extra, n = cfg.gaps.extra_rows or cfg.sampling.rows_per_label, nouns(cfg)
     topics = set(data.labels(cfg))
     have = {"policy": set(cfg.task.policies), "persona": {p.name for p in cfg.diversity.personas},
             "edge_case": set(cfg.task.edge_cases)}  # fmt: skip
@@ -696,13 +696,15 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame) -
         why = f"cluster {s.cluster} '{s.name}': {s.size} failures ({s.sources}), mostly {topic}: {s.signature_words}"
         found = []
         if topic in topics:
-            found.append(("more_rows", topic, int(extra), f"{extra} more messages about {topic}."))
+            found.append(("more_rows", topic, int(extra), f"{extra} more {n['inputs']} about {topic}."))
             if dev:
-                found.append(("phrasing", topic, dev, "its real dev messages shown to the generator as examples."))
+                found.append(
+                    ("phrasing", topic, dev, f"its real dev {n['inputs']} shown to the generator as examples.")
+                )
         found += [(k, topic, v, f"the namer's suggested {k}.") for k, v in
                   (("policy", s.suggested_policy), ("persona", s.suggested_persona)) if isinstance(v, str)]  # fmt: skip
         if s.name_source == "llm":
-            found.append(("edge_case", topic, s.name, "what these messages share, written into more messages."))
+            found.append(("edge_case", topic, s.name, f"what these {n['inputs']} share, written into more of them."))
         for kind, label, value, reason in found:
             key = (kind, label) if kind in ("more_rows", "phrasing") else (kind, value)
             if key in done or value in have.get(kind, ()):

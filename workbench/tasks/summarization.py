@@ -286,6 +286,7 @@ SIGNATURES = reply.SIGNATURES | {
     "lost": "the tuned summary lost to the untuned model's",
     "over_refused": "the summarizer refused to summarize",
     "unfaithful": "the summary states numbers or names its source does not have",
+    "low": "the summary scored low on {dim}",
 }
 
 
