@@ -31,7 +31,7 @@ STAGE_MODULES = {
                      "tasks/reply.py", "tasks/summarization.py"],
     "03_judge": ["judge.py", "pipeline/build.py", "pipeline/tools.py", "pipeline/reply.py", "tasks/reply.py",
                  "tasks/summarization.py"],
-    "04_filter": ["filters.py", "gates.py", "export.py", "quality.py", "pipeline/build.py"],
+    "04_filter": ["filters.py", "gates.py", "export.py", "quality.py", "pipeline/build.py", "tasks/summarization.py"],
     "05_train": ["train.py", "causal.py", "pipeline/learn.py", "pipeline/tools.py", "tagger.py", "pipeline/reply.py",
                  "tasks/summarization.py"],
     "06_evaluate": ["evaluate.py", "pipeline/learn.py", "causal.py", "data.py", "pipeline/tools.py", "structured.py",

@@ -19,6 +19,7 @@ from workbench import data, judge, tasks
 from workbench.config import check_runnable, load_config
 from workbench.pipeline import reply as steps
 from workbench.stage import Stage
+from workbench.tasks import reply as reply_task
 from workbench.tasks import summarization as summ
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,8 +155,10 @@ def test_02_to_04_and_06s_scores_with_a_scripted_generator_and_judge(cfg, tmp_pa
     gen, jud = ScriptedLLM(writer, tmp_path), ScriptedLLM(judge_, tmp_path)
     monkeypatch.setattr(Stage, "llm", lambda self, role="generator": gen)
     monkeypatch.setattr(Stage, "jury", lambda self: {"llm": jud})
-    c = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"calibration_rows": 4})})
+    c = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"calibration_rows": 4}),
+                               "filter": cfg.filter.model_copy(update={"min_domain_score": 0.0})})  # fmt: skip
     sources = list(data.dev_split(c)["text"])[:6]
+    sources[5] = sources[5].replace(". ", ", ")  # one long sentence: its first-sentence summary runs over 60 words
     prompts = pd.DataFrame({"id": [f"s{i}" for i in range(6)], "label": "paper_abstract", "text": sources,
                             "keep_prompts": True, "reject_reason_prompts": None, "refusal": None, "seed": range(6)})  # fmt: skip
     Stage("01_prompts", c, tmp_path / "run").save(prompts, "prompts")
@@ -170,6 +173,8 @@ def test_02_to_04_and_06s_scores_with_a_scripted_generator_and_judge(cfg, tmp_pa
     assert (judged["best_candidate"] == 0).all() and judged["keep_judge"].all()
     assert pairs["pair"].all() and len(pairs) == 6 and m3["calibration_auc"] == 1.0
     rows, m4 = steps.filter_stage(Stage("04_filter", c, tmp_path / "run"))
+    assert rows.set_index("id").at["s5", "reject_reason"] == "over_word_limit"  # over task.summary_max_words
+    assert (rows.loc[rows["keep"], "text"].str.split().str.len() <= 60).all()
     sft = [json.loads(x) for x in (tmp_path / "run" / "artifacts" / "export" / "sft.jsonl").read_text().splitlines()]
     assert len(sft) == m4["kept"] > 0 and sft[0]["messages"][0]["content"] == summ.system_prompt(c)
     assert "6 sources" in steps.filter_markdown(m4) or "of 6 sources" in steps.filter_markdown(m4)
@@ -217,3 +222,9 @@ def test_a_summarys_failure_kinds_in_words():
     )
     items = pd.DataFrame({"text": [SOURCE, SOURCE, SOURCE], "reply": ["LexNet parses German.", "It beats BERT.", None]})
     assert summ.checks(items) == [[], ["unfaithful"], []]
+
+
+def test_04_rejects_a_summary_over_the_word_limit(cfg):
+    texts = pd.Series(["word " * 60, "word " * 61, None])
+    assert summ.over_limit(cfg, texts).tolist() == [False, True, False]
+    assert not reply_task.over_limit(cfg, texts).any()  # replies: quality.max_chars only

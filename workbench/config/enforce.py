@@ -55,9 +55,9 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         ("extraction",),
     ),
     "task.summary_max_words": (
-        "02_responses, 03_judge, 05_train",
-        "the summarizer's instructions; the judge's concision; GRPO's length term",
-        (),
+        "02_responses, 03_judge, 04_filter, 05_train",
+        "the summarizer's instructions; the judge's concision; longer summaries rejected; GRPO's length term",
+        ("over_word_limit",),
         ("summarization",),
     ),
     "task.tools": (

@@ -297,6 +297,10 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     rows = filters.filter_rows(
         cfg, rows, stage.load("seeds"), embed_fn, llm, tasks.of(cfg).REWRITE, off_topic_ok="refuses"
     )
+    over = rows["keep_filter"] & tasks.of(cfg).over_limit(cfg, rows["text"])  # summaries: task.summary_max_words
+    if over.any():
+        rows.loc[over, "keep_filter"], rows.loc[over, "reject_reason_filter"] = False, "over_word_limit"
+        rows = filters.verdict(rows)
     rows = rows.assign(carried_from=None)
     carried = stage.earlier_rows()  # earlier iterations' messages and replies, verdicts kept: the data accumulates
     if len(carried):

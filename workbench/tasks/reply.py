@@ -376,6 +376,11 @@ def rewards(cfg: RunConfig) -> list:
     return [refusal_right, length_ok]
 
 
+def over_limit(cfg: RunConfig, texts: pd.Series) -> pd.Series:
+    """04: the answers too long to train on, besides quality.max_chars: none for replies."""
+    return pd.Series(False, index=texts.index)
+
+
 def scores(answers: pd.DataFrame) -> pd.DataFrame:
     """06's scores of each answer (text, reply) besides the judge's: none for replies."""
     return answers

@@ -216,6 +216,12 @@ def rouge_l(summaries: list[str], refs: list[str]) -> list[float]:
     return [scorer.score(str(r), str(s or ""))["rougeL"].fmeasure for s, r in zip(summaries, refs)]
 
 
+def over_limit(cfg: RunConfig, texts: pd.Series) -> pd.Series:
+    """04: summaries longer than `task.summary_max_words` words (rejected as over_word_limit: a
+    summary that copies its source is the commonest)."""
+    return texts.fillna("").astype(str).str.split().str.len() > cfg.task.summary_max_words
+
+
 def scores(answers: pd.DataFrame) -> pd.DataFrame:
     """06's scores of each summary (text: its source, reply, reference): `faithful` (`faithful`), the
     numbers and names it states that the source lacks (`unsupported`, comma-separated), and
