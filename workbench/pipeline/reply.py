@@ -223,10 +223,10 @@ def confirm_pairs(
     cfg = stage.cfg
     if not (cfg.judge.pairwise or always) or pairs.empty:
         return pairs.assign(outcome=None, pair=True)
-    reqs = tasks.of(cfg).pairwise_requests(cfg, pairs)
+    t = tasks.of(cfg)
+    reqs = t.pairwise_requests(cfg, pairs)
     judges = stage.jury()
-    votes = [[tasks.of(cfg).pair_outcome(tasks.of(cfg).verdict(res[2 * k][0]), tasks.of(cfg).verdict(res[2 * k + 1][0]))
-              for k in range(len(pairs))]
+    votes = [[t.pair_outcome(t.verdict(res[2 * k][0]), t.verdict(res[2 * k + 1][0])) for k in range(len(pairs))]
              for res in generate_each(judges, reqs, list(judges), desc).values()]  # fmt: skip
     # chosen needs more than half the judges; otherwise the commonest other outcome names why not
     outcome = [
@@ -557,8 +557,9 @@ def dev_failures(stage: Stage, student: str, path: str) -> tuple[pd.DataFrame, d
     dims = tasks.of(cfg).rubric(cfg)
     scored["outcome"] = outcome.to_numpy()
     scored["refuses"] = scored["reply"].map(tasks.of(cfg).refuses)
-    lows, extra = _low(scored, dims, cfg.gaps.low_score), tasks.of(cfg).checks(scored)
-    scored["signature"] = [tasks.of(cfg).signature(o == "rejected", bool(r), lo, extra=x)
+    t = tasks.of(cfg)
+    lows, extra = _low(scored, dims, cfg.gaps.low_score), t.checks(scored)
+    scored["signature"] = [t.signature(o == "rejected", bool(r), lo, extra=x)
                            for o, r, lo, x in zip(scored["outcome"], scored["refuses"], lows, extra)]  # fmt: skip
     s = scored["outcome"].map({"chosen": 1.0, "rejected": 0.0}).fillna(0.5)
     metrics = {"dev_messages": len(scored), "dev_win_rate": float(s.mean()) if len(s) else None,
@@ -578,9 +579,10 @@ def synthetic_failures(stage: Stage) -> pd.DataFrame:
     best = judged.merge(cands[["row", "candidate"] + [f"judge_{d}" for d in dims]],
                         left_on=["id", "best_candidate"], right_on=["row", "candidate"], how="inner")  # fmt: skip
     best = best.assign(reply=best["best_reply"])
-    lows, extra = _low(best, dims, cfg.gaps.low_score), tasks.of(cfg).checks(best)
+    t = tasks.of(cfg)
+    lows, extra = _low(best, dims, cfg.gaps.low_score), t.checks(best)
     reason = best["reject_reason_judge"]
-    best["signature"] = [tasks.of(cfg).signature(False, r == "over_refused", lo, r == "not_refused", x)
+    best["signature"] = [t.signature(False, r == "over_refused", lo, r == "not_refused", x)
                          for r, lo, x in zip(reason, lows, extra)]  # fmt: skip
     return best.assign(source="low_judge")
 
