@@ -119,6 +119,20 @@ def test_smart_defaults_by_type_are_overridable_and_explained(tmp_path):
     assert "0.25 chosen" not in dump_config(cfg2, doc2)
 
 
+def test_the_namers_token_cap_follows_the_task_type_and_an_explicit_value_wins(tmp_path):
+    """Replies' and summaries' namer answers with JSON (name, policy, persona): 40 tokens cut it short."""
+    by_type = {t: RunConfig.model_validate({"task": {"type": t}}).gaps.name_max_tokens for t in ("classification", "reply", "summarization")}  # fmt: skip
+    assert by_type == {"classification": 40, "reply": 96, "summarization": 96}
+    cfg, doc = load_config(write(tmp_path, "task:\n  type: reply\n"))
+    assert "# 96 chosen for reply: a name, a policy and a persona as JSON" in dump_config(cfg, doc)
+    cfg, _ = load_config(write(tmp_path, "task:\n  type: reply\ngaps:\n  name_max_tokens: 50\n"))
+    assert cfg.gaps.name_max_tokens == 50
+    cfg, doc = load_config(write(tmp_path, "task:\n  type: reply\n"))
+    p = tmp_path / "dumped.yaml"
+    p.write_text(dump_config(cfg, doc).replace("type: reply", "type: classification", 1))
+    assert load_config(p)[0].gaps.name_max_tokens == 40  # written back as null: re-derived for the new type
+
+
 def test_plan_counts_follow_the_class_balance(tmp_path):
     from workbench.config import plan_counts
 

@@ -98,7 +98,7 @@ def test_a_summarization_draft_with_a_dataset_runs_every_stage(tmp_path):
     check_runnable(cfg)
     assert cfg.task.policies == ["keep every number"] and cfg.task.must_refuse == []
     assert data.labels(cfg) == ["paper_abstract"] and "keep every number" in tasks.of(cfg).system_prompt(cfg)
-    assert cfg.gaps.name_max_tokens == init.TEXT_NAMER_TOKENS  # room for the namer's JSON
+    assert cfg.gaps.name_max_tokens == 96  # by task type: room for the namer's JSON
 
 
 def test_tools_and_fields_are_read_from_a_structured_dataset(tmp_path):

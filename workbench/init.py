@@ -116,7 +116,6 @@ DEFINE = 'In one sentence, say which {domain} messages belong to the category "{
 DEFAULT_PERSONAS = ["a first-time customer", "a long-standing customer", "a non-native English speaker"]
 DEFAULT_TONES = ["neutral", "frustrated", "polite"]
 DEFAULT_DIFFICULTY = {"easy": 0.3, "medium": 0.4, "hard": 0.3}
-TEXT_NAMER_TOKENS = 96  # gaps.name_max_tokens of reply and summarization drafts (the namer's JSON answer)
 DEFAULT_STYLE = "Messages as real users type them: short, plain, sometimes with typos."
 REFUSAL_SHARE = 0.2  # reply drafts with must_refuse items: the share of messages that ask for one
 
@@ -446,8 +445,6 @@ def draft(
             "refusal_share": REFUSAL_SHARE if task.get("must_refuse") else 0.0,
         },
         "llm": llm_cfg.model_dump(),
-        # replies' and summaries' namer writes a name, a policy and a persona as JSON: 40 tokens cut it short
-        **({"gaps": {"name_max_tokens": TEXT_NAMER_TOKENS}} if kind in ("reply", "summarization") else {}),
     }
     try:
         cfg = RunConfig.model_validate(doc)

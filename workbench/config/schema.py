@@ -13,6 +13,10 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from workbench.config.task import METRICS, SAMPLING, DataConfig, Share, TaskConfig, _Section, _unique, task_kind
 
+# gaps.name_max_tokens by task type: replies' and summaries' namer answers with a name, a policy and
+# a persona as JSON, which 40 tokens cut short (the other types' namer writes a short name)
+NAMER_TOKENS = {"reply": 96, "summarization": 96}
+
 
 def _check_url(url: str | None, field: str) -> str | None:
     if url is None:
@@ -531,7 +535,13 @@ class GapsConfig(_Section):
     extra_rows: int | None = Field(
         None, ge=1, le=10000, description="Inputs a 'more rows' edit adds to a confused label; null = rows_per_label."
     )
-    name_max_tokens: int = Field(40, ge=8, le=512, description="Cap on tokens of the LLM's name for a cluster.")
+    name_max_tokens: int | None = Field(
+        None,
+        ge=8,
+        le=512,
+        description="Cap on tokens of the LLM's answer naming a cluster; null = by task type (40 for a name; 96 "
+        "for replies' and summaries', whose namer writes a name, a policy and a persona as JSON).",
+    )
 
 
 class RunConfig(_Section):
@@ -597,6 +607,12 @@ class RunConfig(_Section):
             why = {2: "an option number", 160: "a support reply of a few sentences"}.get(n, "room for a full answer")
             why = f"a summary of task.summary_max_words ({words}) words" if self.task.type == "summarization" else why
             self._reasons["responses.max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
+        if self.gaps.name_max_tokens is None or "gaps.name_max_tokens" in self._derived:
+            n = NAMER_TOKENS.get(self.task.type, 40)
+            self.gaps.__dict__["name_max_tokens"] = n
+            self._derived.add("gaps.name_max_tokens")
+            why = "a name, a policy and a persona as JSON" if n > 40 else "a cluster's short name"
+            self._reasons["gaps.name_max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
         valid = METRICS[kind]
         if self.evaluate.metrics is None or "evaluate.metrics" in self._derived:
             self.evaluate.__dict__["metrics"] = list(valid)
