@@ -111,6 +111,9 @@ def read_jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+_TOLD: set[str] = set()  # SNIPS files whose repeated slots were logged
+
+
 def _snips_file(path: Path) -> pd.DataFrame:
     where = str(path)
     try:
@@ -138,7 +141,8 @@ def _snips_file(path: Path) -> pd.DataFrame:
                     continue
                 args[p["entity"]] = p["text"].strip()
         rows.append((f"{path.stem}-{k}", text.strip(), tool, args, k))
-    if repeated:
+    if repeated and str(path) not in _TOLD:  # once per file and process, however often it is read
+        _TOLD.add(str(path))
         log.info("%s: %d slots repeat within a message; the first value is kept", path.name, repeated)
     return pd.DataFrame(rows, columns=COLUMNS)
 
