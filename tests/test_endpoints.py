@@ -276,9 +276,12 @@ def test_answers_cut_at_max_tokens_are_counted_and_said(tmp_path, caplog):
 
 
 def test_another_server_with_the_same_model_name_is_not_answered_from_the_cache(tmp_path):
-    with provider(lambda req: http_answer(completion(req, texts=["from A"]))) as (a, _):
+    # both listen at once: one after the other, B could be given A's freed port, and be A to the cache
+    with (
+        provider(lambda req: http_answer(completion(req, texts=["from A"]))) as (a, _),
+        provider(lambda req: http_answer(completion(req, texts=["from B"]))) as (b, _),
+    ):
         assert llm(a, tmp_path).generate(ask())[0][0]["text"] == "from A"
-    with provider(lambda req: http_answer(completion(req, texts=["from B"]))) as (b, _):
         again = llm(b, tmp_path).generate(ask())[0][0]
     assert again["text"] == "from B" and not again["cached"]
 
