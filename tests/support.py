@@ -43,6 +43,14 @@ def simserver(**opts):
         proc.wait()
 
 
+def drop_weights(folder: Path) -> None:
+    """Delete the model weights under a run fixture's folder (each merged student is 0.5 GB) once its
+    module's tests are done: the suite's temporary folders peaked at 6.1 GB with every run's kept to
+    the end. The notebooks, tables and reports stay for reading a failure."""
+    for p in Path(folder).rglob("*.safetensors"):
+        p.unlink()
+
+
 def free_port() -> int:
     """A port nothing listens on, for a server that must come back at the same address (the cache
     keys an endpoint by its URL)."""

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import browser_requests, cache_with_models, need_browser, remote_references, simserver
+from support import browser_requests, cache_with_models, drop_weights, need_browser, remote_references, simserver
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-planted-7f3a9c1e5b2d4f60a8e7c9b1d3f5a7c9"
@@ -44,7 +44,8 @@ def shared_run(tmp_path_factory):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = next((tmp / "runs" / "smoke").glob("[0-9]*-*"))
-    return {"run": run, "cache": cache, "output": proc.stdout + proc.stderr}
+    yield {"run": run, "cache": cache, "output": proc.stdout + proc.stderr}
+    drop_weights(tmp / "runs")
 
 
 @pytest.mark.slow

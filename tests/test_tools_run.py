@@ -11,7 +11,7 @@ import sys
 
 import pandas as pd
 import pytest
-from support import cache_with_models
+from support import cache_with_models, drop_weights
 
 from workbench.runs import STAGES
 
@@ -44,7 +44,8 @@ def tools_run(tmp_path_factory, root):
     proc = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=root, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = [p for p in (tmp / "runs" / "snips-smoke").iterdir() if p.is_dir()]
-    return run, audit / "opens.tsv"
+    yield run, audit / "opens.tsv"
+    drop_weights(tmp / "runs")
 
 
 @pytest.fixture(scope="module")
