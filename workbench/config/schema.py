@@ -587,32 +587,32 @@ class RunConfig(_Section):
 
     __hash__ = None
 
+    def _derive(self, dotted: str, value: Any, why: str) -> None:
+        """Fill a field left null with its by-type default (`value`, for `why`), and again after a
+        change of task.type when it was derived before; a value the config sets stays."""
+        section, name = dotted.split(".")
+        sec = getattr(self, section)
+        if getattr(sec, name) is None or dotted in self._derived:
+            sec.__dict__[name] = value  # no re-validation: the defaults are in range
+            self._derived.add(dotted)
+            self._reasons[dotted] = f"{value} chosen for {self.task.type}: {why}; override freely"
+
     @model_validator(mode="after")
     def _resolve(self):
         kind = task_kind(self.task)
         for section in ("prompts", "responses"):
             key = self.task.type + ("/tools" if self.task.type == "dialogue" and self.task.tools else "")
             t, p, why = SAMPLING.get((section, "*")) or SAMPLING[(section, key)]
-            sec = getattr(self, section)
-            for name, value in (("temperature", t), ("top_p", p)):
-                if getattr(sec, name) is None or f"{section}.{name}" in self._derived:
-                    sec.__dict__[name] = value  # no re-validation: the table's values are in range
-                    self._derived.add(f"{section}.{name}")
-                    self._reasons[f"{section}.{name}"] = f"{value} chosen for {self.task.type}: {why}; override freely"
-        if self.responses.max_tokens is None or "responses.max_tokens" in self._derived:
-            words = self.task.summary_max_words
-            n = {"classification": 2, "reply": 160, "summarization": words * 3 // 2}.get(self.task.type, 512)
-            self.responses.__dict__["max_tokens"] = n
-            self._derived.add("responses.max_tokens")
-            why = {2: "an option number", 160: "a support reply of a few sentences"}.get(n, "room for a full answer")
-            why = f"a summary of task.summary_max_words ({words}) words" if self.task.type == "summarization" else why
-            self._reasons["responses.max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
-        if self.gaps.name_max_tokens is None or "gaps.name_max_tokens" in self._derived:
-            n = NAMER_TOKENS.get(self.task.type, 40)
-            self.gaps.__dict__["name_max_tokens"] = n
-            self._derived.add("gaps.name_max_tokens")
-            why = "a name, a policy and a persona as JSON" if n > 40 else "a cluster's short name"
-            self._reasons["gaps.name_max_tokens"] = f"{n} chosen for {self.task.type}: {why}; override freely"
+            self._derive(f"{section}.temperature", t, why)
+            self._derive(f"{section}.top_p", p, why)
+        words = self.task.summary_max_words
+        n = {"classification": 2, "reply": 160, "summarization": words * 3 // 2}.get(self.task.type, 512)
+        why = {2: "an option number", 160: "a support reply of a few sentences"}.get(n, "room for a full answer")
+        why = f"a summary of task.summary_max_words ({words}) words" if self.task.type == "summarization" else why
+        self._derive("responses.max_tokens", n, why)
+        text = self.task.type in NAMER_TOKENS
+        self._derive("gaps.name_max_tokens", NAMER_TOKENS.get(self.task.type, 40),
+                     "a name, a policy and a persona as JSON" if text else "a cluster's short name")  # fmt: skip
         valid = METRICS[kind]
         if self.evaluate.metrics is None or "evaluate.metrics" in self._derived:
             self.evaluate.__dict__["metrics"] = list(valid)
