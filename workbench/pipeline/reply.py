@@ -293,11 +293,10 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     )  # fmt: skip  (01's entity is the message's)
     llm = stage.llm("generator") if cfg.filter.rewrite else None
     embed_fn = partial(embed.embed, cache_dir=cache_dir())
-    rows["refuses"] = rows["text"].map(tasks.of(cfg).refuses) & rows["best_reply"].notna()
-    rows = filters.filter_rows(
-        cfg, rows, stage.load("seeds"), embed_fn, llm, tasks.of(cfg).REWRITE, off_topic_ok="refuses"
-    )
-    over = rows["keep_filter"] & tasks.of(cfg).over_limit(cfg, rows["text"])  # summaries: task.summary_max_words
+    t = tasks.of(cfg)
+    rows["refuses"] = rows["text"].map(t.refuses) & rows["best_reply"].notna()
+    rows = filters.filter_rows(cfg, rows, stage.load("seeds"), embed_fn, llm, t.REWRITE, off_topic_ok="refuses")
+    over = rows["keep_filter"] & t.over_limit(cfg, rows["text"])  # summaries: task.summary_max_words
     if over.any():
         rows.loc[over, "keep_filter"], rows.loc[over, "reject_reason_filter"] = False, "over_word_limit"
         rows = filters.verdict(rows)
@@ -554,10 +553,10 @@ def dev_failures(stage: Stage, student: str, path: str) -> tuple[pd.DataFrame, d
                           "should_refuse": False, "id": dev["id"], "margin": 0.0})  # fmt: skip
     outcome = confirm_pairs(stage, pairs, always=True, desc=f"07 {student} against the untuned, dev")["outcome"]
     scored, _ = judge_items(stage, dev.reset_index(drop=True), f"07 judge on {student}'s dev replies")
-    dims = tasks.of(cfg).rubric(cfg)
-    scored["outcome"] = outcome.to_numpy()
-    scored["refuses"] = scored["reply"].map(tasks.of(cfg).refuses)
     t = tasks.of(cfg)
+    dims = t.rubric(cfg)
+    scored["outcome"] = outcome.to_numpy()
+    scored["refuses"] = scored["reply"].map(t.refuses)
     lows, extra = _low(scored, dims, cfg.gaps.low_score), t.checks(scored)
     scored["signature"] = [t.signature(o == "rejected", bool(r), lo, extra=x)
                            for o, r, lo, x in zip(scored["outcome"], scored["refuses"], lows, extra)]  # fmt: skip
