@@ -28,8 +28,10 @@ started with `active` requests in flight takes `latency * max(1, active / concur
 latency rises with load. `schedule` changes `concurrency` over time ("0:16,5:128": 16 from the
 start, 128 after 5 seconds). `replies: echo` answers `{"echo": the last message, "seed", "i": the choice}` (text that is not JSON
 for a message containing "[malformed]"), refuses "[401]" messages as a bad key and fails "[429]"
-and "[500]" messages `fail_times` times first: scripted rows for unit tests. `replies: plausible` answers a JSON schema's request with an instance of it and other requests
-with a sentence of the prompt's words, so a whole run can go through it; `inject` adds a text
+and "[500]" messages `fail_times` times first: scripted rows for unit tests. `replies: plausible` answers a JSON schema's request with an instance of it (of an enum, the value
+the prompt's words point at), a request to rewrite a "Request: ..." line with that request, a
+prompt with examples ("- " lines) with a variant of one, and other requests with a sentence of
+the prompt's words (a reply, a summary), so a whole run of any task type can go through it; `inject` adds a text
 (a script tag, PII, …) to the start of a share `p_inject` of those sentences. `api_key` answers 401 to
 any other bearer key, `models` 404 to any
 other model, `max_n` 400 to a larger `n`, as real endpoints do. `answered_again` in the stats
@@ -46,6 +48,7 @@ import asyncio
 import collections
 import json
 import random
+import re
 import selectors
 import sys
 import time
@@ -358,6 +361,9 @@ class Sim:
             latency *= max(1.0, self.active / self.capacity())
         loop = asyncio.get_running_loop()
         if req.get("stream"):
+            # a scripted text is streamed whole, a word a step, as it is sent unstreamed
+            if self.cfg.replies != "words":
+                tokens = max(len(self._text(req, i, tokens).split(" ")) for i in range(n))
             conn.start_stream()
             loop.call_at(t0 + latency, self._stream_step, conn, req, n, tokens, 0)
         else:  # the answer is built now, so that sending it when due costs one write
@@ -540,22 +546,45 @@ class _Conn(asyncio.Protocol):
 
 
 def _plausible(req: dict, i: int) -> str:
-    """`replies: plausible`: an instance of the request's JSON schema when it sends one (enums,
-    numbers in range, strings of the prompt's words), else a customer-style sentence made of the
-    last user message's words; fixed by the messages, seed and choice. Enough for every stage to
-    run end to end against the simulated endpoint (tests of the endpoint path, not of quality)."""
+    """`replies: plausible`: an instance of the request's JSON schema when it sends one (numbers in
+    range, strings of the prompt's words; of an enum, the value whose words, or whose numbered
+    option line's words, the rest of the prompt shares most: a plausible label); for a request to
+    rewrite the line that starts with "Request: ", that request with its words kept; for a prompt
+    with examples ("- " lines), one of them with a quarter of its words left out and some of the
+    examples' and topic's words added; else a sentence of 12 to 20 of the prompt's words; fixed by the messages, seed and choice. Enough for every stage of every
+    task type to run end to end against the simulated endpoint, rows kept (tests of the endpoint
+    path, not of quality)."""
     msgs = req.get("messages") or [{}]
-    user = next((m.get("content", "") for m in reversed(msgs) if m.get("role") == "user"), "")
+    user = str(next((m.get("content", "") for m in reversed(msgs) if m.get("role") == "user"), ""))
     rnd = random.Random(zlib.crc32(f"{req.get('seed')}|{i}|{user}".encode()))
-    words = [w.strip(".,:;!?\"'()[]{}").lower() for w in str(user).split()]
-    words = [w for w in words if w.isalpha() and len(w) > 2] or ["card", "account", "payment"]
+    examples = [ln[2:] for ln in user.splitlines() if ln.startswith("- ")]
+    examples += re.findall(r"^Topic: (.+)$", user, re.M)
+    words = _words(" ".join(examples) or user) or ["card", "account", "payment"]
 
     def phrase(k: int) -> str:
         return " ".join(rnd.choice(words) for _ in range(k))
 
+    def pick(values: list):
+        """The value the prompt's words point at: its own words, or those of the option line
+        numbered with it, shared with the rest of the prompt; ties broken by the seed."""
+        lines = user.splitlines()
+        options = {
+            str(v): next((ln.split(".", 1)[1] for ln in lines if ln.startswith(f"{v}.")), str(v)) for v in values
+        }
+        listed = {ln for ln in lines if any(ln.startswith(f"{v}.") for v in values)}
+        rest = " ".join(ln for ln in lines if ln not in listed)
+        for v in sorted(map(str, values), key=len, reverse=True):  # the values' own list is no evidence
+            rest = rest.replace(v, " ")
+        rest = set(_words(rest.replace("_", " ")))
+        score = {str(v): len(set(_words(options[str(v)].replace("_", " "))) & rest) for v in values}
+        top = max(score.values())
+        return rnd.choice([v for v in values if score[str(v)] == top])
+
     def instance(schema: dict):
+        if "const" in schema:
+            return schema["const"]
         if "enum" in schema:
-            return rnd.choice(schema["enum"])
+            return pick(schema["enum"])
         for alt in ("anyOf", "oneOf"):
             if alt in schema:
                 return instance(schema[alt][0])
@@ -577,7 +606,28 @@ def _plausible(req: dict, i: int) -> str:
     fmt = req.get("response_format") or {}
     if fmt.get("type") == "json_schema":
         return json.dumps(instance((fmt.get("json_schema") or {}).get("schema") or {}))
-    return f"Hello, I have a question about my {phrase(3)}. Could you help me with the {phrase(4)} please?"
+    rewrite = re.search(r"^Request: (.+)$", user, re.M)
+    if rewrite:  # asked to rewrite a request: the same request, every word kept, politely put
+        return f"{rnd.choice(['Please', 'Hi,', 'Hey,'])} {rewrite.group(1).strip()}"
+    shown = [ln[2:] for ln in user.splitlines() if ln.startswith("- ")]
+    if shown:  # a text like the prompt's examples: one of them with a quarter of its words left out, some added
+        out = [w for w in rnd.choice(shown).split() if rnd.random() > 0.25] or [phrase(1)]
+        for _ in range(max(1, len(out) // 6)):
+            out.insert(rnd.randrange(len(out) + 1), rnd.choice(words))
+        return " ".join(out)
+    return f"{phrase(rnd.randint(12, 20)).capitalize()}."
+
+
+_COMMON = set(
+    "that this with have what when will your from they them then there their been were would could "
+    "should about into just some been here also only very much more most than".split()
+)
+
+
+def _words(text: str) -> list[str]:
+    """The content words of `text`: letters only, longer than three, lower case, common ones left out."""
+    words = [w.strip(".,:;!?\"'()[]{}").lower() for w in text.split()]
+    return [w for w in words if w.isalpha() and len(w) > 3 and w not in _COMMON]
 
 
 def _head(
