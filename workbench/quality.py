@@ -6,9 +6,11 @@ Each function is pure and cheap; `filters.filter_rows` applies them in the order
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import sys
 from typing import Any
 
 _WORD = re.compile(r"[A-Za-zÀ-ÿ']+")
@@ -108,12 +110,31 @@ def _international(span: str) -> bool:
     return span.startswith("+") and len(re.sub(r"\D", "", span)) >= 10
 
 
+@contextlib.contextmanager
+def _without(*modules: str):
+    """Within it, importing `modules` fails as if they were not installed, unless a module is loaded
+    already; after it, they import as usual."""
+    hidden = [m for m in modules if m not in sys.modules]
+    for m in hidden:
+        sys.modules[m] = None  # type: ignore[assignment]  # the import system's "not installed"
+    try:
+        yield
+    finally:
+        for m in hidden:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
+
+
 @functools.cache
 def _recognizers() -> list[tuple[str, Any, Any]]:
     """(kind, presidio recognizer, check of the span or None)."""
     # presidio reads the public-suffix list for URLs: the copy in tldextract's wheel, never the network
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
-    from presidio_analyzer import predefined_recognizers as pr  # spaCy (seconds): only where PII is checked
+    # presidio's package imports torch and transformers, both optional to it, for NER engines and a
+    # GPU probe the pattern recognizers here never use: 6.2 s of a stage kernel's first PII check
+    # with them, 1.8 s without (docs/timings.md); a kernel that has loaded them already pays nothing
+    with _without("torch", "transformers"):
+        from presidio_analyzer import predefined_recognizers as pr  # spaCy (seconds): only where PII is checked
 
     return [
         ("email", pr.EmailRecognizer(), None),
