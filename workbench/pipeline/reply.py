@@ -84,8 +84,9 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
         "should_refuse": int(rows["should_refuse"].sum()),
         "candidates": len(cands),
         "errors": int(cands["error"].notna().sum()),
-        "refusals_where_due": _share(ok[ok["should_refuse"]]["refuses"]),
-        "refusals_where_not_due": _share(ok[~ok["should_refuse"]]["refuses"]),
+        # a mask, not a column selection, also when 01 kept no message (an empty column of objects)
+        "refusals_where_due": _share(ok.loc[ok["should_refuse"].astype(bool), "refuses"]),
+        "refusals_where_not_due": _share(ok.loc[~ok["should_refuse"].astype(bool), "refuses"]),
         "mean_reply_words": float(ok["reply"].str.split().str.len().mean()) if len(ok) else None,
         "seconds": round(seconds, 1),
         **responses.throughput(as_rows),
@@ -385,6 +386,8 @@ def train_stage(stage: Stage) -> pd.DataFrame:
                                      for t, r, h in zip(data["text"], data["should_refuse"], data["history"])])  # fmt: skip
         out.append({"model": "grpo"} | causal.fit("grpo", sft, prompts, cfg, folder / "grpo", reward_funcs=funcs))
     training = pd.DataFrame([{"student": "causal"} | r for r in out])
+    # the columns 06 reads are there when nothing could be trained too (04 kept no row)
+    training = training.reindex(columns=list(dict.fromkeys(["student", "model", "start", "merged", *training])))
     stage.save(training, "training")
     return training
 
