@@ -147,7 +147,13 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
         ALL,
     ),
     "judge.jurors": ("03_judge", "rubric jury; Krippendorff's alpha", (), ALL),
-    "judge.anchor": ("03_judge", "judge prompt (extraction, tools: a real request and its answer)", (), ALL),
+    "judge.anchor": (
+        "03_judge",
+        "judge prompt: a real seed of the row's label (extraction, tools: a real request and its answer; "
+        "summarization: a real source and its reference summary); a reply has no real reply to show",
+        (),
+        ("classification", "classification/multi_label", "dialogue", "extraction", "tools", "summarization"),
+    ),
     "judge.min_score": ("03_judge", "judge score", ("low_score",), CLS),
     "judge.max_tokens": ("03_judge", "sampling", (), ALL),
     "judge.temperature": ("03_judge", "sampling", (), ALL),
