@@ -10,7 +10,7 @@ from support import cycle, graph_of, modules
 ROOT = Path(__file__).resolve().parent.parent
 # libraries a function may import late, each slow to import or needed by one path only
 HEAVY = {"presidio_analyzer", "profanity_check", "torch", "transformers", "trl", "peft", "datasets", "umap", "hdbscan", "sentence_transformers", "openai",
-         "uvloop", "langdetect", "llguidance", "rouge_score"}  # fmt: skip
+         "uvloop", "langdetect", "llguidance", "rouge_score", "sklearn"}  # fmt: skip
 
 
 def test_the_package_has_no_import_cycle():

@@ -14,7 +14,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.neighbors import NearestNeighbors
 
 from workbench.config import GapsConfig
 
@@ -32,6 +31,8 @@ def default_models(cfg: GapsConfig, vectors: np.ndarray):
     warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
     knn = (None, None, None)
     if n > k:
+        from sklearn.neighbors import NearestNeighbors  # scikit-learn (a second): only where failures are clustered
+
         dists, idx = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(vectors).kneighbors()
         # UMAP's neighbour lists start with the point itself at distance 0
         idx = np.hstack([np.arange(n)[:, None], idx[:, : k - 1]])

@@ -38,7 +38,6 @@ from collections import Counter
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from workbench.config import RUBRIC, RunConfig
 from workbench.data import label_topic
@@ -223,6 +222,8 @@ def calibration_table(scored: pd.DataFrame) -> pd.DataFrame:
     scored), mean score of each, AUC (the chance a good item outscores a bad one; ties count a
     half; None without both kinds), and unscored (no readable score)."""
     jury = scored.groupby("id", as_index=False).agg(score=("score", "mean"), known=("known", "first"))
+    from sklearn.metrics import roc_auc_score  # scikit-learn (a second): only where the judge is calibrated
+
     parts = [(m, g) for m, g in scored.groupby("juror_model", sort=False)]
     if len(parts) > 1:
         parts.append(("jury (mean)", jury))

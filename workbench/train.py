@@ -21,11 +21,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import joblib
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from workbench import causal
 from workbench.config import RunConfig, TrainConfig
@@ -33,6 +33,9 @@ from workbench.embed import embed, encoder
 from workbench.export import kept_pairs
 from workbench.filters import unfiltered
 from workbench.llm import local_model_dir
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression  # scikit-learn: imported where a probe trains (below)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ def training_sets(seeds: pd.DataFrame, rows: pd.DataFrame) -> dict[str, pd.DataF
 
 def train_probe(train: pd.DataFrame, cfg: TrainConfig, cache_dir: str | Path) -> Probe:
     t0 = time.perf_counter()
+    from sklearn.linear_model import LogisticRegression  # scikit-learn (a second): only where a probe trains
+
     x = embed(list(train["text"]), cache_dir)
     head = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter)
     head.fit(x, train["label"].to_numpy())
