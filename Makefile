@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo demo-tools loop test lab lint bench lock clean-runs
+.PHONY: setup demo demo-tools loop test test-fast lab lint bench lock clean-runs
 
 $(STAMP): pyproject.toml requirements.lock models.lock Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +30,15 @@ demo-tools: setup
 loop: setup
 	$(BIN)/workbench loop configs/banking77.yaml --iterations 2
 
+# the suite on WORKERS pytest-xdist workers; the tests that read one run stay on one worker
+# (tests/conftest.py), and each worker's torch keeps to one thread
+WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS)
+
+# the inner loop: everything but the end-to-end runs (`-m "not slow"`)
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" -n $(WORKERS)
 
 # Resolve every dependency afresh (newest releases within pyproject.toml's bounds) in a scratch
 # environment, write what it got to requirements.lock, then reinstall .venv from it and run the tests.

@@ -1,10 +1,18 @@
 import os
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import SMOKE_RUN, cache_with_models
+from support import (
+    audited,
+    cache_with_models,
+    drop_weights,
+    endpoint_env,
+    endpoint_run,
+    run_bounded,
+    shared_simserver,
+    tiny_model,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -12,22 +20,39 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("JUPYTER_PREFER_ENV_PATH", "1")  # a run's kernels are this environment's
 os.environ.setdefault("WORKBENCH_CACHE", str(ROOT / ".cache" / "tests"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: one thread each for torch (and the runs'
+    # kernels, which inherit it), so two workers do not fight over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Loaded by every Python process of the run (the CLI and each stage's kernel) through PYTHONPATH:
-# records which stage opened the dataset's test.csv (stages announce themselves in open_stage).
-AUDIT = """
-import os, sys
-_stage = [None]
-def _hook(event, args):
-    if event == "workbench.stage":
-        _stage[0] = args[0]
-    elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-        path = os.fsdecode(args[0])
-        if path.endswith(os.sep + "test.csv"):
-            with open(os.environ["WORKBENCH_AUDIT_LOG"], "a") as f:
-                f.write(f"{os.getpid()}\\t{_stage[0]}\\t{path}\\n")
-sys.addaudithook(_hook)
-"""
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """The slow tests first, in their files' order: under xdist (`make test`) the longest work
+    starts first, so the workers finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# Under xdist, a test module is one unit of work (its module-scoped runs are made once), and the
+# modules that read the session's smoke run are one unit together, so it is made once. This is
+# xdist's own loadscope scheduling, grouped by module here rather than by `--dist loadgroup`'s
+# xdist_group marks, which pytest 9.2 drops silently (pytest-dev/pytest-xdist#1386).
+SMOKE_RUN_READERS = {"test_smoke.py", "test_shared_run.py", "test_resume.py"}
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist is a dev dependency: without it the suite runs in one process
+    LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "smoke_run" if Path(module).name in SMOKE_RUN_READERS else module
+
+    def pytest_xdist_make_scheduler(config, log):
+        return ModuleScheduling(config, log)
 
 
 @pytest.fixture
@@ -36,18 +61,44 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """The whole chain once per session, 00 to 99, on the embedded model with an empty LLM cache
-    (the converted model and embeddings shared): every stage notebook is executed here, and only
-    here. Returns the runs folder, the command's output and the audit log of test.csv opens."""
+def tiny(tmp_path_factory) -> Path:
+    """The tiny random-weight Llama (support.tiny_model), built once per session."""
+    return tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """The one simulated endpoint of the session's endpoint runs (support.shared_simserver)."""
+    with shared_simserver() as url:
+        yield url
+
+
+@dataclass
+class Run:
+    """A finished run of the `workbench` command: its runs folder, its run, what it printed, its
+    call cache and the log of which stage opened the test split."""
+
+    runs_dir: Path
+    run: Path
+    output: str
+    cache: Path
+    audit: Path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, sim, tiny):
+    """The whole chain once per session, 00 to 99, of the smoke config against the simulated
+    endpoint (the generator) with the tiny model as every other model (support.endpoint_run), on an
+    empty call cache (the converted models and embeddings shared), the API key planted in the
+    environment and hostile text in a third of the generated messages: every classification stage
+    notebook is executed here, and test_smoke, test_shared_run and test_resume (its uninterrupted
+    reference) read what it left."""
     tmp = tmp_path_factory.mktemp("smoke")
-    runs_dir, audit = tmp / "runs", tmp / "audit"
-    audit.mkdir()
-    (audit / "sitecustomize.py").write_text(AUDIT)
-    env = dict(os.environ, WORKBENCH_CACHE=str(cache_with_models(tmp / "cache")))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(audit), env.get("PYTHONPATH")]))
-    env["WORKBENCH_AUDIT_LOG"] = str(audit / "opens.tsv")
-    cli = [sys.executable, "-m", "workbench.cli", *SMOKE_RUN, "--runs-dir", str(runs_dir)]
-    proc = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return runs_dir, proc.stdout, audit / "opens.tsv"
+    runs_dir, cache = tmp / "runs", cache_with_models(tmp / "cache")
+    env, audit = audited(endpoint_env(cache), tmp / "audit")
+    cmd = endpoint_run(ROOT / "configs" / "smoke.yaml", runs_dir, sim, tiny)
+    code, output = run_bounded(cmd, env, tmp / "run.log", watch=(runs_dir,))
+    assert code == 0, output[-4000:]
+    (run,) = [p for p in (runs_dir / "smoke").iterdir() if p.is_dir()]
+    yield Run(runs_dir, run, output, cache, audit)
+    drop_weights(runs_dir)

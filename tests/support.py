@@ -22,10 +22,18 @@ from workbench.llm import LLM, Request
 ROOT = Path(__file__).resolve().parent.parent
 SIMSERVER = ROOT / "benchmarks" / "simserver.py"
 
-# The smoke run's command, as a user types it. Batches of 8 rows, so each LLM stage saves its
-# answers several times: test_resume kills the same command between two batches and compares
-# what it resumes to with this run.
-SMOKE_RUN = ["run", str(ROOT / "configs" / "smoke.yaml"), "--set", "llm.batch_size=8"]
+# The API key the simulated endpoint wants, planted in the environment of the runs against it
+# (test_shared_run looks for it in every file they leave), and the hostile text it adds to a third
+# of its plain-text answers: a script tag, an image with onerror, a javascript: link, an e-mail
+# address and a phone number.
+KEY_ENV, KEY = "WB_SHARED_KEY", "sk-planted-7f3a9c1e5b2d4f60a8e7c9b1d3f5a7c9"
+EMAIL, PHONE = "jane.doe.planted@example.com", "+44 7700 900123"
+HOSTILE = (
+    "<script>document.title='PWNED-SCRIPT'</script> "
+    "<img src=x onerror=\"document.title='PWNED-IMG'\"> "
+    "<a href=\"javascript:document.title='PWNED-LINK'\">click</a> "
+    f"write to {EMAIL} or call {PHONE}"
+)
 
 
 @contextmanager
@@ -41,6 +49,181 @@ def simserver(**opts):
     finally:
         proc.kill()
         proc.wait()
+
+
+def tiny_model(folder: Path) -> Path:
+    """A Llama with random weights (2 layers, hidden size 64, grouped-query attention) and the
+    embedded SmolLM2's own tokenizer and chat template, saved as a model folder; built offline in
+    a few seconds (no download: the tokenizer comes from the installed GGUF). It goes through every
+    path the embedded model does (the decode loop with its shared prefix and fast Llama forward,
+    grammars, first-token scores, the trl trainers) at a fraction of the cost; its words are noise,
+    so it carries the plumbing, never a test of what a model says."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from workbench.llm import embedded_gguf
+
+    gguf = embedded_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=end,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = end
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@contextmanager
+def shared_simserver():
+    """The one simulated endpoint of the session's endpoint runs (the smoke run, two runs at once,
+    a third from the cache, kill-and-resume and the per-task-type runs): plausible answers for
+    every request, the planted key required, the hostile text in a third of the plain answers.
+    Its latency lets a kill land between two saves of a stage's answers."""
+    with simserver(replies="plausible", api_key=KEY, inject=HOSTILE, p_inject=0.33, latency=0.05,
+                   max_seconds=4 * 3600) as url:  # fmt: skip
+        yield url
+
+
+# The tiny model's roles by task type (config/enforce.py refuses roles a type has no stage for): a
+# juror beside the endpoint (its ratings of repeated digits do not parse, so the endpoint's keep the
+# rows; its label votes go through the grammar), the critic, the refusal judge and the namer. The
+# tools run's judge is the endpoint alone: test_tools_run checks that every judgment parses.
+ROLES = {
+    "classification": ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"],
+    "reply": ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"],
+    "summarization": ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"],
+    "tools": [],
+}
+
+
+def endpoint_run(config: Path, runs_dir: Path, url: str, tiny: Path, task_type: str = "classification") -> list[str]:
+    """`workbench run` of `config` as a user types it, against the simulated endpoint at `url` (the
+    generator: 00's preview, 01's inputs, 02's candidates, streamed so their time to first token is
+    measured; and a judge), with the tiny model as a
+    local model in batches of 8 rows (so a stage saves its answers several times) in the roles
+    ROLES gives the task type, and as the causal student. The endpoint's words carry rows through
+    every gate; the tiny model carries the local decode loop, grammars, first-token scores and the
+    trl trainers."""
+    local = f"{{provider: local, model: '{tiny}', dtype: float32, batch_size: 8}}"
+    pairs = ["llm.provider=openai", f"llm.base_url={url}", "llm.model=sim", f"llm.api_key_env={KEY_ENV}", "llm.stream=true",
+             *([f"models.tiny={local}"] if ROLES[task_type] else []), *ROLES[task_type], f"train.model={tiny}"]  # fmt: skip
+    return [sys.executable, "-m", "workbench.cli", "run", str(config), "--runs-dir", str(runs_dir), *sets(*pairs)]
+
+
+def endpoint_env(cache: Path, **more: str) -> dict:
+    """The environment of a run against the simulated endpoint: its key, a cache of its own."""
+    return dict(os.environ, **{KEY_ENV: KEY}, WORKBENCH_CACHE=str(cache), HF_HUB_OFFLINE="1", **more)
+
+
+# Loaded by every Python process of a run (the CLI and each stage's kernel) through PYTHONPATH:
+# records which stage opened a file of a real test split (a dataset's test.csv, SNIPS'
+# validate_*.json), stages announcing themselves in open_stage.
+AUDIT = """
+import os, sys
+_stage = [None]
+def _hook(event, args):
+    if event == "workbench.stage":
+        _stage[0] = args[0]
+    elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.fsdecode(args[0])
+        name = os.path.basename(path)
+        if name == "test.csv" or (name.startswith("validate_") and name.endswith(".json")):
+            with open(os.environ["WORKBENCH_AUDIT_LOG"], "a") as f:
+                f.write(f"{os.getpid()}\\t{_stage[0]}\\t{path}\\n")
+sys.addaudithook(_hook)
+"""
+
+
+def audited(env: dict, folder: Path) -> tuple[dict, Path]:
+    """`env` with the audit hook (AUDIT) loaded by every process, and the log it writes: one line
+    (pid, stage, path) per opening of a test-split file."""
+    folder.mkdir(parents=True)
+    (folder / "sitecustomize.py").write_text(AUDIT)
+    env = dict(env, WORKBENCH_AUDIT_LOG=str(folder / "opens.tsv"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+    return env, folder / "opens.tsv"
+
+
+QUIET_S = 600  # a run that writes nothing for this long has hung
+
+
+def newest_change(*folders: Path) -> float:
+    """The latest modification time of any file under `folders` (0 when there is none); files
+    renamed or removed while it looks (a run's temporary files) are passed over."""
+    latest = 0.0
+    for folder in folders:
+        for top, _, files in os.walk(folder):  # os.walk skips a folder that vanishes under it
+            for name in files:
+                try:
+                    latest = max(latest, os.stat(os.path.join(top, name)).st_mtime)
+                except FileNotFoundError:
+                    pass
+    return latest
+
+
+def run_bounded(cmd: list[str], env: dict, log: Path, watch: tuple[Path, ...] = (), quiet_s: float = QUIET_S,
+                proc: subprocess.Popen | None = None) -> tuple[int, str]:  # fmt: skip
+    """Run `cmd` (or wait for `proc`, started with its output in `log`), its output in `log`, for as
+    long as it makes progress: it fails only when neither `log` nor any file under `watch` (the run
+    folders: papermill saves a stage's notebook after every cell) has changed for `quiet_s` seconds,
+    however busy the machine is. Returns (exit status, output)."""
+    import pytest
+
+    if proc is None:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    last, seen = time.monotonic(), None
+    while proc.poll() is None:
+        time.sleep(1.0)
+        now = (log.stat().st_size if log.exists() else 0, newest_change(*watch))
+        if now != seen:
+            last, seen = time.monotonic(), now
+        elif time.monotonic() - last > quiet_s:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"no progress for {quiet_s:g} s (no output, no file changed): {' '.join(cmd)}\n"
+                        f"{log.read_text(errors='replace')[-3000:]}")  # fmt: skip
+    return proc.returncode, log.read_text(errors="replace")
+
+
+def sets(*pairs: str) -> list[str]:
+    """`--set` arguments of the `workbench` command, one per `field=value`."""
+    return [x for pair in pairs for x in ("--set", pair)]
+
+
+def notebook_source(executed: Path) -> Path:
+    """The notebook of the checkout a run's executed stage notebook was made from: the one of the
+    task type's folder (notebooks/<type>/) or of notebooks/ whose code cells it runs, the
+    parameters papermill injected aside."""
+    import nbformat
+
+    def code(path: Path) -> list[str]:
+        nb = nbformat.read(path, as_version=4)
+        return [
+            c.source
+            for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+        ]
+
+    ran = code(executed)
+    found = [p for p in sorted((ROOT / "notebooks").rglob(executed.name)) if code(p) == ran]
+    assert len(found) == 1, f"{executed.name}: made from {found}"
+    return found[0]
 
 
 def drop_weights(folder: Path) -> None:
@@ -61,12 +244,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, server, log: Path, seconds: float = 120.0) -> None:
+def wait_for_http(url: str, server, log: Path, quiet_s: float = QUIET_S) -> None:
     """Return once `url` answers; fail with the end of the server's `log` when the server process
-    exits first or `seconds` pass."""
+    exits first, or when its log has not changed for `quiet_s` seconds (a hung start, however slow
+    the machine)."""
     import pytest
 
-    deadline = time.monotonic() + seconds
+    last, size = time.monotonic(), -1
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
@@ -74,8 +258,11 @@ def wait_for_http(url: str, server, log: Path, seconds: float = 120.0) -> None:
         except OSError:
             if server.poll() is not None:
                 pytest.fail(f"{server.args[0]} exited: {Path(log).read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{url}: no answer in {seconds:g} s: {Path(log).read_text()[-2000:]}")
+            now = Path(log).stat().st_size if Path(log).exists() else 0
+            if now != size:
+                last, size = time.monotonic(), now
+            elif time.monotonic() - last > quiet_s:
+                pytest.fail(f"{url}: no answer and no log line in {quiet_s:g} s: {Path(log).read_text()[-2000:]}")
             time.sleep(0.5)
 
 
@@ -237,13 +424,14 @@ def _blocker(seen: list[str]):
     return block
 
 
-def browser_requests(pages: list[Path]) -> dict[str, list[str]]:
-    """Per page, every request headless Chromium made for it that was not for a local file, with
-    the network cut (each such request is aborted): a page that needs the network shows up here.
-    Playwright drives Debian's Chromium; only the page's own requests count, not the browser's."""
+def browse(pages: list[Path]) -> dict[str, dict]:
+    """Each page opened in headless Chromium with the network cut (each request not for a local
+    file is aborted and recorded), by "folder/name": the requests it made (a page that needs the
+    network shows up here; only the page's own, not the browser's), and, once its scripts have run,
+    its title and its DOM. Playwright drives Debian's Chromium."""
     from playwright.sync_api import sync_playwright
 
-    out: dict[str, list[str]] = {}
+    out: dict[str, dict] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         for page_path in pages:
@@ -255,10 +443,16 @@ def browser_requests(pages: list[Path]) -> dict[str, list[str]]:
             page.on("websocket", lambda ws, seen=seen: seen.append(ws.url))
             page.goto(page_path.as_uri(), wait_until="load", timeout=120_000)
             page.wait_for_timeout(1500)  # scripts that fetch after load (widget managers, mermaid)
-            out[f"{page_path.parent.name}/{page_path.name}"] = sorted(set(seen))
+            key = f"{page_path.parent.name}/{page_path.name}"
+            out[key] = {"requests": sorted(set(seen)), "title": page.title(), "dom": page.content()}
             context.close()
         browser.close()
     return out
+
+
+def browser_requests(pages: list[Path]) -> dict[str, list[str]]:
+    """Per page, the requests `browse` saw it make with the network cut."""
+    return {k: v["requests"] for k, v in browse(pages).items()}
 
 
 # ---------------------------------------------------------------- a provider, scripted byte by byte

@@ -309,22 +309,6 @@ def test_judge_reply_that_cannot_be_read_is_kept_raw_and_rejected_by_row(tmp_pat
     assert not out.loc[1, "keep_judge"] and judgments.loc[1, "raw"] == reply  # kept, to be read
 
 
-def test_generator_reply_that_is_empty_is_a_reject_with_its_reason(tmp_path):
-    from test_prompts import LABELS, Replies, cfg_for, flat
-    from test_prompts import SEEDS as PROMPT_SEEDS
-
-    from workbench import prompts
-
-    cfg = cfg_for(rounds=1)
-    rows = prompts.build_prompts(
-        cfg, PROMPT_SEEDS, ScriptedLLM(Replies(lambda req, user: "" if "exchange rate" in user else None), tmp_path), flat,
-        LABELS,
-    )  # fmt: skip
-    empty = rows[rows["label"] == "exchange_rate"]
-    assert len(empty) and (empty["reject_reason_prompts"] == "empty").all() and not empty["keep_prompts"].any()
-    assert empty["id"].notna().all() and rows["id"].is_unique
-
-
 # ---------------------------------------------------------------- the siblings found by trying it by hand
 
 
@@ -362,25 +346,6 @@ def test_a_broken_provenance_names_its_file_and_stops_nothing_else(tmp_path, cap
     assert f"{run / 'provenance.json'}:" in err
     # a later `workbench run` of the same task looks past it for a run to resume
     assert runs.find_resumable(config(tmp_path), None, tmp_path / "runs") is None
-
-
-def test_iterate_on_a_moved_run_and_on_a_busy_one(tmp_path):
-    from test_gaps import EDITS, finished_run
-
-    parent = finished_run(tmp_path / "orig", patch_edits=EDITS)
-    moved = tmp_path / "elsewhere" / "copy-of-run"
-    moved.parent.mkdir()
-    parent.rename(moved)
-    run = driver.iterate(moved, ["e1"])
-    assert run.parent == moved.parent and run.name.startswith("001-")  # beside it, not two levels up
-    assert runs.ancestors(run) == [moved]
-    lock = runs.RunLock(moved)
-    assert lock.acquire()
-    try:  # another process holds it (a second lock object on the same folder stands for it)
-        with pytest.raises(runs.RunError, match="another process is executing it"):
-            driver.iterate(moved, ["e1"])
-    finally:
-        lock.release()
 
 
 def test_non_ascii_descriptions_and_typing_by_the_leading_verb():

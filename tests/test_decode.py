@@ -1,7 +1,9 @@
 """The one decode loop (`workbench.llm.decode`) on the embedded SmolLM2-135M: its own Llama forward
 gives transformers' numbers (float32), the shared prefix and the chunked prefill change nothing,
 the transformers fallback decodes the same, seeded sampling is stable run to run and across a
-resume, and per-step masks hold."""
+resume, and per-step masks hold. The embedded model itself where its numbers are what is tested (a
+random model's near-uniform logits would let a wrong forward pass or sampler agree by chance); the
+tiny one where only the mechanism is (the masks)."""
 
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def _greedy(dec: decode.Decoder, prompts, max_new: int = 10, batch_size=None) ->
 def test_own_forward_matches_transformers(model, monkeypatch):
     """float32: the first logits match transformers' forward, and greedy decoding matches
     transformers' generate token for token, with the shared prefix, chunked prefill (a few rows
-    per chunk), batches of 2, and repeated prompts."""
+    per chunk), batches of 2, and repeated prompts. The embedded model: the forward written here
+    is for its architecture and sizes, and its peaked logits make a greedy match meaningful."""
     import torch
 
     m, tok, prompts = model
@@ -84,6 +87,8 @@ def test_own_forward_matches_transformers(model, monkeypatch):
 
 
 def test_transformers_fallback_decodes_the_same(model):
+    """A model the fast forward does not take decodes through transformers' own forward, the same
+    tokens (the embedded model, for the same reason as above)."""
     m, tok, prompts = model
     fast = _greedy(decode.Decoder(m, tok.pad_token_id), prompts)
     slow = decode.Decoder(m, tok.pad_token_id)
@@ -94,7 +99,8 @@ def test_transformers_fallback_decodes_the_same(model):
 
 def test_int8_steps_stay_close_to_float32(model):
     """int8: the prompt is read in float32 (the first token's logits are float32's exactly), and
-    the next step's distribution, through int8 weights, stays near float32's."""
+    the next step's distribution, through int8 weights, stays near float32's. The embedded model:
+    how far quantization moves its distribution is what is measured."""
     m, tok, prompts = model
     got = {}
     for int8 in (False, True):
@@ -136,7 +142,8 @@ def _texts(local, reqs, todo=None) -> dict[int, list[str]]:
 
 def test_seeded_sampling_is_stable_run_to_run_and_across_a_resume():
     """The same requests and seeds give the same samples from a fresh load, and a run that only
-    does the requests a crash left (the rest cached) samples exactly what the whole run did."""
+    does the requests a crash left (the rest cached) samples exactly what the whole run did. The
+    embedded model: its samples are what a resumed run keeps."""
     reqs = _requests()
     whole = _texts(_local(), reqs)
     assert _texts(_local(), reqs) == whole
@@ -146,12 +153,12 @@ def test_seeded_sampling_is_stable_run_to_run_and_across_a_resume():
     assert len({tuple(v) for v in whole.values()}) > 1
 
 
-def test_a_step_mask_holds_and_first_tokens_are_scored():
+def test_a_step_mask_holds_and_first_tokens_are_scored(tiny):
     """`allow(item, step)` limits each step's tokens; `first_tokens` records the allowed strings'
-    probabilities (judge ratings) and constrains the first token."""
-    from workbench.llm.embedded import _Item
+    probabilities (judge ratings) and constrains the first token (the tiny model: the mechanism)."""
+    from workbench.llm.embedded import _Item, _LocalModel
 
-    local = _local()
+    local = _LocalModel(LLMConfig(model=str(tiny), batch_size=3, dtype="float32"), cache_dir())
     digits = [local.tok.convert_tokens_to_ids(str(d)) for d in range(10)]
     items = [_Item(0, 0, s, ids) for s, ids in enumerate(local.tok(["Count:", "Numbers please"])["input_ids"])]
     local._generate(items, 1.0, 1.0, 6, allow=lambda it, step: digits)

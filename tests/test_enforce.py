@@ -4,7 +4,7 @@ table and the pre-run estimate; sampling contradictions; smart defaults."""
 import pandas as pd
 import pytest
 
-from workbench import plan
+from workbench import plan, tasks
 from workbench.config import ENFORCED_BY, ConfigError, RunConfig, dump_config, enforcer, leaf_fields, load_config
 
 
@@ -44,21 +44,77 @@ STAGE_MODULES = {
 READ_AS = {("diversity.entities", "04_filter"): "entity"}
 
 
+def _names_read(path) -> set[str]:
+    """The attribute names a module reads (`x.name`) and the strings it uses as keys or values in
+    code (`row["name"]`, `getattr(x, "name")`): its docstrings and comments do not count."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docs = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)
+    }  # fmt: skip
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+            out.add(n.value)
+    return out
+
+
 def test_each_enforcer_stage_reads_its_field():
-    import re
+    """A field's enforcing stage reads it in its code (an attribute or a key, not a docstring or a
+    comment). Reading is not acting on it: test_judge_anchor_changes_the_judges_requests_where_it_is_enforced
+    checks that for the judge's example, which a reply stage read and ignored."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "workbench"
-    text = {st: [(root / m).read_text() for m in mods] for st, mods in STAGE_MODULES.items()}
-    text["every stage"] = [p.read_text() for p in root.rglob("*.py")]
+    read = {st: set().union(*(_names_read(root / m) for m in mods)) for st, mods in STAGE_MODULES.items()}
+    read["every stage"] = set().union(*(_names_read(p) for p in root.rglob("*.py")))
     missing = []
     for field, (stages, *_) in ENFORCED_BY.items():
         for st in (x.strip() for x in stages.split(",")):
-            leaf = READ_AS.get((field, st), field.split(".")[-1])
-            pat = re.compile(rf"\.{leaf}\b|[\"']{leaf}[\"']")
-            if not any(pat.search(t) for t in text[st]):
+            if READ_AS.get((field, st), field.split(".")[-1]) not in read[st]:
                 missing.append(f"{field} → {st}")
     assert missing == [], "fields whose enforcing stage never reads them"
+
+
+def _judge_requests(cfg) -> list:
+    """03's judge requests for two rows of the config's task type, through that type's own builder."""
+    from workbench import data, judge, structured
+    from workbench.tasks import reply, summarization, tools
+
+    seeds = tasks.of(cfg).seeds(cfg)
+    two = seeds.groupby(seeds.columns[seeds.columns.isin(["label", "tool"])][0]).head(1).head(2)
+    kind = cfg.task.type
+    if kind == "classification":
+        return judge.judge_requests(cfg, two.assign(keep_prompts=True), data.seeds(cfg))[0]
+    if kind in ("tools", "extraction"):
+        cands = pd.DataFrame({"row": two["id"], "candidate": 1, "raw": "{}"})
+        return tools.answer_judge_requests(cfg, two.assign(keep=True), cands, seeds, "{}")[0]
+    items = two.assign(reply="A reply.", should_refuse=False)
+    builder = {"reply": reply.judge_requests, "summarization": summarization.judge_requests}[kind]
+    assert structured  # every type has its builder here: a new type must add one
+    return builder(cfg, items)[0]
+
+
+@pytest.mark.parametrize("config", ["smoke", "snips-smoke", "snips-extract", "banking77-replies", "aclsum-summaries"])
+def test_judge_anchor_changes_the_judges_requests_where_it_is_enforced(root, config):
+    """judge.anchor (a real example shown to the judge) changes what the judge is asked for every
+    task type the field → gate table says it applies to, and for no other: a reply's judge has no
+    real reply to show, so a reply config that sets it is refused at load (config/files.unenforced)."""
+    from workbench.config import task_kind
+
+    cfg, _ = load_config(root / "configs" / f"{config}.yaml")
+    kinds = ENFORCED_BY["judge.anchor"][3]
+    claimed = kinds is None or task_kind(cfg.task) in kinds
+    with_anchor = _judge_requests(cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"anchor": True})}))
+    without = _judge_requests(cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"anchor": False})}))
+    assert len(with_anchor) == len(without) > 0
+    assert (with_anchor != without) == claimed, (config, claimed)
 
 
 @pytest.mark.parametrize(

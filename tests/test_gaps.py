@@ -11,7 +11,7 @@ from scripted_llm import ScriptedLLM
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from workbench import clusters, gaps, lineage
+from workbench import clusters, driver, gaps, lineage, runs
 from workbench.config import ConfigError, RunConfig, load_config, plan_counts
 from workbench.driver import iterate
 from workbench.runs import RunError
@@ -341,3 +341,20 @@ def test_an_iteration_carries_the_rows_of_the_iterations_before_it(tmp_path):
     assert sorted(rows["id"]) == ["001-x/g1", "001-x/g2", "002-x/g1"]
     assert rows.set_index("id").loc["001-x/g2", "keep"] == False  # noqa: E712
     assert set(rows["carried_from"]) == {"001-x", "002-x"}
+
+
+def test_iterate_on_a_moved_run_and_on_a_busy_one(tmp_path):
+    parent = finished_run(tmp_path / "orig", patch_edits=EDITS)
+    moved = tmp_path / "elsewhere" / "copy-of-run"
+    moved.parent.mkdir()
+    parent.rename(moved)
+    run = driver.iterate(moved, ["e1"])
+    assert run.parent == moved.parent and run.name.startswith("001-")  # beside it, not two levels up
+    assert runs.ancestors(run) == [moved]
+    lock = runs.RunLock(moved)
+    assert lock.acquire()
+    try:  # another process holds it (a second lock object on the same folder stands for it)
+        with pytest.raises(runs.RunError, match="another process is executing it"):
+            driver.iterate(moved, ["e1"])
+    finally:
+        lock.release()

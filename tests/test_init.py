@@ -4,6 +4,7 @@ import json
 
 import pytest
 from scripted_llm import ScriptedLLM, draft_reply
+from support import cache_with_models, endpoint_env, endpoint_run, run_bounded, sets
 
 from workbench import cli, data, init, tasks
 from workbench.config import ConfigError, check_runnable, load_config
@@ -231,12 +232,11 @@ def test_init_llm_settings_come_from_set(tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path):
+def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path, sim, tiny):
     """The done-means: the embedded model's weak draft is carried by repair and defaults, and the
-    written config runs end to end (small sizes, through --set)."""
-    from workbench.driver import execute
-    from workbench.runs import new_run
-
+    written config runs end to end (small sizes, through --set). The draft is the embedded model's
+    own: how init copes with a weak model's answers is what is tested. The run goes through the
+    session's simulated endpoint with the tiny model, as the smoke run does (support.endpoint_run)."""
     labels = "card_arrival,lost_or_stolen_card,exchange_rate"
     out = tmp_path / "banking.yaml"
     assert (
@@ -258,17 +258,19 @@ def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path):
     )
     cfg, _ = load_config(out)
     assert cfg.task.label_names() == labels.split(",") and cfg.data.dataset == "banking77"
-    small = [
+    small = sets(
         "sampling.rows_per_label=3",
         "data.dev_per_label=4",
         "data.test_per_label=10",
         "gaps.min_cluster_size=2",
         "gaps.umap_neighbors=3",
         "train.students=[probe]",  # the causal student's path is the smoke run's; this test is about the draft
-        "llm.dtype=float32",
-    ]
-    run = new_run(out, small, runs_root=tmp_path / "runs")
-    execute(run)
+    )
+    cmd = endpoint_run(out, tmp_path / "runs", sim, tiny) + small
+    code, output = run_bounded(cmd, endpoint_env(cache_with_models(tmp_path / "cache")), tmp_path / "run.log",
+                               watch=(tmp_path / "runs",))  # fmt: skip
+    assert code == 0, output[-4000:]
+    (run,) = [p for p in (tmp_path / "runs" / cfg.task.name).iterdir() if p.is_dir()]
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "finished"
     assert "Field → gate" in (run / "report.html").read_text()

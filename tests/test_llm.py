@@ -148,59 +148,60 @@ def test_key_is_not_in_the_cache(tmp_path):
     assert files and all(b"sk-test" not in f.read_bytes() for f in files)
 
 
-def local_rows(reqs: list[Request], batch_size: int) -> list[list[dict]]:
-    """Run the embedded model directly, bypassing the call cache."""
+def local_rows(tiny, reqs: list[Request], batch_size: int) -> list[list[dict]]:
+    """Run the tiny model through the embedded runner directly, bypassing the call cache: the
+    batching, seeding and first-token machinery is what these tests check, not a model's words."""
     from workbench.files import cache_dir
     from workbench.llm.embedded import _LocalModel
 
     out: dict[int, list[dict]] = {}
-    _LocalModel(LLMConfig(batch_size=batch_size, dtype="float32"), cache_dir()).run(
+    _LocalModel(LLMConfig(model=str(tiny), batch_size=batch_size, dtype="float32"), cache_dir()).run(
         reqs, list(range(len(reqs))), out.__setitem__, "t"
     )
     return [out[i] for i in range(len(reqs))]
 
 
-@pytest.mark.slow
-def test_local_model_is_seeded_and_batch_independent():
+def test_local_model_is_seeded_and_batch_independent(tiny):
     """Same request and seed → same text, alone or batched with a longer prompt; other seeds differ."""
     fruit = [
         Request.chat(None, "Name a fruit and describe it.", temperature=1.0, top_p=0.95, max_tokens=8, seed=s)
         for s in range(5)
     ]
-    alone = local_rows(fruit[:1], batch_size=4)
+    alone = local_rows(tiny, fruit[:1], batch_size=4)
     batched = local_rows(
+        tiny,
         [Request.chat(None, "Write a long story about the sea, ships and sailors.", max_tokens=8, seed=1), fruit[0]],
         batch_size=4,
     )
     assert alone[0][0]["text"] == batched[1][0]["text"]
     assert 0 < alone[0][0]["completion_tokens"] <= 8
     assert alone[0][0]["latency_s"] >= alone[0][0]["ttft_s"] > 0
-    texts = {rows[0]["text"] for rows in local_rows(fruit, batch_size=8)}
+    texts = {rows[0]["text"] for rows in local_rows(tiny, fruit, batch_size=8)}
     assert len(texts) >= 2
 
 
-@pytest.mark.slow
-def test_local_first_token_is_constrained_and_its_probabilities_kept():
-    """With `first_tokens` the embedded model's reply starts with one of them (so a rating or a
+def test_local_first_token_is_constrained_and_its_probabilities_kept(tiny):
+    """With `first_tokens` the local model's reply starts with one of them (so a rating or a
     choice always parses), and the probability of each is returned; without it nothing changes."""
     digits = ("1", "2", "3", "4", "5")
     reqs = [
         Request.chat(None, "Write a poem about the sea.", max_tokens=3, seed=s, temperature=1.0, first_tokens=digits)
         for s in range(4)
     ] + [Request.chat(None, "Write a poem about the sea.", max_tokens=3, seed=0, temperature=1.0)]
-    rows = [r[0] for r in local_rows(reqs, batch_size=8)]
+    rows = [r[0] for r in local_rows(tiny, reqs, batch_size=8)]
     for r in rows[:4]:
         assert r["text"][0] in digits and set(r["first_probs"]) == set(digits)
         assert sum(r["first_probs"].values()) == pytest.approx(1.0, abs=1e-3)
     assert rows[4]["first_probs"] is None and rows[4]["text"][:1] not in digits
 
 
-@pytest.mark.slow
-def test_local_n_candidates_read_the_prompt_once_and_match_single_requests():
+def test_local_n_candidates_read_the_prompt_once_and_match_single_requests(tiny):
     """n candidates share one prefill; candidate i is what a single request with seed + i gives."""
     kw = dict(temperature=1.0, top_p=0.95, max_tokens=6)
-    together = local_rows([Request.chat(None, "Name a colour.", seed=7, n=3, **kw)], batch_size=8)[0]
-    alone = [local_rows([Request.chat(None, "Name a colour.", seed=7 + i, **kw)], batch_size=8)[0][0] for i in range(3)]
+    together = local_rows(tiny, [Request.chat(None, "Name a colour.", seed=7, n=3, **kw)], batch_size=8)[0]
+    alone = [
+        local_rows(tiny, [Request.chat(None, "Name a colour.", seed=7 + i, **kw)], batch_size=8)[0][0] for i in range(3)
+    ]
     assert [r["text"] for r in together] == [r["text"] for r in alone]
     assert [r["seed"] for r in together] == [7, 8, 9]
 

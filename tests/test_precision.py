@@ -69,6 +69,8 @@ def test_trainer_bf16_follows_the_cpu(native, method, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["auto", "int8"])
 def test_the_embedded_model_loads_in_the_resolved_dtype(native, dtype):
+    """The embedded model loads in the dtype `auto` resolves to, int8 through quantized decoding
+    steps. The embedded model itself: how its GGUF-converted weights load is what is tested."""
     import torch
 
     from workbench.files import cache_dir

@@ -296,3 +296,14 @@ def test_the_default_domain_threshold_passes_real_rows_and_stops_off_domain_ones
     off = gates.domain_scores(embed.embed(OFF_DOMAIN, cache), ref)
     threshold = cfg.prompts.min_domain_score
     assert (real >= threshold).mean() >= 0.95 and (off < threshold).all()
+
+
+def test_generator_reply_that_is_empty_is_a_reject_with_its_reason(tmp_path):
+    cfg = cfg_for(rounds=1)
+    rows = prompts.build_prompts(
+        cfg, SEEDS, ScriptedLLM(Replies(lambda req, user: "" if "exchange rate" in user else None), tmp_path), flat,
+        LABELS,
+    )  # fmt: skip
+    empty = rows[rows["label"] == "exchange_rate"]
+    assert len(empty) and (empty["reject_reason_prompts"] == "empty").all() and not empty["keep_prompts"].any()
+    assert empty["id"].notna().all() and rows["id"].is_unique

@@ -12,10 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
+from support import cache_with_models, drop_weights, endpoint_env, endpoint_run, notebook_source, run_bounded, sets
 
 from workbench import plan, tasks
 from workbench.config import check_runnable, load_config
 from workbench.pipeline import reply as steps
+from workbench.runs import STAGES
 from workbench.stage import Stage
 from workbench.tasks import reply
 
@@ -27,7 +29,26 @@ def cfg():
     return load_config(ROOT / "configs" / "banking77-replies.yaml")[0]
 
 
-def test_the_reply_config_runs_every_stage(cfg):
+# the replies config, smaller: 2 messages per topic, 1 test message per topic, 4 AdvBench instructions
+SMALL = sets("sampling.rows_per_label=2", "evaluate.causal_test_per_label=1", "evaluate.safety_rows=4",
+             "judge.calibration_rows=4")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reply_run(tmp_path_factory, sim, tiny):
+    """`workbench run configs/banking77-replies.yaml`, smaller, against the session's simulated
+    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
+    tmp = tmp_path_factory.mktemp("replies")
+    cmd = endpoint_run(ROOT / "configs" / "banking77-replies.yaml", tmp / "runs", sim, tiny, "reply") + SMALL
+    code, output = run_bounded(cmd, endpoint_env(cache_with_models(tmp / "cache")), tmp / "run.log", (tmp / "runs",))
+    assert code == 0, output[-4000:]
+    (run,) = [p for p in (tmp / "runs" / "banking77-replies").iterdir() if p.is_dir()]
+    yield run
+    drop_weights(tmp / "runs")
+
+
+@pytest.mark.slow
+def test_the_reply_config_runs_every_stage(cfg, reply_run):
     assert tasks.of(cfg) is reply and cfg.responses.max_tokens == 80 and cfg.responses.temperature == 0.7
     check_runnable(cfg)
     folder = ROOT / "notebooks" / reply.NOTEBOOKS
@@ -35,6 +56,21 @@ def test_the_reply_config_runs_every_stage(cfg):
                                                          "06_evaluate", "07_gaps", "99_report"}  # fmt: skip
     system = reply.system_prompt(cfg)
     assert "never promise a refund" in system and "someone else's account" in system
+    # every stage ran, 02 to 99 from the replies' own notebooks
+    prov = json.loads((reply_run / "provenance.json").read_text())
+    assert prov["status"] == "finished" and [s for s in STAGES if prov["stages"][s]["status"] == "done"] == STAGES
+    for nb in sorted((reply_run / "notebooks").glob("*.ipynb")):
+        want = folder if nb.stem not in ("00_task", "01_prompts") else ROOT / "notebooks"
+        assert notebook_source(nb).parent == want, nb.name
+    for name in ["prompts", "candidates", "judged", "pairs", "dataset", "training", "replies_test", "wins",
+                 "evaluation", "failures", "clusters"]:  # fmt: skip
+        assert (reply_run / "artifacts" / f"{name}.parquet").is_file(), name
+    rows = pd.read_parquet(reply_run / "artifacts" / "dataset.parquet")
+    assert rows["keep"].any() and rows.loc[~rows["keep"], "reject_reason"].notna().all()
+    assert len(rows) == len(pd.read_parquet(reply_run / "artifacts" / "prompts.parquet"))  # marks, never drops
+    assert (reply_run / "artifacts" / "export" / "sft.jsonl").is_file()
+    page = (reply_run / "report.html").read_text()
+    assert "Traceback" not in page
 
 
 def test_the_judge_wants_a_refusal_only_where_one_is_due(cfg):
@@ -61,6 +97,33 @@ def test_best_of_n_and_pairs_by_the_judges_margin():
     assert "c" not in best.index  # no score, no best
     assert pairs.to_dict("records") == [{"row": "a", "chosen": "a1", "rejected": "a2", "margin": pytest.approx(0.8)}]
     assert reply.rank(cands, margin=0.9)[1].empty
+
+
+def test_02_with_no_message_kept_by_01_says_so_and_asks_nothing(cfg, tmp_path, monkeypatch):
+    """A run whose 01 kept no message (every one rejected): 02 writes no candidate, asks the
+    generator nothing and reports no refusal shares (it raised KeyError: the empty should_refuse
+    column, of objects, selected columns instead of rows)."""
+    gen = ScriptedLLM(lambda req, i: "a reply", tmp_path)
+    monkeypatch.setattr(Stage, "llm", lambda self, role="generator": gen)
+    prompts = pd.DataFrame({"id": ["m0", "m1"], "label": "card_arrival", "text": ["a", "b"], "keep_prompts": False,
+                            "reject_reason_prompts": "off_domain", "refusal": None, "seed": [0, 1]})  # fmt: skip
+    Stage("01_prompts", cfg, tmp_path / "run").save(prompts, "prompts")
+    cands, m2 = steps.candidates(Stage("02_responses", cfg, tmp_path / "run"))
+    assert len(cands) == 0 and gen.requests == [] and m2["candidates"] == 0
+    assert m2["refusals_where_due"] is None and m2["refusals_where_not_due"] is None
+
+
+def test_05_with_no_row_kept_trains_nothing_and_06_still_reads_its_table(cfg, tmp_path):
+    """04 kept no row: 05 trains no student and says so with an empty table that has the columns
+    06 reads (06 raised KeyError: 'model' on a table with no columns)."""
+    run = tmp_path / "run"
+    rows = pd.DataFrame({"id": ["m0/c1"], "message": ["a"], "text": ["a reply"], "should_refuse": False,
+                         "history": None, "keep": False, "reject_reason": "off_domain"})  # fmt: skip
+    Stage("04_filter", cfg, run).save(rows, "dataset")
+    Stage("03_judge", cfg, run).save(pd.DataFrame({"row": [], "pair": []}), "pairs")
+    training = steps.train_stage(Stage("05_train", cfg, run))
+    assert len(training) == 0 and {"student", "model", "start", "merged"} <= set(training.columns)
+    assert list(Stage("06_evaluate", cfg, run).load("training").columns[:4]) == ["student", "model", "start", "merged"]
 
 
 def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 import pytest
+from support import ROOT, cache_with_models, completion, http_answer, provider
 
-from tests.support import ROOT, cache_with_models, completion, http_answer, provider
 from workbench import critique, judge
 from workbench.config import ConfigError, load_config
 from workbench.data import describe_label

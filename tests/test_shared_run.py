@@ -1,7 +1,7 @@
-"""What a run leaves to be shared: a whole run against the simulated endpoint (benchmarks/simserver.py
-with plausible replies), its API key planted in the environment and hostile text (a script tag,
-an image with onerror, a javascript: link, an email address and a phone number) injected into a
-third of the generated messages.
+"""What a run leaves to be shared: the session's smoke run (conftest.py), a whole run against the
+simulated endpoint (benchmarks/simserver.py with plausible replies), its API key planted in the
+environment and hostile text (a script tag, an image with onerror, a javascript: link, an email
+address and a phone number) injected into a third of the generated messages.
 
 - Secrets: the key is in no file of the run folder, the cache or the command's output.
 - Inert reports: every page of the report, opened in headless Chromium, runs none of the injected
@@ -9,76 +9,49 @@ third of the generated messages.
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from support import browser_requests, cache_with_models, drop_weights, need_browser, remote_references, simserver
+from support import EMAIL, HOSTILE, KEY, KEY_ENV, browse, browser_requests, need_browser, remote_references
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "sk-planted-7f3a9c1e5b2d4f60a8e7c9b1d3f5a7c9"
-EMAIL, PHONE = "jane.doe.planted@example.com", "+44 7700 900123"
-HOSTILE = (
-    "<script>document.title='PWNED-SCRIPT'</script> "
-    "<img src=x onerror=\"document.title='PWNED-IMG'\"> "
-    "<a href=\"javascript:document.title='PWNED-LINK'\">click</a> "
-    f"write to {EMAIL} or call {PHONE}"
-)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.fixture(scope="module")
-def shared_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shared")
-    cache = cache_with_models(tmp / "cache")  # the converted student model and embeddings; no LLM calls
-    with simserver(replies="plausible", api_key=KEY, inject=HOSTILE, p_inject=0.33, max_seconds=1500) as url:
-        env = dict(os.environ, WB_SHARED_KEY=KEY, WORKBENCH_CACHE=str(cache), HF_HUB_OFFLINE="1")
-        cmd = [sys.executable, "-m", "workbench.cli", "run", str(ROOT / "configs" / "smoke.yaml"),
-               "--runs-dir", str(tmp / "runs"), "--set", "llm.provider=openai", "--set", f"llm.base_url={url}",
-               "--set", "llm.model=sim", "--set", "llm.api_key_env=WB_SHARED_KEY"]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = next((tmp / "runs" / "smoke").glob("[0-9]*-*"))
-    yield {"run": run, "cache": cache, "output": proc.stdout + proc.stderr}
-    drop_weights(tmp / "runs")
-
-
 @pytest.mark.slow
-def test_the_api_key_is_in_no_file_of_the_run_nor_the_cache_nor_the_output(shared_run):
-    run, cache = shared_run["run"], shared_run["cache"]
+def test_the_api_key_is_in_no_file_of_the_run_nor_the_cache_nor_the_output(smoke_run):
+    run, cache = smoke_run.run, smoke_run.cache
     needles = [KEY.encode(), KEY[3:].encode(), KEY[-16:].encode()]
     files = [p for p in list(run.rglob("*")) + list(cache.glob("*")) if p.is_file() and not p.is_symlink()]
     assert len(files) > 40  # notebooks, artifacts, report pages, provenance, the call cache
     leaks = [str(p) for p in files if any(n in p.read_bytes() for n in needles)]
     assert leaks == []
-    assert KEY not in shared_run["output"]
+    assert KEY not in smoke_run.output
     # what is recorded is the variable's name, where the config says it
-    assert "api_key_env: WB_SHARED_KEY" in (run / "config.yaml").read_text()
+    assert f"api_key_env: {KEY_ENV}" in (run / "config.yaml").read_text()
     prov = json.loads((run / "provenance.json").read_text())
-    assert prov["status"] == "finished" and "llm.api_key_env=WB_SHARED_KEY" in prov["overrides"]
+    assert prov["status"] == "finished" and f"llm.api_key_env={KEY_ENV}" in prov["overrides"]
 
 
 @pytest.mark.slow
-def test_the_command_counts_the_llm_calls_of_each_stage(shared_run):
-    metrics = json.loads((shared_run["run"] / "metrics.json").read_text())
+def test_the_command_counts_the_llm_calls_of_each_stage(smoke_run):
+    metrics = json.loads((smoke_run.run / "metrics.json").read_text())
     llm = {s: v["llm"] for s, v in metrics.items() if isinstance(v, dict) and "llm" in v}
     assert {"01_prompts", "02_responses", "03_judge"} <= set(llm), metrics
     assert all(c["calls"] > 0 for c in llm.values()), llm
     total = {k: sum(c[k] for c in llm.values()) for k in ("calls", "cached", "errors")}
     line = f"LLM calls:  {total['calls']}, answered from the cache {total['cached']}, failed {total['errors']}"
-    assert line in shared_run["output"]
+    assert line in smoke_run.output
 
 
 @pytest.mark.slow
-def test_hostile_rows_reached_the_data_and_the_reject_pile(shared_run):
+def test_hostile_rows_reached_the_data_and_the_reject_pile(smoke_run):
     import pandas as pd
 
-    rows = pd.read_parquet(shared_run["run"] / "artifacts" / "dataset.parquet")
+    rows = pd.read_parquet(smoke_run.run / "artifacts" / "dataset.parquet")
     hostile = rows[rows["text"].str.contains("onerror", regex=False)]
     assert len(hostile) and (~hostile["keep"]).any()  # the test is about something: rows to show, rejected ones too
     assert rows["keep"].any()
@@ -110,21 +83,28 @@ def _dom(page: Path, tmp: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium)")
-def test_every_report_page_is_inert_in_a_browser_and_shows_no_raw_pii(shared_run):
-    run = shared_run["run"]
-    pages = [run / "report.html", *sorted((run / "report").glob("*.html"))]
-    assert len(pages) >= 10
-    with tempfile.TemporaryDirectory() as profile:
-        for page in pages:
-            source = page.read_text()
-            assert EMAIL not in source and "7700 900123" not in source, f"raw PII in {page.name}"
-            dom = _dom(page, Path(profile))
-            titles = re.findall(r"<title>([^<]*)</title>", dom)
-            assert titles and not any("PWNED" in t for t in titles), f"a script ran in {page.name}: {titles}"
-            # elements, not text: the injected tags may be on the page only as escaped text
-            assert not re.search(r"<a\b[^>]*href=\"javascript:", dom, re.I), f"a javascript: link in {page.name}"
-            assert not re.search(r"<img\b[^>]*onerror", dom, re.I), f"an onerror handler in {page.name}"
+def test_every_page_of_the_run_is_offline_and_inert_and_shows_no_raw_pii(smoke_run):
+    """Every page of the run (the report, each stage's page, the task's iterations page): no remote
+    address in any script, link, image or frame, nor in inline script code, and no raw PII in its
+    source; then, each opened in headless Chromium with the network cut, it asks for nothing
+    remote, runs none of the injected script, and has no javascript: link and no element with the
+    injected handler."""
+    run = smoke_run.run
+    pages = [run / "report.html", *sorted((run / "report").glob("*.html")), smoke_run.runs_dir / "smoke" / "index.html"]
+    assert len(pages) >= 11
+    for page in pages:
+        source = page.read_text()
+        assert remote_references(source) == [], page.name
+        assert EMAIL not in source and "7700 900123" not in source, f"raw PII in {page.name}"
+    need_browser()
+    seen = browse(pages)
+    assert len(seen) == len(pages)
+    for name, got in seen.items():
+        assert got["requests"] == [], (name, got["requests"])
+        assert "PWNED" not in got["title"], f"a script ran in {name}: {got['title']}"
+        # elements, not text: the injected tags may be on the pages only as escaped text
+        assert not re.search(r"<a\b[^>]*href=\"javascript:", got["dom"], re.I), f"a javascript: link in {name}"
+        assert not re.search(r"<img\b[^>]*onerror", got["dom"], re.I), f"an onerror handler in {name}"
     # the injected text is on the pages as text: escaped in the HTML the reader sees
     report = (run / "report" / "01_prompts.html").read_text() + (run / "report" / "04_filter.html").read_text()
     assert "&lt;script&gt;" in report or "\\u003cscript\\u003e" in report

@@ -14,10 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
+from support import cache_with_models, drop_weights, endpoint_env, endpoint_run, notebook_source, run_bounded, sets
 
 from workbench import data, judge, tasks
 from workbench.config import check_runnable, load_config
 from workbench.pipeline import reply as steps
+from workbench.runs import STAGES
 from workbench.stage import Stage
 from workbench.tasks import reply as reply_task
 from workbench.tasks import summarization as summ
@@ -34,7 +36,26 @@ def cfg():
     return load_config(ROOT / "configs" / "aclsum-summaries.yaml")[0]
 
 
-def test_the_summaries_config_runs_every_stage_with_its_own_pages(cfg):
+# the summaries config, smaller: 4 generated abstracts, 4 dev and 2 test abstracts
+SMALL = sets("sampling.rows_per_label=4", "data.dev_per_label=4", "evaluate.causal_test_per_label=2",
+             "judge.calibration_rows=4")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def summaries_run(tmp_path_factory, sim, tiny):
+    """`workbench run configs/aclsum-summaries.yaml`, smaller, against the session's simulated
+    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
+    tmp = tmp_path_factory.mktemp("summaries")
+    cmd = endpoint_run(ROOT / "configs" / "aclsum-summaries.yaml", tmp / "runs", sim, tiny, "summarization") + SMALL
+    code, output = run_bounded(cmd, endpoint_env(cache_with_models(tmp / "cache")), tmp / "run.log", (tmp / "runs",))
+    assert code == 0, output[-4000:]
+    (run,) = [p for p in (tmp / "runs" / "aclsum-summaries").iterdir() if p.is_dir()]
+    yield run
+    drop_weights(tmp / "runs")
+
+
+@pytest.mark.slow
+def test_the_summaries_config_runs_every_stage_with_its_own_pages(cfg, summaries_run):
     assert tasks.of(cfg) is summ and judge.rubric(cfg) == summ.SUMMARY_RUBRIC
     assert cfg.responses.max_tokens == 90  # 1.5 tokens per word of task.summary_max_words (60)
     check_runnable(cfg)
@@ -42,6 +63,20 @@ def test_the_summaries_config_runs_every_stage_with_its_own_pages(cfg):
     assert pages == {"02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps", "99_report"}
     system = summ.system_prompt(cfg)
     assert "at most 60 words" in system and "add none" in system
+    # every stage ran, 02 to 99 from the summaries' own notebooks
+    run = summaries_run
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["status"] == "finished" and [s for s in STAGES if prov["stages"][s]["status"] == "done"] == STAGES
+    for nb in sorted((run / "notebooks").glob("*.ipynb")):
+        want = ROOT / "notebooks" / (summ.NOTEBOOKS if nb.stem in pages else "")
+        assert notebook_source(nb).parent == want.resolve(), nb.name
+    for name in ["prompts", "candidates", "judged", "pairs", "dataset", "training", "evaluation", "failures"]:
+        assert (run / "artifacts" / f"{name}.parquet").is_file(), name
+    rows = pd.read_parquet(run / "artifacts" / "dataset.parquet")
+    assert rows["keep"].any() and rows.loc[~rows["keep"], "reject_reason"].notna().all()
+    table = pd.read_parquet(run / "artifacts" / "evaluation.parquet")
+    assert "rouge_l" in table and table["rouge_l"].dropna().between(0, 1).all()  # against ACLSum's references
+    assert "Traceback" not in (run / "report.html").read_text()
 
 
 def test_test_sources_carry_their_reference_summary(cfg):

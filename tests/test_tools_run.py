@@ -1,50 +1,28 @@
 """A structured run end to end: `workbench run configs/snips-smoke.yaml` (two SNIPS tools, a few
-generated requests, short training) on the embedded model through notebooks/tools/: every stage
-writes its artifacts, 03's checks reject what they should, the untuned model's constrained
-answers parse, the report shows the table, the reject pile and the clusters, and only 06 reads
-the real test files."""
+generated requests, short training) through notebooks/tools/, against the session's simulated
+endpoint (it writes the requests and the candidates) with the tiny model as judge and causal
+student: every stage writes its artifacts, 03's checks reject what they should, the untuned
+model's constrained answers parse, the report shows the table, the reject pile and the clusters,
+and only 06 reads the real test files."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
-from support import cache_with_models, drop_weights
+from support import audited, cache_with_models, drop_weights, endpoint_env, endpoint_run, run_bounded
 
 from workbench.runs import STAGES
 
-AUDIT = """
-import os, sys
-_stage = [None]
-def _hook(event, args):
-    if event == "workbench.stage":
-        _stage[0] = args[0]
-    elif event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-        name = os.path.basename(os.fsdecode(args[0]))
-        if name.startswith("validate_") and name.endswith(".json"):
-            with open(os.environ["WORKBENCH_AUDIT_LOG"], "a") as f:
-                f.write(f"{os.getpid()}\\t{_stage[0]}\\t{name}\\n")
-sys.addaudithook(_hook)
-"""
-
 
 @pytest.fixture(scope="module")
-def tools_run(tmp_path_factory, root):
+def tools_run(tmp_path_factory, root, sim, tiny):
     tmp = tmp_path_factory.mktemp("tools")
-    audit = tmp / "audit"
-    audit.mkdir()
-    (audit / "sitecustomize.py").write_text(AUDIT)
-    env = dict(os.environ, WORKBENCH_CACHE=str(cache_with_models(tmp / "cache")))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(audit), env.get("PYTHONPATH")]))
-    env["WORKBENCH_AUDIT_LOG"] = str(audit / "opens.tsv")
-    cli = [sys.executable, "-m", "workbench.cli", "run", str(root / "configs" / "snips-smoke.yaml"),
-           "--runs-dir", str(tmp / "runs")]  # fmt: skip
-    proc = subprocess.run(cli, capture_output=True, text=True, env=env, cwd=root, timeout=2400)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    env, audit = audited(endpoint_env(cache_with_models(tmp / "cache")), tmp / "audit")
+    cmd = endpoint_run(root / "configs" / "snips-smoke.yaml", tmp / "runs", sim, tiny, task_type="tools")
+    code, output = run_bounded(cmd, env, tmp / "run.log", watch=(tmp / "runs",))
+    assert code == 0, output[-4000:]
     (run,) = [p for p in (tmp / "runs" / "snips-smoke").iterdir() if p.is_dir()]
-    yield run, audit / "opens.tsv"
+    yield run, audit
     drop_weights(tmp / "runs")
 
 

@@ -54,7 +54,15 @@ def test_readme_lists_each_module_after_the_modules_it_imports(root):
     assert not late, "the README's layout is not in layer order:\n" + "\n".join(late)
 
 
-def test_the_estimate_has_a_row_for_each_stage_the_driver_runs():
+def test_the_estimate_has_a_row_for_each_stage_the_driver_runs(root):
+    """The rows the estimate computes are the stages the driver executes, which are the stage
+    notebooks on disk, in order: a notebook added without its estimate row fails here, and so does
+    a row, or a stage of the driver, with no notebook."""
     from workbench import plan, runs
+    from workbench.config import RunConfig
 
-    assert list(plan.STAGE_NAMES) == runs.STAGES
+    notebooks = sorted(p.stem for p in (root / "notebooks").glob("*.ipynb"))
+    cfg = RunConfig.model_validate({"task": {"name": "t", "labels": ["a", "b"]}, "data": {"dataset": None}})
+    est = plan.estimate(cfg, ["a", "b"])
+    assert list(est["stage"]) == [*notebooks, "total"]
+    assert runs.STAGES == notebooks
