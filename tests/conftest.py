@@ -3,16 +3,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import (
-    audited,
-    cache_with_models,
-    drop_weights,
-    endpoint_env,
-    endpoint_run,
-    run_bounded,
-    shared_simserver,
-    tiny_model,
-)
+from support import audited, cache_with_models, drop_weights, endpoint_env, run_config, shared_simserver, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,11 +85,8 @@ def smoke_run(tmp_path_factory, sim, tiny):
     notebook is executed here, and test_smoke, test_shared_run and test_resume (its uninterrupted
     reference) read what it left."""
     tmp = tmp_path_factory.mktemp("smoke")
-    runs_dir, cache = tmp / "runs", cache_with_models(tmp / "cache")
+    cache = cache_with_models(tmp / "cache")
     env, audit = audited(endpoint_env(cache), tmp / "audit")
-    cmd = endpoint_run(ROOT / "configs" / "smoke.yaml", runs_dir, sim, tiny)
-    code, output = run_bounded(cmd, env, tmp / "run.log", watch=(runs_dir,))
-    assert code == 0, output[-4000:]
-    (run,) = [p for p in (runs_dir / "smoke").iterdir() if p.is_dir()]
-    yield Run(runs_dir, run, output, cache, audit)
-    drop_weights(runs_dir)
+    run, output = run_config(tmp, ROOT / "configs" / "smoke.yaml", sim, tiny, env=env)
+    yield Run(tmp / "runs", run, output, cache, audit)
+    drop_weights(tmp / "runs")

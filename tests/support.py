@@ -125,6 +125,20 @@ def endpoint_run(config: Path, runs_dir: Path, url: str, tiny: Path, task_type: 
     return [sys.executable, "-m", "workbench.cli", "run", str(config), "--runs-dir", str(runs_dir), *sets(*pairs)]
 
 
+def run_config(tmp: Path, config: Path, url: str, tiny: Path, task_type: str = "classification",
+               more: list[str] = (), env: dict | None = None) -> tuple[Path, str]:  # fmt: skip
+    """`endpoint_run` of `config` (`more`: further --set arguments) into `tmp`/runs, to its end:
+    the run folder and what the command printed. `env`: the run's environment, by default
+    `endpoint_env` with a cache of its own in `tmp`."""
+    runs = tmp / "runs"
+    env = env if env is not None else endpoint_env(cache_with_models(tmp / "cache"))
+    cmd = endpoint_run(config, runs, url, tiny, task_type) + list(more)
+    code, output = run_bounded(cmd, env, tmp / "run.log", watch=(runs,))
+    assert code == 0, output[-4000:]
+    (run,) = [p for p in runs.glob("*/*") if p.is_dir()]
+    return run, output
+
+
 def endpoint_env(cache: Path, **more: str) -> dict:
     """The environment of a run against the simulated endpoint: its key, a cache of its own."""
     return dict(os.environ, **{KEY_ENV: KEY}, WORKBENCH_CACHE=str(cache), HF_HUB_OFFLINE="1", **more)

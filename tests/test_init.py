@@ -4,7 +4,7 @@ import json
 
 import pytest
 from scripted_llm import ScriptedLLM, draft_reply
-from support import cache_with_models, endpoint_env, endpoint_run, run_bounded, sets
+from support import run_config, sets
 
 from workbench import cli, data, init, tasks
 from workbench.config import ConfigError, check_runnable, load_config
@@ -266,11 +266,7 @@ def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path, sim, tiny):
         "gaps.umap_neighbors=3",
         "train.students=[probe]",  # the causal student's path is the smoke run's; this test is about the draft
     )
-    cmd = endpoint_run(out, tmp_path / "runs", sim, tiny) + small
-    code, output = run_bounded(cmd, endpoint_env(cache_with_models(tmp_path / "cache")), tmp_path / "run.log",
-                               watch=(tmp_path / "runs",))  # fmt: skip
-    assert code == 0, output[-4000:]
-    (run,) = [p for p in (tmp_path / "runs" / cfg.task.name).iterdir() if p.is_dir()]
+    run, _ = run_config(tmp_path, out, sim, tiny, more=small)
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "finished"
     assert "Field → gate" in (run / "report.html").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
-from support import cache_with_models, drop_weights, endpoint_env, endpoint_run, notebook_source, run_bounded, sets
+from support import drop_weights, notebook_source, run_config, sets
 
 from workbench import data, judge, tasks
 from workbench.config import check_runnable, load_config
@@ -46,10 +46,7 @@ def summaries_run(tmp_path_factory, sim, tiny):
     """`workbench run configs/aclsum-summaries.yaml`, smaller, against the session's simulated
     endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
     tmp = tmp_path_factory.mktemp("summaries")
-    cmd = endpoint_run(ROOT / "configs" / "aclsum-summaries.yaml", tmp / "runs", sim, tiny, "summarization") + SMALL
-    code, output = run_bounded(cmd, endpoint_env(cache_with_models(tmp / "cache")), tmp / "run.log", (tmp / "runs",))
-    assert code == 0, output[-4000:]
-    (run,) = [p for p in (tmp / "runs" / "aclsum-summaries").iterdir() if p.is_dir()]
+    run, _ = run_config(tmp, ROOT / "configs" / "aclsum-summaries.yaml", sim, tiny, "summarization", SMALL)
     yield run
     drop_weights(tmp / "runs")
 

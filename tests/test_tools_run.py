@@ -9,7 +9,7 @@ import json
 
 import pandas as pd
 import pytest
-from support import audited, cache_with_models, drop_weights, endpoint_env, endpoint_run, run_bounded
+from support import audited, cache_with_models, drop_weights, endpoint_env, run_config
 
 from workbench.runs import STAGES
 
@@ -18,10 +18,7 @@ from workbench.runs import STAGES
 def tools_run(tmp_path_factory, root, sim, tiny):
     tmp = tmp_path_factory.mktemp("tools")
     env, audit = audited(endpoint_env(cache_with_models(tmp / "cache")), tmp / "audit")
-    cmd = endpoint_run(root / "configs" / "snips-smoke.yaml", tmp / "runs", sim, tiny, task_type="tools")
-    code, output = run_bounded(cmd, env, tmp / "run.log", watch=(tmp / "runs",))
-    assert code == 0, output[-4000:]
-    (run,) = [p for p in (tmp / "runs" / "snips-smoke").iterdir() if p.is_dir()]
+    run, _ = run_config(tmp, root / "configs" / "snips-smoke.yaml", sim, tiny, "tools", env=env)
     yield run, audit
     drop_weights(tmp / "runs")
 
