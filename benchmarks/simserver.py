@@ -551,15 +551,15 @@ def _plausible(req: dict, i: int) -> str:
     option line's words, the rest of the prompt shares most: a plausible label); for a request to
     rewrite the line that starts with "Request: ", that request with its words kept; for a prompt
     with examples ("- " lines), one of them with a quarter of its words left out and some of the
-    examples' and topic's words added; else a sentence of 12 to 20 of the prompt's words; fixed by the messages, seed and choice. Enough for every stage of every
-    task type to run end to end against the simulated endpoint, rows kept (tests of the endpoint
-    path, not of quality)."""
+    examples' and topic's words added; else a sentence of 12 to 20 of the prompt's words; fixed by
+    the messages, seed and choice. Enough for every stage of every task type to run end to end
+    against the simulated endpoint, rows kept (tests of the endpoint path, not of quality)."""
     msgs = req.get("messages") or [{}]
     user = str(next((m.get("content", "") for m in reversed(msgs) if m.get("role") == "user"), ""))
     rnd = random.Random(zlib.crc32(f"{req.get('seed')}|{i}|{user}".encode()))
-    examples = [ln[2:] for ln in user.splitlines() if ln.startswith("- ")]
-    examples += re.findall(r"^Topic: (.+)$", user, re.M)
-    words = _words(" ".join(examples) or user) or ["card", "account", "payment"]
+    shown = [ln[2:] for ln in user.splitlines() if ln.startswith("- ")]  # the prompt's examples
+    topic = re.findall(r"^Topic: (.+)$", user, re.M)
+    words = _words(" ".join(shown + topic) or user) or ["card", "account", "payment"]
 
     def phrase(k: int) -> str:
         return " ".join(rnd.choice(words) for _ in range(k))
@@ -609,7 +609,6 @@ def _plausible(req: dict, i: int) -> str:
     rewrite = re.search(r"^Request: (.+)$", user, re.M)
     if rewrite:  # asked to rewrite a request: the same request, every word kept, politely put
         return f"{rnd.choice(['Please', 'Hi,', 'Hey,'])} {rewrite.group(1).strip()}"
-    shown = [ln[2:] for ln in user.splitlines() if ln.startswith("- ")]
     if shown:  # a text like the prompt's examples: one of them with a quarter of its words left out, some added
         out = [w for w in rnd.choice(shown).split() if rnd.random() > 0.25] or [phrase(1)]
         for _ in range(max(1, len(out) // 6)):
@@ -620,7 +619,7 @@ def _plausible(req: dict, i: int) -> str:
 
 _COMMON = set(
     "that this with have what when will your from they them then there their been were would could "
-    "should about into just some been here also only very much more most than".split()
+    "should about into just some here also only very much more most than".split()
 )
 
 

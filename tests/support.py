@@ -1,5 +1,7 @@
 """Helpers the tests share (no test module imports another): the simulated endpoint started as a
-real process, a cache that shares the converted embedded model, and a few real-looking rows."""
+real process, the tiny random model, runs of the `workbench` command against them bounded by
+their progress, the test-split audit, a cache that shares the converted embedded model, and a few
+real-looking rows."""
 
 import ast
 import json
@@ -99,29 +101,26 @@ def shared_simserver():
         yield url
 
 
-# The tiny model's roles by task type (config/enforce.py refuses roles a type has no stage for): a
-# juror beside the endpoint (its ratings of repeated digits do not parse, so the endpoint's keep the
-# rows; its label votes go through the grammar), the critic, the refusal judge and the namer. The
-# tools run's judge is the endpoint alone: test_tools_run checks that every judgment parses.
-ROLES = {
-    "classification": ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"],
-    "reply": ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"],
-    "summarization": ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"],
-    "tools": [],
-}
+# The tiny model's roles: a juror beside the endpoint (its ratings, repeated digits, do not parse,
+# so the endpoint's keep the rows; its label votes go through the grammar), the critic, the refusal
+# judge and the namer. Structured tasks have none of the last three (config/enforce.py refuses
+# them), and the tools run's judge is the endpoint alone: test_tools_run checks that every
+# judgment parses.
+TINY_ROLES = ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"]
+STRUCTURED = ("tools", "extraction")
 
 
 def endpoint_run(config: Path, runs_dir: Path, url: str, tiny: Path, task_type: str = "classification") -> list[str]:
     """`workbench run` of `config` as a user types it, against the simulated endpoint at `url` (the
     generator: 00's preview, 01's inputs, 02's candidates, streamed so their time to first token is
-    measured; and a judge), with the tiny model as a
-    local model in batches of 8 rows (so a stage saves its answers several times) in the roles
-    ROLES gives the task type, and as the causal student. The endpoint's words carry rows through
-    every gate; the tiny model carries the local decode loop, grammars, first-token scores and the
-    trl trainers."""
+    measured; and a judge), with the tiny model as the causal student and, but for structured
+    tasks, as a local model in batches of 8 rows (a stage saves its answers several times) in
+    TINY_ROLES. The endpoint's words carry rows through every gate; the tiny model carries the
+    local decode loop, grammars, first-token scores and the trl trainers."""
     local = f"{{provider: local, model: '{tiny}', dtype: float32, batch_size: 8}}"
-    pairs = ["llm.provider=openai", f"llm.base_url={url}", "llm.model=sim", f"llm.api_key_env={KEY_ENV}", "llm.stream=true",
-             *([f"models.tiny={local}"] if ROLES[task_type] else []), *ROLES[task_type], f"train.model={tiny}"]  # fmt: skip
+    roles = [] if task_type in STRUCTURED else [f"models.tiny={local}", *TINY_ROLES]
+    pairs = ["llm.provider=openai", f"llm.base_url={url}", "llm.model=sim", f"llm.api_key_env={KEY_ENV}",
+             "llm.stream=true", *roles, f"train.model={tiny}"]  # fmt: skip
     return [sys.executable, "-m", "workbench.cli", "run", str(config), "--runs-dir", str(runs_dir), *sets(*pairs)]
 
 
@@ -241,9 +240,9 @@ def notebook_source(executed: Path) -> Path:
 
 
 def drop_weights(folder: Path) -> None:
-    """Delete the model weights under a run fixture's folder (each merged student is 0.5 GB) once its
-    module's tests are done: the suite's temporary folders peaked at 6.1 GB with every run's kept to
-    the end. The notebooks, tables and reports stay for reading a failure."""
+    """Delete the model weights under a run fixture's folder once its tests are done (a merged
+    student of the tiny model is 16 MB, of the embedded one 0.5 GB): the notebooks, tables and
+    reports stay for reading a failure."""
     for p in Path(folder).rglob("*.safetensors"):
         p.unlink()
 
