@@ -65,7 +65,15 @@ def test_the_reply_config_runs_every_stage(cfg, reply_run):
     rows = pd.read_parquet(reply_run / "artifacts" / "dataset.parquet")
     assert rows["keep"].any() and rows.loc[~rows["keep"], "reject_reason"].notna().all()
     assert len(rows) == len(pd.read_parquet(reply_run / "artifacts" / "prompts.parquet"))  # marks, never drops
-    assert (reply_run / "artifacts" / "export" / "sft.jsonl").is_file()
+    export = reply_run / "artifacts" / "export"  # the exports every task type writes
+    sft = [json.loads(x) for x in (export / "sft.jsonl").read_text().splitlines()]
+    assert len(sft) == rows["keep"].sum() and all(r["messages"][-1]["role"] == "assistant" for r in sft)
+    from datasets import load_from_disk
+
+    assert len(load_from_disk(str(export / "hf"))) == len(sft)
+    dpo = (export / "dpo.jsonl").read_text().splitlines()
+    card = (export / "README.md").read_text()
+    assert f"SFT records: {len(sft)}; DPO pairs: {len(dpo)}" in card and "## Funnel" in card
     page = (reply_run / "report.html").read_text()
     assert "Traceback" not in page
 
@@ -181,6 +189,7 @@ def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch
     assert sum("Reply A" in r.messages[-1][1] for r in jud.requests) == 8 * 2  # each pair in both orders
     calib = pd.read_parquet(tmp_path / "run" / "artifacts" / "calibration.parquet")
     assert calib["auc"].tolist() == [1.0] and calib["good"].tolist() == [4] and m3["calibration_auc"] == 1.0
+    (tmp_path / "run" / "config.yaml").write_text("task: {type: reply}\n")  # a run folder's config, for the card
     rows, m4 = steps.filter_stage(Stage("04_filter", c, tmp_path / "run"))
     rejected = rows.set_index("id").loc[~rows.set_index("id")["keep"], "reject_reason"].to_dict()
     assert rejected == {"m3": "format"}, rejected
@@ -195,6 +204,7 @@ def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch
     # the next iteration's 04 carries this one's rows, verdicts kept: its students train on both
     nxt = tmp_path / "run2"
     shutil.copytree(tmp_path / "run" / "artifacts", nxt / "artifacts")
+    shutil.copy(tmp_path / "run" / "config.yaml", nxt / "config.yaml")
     (nxt / "provenance.json").write_text(json.dumps({"parent": "run"}))
     rows2, m5 = steps.filter_stage(Stage("04_filter", c, nxt))
     assert m5["carried"] == 8 and m5["kept"] == 14 and m5["carried_kept"] == 7

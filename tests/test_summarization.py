@@ -71,6 +71,12 @@ def test_the_summaries_config_runs_every_stage_with_its_own_pages(cfg, summaries
         assert (run / "artifacts" / f"{name}.parquet").is_file(), name
     rows = pd.read_parquet(run / "artifacts" / "dataset.parquet")
     assert rows["keep"].any() and rows.loc[~rows["keep"], "reject_reason"].notna().all()
+    export = run / "artifacts" / "export"  # the exports every task type writes
+    sft = [json.loads(x) for x in (export / "sft.jsonl").read_text().splitlines()]
+    assert len(sft) == rows["keep"].sum() and sft[0]["messages"][0]["content"] == system
+    assert (export / "hf" / "dataset_info.json").is_file() and "summarization data" in (
+        export / "README.md"
+    ).read_text()
     table = pd.read_parquet(run / "artifacts" / "evaluation.parquet")
     assert "rouge_l" in table and table["rouge_l"].dropna().between(0, 1).all()  # against ACLSum's references
     assert "Traceback" not in (run / "report.html").read_text()
@@ -204,6 +210,7 @@ def test_02_to_04_and_06s_scores_with_a_scripted_generator_and_judge(cfg, tmp_pa
     judged, cands, pairs, m3 = steps.judge_stage(Stage("03_judge", c, tmp_path / "run"))
     assert (judged["best_candidate"] == 0).all() and judged["keep_judge"].all()
     assert pairs["pair"].all() and len(pairs) == 6 and m3["calibration_auc"] == 1.0
+    (tmp_path / "run" / "config.yaml").write_text("task: {type: summarization}\n")  # a run folder's, for the card
     rows, m4 = steps.filter_stage(Stage("04_filter", c, tmp_path / "run"))
     assert rows.set_index("id").at["s5", "reject_reason"] == "over_word_limit"  # over task.summary_max_words
     assert (rows.loc[rows["keep"], "text"].str.split().str.len() <= 60).all()

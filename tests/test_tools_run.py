@@ -60,6 +60,23 @@ def test_rows_keep_their_reasons_and_answers_parse(tools_run):
     for text, args in zip(kept["text"], kept["arguments"]):  # 03's check holds for what trains
         for v in json.loads(args).values():
             assert str(v).lower() in text.lower()
+    # 04's exports: the kept rows as chat records answering in JSON, their pairs, a datasets folder, a card
+    export = run / "artifacts" / "export"
+    sft = [json.loads(x) for x in (export / "sft.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in sft] == list(kept["id"])
+    for r, (_, row) in zip(sft, kept.iterrows()):
+        system, user, answer = r["messages"]
+        assert user == {"role": "user", "content": row["text"]} and "Tools:" in system["content"]
+        assert json.loads(answer["content"]) == {"tool": row["tool"], "arguments": json.loads(row["arguments"])}
+    pairs = load(run, "pairs")
+    dpo = [json.loads(x) for x in (export / "dpo.jsonl").read_text().splitlines()]
+    assert len(dpo) == pairs["id"].isin(kept["id"]).sum() and all(d["chosen"] != d["rejected"] for d in dpo)
+    from datasets import load_from_disk
+
+    hf = load_from_disk(str(export / "hf"))
+    assert len(hf) == len(sft) and json.loads(hf[0]["arguments"]) == sft[0]["arguments"]
+    card = (export / "README.md").read_text()
+    assert f"kept: {len(kept)}" in card and f"DPO pairs: {len(dpo)}" in card and "Licence of the seed examples" in card
     cands = load(run, "candidates")
     assert cands["schema_valid"].all()  # decoded under the schema: every candidate parses
     table = load(run, "evaluation").set_index("model")

@@ -271,3 +271,51 @@ def test_the_judge_calibration_on_answers_tells_a_knowing_judge_from_a_blind_one
     assert table.loc["llm", "auc"] == 1.0 and table.loc["blind", "auc"] == 0.5
     assert (table["good"] == 12).all() and (table["bad"] == 12).all()
     assert len(scored) == 2 * 24 and len(judges["llm"].requests) == 24 * len(t.answer_rubric(c))
+
+
+def test_04_exports_tool_calls_and_extractions_as_chat_records_pairs_a_dataset_and_a_card(cfg, tmp_path):
+    from datasets import load_from_disk
+
+    from workbench import export
+
+    rows = pd.DataFrame(
+        [
+            {"id": "a", "text": "play jazz by Miles Davis", "tool": "PlayMusic",
+             "arguments": {"genre": "jazz", "artist": "Miles Davis"}, "keep": True, "keep_judge": True},
+            {"id": "b", "text": "rate this book 5 stars", "tool": "RateBook",
+             "arguments": {"rating_value": "5"}, "keep": True, "keep_judge": True},
+            {"id": "c", "text": "play", "tool": "PlayMusic", "arguments": {}, "keep": False, "keep_judge": False},
+        ]
+    ).assign(reject_stage=[None, None, "judge"], reject_reason=[None, None, "value_missing"])  # fmt: skip
+    pairs = pd.DataFrame(
+        {"id": ["a", "c"], "chosen": ['{"tool":"PlayMusic"}', "x"], "rejected": ['{"tool":"no"}', "y"]}
+    )
+    t, kept = tasks.of(cfg), rows[rows["keep"]]
+    sft, dpo = t.sft_records(cfg, kept), t.dpo_records(cfg, kept, pairs)
+    assert [r["id"] for r in sft] == ["a", "b"] and [d["id"] for d in dpo] == ["a"]  # c was rejected by 04
+    system, user, answer = sft[0]["messages"]
+    assert (
+        "PlayMusic" in system["content"] and "RateBook" in system["content"] and user["content"] == rows.at[0, "text"]
+    )
+    assert json.loads(answer["content"]) == {
+        "tool": "PlayMusic",
+        "arguments": {"genre": "jazz", "artist": "Miles Davis"},
+    }
+    assert (
+        dpo[0]["prompt"][1]["content"] == "play jazz by Miles Davis"
+        and dpo[0]["rejected"][0]["content"] == '{"tool":"no"}'
+    )
+    # extraction: the answer is the fields alone
+    ex = load_config(ROOT / "configs" / "snips-extract.yaml")[0]
+    one = pd.DataFrame(
+        [{"id": "e", "text": "a table for 4", "tool": "BookRestaurant", "arguments": {"party_size_number": "4"}}]
+    )
+    assert json.loads(tasks.of(ex).sft_records(ex, one)[0]["messages"][-1]["content"]) == {"party_size_number": "4"}
+    # the writer: arguments differ in shape from row to row, so the datasets folder holds them as JSON text
+    paths = export.write_task_exports(cfg, rows, sft, dpo, tmp_path / "export", "task: {}\n", t.ROW_KEY)
+    assert [json.loads(x)["id"] for x in paths["sft"].read_text().splitlines()] == ["a", "b"]
+    hf = load_from_disk(str(paths["hf"]))
+    assert len(hf) == 2 and json.loads(hf[1]["arguments"]) == {"rating_value": "5"}
+    card = paths["card"].read_text()
+    assert "tools: 2; kept rows per tool: min 1, max 1" in card and "SFT records: 2; DPO pairs: 1" in card
+    assert "| judge | value_missing | 1 |" in card and "| after judge | 2 |" in card

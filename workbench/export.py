@@ -1,13 +1,15 @@
-"""Exports of the final dataset, written by 04_filter into `artifacts/export/`:
+"""Exports of the final dataset, written by 04_filter into `artifacts/export/` for every task type:
 
-    sft.jsonl       kept rows in chat-messages form: {"messages": [system, user, assistant], "label", "id"}
+    sft.jsonl       kept rows in trl's conversational form: {"messages": [system, (earlier turns,) user,
+                    assistant], …}; the task type writes the records (`sft_records`)
     dpo.jsonl       preference pairs in trl's conversational form: {"prompt": [system, user],
-                    "chosen": [assistant], "rejected": [assistant], "id"} (kept rows with a pair only)
-    hf/             the kept rows as a Hugging Face `datasets` folder (load_from_disk), same columns as sft.jsonl
+                    "chosen": [assistant], "rejected": [assistant], …} (kept rows with a pair only)
+    hf/             the SFT records as a Hugging Face `datasets` folder (load_from_disk)
     README.md       a dataset card: counts, the funnel, rejects by reason, config hash, models, seed licence
 
-`sft_records(cfg, rows)`, `dpo_records(cfg, rows, pairs)` build the records; `write_exports(...)`
-writes the four and returns their paths.
+Classification's records are built here (`sft_records`, `dpo_records`, with the labels in the
+system prompt); the other types' by their task module. `write_records(...)` writes the four
+files from any type's records; `write_exports(...)` is classification's call of it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from workbench.config import RunConfig
 from workbench.data import dataset_dir
 from workbench.embed import MODEL_NAME
 from workbench.files import replace_dir, write_atomic
-from workbench.tables import reject_counts
+from workbench.tables import funnel_table, reject_counts
 
 
 def system_prompt(cfg: RunConfig, labels: list[str]) -> str:
@@ -92,10 +94,15 @@ def card(
     config_text: str,
     models: dict[str, str],
     licence: str,
+    key: str = "label",
+    n_sft: int | None = None,
 ) -> str:
+    """The dataset card. `key`: the column the rows are grouped by (classification's label, a tool
+    call's tool, a reply's topic); `n_sft`: the SFT records written, where a task type writes a
+    record for a subset of the kept rows."""
     kept = rows[rows["keep"]]
     reasons = reject_counts(rows)
-    per_label = kept.groupby("label").size()
+    per_label = kept.groupby(key).size() if key in kept else pd.Series(dtype=int)
     lines = [
         f"# {cfg.task.name}: synthetic {cfg.task.type} data",
         "",
@@ -105,9 +112,9 @@ def card(
         "",
         f"- rows generated: {len(rows)}; kept: {len(kept)}; rejected: {len(rows) - len(kept)} (kept in the run's "
         "reject pile with their reasons)",
-        f"- labels: {per_label.size}; rows per label: min {per_label.min() if len(per_label) else 0}, "
+        f"- {key}s: {per_label.size}; kept rows per {key}: min {per_label.min() if len(per_label) else 0}, "
         f"max {per_label.max() if len(per_label) else 0}",
-        f"- DPO pairs: {n_pairs}",
+        f"- SFT records: {len(kept) if n_sft is None else n_sft}; DPO pairs: {n_pairs}",
         "",
         "## Funnel",
         "",
@@ -134,6 +141,44 @@ def card(
     return "\n".join(lines)
 
 
+def _arrow_safe(record: dict) -> dict:
+    """A record for the `datasets` folder: a value whose shape differs from row to row (a tool
+    call's arguments, a record's tools) as JSON text, since an Arrow column has one type."""
+    return {k: json.dumps(v, ensure_ascii=False) if k in ("arguments", "tools") else v for k, v in record.items()}
+
+
+def write_records(folder: Path, sft: list[dict], dpo: list[dict], card_text: str) -> dict[str, Path]:
+    """Write `sft.jsonl`, `dpo.jsonl`, the `datasets` folder `hf/` (the SFT records) and the card
+    `README.md` into `folder`, each whole or not at all; returns their paths."""
+    from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "sft": folder / "sft.jsonl",
+        "dpo": folder / "dpo.jsonl",
+        "hf": folder / "hf",
+        "card": folder / "README.md",
+    }
+    write_atomic(paths["sft"], _jsonl(sft))
+    write_atomic(paths["dpo"], _jsonl(dpo))
+    tmp = folder / f".hf.tmp{os.getpid()}"
+    Dataset.from_list([_arrow_safe(r) for r in sft]).save_to_disk(str(tmp))
+    replace_dir(tmp, paths["hf"])
+    write_atomic(paths["card"], card_text)
+    return paths
+
+
+def write_task_exports(
+    cfg: RunConfig, rows: pd.DataFrame, sft: list[dict], dpo: list[dict], folder: Path, config_text: str, key: str
+) -> dict[str, Path]:
+    """The exports of a task type that writes its own records (`sft`, `dpo`) from `rows`, 04's
+    dataset (every row, keep and reject columns; `key`: the column its card groups by)."""
+    text = card(
+        cfg, rows, funnel_table(rows), len(dpo), config_text, models_used(cfg), seed_licence(cfg), key, len(sft)
+    )
+    return write_records(folder, sft, dpo, text)
+
+
 def write_exports(
     cfg: RunConfig,
     rows: pd.DataFrame,
@@ -145,24 +190,10 @@ def write_exports(
     models: dict[str, str],
     licence: str,
 ) -> dict[str, Path]:
-    from datasets import Dataset  # datasets (pyarrow) only where a dataset is written or mapped
-
-    folder.mkdir(parents=True, exist_ok=True)
+    """Classification's exports: its records (the labels in the system prompt) through `write_records`."""
     sft = sft_records(cfg, rows, labels)
     dpo = dpo_records(cfg, rows, pairs, labels)
-    paths = {
-        "sft": folder / "sft.jsonl",
-        "dpo": folder / "dpo.jsonl",
-        "hf": folder / "hf",
-        "card": folder / "README.md",
-    }
-    write_atomic(paths["sft"], _jsonl(sft))
-    write_atomic(paths["dpo"], _jsonl(dpo))
-    tmp = folder / f".hf.tmp{os.getpid()}"
-    Dataset.from_list(sft or [], features=None).save_to_disk(str(tmp))
-    replace_dir(tmp, paths["hf"])
-    write_atomic(paths["card"], card(cfg, rows, funnel, len(dpo), config_text, models, licence))
-    return paths
+    return write_records(folder, sft, dpo, card(cfg, rows, funnel, len(dpo), config_text, models, licence))
 
 
 def seed_licence(cfg: RunConfig) -> str:

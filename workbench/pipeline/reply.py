@@ -5,7 +5,6 @@ the calibration, the final filter on the best replies with the exports, and the 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from functools import partial
@@ -14,9 +13,23 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown
 
-from workbench import causal, clusters, data, embed, evaluate, filters, gaps, judge, lineage, plan, responses, tasks
+from workbench import (
+    causal,
+    clusters,
+    data,
+    embed,
+    evaluate,
+    export,
+    filters,
+    gaps,
+    judge,
+    lineage,
+    plan,
+    responses,
+    tasks,
+)
 from workbench import train as trainer
-from workbench.files import cache_dir, write_atomic
+from workbench.files import cache_dir
 from workbench.live import LiveView
 from workbench.llm import decode, generate_each, local_model_dir
 from workbench.pipeline import learn
@@ -277,9 +290,9 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     every message 01 wrote so the reject pile holds them all, plus the rows earlier iterations
     carried over (`carried_from`, their verdicts kept: the training data accumulates); saves
     `dataset` (message, text: the reply, should_refuse, keep, reject_stage, reject_reason, …) and
-    the exports: `export/sft.jsonl`
-    (chat records of the kept replies, refusal examples among them) and `export/dpo.jsonl` (the
-    confirmed pairs of kept messages)."""
+    the exports (`export.write_task_exports`): `export/sft.jsonl` (chat records of the kept
+    replies, refusal examples among them), `export/dpo.jsonl` (the confirmed pairs of kept
+    messages), the `datasets` folder `export/hf/` and the card `export/README.md`."""
     cfg = stage.cfg
     prompts = stage.load("prompts")
     judged = stage.load("judged")
@@ -309,11 +322,9 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     kept = rows[rows["keep"]]
     pairs = stage.load("pairs")
     pairs = pairs[pairs["pair"] & pairs["row"].isin(kept["id"])]
-    out = stage.artifacts / "export"
-    sft = tasks.of(cfg).sft_records(cfg, kept)
-    write_atomic(out / "sft.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft))
-    dpo = tasks.of(cfg).dpo_records(cfg, pairs)
-    write_atomic(out / "dpo.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dpo))
+    sft, dpo = t.sft_records(cfg, kept), t.dpo_records(cfg, pairs)
+    config_text = (stage.run_dir / "config.yaml").read_text()
+    export.write_task_exports(cfg, rows, sft, dpo, stage.artifacts / "export", config_text, t.ROW_KEY)
     refusals = kept[kept["should_refuse"]]
     summary = {
         "rows": len(rows),

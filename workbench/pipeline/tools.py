@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from workbench import causal, clusters, embed, filters, gaps, judge, structured, tagger, tasks
+from workbench import causal, clusters, embed, export, filters, gaps, judge, structured, tagger, tasks
 from workbench import train as trainer
 from workbench.config import LLMConfig, RunConfig
 from workbench.files import cache_dir
@@ -367,8 +367,11 @@ def field_agreement(judged: pd.DataFrame) -> pd.DataFrame:
 def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     """04: the final filter (`filters.filter_rows`: rewrite, constraints with PII, toxicity, domain,
     near-duplicates) on each request; the answer's values are spans of it, so what the message
-    passes its answer passes. Saves `dataset` (every row, with keep, reject_stage, reject_reason)."""
+    passes its answer passes. Saves `dataset` (every row, with keep, reject_stage, reject_reason)
+    and the exports (`export.write_task_exports`: SFT records of the kept rows, the DPO pairs of
+    kept rows, a `datasets` folder and the card)."""
     cfg = stage.cfg
+    t = tasks.of(cfg)
     judged = load_rows(stage, "judged")
     rows = judged.drop(columns=["keep", "reject_reason"]).assign(label=judged["tool"])
     rows["text"] = rows["text"].fillna("")
@@ -381,14 +384,21 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
                 out.at[i, "keep_filter"], out.at[i, "reject_reason_filter"] = False, "value_missing"
         out = filters.verdict(out)
     save_rows(stage, out, "dataset")
+    kept = out[out["keep"]]
+    sft, dpo = t.sft_records(cfg, kept), t.dpo_records(cfg, kept, stage.load("pairs"))
+    config_text = (stage.run_dir / "config.yaml").read_text()
+    paths = export.write_task_exports(cfg, out, sft, dpo, stage.artifacts / "export", config_text, t.ROW_KEY)
     summary = {
         "rows": len(out),
-        "kept": int(out["keep"].sum()),
+        "kept": len(kept),
         "rejected_here": int((~out["keep_filter"]).sum()),
         "reasons_by_stage": {
             s: g["reject_reason"].value_counts().to_dict() for s, g in out[~out["keep"]].groupby("reject_stage")
         },
         "kept_by_tool": out.loc[out["keep"], "tool"].value_counts().to_dict(),
+        "sft_records": len(sft),
+        "dpo_pairs": len(dpo),
+        "exports": {k: str(v.relative_to(stage.run_dir)) for k, v in paths.items()},
     }
     return out, summary
 
@@ -396,7 +406,8 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
 def filter_markdown(m: dict) -> str:
     return (
         f"**{m['kept']} of {m['rows']} rows kept**; {m['rejected_here']} rejected by this filter. Rejects by stage: "
-        f"{m['reasons_by_stage'] or 'none'}. Kept per tool: {m['kept_by_tool']}."
+        f"{m['reasons_by_stage'] or 'none'}. Kept per tool: {m['kept_by_tool']}. Exports: {m['sft_records']} SFT "
+        f"records, {m['dpo_pairs']} DPO pairs, in `artifacts/export/`."
     )
 
 

@@ -636,6 +636,31 @@ def sft_rows(cfg: RunConfig, train: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def sft_records(cfg: RunConfig, kept: pd.DataFrame) -> list[dict]:
+    """04's export of the kept rows (id, text, tool, arguments): chat records whose system message
+    lists the tools (or fields) and the answer's form, whose assistant turn is the answer as JSON,
+    as 05's student learns it; the tool and arguments beside them."""
+    system, with_tool = answer_system(cfg), cfg.task.type == "tools"
+    return [
+        {"id": r.id, "tool": r.tool, "arguments": r.arguments,
+         "messages": [{"role": "system", "content": system}, {"role": "user", "content": r.text},
+                      {"role": "assistant", "content": answer_json(r.tool, r.arguments, with_tool)}]}
+        for r in kept.itertuples()
+    ]  # fmt: skip
+
+
+def dpo_records(cfg: RunConfig, kept: pd.DataFrame, pairs: pd.DataFrame) -> list[dict]:
+    """03's pairs (id, chosen: the checked answer, rejected: the worst candidate's) of the rows
+    04 kept, the prompt holding the row's final (filtered, rewritten) text."""
+    system, text = answer_system(cfg), kept.set_index("id")["text"]
+    return [
+        {"id": p.id, "prompt": [{"role": "system", "content": system}, {"role": "user", "content": text[p.id]}],
+         "chosen": [{"role": "assistant", "content": p.chosen}],
+         "rejected": [{"role": "assistant", "content": p.rejected}]}
+        for p in pairs[pairs["id"].isin(text.index)].itertuples()
+    ]  # fmt: skip
+
+
 def rewards(cfg: RunConfig) -> list:
     """GRPO's verifiable rewards, graded so that a group of wrong replies still differs (GRPO learns
     nothing from a group whose rewards are all equal, and an early student's tool names are often
