@@ -186,6 +186,7 @@ def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch
     assert judged["best_refuses"].tolist() == judged["should_refuse"].tolist()  # refusal where due, help elsewhere
     assert m3["best_refuses_where_due"] == 1.0 and m3["best_refuses_where_not_due"] == 0.0
     assert pairs["pair"].sum() == 8 and set(pairs["outcome"]) == {"chosen"} and judged["keep_judge"].all()
+    assert m3["disagreements"] == 0 and m3["krippendorff_alpha"] == {}  # one juror: no jury to agree
     assert sum("Reply A" in r.messages[-1][1] for r in jud.requests) == 8 * 2  # each pair in both orders
     calib = pd.read_parquet(tmp_path / "run" / "artifacts" / "calibration.parquet")
     assert calib["auc"].tolist() == [1.0] and calib["good"].tolist() == [4] and m3["calibration_auc"] == 1.0
@@ -315,3 +316,21 @@ def test_multi_turn_conversations_reach_the_candidates_the_judge_and_the_exports
     assert [m["role"] for m in record] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
     pair = pd.DataFrame({"text": ["message 3"], "history": [rows.at[3, "history"]], "chosen": ["a"], "rejected": ["b"]})
     assert len(reply.dpo_records(c, pair)[0]["prompt"]) == 6
+
+
+def test_a_jury_shows_its_alpha_and_queues_the_candidates_it_split_on(cfg):
+    cands = pd.DataFrame({"row": ["m0", "m0", "m1", "m2"], "candidate": [0, 1, 0, 0], "text": ["a", "a", "b", "c"],
+                          "reply": ["r0", "r1", "r2", "r3"], "judge_score": [0.5, 0.6, 0.9, None],
+                          "judge_spread": [0.25, 0.75, 0.0, None]})  # fmt: skip
+    assert cfg.judge.max_spread == 0.5 and steps.disagreements(cands, cfg)["reply"].tolist() == ["r1"]
+    tight = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"max_spread": 0.2})})
+    assert steps.disagreements(cands, tight)["reply"].tolist() == ["r1", "r0"]  # widest first; one juror's: none
+    assert steps.disagreements(cands.drop(columns="judge_spread"), cfg).empty
+    m = {"judged_candidates": 4, "messages": 3, "rubric": ["helpfulness", "policy_compliance"], "mean_score": 0.6,
+         "judge_unparsed": 1, "kept": 2, "reasons": {}, "best_refuses_where_due": 1.0,
+         "best_refuses_where_not_due": 0.0, "pairs": 1, "pairs_by_margin": 1, "pairwise": {}, "jurors": 2,
+         "krippendorff_alpha": {"helpfulness": 0.412, "policy_compliance": float("nan")}, "disagreements": 1}  # fmt: skip
+    line = steps.judge_markdown(m)
+    assert "The 2 jurors agree with Krippendorff's alpha helpfulness 0.41, policy_compliance n/a" in line
+    assert "1 candidates in the disagreement queue" in line
+    assert "Krippendorff" not in steps.judge_markdown(m | {"krippendorff_alpha": {}, "jurors": 1})

@@ -209,6 +209,7 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
         "mean_score": float(cands["judge_score"].mean()) if cands["judge_score"].notna().any() else None,
         "mean_best_score": float(kept["best_score"].mean()) if len(kept) else None,
         "judge_unparsed": int(judgments["score"].isna().sum()),
+        "disagreements": len(disagreements(cands, cfg)),
         "krippendorff_alpha": judge.judge_alpha(judgments.rename(columns={"item": "id"}))
         .set_index("dimension")["alpha"]
         .to_dict()
@@ -261,15 +262,34 @@ def judge_markdown(m: dict) -> str:
         if n == reply.NOUNS
         else f"The best {n['output']} refuses {pct(m['best_refuses_where_not_due'])} of them. "
     )
+    alpha = m.get("krippendorff_alpha") or {}
+    jury = (
+        f"The {m['jurors']} jurors agree with Krippendorff's alpha "
+        + ", ".join(f"{d} {'n/a' if a is None or a != a else round(a, 2)}" for d, a in alpha.items())
+        + f" (1 = always, 0 = chance); {m.get('disagreements', 0)} candidates in the disagreement queue. "
+        if alpha
+        else ""
+    )
     return (
         f"The judge scored **{m['judged_candidates']} candidate {n['outputs']}** to {m['messages']} {n['inputs']} on "
         f"{', '.join(m['rubric'])} (mean {m['mean_score'] if m['mean_score'] is None else round(m['mean_score'], 2)}, "
-        f"{m['judge_unparsed']} judgments without a score). **{m['kept']} {n['inputs']} kept** with their best "
+        f"{m['judge_unparsed']} judgments without a score). {jury}**{m['kept']} {n['inputs']} kept** with their best "
         f"{n['output']}; rejects {m['reasons'] or 'none'}. {refusals}"
         f"**{m['pairs']} DPO pairs**: best over worst by at least `judge.pair_margin` ({m['pairs_by_margin']}), "
         f"then asked in both orders: {m['pairwise'] or 'not asked'} (a `position` verdict follows the order, "
         f"not the {n['output']}: that pair is dropped)."
     )
+
+
+def disagreements(cands: pd.DataFrame, cfg) -> pd.DataFrame:
+    """The disagreement queue: candidates whose jurors' scores spread more than `judge.max_spread`
+    (one juror: none), widest first, with the message, the candidate and each dimension's score."""
+    if "judge_spread" not in cands:
+        return cands.iloc[:0]
+    q = cands[cands["judge_spread"].fillna(0) > cfg.judge.max_spread]
+    dims = [f"judge_{d}" for d in tasks.of(cfg).rubric(cfg)]
+    cols = ["row", "candidate", "label", "should_refuse", "text", "reply", "judge_spread", "judge_score", *dims]
+    return q.sort_values("judge_spread", ascending=False)[[c for c in cols if c in q]]
 
 
 def judged_view(cands: pd.DataFrame, cfg) -> pd.DataFrame:
