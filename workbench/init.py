@@ -117,6 +117,7 @@ DEFAULT_PERSONAS = ["a first-time customer", "a long-standing customer", "a non-
 DEFAULT_TONES = ["neutral", "frustrated", "polite"]
 DEFAULT_DIFFICULTY = {"easy": 0.3, "medium": 0.4, "hard": 0.3}
 DEFAULT_STYLE = "Messages as real users type them: short, plain, sometimes with typos."
+DIALOGUE_MULTI_TURN = 0.5  # a dialogue drafted as replies: the share of messages that end a conversation
 REFUSAL_SHARE = 0.2  # reply drafts with must_refuse items: the share of messages that ask for one
 
 # What the model must do, by the verb that says it: the earliest of these in the description
@@ -220,6 +221,14 @@ def _structured_rows(dataset: str | None, kind: str):
             f"--dataset: folder {folder} not found; expected train.jsonl and test.jsonl (or the SNIPS files)"
         )
     return structured.read_split(folder, "train")
+
+
+def _is_structured(dataset: str | None) -> bool:
+    """Whether `--dataset` names a structured dataset (tools and arguments) `_structured_rows` reads."""
+    try:
+        return _structured_rows(dataset, "tools") is not None
+    except (ConfigError, OSError, ValueError):  # not a folder of tool calls: a labelled CSV, or none
+        return False
 
 
 def _examples(values) -> str:
@@ -368,6 +377,27 @@ def draft(
     else:
         kind = take("type", kind or "classification", f"{kind or 'classification'!r}")
     multi = rule_multi if kind == "classification" else False
+    if multi:  # drafted as what runs, and said so: a config `run` refuses is no start
+        notes.append(
+            "task.multi_label: the description asks for several labels per row, but multi-label classification "
+            "does not run yet (`workbench run` refuses it); drafted single-label: each row gets its one best label"
+        )
+        multi = False
+    multi_turn = 0.0
+    if kind == "dialogue":
+        has_tools = bool(good.get("tools")) or _is_structured(dataset)
+        kind = "tools" if has_tools else "reply"
+        if kind == "reply":
+            multi_turn = DIALOGUE_MULTI_TURN
+        notes.append(
+            "type: 'dialogue' does not run yet (`workbench run` refuses it); drafted as "
+            + (
+                "'tools': one tool call per customer message, with the dialogue's tools"
+                if has_tools
+                else f"'reply': replies to the last message of conversations (diversity.multi_turn_share "
+                f"{DIALOGUE_MULTI_TURN} of them multi-turn)"
+            )
+        )
     name = take("name", slug(description), f"{slug(description)!r} (from the description)")
     domain = take("domain", _domain(description), f"{_domain(description)!r} (from the description)")
     style = take("style", DEFAULT_STYLE, "(a generic style line)")
@@ -443,6 +473,7 @@ def draft(
             "edge_case_share": 0.2 if edge_cases else 0.0,
             # replies: a share of messages ask for what must be refused, so refusal examples reach training
             "refusal_share": REFUSAL_SHARE if task.get("must_refuse") else 0.0,
+            "multi_turn_share": multi_turn,
         },
         "llm": llm_cfg.model_dump(),
     }
