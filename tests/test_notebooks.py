@@ -50,8 +50,20 @@ def test_there_are_stage_notebooks():
 
     for folder in (ROOT / "notebooks", ROOT / "notebooks" / "tools"):
         assert sorted(p.stem for p in folder.glob("*.ipynb")) == STAGES
-    # replies run notebooks/'s 00 and 01, and their own from 02 on (only the stages built so far)
-    assert {p.stem for p in (ROOT / "notebooks" / "reply").glob("*.ipynb")} <= set(STAGES[2:])
+    # replies and summaries run notebooks/'s 00 and 01, and notebooks/reply/ from 02 on
+    assert {p.stem for p in (ROOT / "notebooks" / "reply").glob("*.ipynb")} == set(STAGES[2:])
+    assert sorted(p.name for p in (ROOT / "notebooks").iterdir() if p.is_dir()) == ["reply", "tools"]
+
+
+@pytest.mark.parametrize("kind", ["classification", "tools", "reply", "summarization"])
+def test_each_task_types_notebooks_take_config_and_run_dir(kind):
+    """What `workbench run` checks before it starts (papermill's tagged parameters cell), for the
+    notebooks each task type runs."""
+    from workbench import driver, tasks
+    from workbench.runs import STAGES
+
+    folder = ROOT / "notebooks" / getattr(tasks, kind).NOTEBOOKS
+    driver.check_notebooks(STAGES, folder)  # raises RunError naming each notebook that is not runnable
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))

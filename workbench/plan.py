@@ -212,11 +212,11 @@ def record_stage(cfg: RunConfig, cache_dir: str | Path, stage: str, seconds: flo
 
 
 def _stage_key(cfg: RunConfig, stage: str) -> str:
-    """Where a stage's measured seconds are kept: each task type with its own notebooks under their
-    folder's name (a tool-call 01, or a reply's training and evaluation, are other work than
-    classification's)."""
-    folder = tasks.of(cfg).NOTEBOOKS
-    return f"stages/{folder}/{stage}" if folder else f"stages/{stage}"
+    """Where a stage's measured seconds are kept: each task type but classification under its task
+    module's name (a tool-call 01, a reply's training or a summary's evaluation are other work than
+    classification's, and than each other's, though replies and summaries share their pages)."""
+    folder = tasks.of(cfg).__name__.rsplit(".", 1)[-1]
+    return f"stages/{folder}/{stage}" if folder != "classification" else f"stages/{stage}"
 
 
 def _other_seconds(

@@ -292,6 +292,13 @@ def disagreements(cands: pd.DataFrame, cfg) -> pd.DataFrame:
     return q.sort_values("judge_spread", ascending=False)[[c for c in cols if c in q]]
 
 
+def view(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """`frame`'s columns of `cols` that it has, without `should_refuse` where no row must be refused
+    (summaries; replies with no `task.must_refuse`): a page's table shows what the rows carry."""
+    drop = {"should_refuse"} if "should_refuse" in frame and not frame["should_refuse"].fillna(False).any() else set()
+    return frame[[c for c in cols if c in frame and c not in drop]]
+
+
 def judged_view(cands: pd.DataFrame, cfg) -> pd.DataFrame:
     """The candidates with their scores and rationales, best first per message."""
     dims = [f"judge_{d}" for d in tasks.of(cfg).rubric(cfg)]

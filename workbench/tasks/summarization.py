@@ -28,7 +28,7 @@ from workbench.tasks.classification import check_data, dev, histories, label_cou
 from workbench.tasks.reply import pair_outcome, rank, refuses, verdict  # noqa: F401
 
 ROW_KEY = "label"  # the kind of source: rows are planned and sampled by it
-NOTEBOOKS = "summarization"  # notebooks/summarization/: replies' 02-99 in a summary's words (00, 01: notebooks/)
+NOTEBOOKS = "reply"  # notebooks/reply/: 02-99 of replies and summaries, each in its own words (tasks/pages.py)
 NOUNS = {"input": "source", "inputs": "sources", "output": "summary", "outputs": "summaries"}
 
 # 01: what the generator is asked for a new source (prompts.render fills these in)
