@@ -76,6 +76,8 @@ def test_the_reply_config_runs_every_stage(cfg, reply_run):
     assert f"SFT records: {len(sft)}; DPO pairs: {len(dpo)}" in card and "## Funnel" in card
     page = (reply_run / "report.html").read_text()
     assert "Traceback" not in page
+    filter_page = (reply_run / "report" / "04_filter.html").read_text()
+    assert "Dataset card" in filter_page and (not (~rows["keep"]).any() or "updatemenus" in filter_page)
 
 
 def test_the_judge_wants_a_refusal_only_where_one_is_due(cfg):

@@ -109,6 +109,8 @@ def test_the_report_shows_the_table_the_rejects_and_the_clusters(tools_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["07_gaps"]["dev_rows"] == 12
     # the judge scored every candidate of the rows that passed the checks, each judgment parsed
+    filter_page = (run / "report" / "04_filter.html").read_text()  # the reject pile's drop-down, the card
+    assert "updatemenus" in filter_page and "Dataset card" in filter_page and "Reject pile by reason" in filter_page
     judge_page = (run / "report" / "03_judge.html").read_text()
     assert "The judge on the answers" in judge_page and "judge_correctness_rationale" in judge_page
     assert metrics["03_judge"]["judged_candidates"] > 0 and metrics["03_judge"]["judge_unparsed"] == 0
