@@ -75,7 +75,7 @@ def test_the_reply_config_runs_every_stage(cfg, reply_run):
     card = (export / "README.md").read_text()
     assert f"SFT records: {len(sft)}; DPO pairs: {len(dpo)}" in card and "## Funnel" in card
     page = (reply_run / "report.html").read_text()
-    assert "Traceback" not in page
+    assert "Traceback" not in page and "Candidates arriving" in page  # 02's throughput, as classification's
     filter_page = (reply_run / "report" / "04_filter.html").read_text()
     assert "Dataset card" in filter_page and (not (~rows["keep"]).any() or "updatemenus" in filter_page)
 

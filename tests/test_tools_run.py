@@ -79,6 +79,8 @@ def test_rows_keep_their_reasons_and_answers_parse(tools_run):
     assert f"kept: {len(kept)}" in card and f"DPO pairs: {len(dpo)}" in card and "Licence of the seed examples" in card
     cands = load(run, "candidates")
     assert cands["schema_valid"].all()  # decoded under the schema: every candidate parses
+    streamed = (run / "artifacts" / "candidates.jsonl").read_text().splitlines()  # 02's live view wrote each
+    assert len(streamed) == len(cands) and (cands["arrived_s"] >= 0).all()
     table = load(run, "evaluation").set_index("model")
     assert table.loc["causal: untuned (schema-constrained)", "parsed"] == 1.0
     groups = set(table["group"])
@@ -103,7 +105,7 @@ def test_the_report_shows_the_table_the_rejects_and_the_clusters(tools_run):
     run, _ = tools_run
     page = (run / "report.html").read_text()
     for shown in ["Slot F1 on the real test rows", "tagger: seeds_synthetic", "causal: untuned (schema-constrained)",
-                  "reject_reason", "Failure clusters", "slot_f1_lo"]:  # fmt: skip
+                  "reject_reason", "Failure clusters", "slot_f1_lo", "Candidates arriving"]:  # fmt: skip
         assert shown in page, shown
     assert "Traceback" not in page
     metrics = json.loads((run / "metrics.json").read_text())

@@ -22,6 +22,7 @@ from workbench import causal, clusters, embed, export, filters, gaps, judge, str
 from workbench import train as trainer
 from workbench.config import LLMConfig, RunConfig
 from workbench.files import cache_dir
+from workbench.live import LiveView
 from workbench.llm import LLM, local_model_dir
 from workbench.pipeline import learn
 from workbench.stage import Stage
@@ -154,11 +155,15 @@ def coverage(rows: pd.DataFrame) -> pd.DataFrame:
 
 def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
     """02: `responses.candidates` answers per kept request under the schema, each checked
-    against the intended answer; saves `candidates`."""
+    against the intended answer, streamed to `candidates.jsonl` and shown live (`LiveView`);
+    saves `candidates`."""
     cfg = stage.cfg
     rows = load_rows(stage, "prompts")
+    llm = stage.llm("generator")
+    view = LiveView(int(rows["keep"].sum()) * cfg.responses.candidates, llm.stats, stage.artifacts / "candidates.jsonl")
     t0 = time.perf_counter()
-    cands = tasks.of(cfg).candidates(cfg, rows, stage.llm("generator"))
+    cands = tasks.of(cfg).candidates(cfg, rows, llm, on_row=view)
+    view.close()
     seconds = time.perf_counter() - t0
     save_rows(stage, cands, "candidates")
     tokens = cands["completion_tokens"].fillna(0).sum() if len(cands) else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -460,9 +461,10 @@ def answer_json(tool: str, arguments: dict, with_tool: bool = True) -> str:
 CANDIDATE_META = ("model", "seed", "completion_tokens", "latency_s", "ttft_s", "cached", "error")
 
 
-def candidates(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
+def candidates(cfg: RunConfig, rows: pd.DataFrame, llm, on_row=None) -> pd.DataFrame:
     """02: `responses.candidates` answers per kept row, under the schema, each checked against
-    the row's intended answer (`check_answer`)."""
+    the row's intended answer (`check_answer`); `on_row(record)` is called with each as it arrives
+    (02's live view and `candidates.jsonl`). The rows come back in the kept rows' order."""
     kept = rows[rows["keep"]].reset_index(drop=True)
     reqs = [
         answer_request(
@@ -475,15 +477,24 @@ def candidates(cfg: RunConfig, rows: pd.DataFrame, llm) -> pd.DataFrame:
         )
         for i, t in enumerate(kept["text"])
     ]
-    outs = llm.generate(reqs, desc="02 structured candidates")
-    recs = []
-    for r, out in zip(kept.itertuples(), outs):
-        intended = {"tool": r.tool, "arguments": r.arguments}
+    got: dict[int, list[dict]] = {}
+    t0 = time.perf_counter()
+
+    def arrived(i: int, out: list[dict]) -> None:
+        now = time.perf_counter() - t0
+        r = kept.iloc[i]
+        intended = {"tool": r["tool"], "arguments": r["arguments"]}
+        got[i] = []
         for c in out:
-            chk = check_answer(cfg, r.text, intended, c["text"] or "")
+            chk = check_answer(cfg, r["text"], intended, c["text"] or "")
             meta = {k: c.get(k) for k in CANDIDATE_META}
-            recs.append({"row": r.id, "candidate": c["candidate"], "raw": c["text"], **chk, **meta})
-    return pd.DataFrame(recs)
+            got[i].append({"row": r["id"], "candidate": c["candidate"], "raw": c["text"], **chk, **meta}
+                          | {"source": "model", "arrived_s": now})  # fmt: skip
+            if on_row is not None:
+                on_row(got[i][-1])
+
+    llm.generate(reqs, desc="02 structured candidates", on_result=arrived)
+    return pd.DataFrame([rec for i in sorted(got) for rec in got[i]])
 
 
 # The judge on an answer: what each rubric dimension means for a tool call or an extraction (the
