@@ -291,8 +291,9 @@ def test_04_exports_tool_calls_and_extractions_as_chat_records_pairs_a_dataset_a
         {"id": ["a", "c"], "chosen": ['{"tool":"PlayMusic"}', "x"], "rejected": ['{"tool":"no"}', "y"]}
     )
     t, kept = tasks.of(cfg), rows[rows["keep"]]
-    sft, dpo = t.sft_records(cfg, kept), t.dpo_records(cfg, kept, pairs)
-    assert [r["id"] for r in sft] == ["a", "b"] and [d["id"] for d in dpo] == ["a"]  # c was rejected by 04
+    sft = t.sft_records(cfg, kept)
+    dpo = t.dpo_records(cfg, pairs.iloc[:1].assign(text="play jazz by Miles Davis"))  # 04 keeps a's pair only
+    assert [r["id"] for r in sft] == ["a", "b"] and [d["id"] for d in dpo] == ["a"]
     system, user, answer = sft[0]["messages"]
     assert (
         "PlayMusic" in system["content"] and "RateBook" in system["content"] and user["content"] == rows.at[0, "text"]

@@ -390,7 +390,9 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
         out = filters.verdict(out)
     save_rows(stage, out, "dataset")
     kept = out[out["keep"]]
-    sft, dpo = t.sft_records(cfg, kept), t.dpo_records(cfg, kept, stage.load("pairs"))
+    pairs = stage.load("pairs")  # of the kept rows, with their final (filtered, rewritten) text
+    pairs = pairs[pairs["id"].isin(kept["id"])].assign(text=lambda d: d["id"].map(kept.set_index("id")["text"]))
+    sft, dpo = t.sft_records(cfg, kept), t.dpo_records(cfg, pairs)
     config_text = (stage.run_dir / "config.yaml").read_text()
     paths = export.write_task_exports(cfg, out, sft, dpo, stage.artifacts / "export", config_text, t.ROW_KEY)
     summary = {

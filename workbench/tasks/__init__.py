@@ -1,6 +1,8 @@
 """The task-type seam: one module per task type owns what differs between them (what a row is,
 where its real rows come from, how an answer is requested, parsed, checked and scored). Stages ask
-`of(cfg)` and call it; they do not branch on the type.
+`of(cfg)` and call it; they do not branch on the type. `base.py` declares the hooks as Protocols
+(what every type provides, and what the text and the structured stages ask of theirs), and
+tests/test_tasks_seam.py checks each module against them.
 
     classification.py   single-label classification (Banking77): the stages' behaviour as it was
     tools.py            tool calls and extraction: tool + arguments, answer schema, slot scores

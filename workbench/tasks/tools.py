@@ -647,8 +647,8 @@ def sft_rows(cfg: RunConfig, train: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def sft_records(cfg: RunConfig, kept: pd.DataFrame) -> list[dict]:
-    """04's export of the kept rows (id, text, tool, arguments): chat records whose system message
+def sft_records(cfg: RunConfig, rows: pd.DataFrame) -> list[dict]:
+    """04's export of the kept `rows` (id, text, tool, arguments): chat records whose system message
     lists the tools (or fields) and the answer's form, whose assistant turn is the answer as JSON,
     as 05's student learns it; the tool and arguments beside them."""
     system, with_tool = answer_system(cfg), cfg.task.type == "tools"
@@ -656,19 +656,19 @@ def sft_records(cfg: RunConfig, kept: pd.DataFrame) -> list[dict]:
         {"id": r.id, "tool": r.tool, "arguments": r.arguments,
          "messages": [{"role": "system", "content": system}, {"role": "user", "content": r.text},
                       {"role": "assistant", "content": answer_json(r.tool, r.arguments, with_tool)}]}
-        for r in kept.itertuples()
+        for r in rows.itertuples()
     ]  # fmt: skip
 
 
-def dpo_records(cfg: RunConfig, kept: pd.DataFrame, pairs: pd.DataFrame) -> list[dict]:
-    """03's pairs (id, chosen: the checked answer, rejected: the worst candidate's) of the rows
-    04 kept, the prompt holding the row's final (filtered, rewritten) text."""
-    system, text = answer_system(cfg), kept.set_index("id")["text"]
+def dpo_records(cfg: RunConfig, pairs: pd.DataFrame) -> list[dict]:
+    """Preference records of 03's pairs of kept rows (id, text: the row's final text, chosen: the
+    checked answer, rejected: the worst candidate's), the prompt as `sft_records`'."""
+    system = answer_system(cfg)
     return [
-        {"id": p.id, "prompt": [{"role": "system", "content": system}, {"role": "user", "content": text[p.id]}],
+        {"id": p.id, "prompt": [{"role": "system", "content": system}, {"role": "user", "content": p.text}],
          "chosen": [{"role": "assistant", "content": p.chosen}],
          "rejected": [{"role": "assistant", "content": p.rejected}]}
-        for p in pairs[pairs["id"].isin(text.index)].itertuples()
+        for p in pairs.itertuples()
     ]  # fmt: skip
 
 
