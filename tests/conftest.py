@@ -17,11 +17,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The modules with slow tests, the longest first (their seconds in `make test`: docs/timings.md).
+SLOWEST_FIRST = ["test_resume.py", "test_smoke.py", "test_shared_run.py", "test_init.py", "test_tools_run.py",
+                 "test_reply.py", "test_summarization.py", "test_concurrent_runs.py", "test_endpoints.py",
+                 "test_jupyterlab.py"]  # fmt: skip
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """The slow tests first, in their files' order: under xdist (`make test`) the longest work
-    starts first, so the workers finish together."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first, the longest modules' first: under xdist (`make test`) the longest
+    work starts first, so the workers finish together."""
+
+    def key(item):
+        slow, name = item.get_closest_marker("slow") is not None, Path(str(item.fspath)).name
+        rank = SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+        return (not slow, rank if slow else 0)
+
+    items.sort(key=key)
 
 
 # Under xdist, a test module is one unit of work (its module-scoped runs are made once), and the
@@ -43,6 +55,9 @@ if LoadScopeScheduling is not None:
             return "smoke_run" if Path(module).name in SMOKE_RUN_READERS else module
 
     def pytest_xdist_make_scheduler(config, log):
+        # in the order above: xdist would otherwise hand out the modules with the most tests first
+        # (`--loadscope-reorder`, its default), which are quick ones, and start the longest last
+        config.option.loadscopereorder = False
         return ModuleScheduling(config, log)
 
 

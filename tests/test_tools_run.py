@@ -111,6 +111,9 @@ def test_the_report_shows_the_table_the_rejects_and_the_clusters(tools_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["07_gaps"]["dev_rows"] == 12
     # the judge scored every candidate of the rows that passed the checks, each judgment parsed
+    gaps_page = (run / "report" / "07_gaps.html").read_text()  # the review: in a saved page, the command
+    edits = pd.read_parquet(run / "artifacts" / "edits.parquet")
+    assert len(edits) and f"workbench iterate {run} --accept e1" in gaps_page
     filter_page = (run / "report" / "04_filter.html").read_text()  # the reject pile's drop-down, the card
     assert "updatemenus" in filter_page and "Dataset card" in filter_page and "Reject pile by reason" in filter_page
     judge_page = (run / "report" / "03_judge.html").read_text()

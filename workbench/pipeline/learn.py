@@ -21,6 +21,7 @@ from workbench import (
     evaluate,
     gaps,
     lineage,
+    tasks,
     train,
 )
 from workbench.config import RunConfig
@@ -287,7 +288,7 @@ def review_edits(stage: Stage, edits: pd.DataFrame):
             if not chosen:
                 display(Markdown("No edit ticked: the next iteration would repeat this one."))
                 return
-            text = gaps.apply(stage.run_dir / "config.yaml", chosen, data.labels(stage.cfg))
+            text = gaps.apply(stage.run_dir / "config.yaml", chosen, tasks.of(stage.cfg).labels(stage.cfg))
             display(lineage.config_diff_texts((stage.run_dir / "config.yaml").read_text(), text))
             display(Markdown(f"`workbench iterate {stage.run_dir} --accept {','.join(e['id'] for e in chosen)}`"))
 
