@@ -1,4 +1,5 @@
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,14 @@ def pytest_collection_modifyitems(items):
     """The slow tests first, the longest modules' first: under xdist (`make test`) the longest
     work starts first, so the workers finish together."""
 
+    size = Counter(_scope(item.nodeid) for item in items)
+
     def key(item):
         slow, name = item.get_closest_marker("slow") is not None, Path(str(item.fspath)).name
         rank = SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
-        return (not slow, rank if slow else 0)
+        # then the other modules, the most tests first, as xdist's own --loadscope-reorder orders
+        # them (measured: `make test-fast` 2 min 21 s so, 3 min 13 s in the files' order)
+        return (not slow, rank if slow else -size[_scope(item.nodeid)])
 
     items.sort(key=key)
 
@@ -42,6 +47,13 @@ def pytest_collection_modifyitems(items):
 # xdist_group marks, which pytest 9.2 drops silently (pytest-dev/pytest-xdist#1386).
 SMOKE_RUN_READERS = {"test_smoke.py", "test_shared_run.py", "test_resume.py"}
 
+
+def _scope(nodeid: str) -> str:
+    """The unit of work a test belongs to under xdist: its module, or the smoke run's readers."""
+    module = nodeid.split("::")[0]
+    return "smoke_run" if Path(module).name in SMOKE_RUN_READERS else module
+
+
 try:
     from xdist.scheduler import LoadScopeScheduling
 except ImportError:  # pytest-xdist is a dev dependency: without it the suite runs in one process
@@ -51,12 +63,11 @@ if LoadScopeScheduling is not None:
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return "smoke_run" if Path(module).name in SMOKE_RUN_READERS else module
+            return _scope(nodeid)
 
     def pytest_xdist_make_scheduler(config, log):
         # in the order above: xdist would otherwise hand out the modules with the most tests first
-        # (`--loadscope-reorder`, its default), which are quick ones, and start the longest last
+        # (`--loadscope-reorder`, its default), slow or not, and could start the longest last
         config.option.loadscopereorder = False
         return ModuleScheduling(config, log)
 
