@@ -460,16 +460,18 @@ def judge_alpha(judgments: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["dimension", "jurors", "alpha"])
 
 
-def disagreements(rows: pd.DataFrame, max_spread: float) -> pd.DataFrame:
-    """Rows the jury split on: label jurors not unanimous, or rubric jurors' scores spread > max_spread."""
+QUEUE_COLUMNS = ["id", "label", "text", "jury_votes", "jury_label", "judge_spread", "reject_reason_judge"]
+
+
+def disagreements(rows: pd.DataFrame, max_spread: float, columns: list[str] = QUEUE_COLUMNS) -> pd.DataFrame:
+    """Rows the jury split on: label jurors not unanimous, or rubric jurors' scores spread >
+    max_spread; with those of `columns` the rows have."""
     m = pd.Series(False, index=rows.index)
     if "jury_unanimous" in rows:
         m |= rows["jury_unanimous"].eq(False)
     if "judge_spread" in rows:
         m |= rows["judge_spread"].fillna(0) > max_spread
-    cols = [c for c in ["id", "label", "text", "jury_votes", "jury_label", "judge_spread", "reject_reason_judge"]
-            if c in rows]  # fmt: skip
-    return rows.loc[m, cols]
+    return rows.loc[m, [c for c in columns if c in rows]]
 
 
 # ---------------------------------------------------------------- best-of-N and preference pairs

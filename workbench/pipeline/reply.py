@@ -284,12 +284,10 @@ def judge_markdown(m: dict) -> str:
 def disagreements(cands: pd.DataFrame, cfg) -> pd.DataFrame:
     """The disagreement queue: candidates whose jurors' scores spread more than `judge.max_spread`
     (one juror: none), widest first, with the message, the candidate and each dimension's score."""
-    if "judge_spread" not in cands:
-        return cands.iloc[:0]
-    q = cands[cands["judge_spread"].fillna(0) > cfg.judge.max_spread]
     dims = [f"judge_{d}" for d in tasks.of(cfg).rubric(cfg)]
     cols = ["row", "candidate", "label", "should_refuse", "text", "reply", "judge_spread", "judge_score", *dims]
-    return q.sort_values("judge_spread", ascending=False)[[c for c in cols if c in q]]
+    q = judge.disagreements(cands, cfg.judge.max_spread, cols)
+    return q.sort_values("judge_spread", ascending=False) if "judge_spread" in q else q
 
 
 def view(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
