@@ -250,7 +250,7 @@ def test_a_second_iteration_starts_from_the_first_ones_student(cfg, tiny, tmp_pa
     import torch
 
     from workbench import train
-    from workbench.pipeline import learn
+    from workbench.flows import common
     from workbench.stage import Stage
 
     task = tmp_path / "runs" / "smoke"
@@ -263,11 +263,11 @@ def test_a_second_iteration_starts_from_the_first_ones_student(cfg, tiny, tmp_pa
     seeds, rows = _rows(6), _rows(6).assign(keep=True)
     t1 = train.train_causal(cfg, seeds, rows, pd.DataFrame(), LABELS, tmp_path, first / "artifacts" / "causal")
     assert t1["start"].tolist() == [str(tiny)]
-    assert learn.start_of(Stage("05_train", cfg, second)) is None  # train.start_from: base
+    assert common.start_of(Stage("05_train", cfg, second)) is None  # train.start_from: base
     cfg.train.start_from = "parent"
-    start = learn.start_of(Stage("05_train", cfg, second))
+    start = common.start_of(Stage("05_train", cfg, second))
     assert start == first / "artifacts" / "causal" / "sft" / "merged"
-    assert learn.start_of(Stage("05_train", cfg, first)) is None  # the first iteration has no parent
+    assert common.start_of(Stage("05_train", cfg, first)) is None  # the first iteration has no parent
     cfg.train.sft = {**cfg.train.sft, "learning_rate": 0.0}  # a round that changes nothing shows where it began
     t2 = train.train_causal(cfg, seeds, rows, pd.DataFrame(), LABELS, tmp_path, second / "artifacts" / "causal",
                             start=start)  # fmt: skip
@@ -290,7 +290,7 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
 
     from scripted_llm import ScriptedLLM
 
-    from workbench.pipeline import reply as steps
+    from workbench.flows import text_learn
     from workbench.stage import Stage
 
     c, _ = load_config("configs/banking77-replies.yaml")
@@ -310,7 +310,7 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     stage.save(pairs, "pairs")
     judge = ScriptedLLM(lambda r, i: json.dumps({"score": 3, "rationale": "ok"}), tmp_path)
     monkeypatch.setattr(Stage, "jury", lambda self: {"llm": judge})
-    training = steps.train_stage(stage).set_index("model")
+    training = text_learn.train_stage(stage).set_index("model")
     assert list(training.index) == ["sft", "sft_no_refusals", "dpo", "grpo"]
     assert training.loc["sft", "train_rows"] == 6 and training.loc["sft_no_refusals", "train_rows"] == 4
     assert training.loc["dpo", "train_rows"] == 2 and training.loc["grpo", "steps"] == 2
@@ -329,17 +329,17 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     monkeypatch.setattr(Stage, "jury", lambda self: {"llm": pairwise})
     monkeypatch.setattr(Stage, "llm", lambda self, role="generator": refusal_judge)
     c.evaluate.causal_test_per_label, c.evaluate.safety_rows, c.responses.max_tokens = 1, 4, 8
-    table, safety, replies = steps.evaluate_stage(Stage("06_evaluate", c, tmp_path / "run"))
+    table, safety, replies = text_learn.evaluate_stage(Stage("06_evaluate", c, tmp_path / "run"))
     table = table.set_index("model")
     students = ["sft", "sft_no_refusals", "dpo", "grpo"]
-    assert list(table.index) == [steps.BASE, *students] and (table["messages"] == 8).all()
+    assert list(table.index) == [text_learn.BASE, *students] and (table["messages"] == 8).all()
     assert (table.loc[students, ["wins", "ties", "losses"]].sum(axis=1) == 8).all()
     assert ((table.loc[students, "win_lo"] <= table.loc[students, "win_rate"])
             & (table.loc[students, "win_rate"] <= table.loc[students, "win_hi"])).all()  # fmt: skip
     assert len(pairwise.requests) == 4 * 8 * 2  # students × messages × both orders
-    assert set(safety["model"]) == {steps.BASE, *students} and (safety["prompts"] == 4).all()
+    assert set(safety["model"]) == {text_learn.BASE, *students} and (safety["prompts"] == 4).all()
     assert replies["refuses"].notna().all() and table["over_refusal"].between(0, 1).all()
-    md = steps.evaluation_markdown(table.reset_index(), safety)
+    md = text_learn.evaluation_markdown(table.reset_index(), safety)
     assert md.count("win-rate against the untuned model") == 4 and ".0 wins" not in md and "AdvBench" in md
 
     # 07: the last student (grpo) on real dev messages; a judge that scores every third reply 1 and
@@ -371,7 +371,7 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     monkeypatch.setattr(Stage, "llm", lambda self, role="generator": namer)
     c.gaps.min_cluster_size, c.gaps.max_edits = 2, 30
     s7 = Stage("07_gaps", c, tmp_path / "run")
-    clustered, summary, m = steps.gaps_stage(s7)
+    clustered, summary, m = text_learn.gaps_stage(s7)
     dev = s7.load("dev_replies")
     assert m["student"] == "grpo" and m["dev_messages"] == len(dev) == 32  # dev_per_label 4 × 8 topics
     lost = dev["reply"].str.len() > dev["base_reply"].str.len()
@@ -381,7 +381,7 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     low = "not_refused low:helpfulness low:policy_compliance low:refusal_quality"
     assert clustered.loc[clustered["source"] == "low_judge", "signature"].tolist() == [low]
     assert len(namer.requests) == m["clusters"] > 0 and m["names_by_llm"] == m["clusters"]
-    edits, patch = steps.config_patch(s7, clustered, summary)
+    edits, patch = text_learn.config_patch(s7, clustered, summary)
     kinds = edits.set_index("kind")
     assert kinds.loc["refusals", "value"] == pytest.approx(0.35)  # one best reply answered what it must refuse
     assert {"policy", "persona", "edge_case", "more_rows"} <= set(edits["kind"])

@@ -41,29 +41,28 @@ def cell_problems(path: Path) -> list[str]:
     return out
 
 
-NOTEBOOKS = [p for sub in ("", "tools", "reply") for p in sorted((ROOT / "notebooks" / sub).glob("*.ipynb"))]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_stage_notebooks():
-    """The same nine stages for classification (notebooks/) and structured tasks (notebooks/tools/)."""
+def test_there_are_nine_stage_notebooks_for_every_task_type():
+    """One set: notebooks/ holds the nine stages and nothing else, and no page names a task type's
+    own module (a type's differences are its flow's sections, `pipeline.show`)."""
     from workbench.runs import STAGES
 
-    for folder in (ROOT / "notebooks", ROOT / "notebooks" / "tools"):
-        assert sorted(p.stem for p in folder.glob("*.ipynb")) == STAGES
-    # replies and summaries run notebooks/'s 00 and 01, and notebooks/reply/ from 02 on
-    assert {p.stem for p in (ROOT / "notebooks" / "reply").glob("*.ipynb")} == set(STAGES[2:])
-    assert sorted(p.name for p in (ROOT / "notebooks").iterdir() if p.is_dir()) == ["reply", "tools"]
+    assert [p.stem for p in NOTEBOOKS] == STAGES
+    assert [p.name for p in (ROOT / "notebooks").iterdir() if p.is_dir() and not p.name.startswith(".")] == []
+    for path in NOTEBOOKS:
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        for kind in ("tools", "reply", "summarization", "classification_", "structured", "flows"):
+            assert f"import {kind}" not in source and f"{kind} as steps" not in source, (path.name, kind)
 
 
-@pytest.mark.parametrize("kind", ["classification", "tools", "reply", "summarization"])
-def test_each_task_types_notebooks_take_config_and_run_dir(kind):
-    """What `workbench run` checks before it starts (papermill's tagged parameters cell), for the
-    notebooks each task type runs."""
-    from workbench import driver, tasks
+def test_the_notebooks_take_config_and_run_dir():
+    """What `workbench run` checks before it starts (papermill's tagged parameters cell)."""
+    from workbench import driver
     from workbench.runs import STAGES
 
-    folder = ROOT / "notebooks" / getattr(tasks, kind).NOTEBOOKS
-    driver.check_notebooks(STAGES, folder)  # raises RunError naming each notebook that is not runnable
+    driver.check_notebooks(STAGES)  # raises RunError naming each notebook that is not runnable
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))

@@ -16,7 +16,7 @@ from support import drop_weights, notebook_source, run_config, sets
 
 from workbench import plan, tasks
 from workbench.config import check_runnable, load_config
-from workbench.pipeline import reply as steps
+from workbench.flows import text_build, text_learn
 from workbench.runs import STAGES
 from workbench.stage import Stage
 from workbench.tasks import reply
@@ -48,17 +48,14 @@ def reply_run(tmp_path_factory, sim, tiny):
 def test_the_reply_config_runs_every_stage(cfg, reply_run):
     assert tasks.of(cfg) is reply and cfg.responses.max_tokens == 80 and cfg.responses.temperature == 0.7
     check_runnable(cfg)
-    folder = ROOT / "notebooks" / reply.NOTEBOOKS
-    assert {p.stem for p in folder.glob("*.ipynb")} >= {"02_responses", "03_judge", "04_filter", "05_train",
-                                                         "06_evaluate", "07_gaps", "99_report"}  # fmt: skip
+    assert reply.FLOW == "text"
     system = reply.system_prompt(cfg)
     assert "never promise a refund" in system and "someone else's account" in system
-    # every stage ran, 02 to 99 from the replies' own notebooks
+    # every stage ran, from the one set of notebooks
     prov = json.loads((reply_run / "provenance.json").read_text())
     assert prov["status"] == "finished" and [s for s in STAGES if prov["stages"][s]["status"] == "done"] == STAGES
     for nb in sorted((reply_run / "notebooks").glob("*.ipynb")):
-        want = folder if nb.stem not in ("00_task", "01_prompts") else ROOT / "notebooks"
-        assert notebook_source(nb).parent == want, nb.name
+        assert notebook_source(nb).parent == ROOT / "notebooks", nb.name
     for name in ["prompts", "candidates", "judged", "pairs", "dataset", "training", "replies_test", "wins",
                  "evaluation", "failures", "clusters"]:  # fmt: skip
         assert (reply_run / "artifacts" / f"{name}.parquet").is_file(), name
@@ -115,7 +112,7 @@ def test_02_with_no_message_kept_by_01_says_so_and_asks_nothing(cfg, tmp_path, m
     prompts = pd.DataFrame({"id": ["m0", "m1"], "label": "card_arrival", "text": ["a", "b"], "keep_prompts": False,
                             "reject_reason_prompts": "off_domain", "refusal": None, "seed": [0, 1]})  # fmt: skip
     Stage("01_prompts", cfg, tmp_path / "run").save(prompts, "prompts")
-    cands, m2 = steps.candidates(Stage("02_responses", cfg, tmp_path / "run"))
+    cands, m2 = text_build.candidates(Stage("02_responses", cfg, tmp_path / "run"))
     assert len(cands) == 0 and gen.requests == [] and m2["candidates"] == 0
     assert m2["refusals_where_due"] is None and m2["refusals_where_not_due"] is None
 
@@ -128,7 +125,7 @@ def test_05_with_no_row_kept_trains_nothing_and_06_still_reads_its_table(cfg, tm
                          "history": None, "keep": False, "reject_reason": "off_domain"})  # fmt: skip
     Stage("04_filter", cfg, run).save(rows, "dataset")
     Stage("03_judge", cfg, run).save(pd.DataFrame({"row": [], "pair": []}), "pairs")
-    training = steps.train_stage(Stage("05_train", cfg, run))
+    training = text_learn.train_stage(Stage("05_train", cfg, run))
     assert len(training) == 0 and {"student", "model", "start", "merged"} <= set(training.columns)
     assert list(Stage("06_evaluate", cfg, run).load("training").columns[:4]) == ["student", "model", "start", "merged"]
 
@@ -178,12 +175,12 @@ def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch
                             "seed": range(8)})  # fmt: skip
     Stage("01_prompts", c, tmp_path / "run").save(prompts, "prompts")
     Stage("00_task", c, tmp_path / "run").save(seeds, "seeds")
-    cands, m2 = steps.candidates(Stage("02_responses", c, tmp_path / "run"))
+    cands, m2 = text_build.candidates(Stage("02_responses", c, tmp_path / "run"))
     assert len(cands) == 8 * 3 and cands["refuses"].sum() == 12 and m2["should_refuse"] == 4
     assert len(gen.requests) == 8 and all(
         r.n == 3 and "never promise a refund" in r.messages[0][1] for r in gen.requests
     )
-    judged, cands, pairs, m3 = steps.judge_stage(Stage("03_judge", c, tmp_path / "run"))
+    judged, cands, pairs, m3 = text_build.judge_stage(Stage("03_judge", c, tmp_path / "run"))
     assert cands["judge_score"].notna().all() and cands["judge_refusal_quality_rationale"].notna().all()
     assert judged["best_refuses"].tolist() == judged["should_refuse"].tolist()  # refusal where due, help elsewhere
     assert m3["best_refuses_where_due"] == 1.0 and m3["best_refuses_where_not_due"] == 0.0
@@ -193,7 +190,7 @@ def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch
     calib = pd.read_parquet(tmp_path / "run" / "artifacts" / "calibration.parquet")
     assert calib["auc"].tolist() == [1.0] and calib["good"].tolist() == [4] and m3["calibration_auc"] == 1.0
     (tmp_path / "run" / "config.yaml").write_text("task: {type: reply}\n")  # a run folder's config, for the card
-    rows, m4 = steps.filter_stage(Stage("04_filter", c, tmp_path / "run"))
+    rows, m4 = text_build.filter_stage(Stage("04_filter", c, tmp_path / "run"))
     rejected = rows.set_index("id").loc[~rows.set_index("id")["keep"], "reject_reason"].to_dict()
     assert rejected == {"m3": "format"}, rejected
     sft = [json.loads(x) for x in (tmp_path / "run" / "artifacts" / "export" / "sft.jsonl").read_text().splitlines()]
@@ -209,7 +206,7 @@ def test_02_to_04_with_a_scripted_generator_and_judge(cfg, tmp_path, monkeypatch
     shutil.copytree(tmp_path / "run" / "artifacts", nxt / "artifacts")
     shutil.copy(tmp_path / "run" / "config.yaml", nxt / "config.yaml")
     (nxt / "provenance.json").write_text(json.dumps({"parent": "run"}))
-    rows2, m5 = steps.filter_stage(Stage("04_filter", c, nxt))
+    rows2, m5 = text_build.filter_stage(Stage("04_filter", c, nxt))
     assert m5["carried"] == 8 and m5["kept"] == 14 and m5["carried_kept"] == 7
     assert rows2.set_index("id").at["run/m3", "reject_reason"] == "format"  # the verdict travels with the row
     assert len((nxt / "artifacts" / "export" / "sft.jsonl").read_text().splitlines()) == 14
@@ -231,7 +228,7 @@ def test_a_judge_that_prefers_a_position_confirms_no_pair(cfg, tmp_path, monkeyp
         turn = itertools.count()
         jud = ScriptedLLM(lambda r, i, a=answers, t=turn: a[next(t) % 2], tmp_path)
         monkeypatch.setattr(Stage, "jury", lambda self, j=jud: {"llm": j})
-        got = steps.confirm_pairs(Stage("03_judge", cfg, tmp_path / "run"), pairs)
+        got = text_build.confirm_pairs(Stage("03_judge", cfg, tmp_path / "run"), pairs)
         assert got["outcome"].tolist() == [outcome] * 2 and not got["pair"].any() and len(jud.requests) == 4
     assert reply.pair_outcome("A", "B") == "chosen" and reply.pair_outcome(None, "B") == "unread"
     assert reply.verdict({"text": "", "first_probs": {"A": 0.2, "B": 0.7}}) == "B"
@@ -305,7 +302,7 @@ def test_multi_turn_conversations_reach_the_candidates_the_judge_and_the_exports
     Stage("01_prompts", c, tmp_path / "run").save(rows, "prompts")
     Stage("00_task", c, tmp_path / "run").save(seeds, "seeds")
     gen.requests.clear()
-    cands, _ = steps.candidates(Stage("02_responses", c, tmp_path / "run"))
+    cands, _ = text_build.candidates(Stage("02_responses", c, tmp_path / "run"))
     msgs = gen.requests[3].messages
     assert [r for r, _ in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert msgs[-1] == ("user", "message 3") and msgs[1] == ("user", "before[before[messa]")
@@ -324,15 +321,15 @@ def test_a_jury_shows_its_alpha_and_queues_the_candidates_it_split_on(cfg):
     cands = pd.DataFrame({"row": ["m0", "m0", "m1", "m2"], "candidate": [0, 1, 0, 0], "text": ["a", "a", "b", "c"],
                           "reply": ["r0", "r1", "r2", "r3"], "judge_score": [0.5, 0.6, 0.9, None],
                           "judge_spread": [0.25, 0.75, 0.0, None]})  # fmt: skip
-    assert cfg.judge.max_spread == 0.5 and steps.disagreements(cands, cfg)["reply"].tolist() == ["r1"]
+    assert cfg.judge.max_spread == 0.5 and text_build.disagreements(cands, cfg)["reply"].tolist() == ["r1"]
     tight = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"max_spread": 0.2})})
-    assert steps.disagreements(cands, tight)["reply"].tolist() == ["r1", "r0"]  # widest first; one juror's: none
-    assert steps.disagreements(cands.drop(columns="judge_spread"), cfg).empty
+    assert text_build.disagreements(cands, tight)["reply"].tolist() == ["r1", "r0"]  # widest first; one juror's: none
+    assert text_build.disagreements(cands.drop(columns="judge_spread"), cfg).empty
     m = {"judged_candidates": 4, "messages": 3, "rubric": ["helpfulness", "policy_compliance"], "mean_score": 0.6,
          "judge_unparsed": 1, "kept": 2, "reasons": {}, "best_refuses_where_due": 1.0,
          "best_refuses_where_not_due": 0.0, "pairs": 1, "pairs_by_margin": 1, "pairwise": {}, "jurors": 2,
          "krippendorff_alpha": {"helpfulness": 0.412, "policy_compliance": float("nan")}, "disagreements": 1}  # fmt: skip
-    line = steps.judge_markdown(m)
+    line = text_build.judge_markdown(m)
     assert "The 2 jurors agree with Krippendorff's alpha helpfulness 0.41, policy_compliance n/a" in line
     assert "1 candidates in the disagreement queue" in line
-    assert "Krippendorff" not in steps.judge_markdown(m | {"krippendorff_alpha": {}, "jurors": 1})
+    assert "Krippendorff" not in text_build.judge_markdown(m | {"krippendorff_alpha": {}, "jurors": 1})

@@ -12,7 +12,7 @@ from support import ROOT, cache_with_models, completion, http_answer, provider
 from workbench import critique, judge
 from workbench.config import ConfigError, load_config
 from workbench.data import describe_label
-from workbench.pipeline import build
+from workbench.flows import classification_build as build
 from workbench.stage import Stage
 
 CRITIC_SYSTEM = critique.SYSTEM.split("{")[0]

@@ -158,7 +158,7 @@ def test_smoke_report_is_offline_and_complete(smoke_run):
         "Filter ablation",
         "Contamination check",
         "Safety before/after",
-        "Training curves (causal student)",
+        "training curves (causal student)",
         "Candidates (02): throughput",
         "Judge and jury (03)",
         "Funnel and reject pile",

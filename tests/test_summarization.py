@@ -18,7 +18,7 @@ from support import drop_weights, notebook_source, run_config, sets
 
 from workbench import data, judge, tasks
 from workbench.config import check_runnable, load_config
-from workbench.pipeline import reply as steps
+from workbench.flows import text_build
 from workbench.runs import STAGES
 from workbench.stage import Stage
 from workbench.tasks import reply as reply_task
@@ -56,17 +56,15 @@ def test_the_summaries_config_runs_every_stage_with_its_own_pages(cfg, summaries
     assert tasks.of(cfg) is summ and judge.rubric(cfg) == summ.SUMMARY_RUBRIC
     assert cfg.responses.max_tokens == 90  # 1.5 tokens per word of task.summary_max_words (60)
     check_runnable(cfg)
-    pages = {p.stem for p in (ROOT / "notebooks" / summ.NOTEBOOKS).glob("*.ipynb")}
-    assert pages == {"02_responses", "03_judge", "04_filter", "05_train", "06_evaluate", "07_gaps", "99_report"}
+    assert summ.FLOW == "text"  # replies' stages, in a summarizer's words (tasks/pages.py)
     system = summ.system_prompt(cfg)
     assert "at most 60 words" in system and "add none" in system
-    # every stage ran, 02 to 99 from the summaries' own notebooks
+    # every stage ran, from the one set of notebooks
     run = summaries_run
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "finished" and [s for s in STAGES if prov["stages"][s]["status"] == "done"] == STAGES
     for nb in sorted((run / "notebooks").glob("*.ipynb")):
-        want = ROOT / "notebooks" / (summ.NOTEBOOKS if nb.stem in pages else "")
-        assert notebook_source(nb).parent == want.resolve(), nb.name
+        assert notebook_source(nb).parent == (ROOT / "notebooks").resolve(), nb.name
     for name in ["prompts", "candidates", "judged", "pairs", "dataset", "training", "evaluation", "failures"]:
         assert (run / "artifacts" / f"{name}.parquet").is_file(), name
     rows = pd.read_parquet(run / "artifacts" / "dataset.parquet")
@@ -201,22 +199,22 @@ def test_02_to_04_and_06s_scores_with_a_scripted_generator_and_judge(cfg, tmp_pa
                             "keep_prompts": True, "reject_reason_prompts": None, "refusal": None, "seed": range(6)})  # fmt: skip
     Stage("01_prompts", c, tmp_path / "run").save(prompts, "prompts")
     Stage("00_task", c, tmp_path / "run").save(data.seeds(c), "seeds")
-    cands, m2 = steps.candidates(Stage("02_responses", c, tmp_path / "run"))
+    cands, m2 = text_build.candidates(Stage("02_responses", c, tmp_path / "run"))
     assert len(cands) == 18 and cands["refuses"].sum() == 6 and m2["nouns"]["output"] == "summary"
-    assert "candidate summaries" in steps.candidates_markdown(
+    assert "candidate summaries" in text_build.candidates_markdown(
         m2
-    ) and "must be refused" not in steps.candidates_markdown(m2)
+    ) and "must be refused" not in text_build.candidates_markdown(m2)
     assert all("at most 60 words" in r.messages[0][1] and r.n == 3 for r in gen.requests)
-    judged, cands, pairs, m3 = steps.judge_stage(Stage("03_judge", c, tmp_path / "run"))
+    judged, cands, pairs, m3 = text_build.judge_stage(Stage("03_judge", c, tmp_path / "run"))
     assert (judged["best_candidate"] == 0).all() and judged["keep_judge"].all()
     assert pairs["pair"].all() and len(pairs) == 6 and m3["calibration_auc"] == 1.0
     (tmp_path / "run" / "config.yaml").write_text("task: {type: summarization}\n")  # a run folder's, for the card
-    rows, m4 = steps.filter_stage(Stage("04_filter", c, tmp_path / "run"))
+    rows, m4 = text_build.filter_stage(Stage("04_filter", c, tmp_path / "run"))
     assert rows.set_index("id").at["s5", "reject_reason"] == "over_word_limit"  # over task.summary_max_words
     assert (rows.loc[rows["keep"], "text"].str.split().str.len() <= 60).all()
     sft = [json.loads(x) for x in (tmp_path / "run" / "artifacts" / "export" / "sft.jsonl").read_text().splitlines()]
     assert len(sft) == m4["kept"] > 0 and sft[0]["messages"][0]["content"] == summ.system_prompt(c)
-    assert "6 sources" in steps.filter_markdown(m4) or "of 6 sources" in steps.filter_markdown(m4)
+    assert "6 sources" in text_build.filter_markdown(m4) or "of 6 sources" in text_build.filter_markdown(m4)
 
     # 06's scores: a reference written from the whole paper may name what the abstract does not, so
     # the third answer is a reference the rule finds faithful to its abstract

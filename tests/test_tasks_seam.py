@@ -34,3 +34,13 @@ def test_a_missing_hook_or_a_changed_signature_is_named():
         "TaskType.dev: missing",
     ]
     assert "Exports.sft_records: missing" in base.problems(fake, (base.Exports,))
+
+
+@pytest.mark.parametrize("flow", ["classification", "structured", "text"])
+def test_each_flow_has_every_stage(flow):
+    """The type-blind stage modules call a flow's functions by these names; each flow has them all,
+    and every task type names one of them."""
+    from workbench import flows
+
+    assert base.problems(flows.FLOWS[flow], (base.Flow,)) == []
+    assert {m.FLOW for m in tasks._BY_KIND.values()} == set(flows.FLOWS)

@@ -40,8 +40,9 @@ def test_every_stage_ran_from_the_tools_notebooks(tools_run):
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "finished"
     assert [s for s in STAGES if prov["stages"][s]["status"] == "done"] == STAGES
-    nb = (run / "notebooks" / "01_prompts.ipynb").read_text()
-    assert "steps.build_inputs" in nb  # the structured notebook, not the classification one
+    page = (run / "report" / "01_prompts.html").read_text()
+    assert "Values the generator suggested" in page  # the structured flow's section, on the one 01 page
+    assert "Critic" not in page
     for name in ["seeds", "dev", "prompts", "candidates", "judged", "pairs", "dataset", "training", "evaluation",
                  "test_answers", "ablation", "per_slot", "failures", "clusters", "edits"]:  # fmt: skip
         assert (run / "artifacts" / f"{name}.parquet").is_file(), name

@@ -212,7 +212,7 @@ def test_07_proposes_a_value_list_that_iterate_writes_and_01_draws_from(cfg, tmp
     those the config has), `gaps.apply` writes them under the tool's argument, and 01's value pool
     starts with them. For extraction the list goes to the field."""
     from workbench import gaps
-    from workbench.pipeline import tools as steps
+    from workbench.flows import structured_learn
 
     g = pd.DataFrame(
         {"signature": ["missing:city", "missing:city wrong:timeRange", "wrong:city", "missing:city"],
@@ -220,11 +220,11 @@ def test_07_proposes_a_value_list_that_iterate_writes_and_01_draws_from(cfg, tmp
          "expected": [{"tool": t, "arguments": {"city": c, "timeRange": "now"}}
                       for t, c in zip(["GetWeather"] * 3 + ["BookRestaurant"], ("Oslo", "Bergen", "oslo", "Rome"))]}
     )  # fmt: skip
-    edit = steps._value_list_edit(cfg, "GetWeather", g, 3, set())
+    edit = structured_learn._value_list_edit(cfg, "GetWeather", g, 3, set())
     assert edit["kind"] == "values" and edit["label"] == "GetWeather.city"
     assert edit["value"] == ["Oslo", "Bergen"]  # each once, as the text had it
     assert edit["path"] == "task.tools.GetWeather.parameters.city.values"
-    assert steps._value_list_edit(cfg, "GetWeather", g, 3, {"GetWeather.city"}) is None  # once per argument
+    assert structured_learn._value_list_edit(cfg, "GetWeather", g, 3, {"GetWeather.city"}) is None  # once per argument
     text = gaps.apply(ROOT / "configs" / "snips-tools.yaml", [{**edit, "id": "e1"}], [])
     (tmp_path / "next.yaml").write_text(text)
     nxt = load_config(tmp_path / "next.yaml")[0]
@@ -237,7 +237,7 @@ def test_07_proposes_a_value_list_that_iterate_writes_and_01_draws_from(cfg, tmp
         gaps.apply(ROOT / "configs" / "snips-tools.yaml", [{**edit, "id": "e1", "label": "GetWeather.nope"}], [])
 
     ext = load_config(ROOT / "configs" / "snips-extract.yaml")[0]
-    edit = steps._value_list_edit(ext, "BookRestaurant", g.assign(tool="BookRestaurant").iloc[:3], 0, set())
+    edit = structured_learn._value_list_edit(ext, "BookRestaurant", g.assign(tool="BookRestaurant").iloc[:3], 0, set())
     assert edit["label"] == "city" and edit["path"] == "task.fields.city.values"
     (tmp_path / "ext.yaml").write_text(gaps.apply(ROOT / "configs" / "snips-extract.yaml", [{**edit, "id": "e1"}], []))
     ext2 = load_config(tmp_path / "ext.yaml")[0]
@@ -249,7 +249,7 @@ def test_the_judge_calibration_on_answers_tells_a_knowing_judge_from_a_blind_one
     """03's calibration for tool calls: real dev requests with their own answer (known good) and with
     another tool's answer (known bad); a judge that knows the answers separates them (AUC 1), a
     judge that says 3 to everything does not (AUC 0.5)."""
-    from workbench.pipeline import tools as steps
+    from workbench.flows import structured_build
     from workbench.stage import Stage
 
     t = tasks.of(cfg)
@@ -264,9 +264,9 @@ def test_the_judge_calibration_on_answers_tells_a_knowing_judge_from_a_blind_one
     c = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"calibration_rows": 12})})
     c = c.model_copy(update={"roles": c.roles.model_copy(update={"judge": ["llm", "blind"]})})
     stage = Stage("03_judge", c, tmp_path / "run")
-    steps.save_rows(stage, t.seeds(c), "seeds")
+    structured_build.save_rows(stage, t.seeds(c), "seeds")
     monkeypatch.setattr(Stage, "jury", lambda self: judges)
-    scored, table = steps.calibrate(stage)
+    scored, table = structured_build.calibrate(stage)
     table = table.set_index("judge")
     assert table.loc["llm", "auc"] == 1.0 and table.loc["blind", "auc"] == 0.5
     assert (table["good"] == 12).all() and (table["bad"] == 12).all()

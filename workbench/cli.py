@@ -178,7 +178,7 @@ def _check_trainers(cfg: RunConfig) -> None:
 def print_estimate(cfg: RunConfig) -> None:
     """The pre-run estimate, on stderr so `check`'s stdout stays a loadable YAML file."""
     try:
-        if tasks.of(cfg).NOTEBOOKS != "" and not plan.text_task(cfg):  # classification's notebooks, or text answers
+        if tasks.of(cfg).FLOW == "structured":  # the estimate reckons 01's calls per label
             print(
                 f"(no estimate: the pre-run estimate covers classification, replies and summaries, not {cfg.task.type})",
                 file=sys.stderr,

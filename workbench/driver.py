@@ -77,17 +77,9 @@ def notebook_parameters(path: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(path)))
 
 
-def notebook_dir(cfg) -> Path:
-    """The stage notebooks of the config's task type: notebooks/ (classification), or the
-    subfolder its task module names (notebooks/tools/ for extraction and tool calls)."""
-    return NOTEBOOKS / tasks.of(cfg).NOTEBOOKS
-
-
 def stage_notebook(folder: Path | None, stage: str) -> Path:
-    """A stage's notebook in a task type's folder, else notebooks/'s own (a task type that shares the
-    stage with classification: reply's 00 and 01 write messages per topic as classification's do)."""
-    nb = (folder or NOTEBOOKS) / f"{stage}.ipynb"
-    return nb if nb.is_file() else NOTEBOOKS / f"{stage}.ipynb"
+    """A stage's notebook: notebooks/<stage>.ipynb, the same for every task type (or in `folder`)."""
+    return (folder or NOTEBOOKS) / f"{stage}.ipynb"
 
 
 def check_notebooks(stages: list[str], folder: Path | None = None) -> None:
@@ -140,8 +132,7 @@ def execute(run: Path, stages: list[str] | None = None, lock: RunLock | None = N
     if lock.fd is None and not lock.acquire():
         raise RunError(f"{run}: another process is executing this run (pid, host: {lock.holder()}); wait for it")
     try:
-        folder = notebook_dir(load_config(run / "config.yaml")[0])
-        return _execute(run, prov, validate_stages(stages, folder), stages is None, folder)
+        return _execute(run, prov, validate_stages(stages), stages is None, NOTEBOOKS)
     finally:
         lock.release()
 

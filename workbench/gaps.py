@@ -16,7 +16,7 @@
     phrasing    task.labels.<label>.positive: dev rows of the cluster unlike anything generated for
                 the label, shown to the generator as examples
   each with the evidence (cluster, counts, exemplars) that motivated it. Replies' 07
-  (pipeline/reply.py) proposes more_rows and phrasing by topic, and its own kinds:
+  (flows/text_learn.py) proposes more_rows and phrasing by topic, and its own kinds:
     policy      task.policies: a rule the namer suggests for a cluster
     persona     diversity.personas: who writes the cluster's messages
     edge_case   task.edge_cases: what the cluster's messages share (edge_case_share turned on)
@@ -53,7 +53,7 @@ PATHS = {
     # extraction and tools: known values of one argument (`label` is "Tool.argument", or the field's name;
     # the path is task.tools.<Tool>.parameters.<argument>.values or task.fields.<field>.values)
     "values": "task.tools.{label}.values",
-    # replies (pipeline/reply.py): a line appended to a list, or the refusal share raised
+    # replies (flows/text_learn.py): a line appended to a list, or the refusal share raised
     "policy": "task.policies",
     "persona": "diversity.personas",
     "edge_case": "task.edge_cases",

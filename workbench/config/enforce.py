@@ -19,7 +19,7 @@ ALL = None
 CLS = ("classification", "classification/multi_label", "reply", "summarization", "dialogue")
 # fields only the label-answer stages read (reply's and summarization's 02 and 03 write and judge texts instead)
 LABELS = ("classification", "classification/multi_label", "dialogue")
-# the task types whose 02-07 are replies' (pipeline/reply.py): a text answer judged on a rubric
+# the task types whose 02-07 are replies' (flows/text.py): a text answer judged on a rubric
 TEXT = ("reply", "summarization")
 ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]] = {
     "task.name": ("runs", "run folder runs/<name>/", (), ALL),

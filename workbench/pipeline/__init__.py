@@ -1,48 +1,16 @@
-"""What each stage notebook runs, one function per step: it does the stage's job through the
-stage's module, keeps the throughput bookkeeping, saves the artifacts and returns the rows with
-the summary the notebook records; and the Markdown line the notebook shows. The notebooks only
-call these and draw. `build` serves 00–04, `learn` 05–07, `summary` 99."""
+"""The stages, one type-blind module each: every stage asks the task type's flow
+(`workbench.flows`) to do its job and returns a result (`results`), and adds what every type's
+page shows alike (the reject pile, throughput, calibration, training curves, the review, the
+report's header). The notebooks call these and draw."""
 
-from workbench.pipeline.build import (  # noqa: F401
-    build_prompts,
-    calibration,
-    candidates,
-    critic_views,
-    filter_markdown,
-    filter_stage,
-    grid_columns,
-    judge_markdown,
-    judge_report_markdown,
-    judge_stage,
-    jury_agreement,
-    metrics_markdown,
-    model_candidates,
-    present,
-    prompts_markdown,
-    prompts_report_markdown,
-    rationales,
-    task,
-    task_markdown,
-)
-from workbench.pipeline.learn import (  # noqa: F401
-    config_patch,
-    contamination,
-    error_analysis,
-    evaluate_stage,
-    evaluation_tables,
-    gaps_markdown,
-    gaps_stage,
-    review_edits,
-    safety_stage,
-    students,
-    train_stage,
-    training_curves,
-)
-from workbench.pipeline.summary import (  # noqa: F401
-    ABLATION_STUDENTS,
-    ablation_markdown,
-    contamination_markdown,
-    lineage_views,
-    run_header_markdown,
-    training_table,
-)
+from workbench.flows.common import metrics_markdown  # noqa: F401
+from workbench.flows.results import Section, show  # noqa: F401
+from workbench.pipeline.candidates_stage import candidates, throughput  # noqa: F401
+from workbench.pipeline.evaluate_stage import evaluate  # noqa: F401
+from workbench.pipeline.filter_stage import final_filter, rejects_shown  # noqa: F401
+from workbench.pipeline.gaps_stage import gaps, review  # noqa: F401
+from workbench.pipeline.judge_stage import calibration, judge  # noqa: F401
+from workbench.pipeline.prompts_stage import prompts  # noqa: F401
+from workbench.pipeline.report_stage import dataset_rejects, gaps_line, header, lineage, report, training_table  # noqa: F401
+from workbench.pipeline.task_stage import about, parent_diff, task  # noqa: F401
+from workbench.pipeline.train_stage import curves, train  # noqa: F401

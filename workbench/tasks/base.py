@@ -8,11 +8,14 @@ may add parameters with defaults).
     TaskType     every type: what a row is keyed by, its real rows (seeds, dev, test), its checks
     Exports      04's records in trl's conversational form (every type but classification, whose
                  records, with the labels in the system prompt, are `export.sft_records`)
-    TextTask     replies and summaries (notebooks/reply/, pipeline/reply.py)
-    StructuredTask  tool calls and extraction (notebooks/tools/, pipeline/tools.py)
+    TextTask     replies and summaries (their flow: flows/text.py)
+    StructuredTask  tool calls and extraction (flows/structured.py)
+    Flow         a type's stages as the type-blind stage modules (`workbench.pipeline`) call them:
+                 one function per stage, each returning the stage's result (`pipeline.results`).
+                 A type names its flow (`FLOW`); the three flows are flows/.
 
-Today the stages still come in three pipelines, one per protocol family; the hooks the pipelines
-share are `TaskType` and `Exports`.
+The flows still hold each family's stage bodies (classification's, the structured tasks', the
+text tasks'); the hooks the stage bodies share are `TaskType` and `Exports`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from workbench.llm.types import Request
 
 class TaskType(Protocol):
     ROW_KEY: str  # the column real and generated rows are grouped, balanced and sampled by
-    NOTEBOOKS: str  # the stage notebooks' folder under notebooks/ ('' for notebooks/'s own)
+    FLOW: str  # its stages' module under flows/ (`flows.FLOWS`)
 
     def labels(self, cfg: RunConfig) -> list[str]: ...
     def seeds(self, cfg: RunConfig) -> pd.DataFrame: ...
@@ -117,6 +120,22 @@ def problems(module, protocols: tuple[type, ...]) -> list[str]:
             if list(have)[: len(want)] != want or not set(required) <= set(want):
                 out.append(f"{proto.__name__}.{name}: takes ({', '.join(have)}), the seam declares ({', '.join(want)})")
     return out
+
+
+class Flow(Protocol):
+    """A type's stages: what `workbench.pipeline`'s stage modules call, with the stage."""
+
+    def task(self, stage) -> object: ...
+    def prompts_stage(self, stage) -> object: ...
+    def candidates(self, stage) -> object: ...
+    def judge_stage(self, stage) -> object: ...
+    def filter_stage(self, stage) -> object: ...
+    def train_stage(self, stage) -> object: ...
+    def evaluate_stage(self, stage) -> object: ...
+    def gaps_stage(self, stage) -> object: ...
+    def report(self, stage) -> object: ...
+    def lineage(self, stage) -> list: ...
+    def gaps_markdown(self, m) -> str: ...
 
 
 # which protocols each task module implements (the test checks them all)

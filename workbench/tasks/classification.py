@@ -10,7 +10,7 @@ from workbench import data
 from workbench.config import RunConfig
 
 ROW_KEY = "label"  # the column real and generated rows are grouped, balanced and stratified by
-NOTEBOOKS = ""  # notebooks/: the stage notebooks this task type runs, under notebooks/
+FLOW = "classification"  # its stages: flows/classification.py
 
 # what the generator is asked for one new input (01, `prompts.render`); a task type may have its own
 PROMPT = {

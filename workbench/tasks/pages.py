@@ -1,11 +1,12 @@
-"""What the free-text stage pages (notebooks/reply/: replies and summaries) say, in each task type's own
-words: `text(cfg, key)` is the Markdown of a page's introduction (key: the stage) or of one of its
+"""What the stage pages say, in each task type's own words (replies' and summaries' here,
+classification's and the structured tasks' in `pages_intro`): `text(cfg, key)` is the Markdown of a page's introduction (key: the stage) or of one of its
 sections (key: "<stage>.<section>"). A section a type does not have is shown only where its result
 is there, in words common to both."""
 
 from __future__ import annotations
 
 from workbench.config import RunConfig
+from workbench.tasks import pages_intro
 
 TEXT: dict[str, dict[str, str]] = {
     "reply": {
@@ -291,6 +292,15 @@ TEXT: dict[str, dict[str, str]] = {
 }
 
 
+TEXT |= pages_intro.TEXT
+# where a type's page says what another type's says: extraction is told as tool calls are (its one
+# schema of fields is the tools' page's "or, for extraction"), and replies and summaries write
+# their inputs (00, 01) as classification does
+SAME_AS = {"extraction": "tools", "reply": "classification", "summarization": "classification"}
+
+
 def text(cfg: RunConfig, key: str) -> str:
     """The Markdown `key` says for `cfg`'s task type (a KeyError names a key the type lacks)."""
-    return TEXT[cfg.task.type][key]
+    kind = cfg.task.type
+    own = TEXT.get(kind, {})
+    return own[key] if key in own else TEXT[SAME_AS[kind]][key]

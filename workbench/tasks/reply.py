@@ -32,7 +32,7 @@ from workbench.tasks.classification import PROMPT, check_data, dev, label_counts
 
 NOUNS = {"input": "message", "inputs": "messages", "output": "reply", "outputs": "replies"}  # on its pages
 ROW_KEY = "label"  # the topic: rows are planned, balanced and sampled by it, as classification's labels
-NOTEBOOKS = "reply"  # notebooks/reply/: 02-99 of replies and summaries (00 and 01 are notebooks/'s own)
+FLOW = "text"  # its stages from 02 on: flows/text.py (00 and 01 are classification's)
 
 REPLY_RUBRIC = ["helpfulness", "policy_compliance", "refusal_quality"]
 # What the judge rates a reply on (the message is shown; `should_refuse` picks the refusal wording)

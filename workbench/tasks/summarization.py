@@ -3,7 +3,7 @@
 
 A row is a source text of one of the task's kinds (`task.labels`; ACLSum's one kind is
 `paper_abstract`); 01 writes new sources in the manner of the real seed sources (`PROMPT`), and the
-target is a summary. The stages after 01 are replies' (notebooks/reply/, pipeline/reply.py): this
+target is a summary. The stages after 01 are replies' (flows/text.py): this
 module gives them the summarizer's instructions (the domain, `task.policies` as the summary's
 rules, the word limit), the rubric (`SUMMARY_RUBRIC`) and the judge's wording, the calibration
 (a source with its summary, against the same summary under another source), GRPO's verifiable
@@ -28,7 +28,7 @@ from workbench.tasks.classification import check_data, dev, histories, label_cou
 from workbench.tasks.reply import pair_outcome, rank, refuses, verdict  # noqa: F401
 
 ROW_KEY = "label"  # the kind of source: rows are planned and sampled by it
-NOTEBOOKS = "reply"  # notebooks/reply/: 02-99 of replies and summaries, each in its own words (tasks/pages.py)
+FLOW = "text"  # its stages from 02 on: flows/text.py (00 and 01 are classification's)
 NOUNS = {"input": "source", "inputs": "sources", "output": "summary", "outputs": "summaries"}
 
 # 01: what the generator is asked for a new source (prompts.render fills these in)

@@ -20,7 +20,7 @@ from workbench.data import dataset_dir
 from workbench.llm.types import Request, clean_text
 
 ROW_KEY = "tool"
-NOTEBOOKS = "tools"  # notebooks/tools/: the stage notebooks of structured tasks
+FLOW = "structured"  # its stages: flows/structured.py
 
 
 def labels(cfg: RunConfig) -> list[str]:

@@ -1,31 +1,28 @@
-"""What notebooks 05–07 run: the students, the before/after evaluation with safety and
-contamination, and the failure clusters with the config patch and its review widget.
+"""Classification's stage bodies, 05–99: the students, the before/after evaluation with
+contamination, the failure clusters with the config patch, the filter ablation and the lineage
+against the parent run (`flows.classification` makes the pages' results).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 
-import ipywidgets as widgets
 import numpy as np
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
 from workbench import (
-    causal,
     clusters,
     data,
     embed,
     evaluate,
     gaps,
     lineage,
-    tasks,
     train,
 )
 from workbench.config import RunConfig
-from workbench.files import batch_mode, cache_dir, write_atomic
+from workbench.files import cache_dir
+from workbench.flows import common
 from workbench.llm import local_model_dir
 from workbench.stage import Stage
 
@@ -48,45 +45,21 @@ def train_stage(stage: Stage) -> pd.DataFrame:
         judges = stage.jury() if "judge" in cfg.train.grpo_reward else None
         parts.append(
             train.train_causal(
-                cfg, seeds, rows, stage.load("pairs"), labels, cache_dir(), out, reference, start_of(stage), judges
+                cfg,
+                seeds,
+                rows,
+                stage.load("pairs"),
+                labels,
+                cache_dir(),
+                out,
+                reference,
+                common.start_of(stage),
+                judges,
             )
         )
     summary = pd.concat(parts, ignore_index=True)
     stage.save(summary, "training")
     return summary
-
-
-def start_of(stage: Stage) -> Path | None:
-    """Where the causal student starts: with `train.start_from: parent`, the parent run's last student
-    (`train.parent_student`); None (train.model) otherwise, or when the parent has none (logged)."""
-    if stage.cfg.train.start_from != "parent":
-        return None
-    parent = stage.parent_dir()
-    start = train.parent_student(parent)
-    if start is None:
-        log.warning(
-            "train.start_from: parent, but %s: starting from train.model",
-            "there is no parent run" if parent is None else f"{parent.name} has no causal student",
-        )
-    else:
-        log.info("the causal student starts from the parent's %s", start)
-    return start
-
-
-def students(training: pd.DataFrame) -> dict:
-    """`student: model` → train_rows and train_seconds, from 05's training table."""
-    return {
-        f"{r.student}: {r.model}": {"train_rows": r.train_rows, "train_seconds": r.train_seconds}
-        for r in training.itertuples()
-    }
-
-
-def training_curves(stage: Stage) -> pd.DataFrame:
-    """The causal students' logged steps (saved as `training_curves` when there are any)."""
-    curves = causal.curves(stage.artifacts / "causal")
-    if len(curves):
-        stage.save(curves, "training_curves")
-    return curves
 
 
 # ---------------------------------------------------------------- 06_evaluate
@@ -116,30 +89,10 @@ def evaluate_stage(stage: Stage) -> dict:
         harmful = data.harmful_instructions(cfg.evaluate.safety_rows, cfg.seed)
         causal_preds, replies, _ = evaluate.score_causal(cfg, shared, labels, causal_models, base, harmful)
         preds |= causal_preds
-    meta = students(stage.load("training"))
+    meta = common.students(stage.load("training"))
     table = evaluate.before_after(shared, preds, meta, cfg.evaluate.bootstrap, seed=cfg.seed)
     return {"test": test, "shared": shared, "preds": preds, "probe_preds": probe_preds, "table": table,
             "replies": replies}  # fmt: skip
-
-
-def safety_stage(stage: Stage, replies: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """06's safety before/after: the refusal judge over each causal model's replies; saves `safety`
-    (one row per reply) and `safety_summary` (per model, with the red flag). Empty without replies
-    (`evaluate.safety_rows: 0`), and saved empty so 99 reads the same tables either way."""
-    cfg = stage.cfg
-    if replies is None or not len(replies):
-        rows, summary = (
-            pd.DataFrame(columns=["model", "id", "text", "reply"]),
-            pd.DataFrame(columns=["model", "refusal_rate"]),
-        )
-        stage.save(rows, "safety")
-        stage.save(summary, "safety_summary")
-        return rows, summary
-    judge_p = evaluate.judge_refusals(stage.llm("refusal_judge"), replies, seed=cfg.seed)
-    rows, summary = evaluate.safety(replies, judge_p, cfg.evaluate.bootstrap, seed=cfg.seed)
-    stage.save(rows, "safety")
-    stage.save(summary, "safety_summary")
-    return rows, summary
 
 
 def evaluation_tables(stage: Stage, ev: dict, safety_summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -200,7 +153,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict, pd.DataF
     synthetic = stage.load("dataset")  # 04's rows: keep, judge_score, jury_label
     synthetic = synthetic[synthetic["carried_from"].isna()] if "carried_from" in synthetic else synthetic
     failures = gaps.failures(cfg, dev, predicted, synthetic)
-    clustered, vectors, cluster_seconds = cluster(cfg, failures, list(failures["text"]))
+    clustered, vectors, cluster_seconds = common.cluster(cfg, failures, list(failures["text"]))
     summary = gaps.name_clusters(cfg, stage.llm("namer"), clusters.summarize(clustered))
     stage.save(clustered, "failures")
     stage.save(summary, "clusters")
@@ -236,62 +189,65 @@ def config_patch(stage: Stage, clustered: pd.DataFrame, summary: pd.DataFrame, d
     dev_counts = dev["label"].value_counts().to_dict()
     seeds = stage.load("seeds")
     edits = gaps.propose(cfg, clustered, summary, seeds, dev_counts, vectors, kept, kept_vectors)
-    return write_patch(stage, edits)
+    return common.write_patch(stage, edits)
 
 
-def cluster(cfg: RunConfig, failures: pd.DataFrame, texts: list[str]) -> tuple[pd.DataFrame, np.ndarray, float]:
-    """Every 07's clustering: `texts` (one per failure) embedded with MiniLM (cached), mapped with
-    UMAP and clustered with HDBSCAN (`clusters.default_models`). Returns the failures with x, y and
-    cluster, their vectors, and the seconds UMAP and HDBSCAN took."""
-    vectors = embed.embed(texts, cache_dir())
-    t0 = time.perf_counter()
-    reducer, clusterer = clusters.default_models(cfg.gaps, vectors)
-    clustered = clusters.cluster_failures(failures, vectors, reducer, clusterer)
-    return clustered, vectors, time.perf_counter() - t0
+ABLATION_STUDENTS = {
+    "probe: seeds_only": "seeds only",
+    "probe: seeds_unfiltered": "seeds + unfiltered synthetic",
+    "probe: seeds_synthetic": "seeds + filtered synthetic",
+}
 
 
-def write_patch(stage: Stage, edits: pd.DataFrame | list[dict]) -> tuple[pd.DataFrame, str]:
-    """Every 07's last step: the edits (at most `gaps.max_edits`, numbered e1, e2, … when they are a
-    list) as the commented YAML patch `config_patch.yaml` (applied by `workbench iterate`), and
-    saved as `edits`. Returns the edits and the patch text."""
-    if isinstance(edits, list):
-        edits = [e | {"id": f"e{i + 1}"} for i, e in enumerate(edits[: stage.cfg.gaps.max_edits])]
-        edits = pd.DataFrame(edits, columns=gaps.EDIT_COLUMNS)
-    patch = gaps.patch_yaml(edits, stage.run_dir.name)
-    write_atomic(stage.artifacts / "config_patch.yaml", patch)
-    stage.save(edits.astype({"value": str}), "edits")
-    return edits, patch
-
-
-def review_edits(stage: Stage, edits: pd.DataFrame):
-    """07's review in JupyterLab: a checkbox per edit and a button that shows the config the next
-    iteration would run with (the fields that change) and the command that starts it. Under the
-    driver (a saved page, where a widget cannot run) the command that accepts every edit."""
-    if batch_mode():
-        ids = ",".join(str(i) for i in edits["id"]) if len(edits) else ""
-        return Markdown(
-            f"Review these edits in JupyterLab (this notebook, opened from the run folder), or accept them: "
-            f"`workbench iterate {stage.run_dir} --accept {ids}`"
-            if ids
-            else "No edit proposed: the next iteration would repeat this one."
+def ablation_markdown(table: pd.DataFrame, ablation: pd.DataFrame) -> str:
+    """99's filter ablation: each probe's accuracy with its interval, then each paired difference."""
+    ab = table[table["model"].isin(ABLATION_STUDENTS)]
+    lines = []
+    if "accuracy" in ab and len(ab) == 3:
+        lines.append(
+            f"**Filter ablation** (accuracy on the table's {int(ab['test_rows'].iloc[0]):,} test rows, 95% CI): "
+            + " · ".join(
+                f"{ABLATION_STUDENTS[r.model]} {r.accuracy:.1%} [{r.accuracy_lo:.1%}–{r.accuracy_hi:.1%}], "
+                f"{r.train_rows} rows"
+                for r in ab.itertuples()
+            )
         )
-    boxes = [
-        widgets.Checkbox(value=True, description=f"{e.id} · {e.kind} · {e.label}", layout={"width": "95%"})
-        for e in edits.itertuples()
+    lines += [
+        f"- {r.comparison}: **{r.delta_accuracy:+.1%}** [{r.delta_lo:+.1%}, {r.delta_hi:+.1%}] "
+        f"(paired bootstrap on the same {r.test_rows:,} test rows)"
+        for r in ablation.itertuples()
     ]
-    out = widgets.Output()
+    return "\n\n".join(lines)
 
-    def preview(_) -> None:
-        chosen = [e for e, b in zip(gaps.load_patch(stage.artifacts / "config_patch.yaml"), boxes) if b.value]
-        with out:
-            out.clear_output()
-            if not chosen:
-                display(Markdown("No edit ticked: the next iteration would repeat this one."))
-                return
-            text = gaps.apply(stage.run_dir / "config.yaml", chosen, tasks.of(stage.cfg).labels(stage.cfg))
-            display(lineage.config_diff_texts((stage.run_dir / "config.yaml").read_text(), text))
-            display(Markdown(f"`workbench iterate {stage.run_dir} --accept {','.join(e['id'] for e in chosen)}`"))
 
-    button = widgets.Button(description="Preview next config")
-    button.on_click(preview)
-    return widgets.VBox([*boxes, button, out])
+def contamination_markdown(c: dict) -> str:
+    return (
+        f"**{c['synthetic_rows']} synthetic rows** against {c['test_rows']:,} real test rows: "
+        f"**{c['exact']} exact**, **{c['near_duplicates']} near-duplicates**; nearest-test cosine median "
+        f"{c['cosine_p50']:.2f}, p90 {c['cosine_p90']:.2f}, max {c['cosine_max']:.2f} "
+        f"(real seeds: median {c.get('real_cosine_p50', float('nan')):.2f}, "
+        f"p90 {c.get('real_cosine_p90', float('nan')):.2f})"
+    )
+
+
+def lineage_views(stage: Stage) -> list:
+    """99's comparison with the parent iteration, as what to display in order: the patch, the
+    config diff, the data statistics, the paired evaluation change, per-label and per-cluster
+    changes. One line when the run has no parent."""
+    cfg, found = stage.cfg, common.parent_of(stage)
+    if found is None:
+        return [Markdown("First iteration: no parent run.")]
+    (a, head), b = found, stage.run_dir
+    stats, per_label_rows = lineage.data_diff(a, b)
+    diff = lineage.eval_diff(a, b, cfg.evaluate.bootstrap, cfg.seed)
+    pct = [c for c in diff.columns if c.startswith(("before", "after", "change"))]
+    diff_style = diff.style.format({c: "{:+.1%}" if c.startswith("change") else "{:.1%}" for c in pct})
+    pl = lineage.per_label_diff(a, b)
+    return [
+        *head,
+        stats,
+        per_label_rows[per_label_rows["change"] != 0],
+        diff_style.hide(axis="index"),
+        pl[pl["change"] != 0].style.format({"before": "{:.0%}", "after": "{:.0%}", "change": "{:+.0%}"}),
+        lineage.cluster_diff(a, b),
+    ]

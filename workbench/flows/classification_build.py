@@ -1,5 +1,6 @@
-"""What notebooks 00–04 run: the task and seeds, prompts, candidates, the judge and the final
-filter; each returns its rows with the summary the notebook records, and the line it shows.
+"""Classification's stage bodies, 00–04: the task and seeds, prompts, candidates, the judge and
+the final filter; each returns its rows with the summary the page records, and the line it shows
+(`flows.classification` makes the pages' results).
 """
 
 from __future__ import annotations
@@ -157,11 +158,6 @@ def prompts_report_markdown(cfg: RunConfig, p: dict) -> str:
     )
 
 
-def present(rows: pd.DataFrame, columns: list[str]) -> list[str]:
-    """The names of `columns` that `rows` has, in order (a page shows what a config produced)."""
-    return [c for c in columns if c in rows]
-
-
 def critic_views(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """01's critic: actions taken, parsed critiques beside the text they saw, unparseable replies."""
     crit = rows[rows["critique_raw"].notna()]
@@ -223,11 +219,6 @@ def model_candidates(cands: pd.DataFrame) -> pd.DataFrame:
     return cands[cands["source"] == "model"]
 
 
-def metrics_markdown(metrics: dict) -> str:
-    """A stage's recorded metrics as one line of `**name** value` pairs."""
-    return ", ".join(f"**{k}** {v:.3f}" if isinstance(v, float) else f"**{k}** {v}" for k, v in metrics.items())
-
-
 # ---------------------------------------------------------------- 03_judge
 
 
@@ -274,15 +265,6 @@ def judge_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame,
     }
     tables = {"votes": votes, "alpha": alpha, "queue": queue, "calibration": calib}
     return rows, judgments, pairs, summary, tables
-
-
-def calibration(stage: Stage) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
-    """03's judge calibration as saved (`judge.calibrate`; tools: `pipeline.tools.calibrate`): the
-    table per judge, the scores of the known-good and known-bad items, and the verdict line."""
-    have = (stage.artifacts / "calibration.parquet").is_file()
-    table = stage.load("calibration") if have else None
-    scored = stage.load("calibration_scores") if have else None
-    return table, scored, judge.calibration_markdown(table)
 
 
 def judge_markdown(m: dict, votes: pd.DataFrame) -> str:
