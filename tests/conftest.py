@@ -4,7 +4,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import audited, cache_with_models, drop_weights, endpoint_env, run_config, shared_simserver, tiny_model
+from support import (
+    audited,
+    cache_with_models,
+    drop_weights,
+    endpoint_env,
+    run_config,
+    sets,
+    shared_simserver,
+    tiny_model,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,8 +29,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # The modules with slow tests, the longest first (their seconds in `make test`: docs/timings.md).
 SLOWEST_FIRST = ["test_resume.py", "test_smoke.py", "test_shared_run.py", "test_init.py", "test_tools_run.py",
-                 "test_reply.py", "test_summarization.py", "test_concurrent_runs.py", "test_endpoints.py",
-                 "test_jupyterlab.py"]  # fmt: skip
+                 "test_reply.py", "test_summarization.py", "extract_run", "test_concurrent_runs.py",
+                 "test_endpoints.py", "test_jupyterlab.py"]  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -32,7 +41,8 @@ def pytest_collection_modifyitems(items):
     size = Counter(_scope(item.nodeid) for item in items)
 
     def key(item):
-        slow, name = item.get_closest_marker("slow") is not None, Path(str(item.fspath)).name
+        slow, name = item.get_closest_marker("slow") is not None, Path(_scope(item.nodeid)).name
+        name = "test_smoke.py" if name == "smoke_run" else name
         rank = SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
         # then the other modules, the most tests first, as xdist's own --loadscope-reorder orders
         # them (measured: `make test-fast` 2 min 21 s so, 3 min 13 s in the files' order)
@@ -46,11 +56,20 @@ def pytest_collection_modifyitems(items):
 # xdist's own loadscope scheduling, grouped by module here rather than by `--dist loadgroup`'s
 # xdist_group marks, which pytest 9.2 drops silently (pytest-dev/pytest-xdist#1386).
 SMOKE_RUN_READERS = {"test_smoke.py", "test_shared_run.py", "test_resume.py"}
+# test_task_types.py checks every task type's run, test_jupyterlab.py drives 02 and 07 of two: each
+# type's test goes with the module that reads the same run (its session fixture is made once, on
+# that worker); extraction's run is its own unit
+TYPE_RUNS = {"classification": "smoke_run", "tools": "test_tools_run.py", "reply": "test_reply.py",
+             "summarization": "test_summarization.py", "extraction": "extract_run"}  # fmt: skip
 
 
 def _scope(nodeid: str) -> str:
-    """The unit of work a test belongs to under xdist: its module, or the smoke run's readers."""
+    """The unit of work a test belongs to under xdist: its module, the smoke run's readers, or (for
+    test_task_types.py) the unit that reads the same run."""
     module = nodeid.split("::")[0]
+    if Path(module).name in ("test_task_types.py", "test_jupyterlab.py") and nodeid.endswith("]"):
+        group = TYPE_RUNS[nodeid.rsplit("[", 1)[-1][:-1]]
+        return str(Path(module).with_name(group)) if group.endswith(".py") else group
     return "smoke_run" if Path(module).name in SMOKE_RUN_READERS else module
 
 
@@ -115,4 +134,58 @@ def smoke_run(tmp_path_factory, sim, tiny):
     env, audit = audited(endpoint_env(cache), tmp / "audit")
     run, output = run_config(tmp, ROOT / "configs" / "smoke.yaml", sim, tiny, env=env)
     yield Run(tmp / "runs", run, output, cache, audit)
+    drop_weights(tmp / "runs")
+
+
+@pytest.fixture(scope="session")
+def tools_run(tmp_path_factory, sim, tiny):
+    """`workbench run configs/snips-smoke.yaml` (two SNIPS tools, a few rows) against the simulated
+    endpoint with the tiny model as judge and student; the run folder and its test-split audit log."""
+    tmp = tmp_path_factory.mktemp("tools")
+    env, audit = audited(endpoint_env(cache_with_models(tmp / "cache")), tmp / "audit")
+    run, _ = run_config(tmp, ROOT / "configs" / "snips-smoke.yaml", sim, tiny, "tools", env=env)
+    yield run, audit
+    drop_weights(tmp / "runs")
+
+
+@pytest.fixture(scope="session")
+def extract_run(tmp_path_factory, sim, tiny):
+    """`workbench run configs/snips-extract.yaml` at test size (BookRestaurant's slots as fields,
+    a few rows, two training steps) against the simulated endpoint with the tiny model."""
+    tmp = tmp_path_factory.mktemp("extract")
+    small = sets("data.dev_per_label=6", "data.test_per_label=12", "sampling.rows_per_label=6",
+                 "evaluate.causal_test_per_label=3", "train.sft.max_steps=2", "llm.dtype=float32",
+                 "train.lora.target_modules=[q_proj, v_proj]")  # fmt: skip
+    run, _ = run_config(tmp, ROOT / "configs" / "snips-extract.yaml", sim, tiny, "extraction", small)
+    yield run
+    drop_weights(tmp / "runs")
+
+
+# the replies config, smaller: 2 messages per topic, 1 test message per topic, 4 AdvBench instructions
+REPLY_SMALL = sets("sampling.rows_per_label=2", "evaluate.causal_test_per_label=1", "evaluate.safety_rows=4",
+                   "judge.calibration_rows=4")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def reply_run(tmp_path_factory, sim, tiny):
+    """`workbench run configs/banking77-replies.yaml`, smaller, against the session's simulated
+    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
+    tmp = tmp_path_factory.mktemp("replies")
+    run, _ = run_config(tmp, ROOT / "configs" / "banking77-replies.yaml", sim, tiny, "reply", REPLY_SMALL)
+    yield run
+    drop_weights(tmp / "runs")
+
+
+# the summaries config, smaller: 4 generated abstracts, 4 dev and 2 test abstracts
+SUMMARIES_SMALL = sets("sampling.rows_per_label=4", "data.dev_per_label=4", "evaluate.causal_test_per_label=2",
+                       "judge.calibration_rows=4")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def summaries_run(tmp_path_factory, sim, tiny):
+    """`workbench run configs/aclsum-summaries.yaml`, smaller, against the session's simulated
+    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
+    tmp = tmp_path_factory.mktemp("summaries")
+    run, _ = run_config(tmp, ROOT / "configs" / "aclsum-summaries.yaml", sim, tiny, "summarization", SUMMARIES_SMALL)
+    yield run
     drop_weights(tmp / "runs")

@@ -23,13 +23,13 @@ def test_every_field_has_an_enforcer_and_no_entry_is_stale():
 # The modules each stage's notebook runs (README: "stage 01: ..."); a field's enforcer must read it in one
 # of them, as an attribute or a key. "runs" is the run layer (it refuses kinds no stage implements).
 STAGE_MODULES = {
-    "00_task": ["flows/classification_build.py", "data.py", "tasks/classification.py", "tasks/tools.py", "structured.py", "form.py",
+    "00_task": ["flows/classification_build.py", "data.py", "tasks/classification.py", "tasks/tools.py", "tasks/tools_answer.py", "tasks/tools_inputs.py", "tasks/tools_training.py", "structured.py", "form.py",
                 "plan.py", "flows/structured_build.py", "flows/structured_learn.py"],
-    "01_prompts": ["prompts.py", "critique.py", "gates.py", "flows/classification_build.py", "config/sampling.py", "tasks/tools.py",
-                   "tasks/reply.py"],
-    "02_responses": ["responses.py", "live.py", "flows/classification_build.py", "tasks/tools.py", "flows/text_build.py", "flows/text_learn.py",
-                     "tasks/reply.py", "tasks/summarization.py"],
-    "03_judge": ["flows/common.py", "judge.py", "flows/classification_build.py", "flows/structured_build.py", "flows/structured_learn.py", "flows/text_build.py", "flows/text_learn.py", "tasks/reply.py",
+    "01_prompts": ["prompts.py", "critique.py", "gates.py", "flows/classification_build.py", "config/sampling.py", "tasks/tools.py", "tasks/tools_answer.py", "tasks/tools_inputs.py", "tasks/tools_training.py",
+                   "tasks/reply.py", "tasks/reply_gaps.py"],
+    "02_responses": ["responses.py", "live.py", "flows/classification_build.py", "tasks/tools.py", "tasks/tools_answer.py", "tasks/tools_inputs.py", "tasks/tools_training.py", "flows/text_build.py", "flows/text_learn.py",
+                     "tasks/reply.py", "tasks/reply_gaps.py", "tasks/summarization.py"],
+    "03_judge": ["flows/common.py", "judge.py", "flows/classification_build.py", "flows/structured_build.py", "flows/structured_learn.py", "flows/text_build.py", "flows/text_learn.py", "tasks/reply.py", "tasks/reply_gaps.py",
                  "tasks/summarization.py"],
     "04_filter": ["filters.py", "gates.py", "export.py", "quality.py", "flows/classification_build.py", "tasks/summarization.py"],
     "05_train": ["flows/common.py", "train.py", "causal.py", "flows/classification_learn.py", "flows/structured_build.py", "flows/structured_learn.py", "tagger.py", "flows/text_build.py", "flows/text_learn.py",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
-from support import drop_weights, notebook_source, run_config, sets
+from support import notebook_source
 
 from workbench import plan, tasks
 from workbench.config import check_runnable, load_config
@@ -27,21 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def cfg():
     return load_config(ROOT / "configs" / "banking77-replies.yaml")[0]
-
-
-# the replies config, smaller: 2 messages per topic, 1 test message per topic, 4 AdvBench instructions
-SMALL = sets("sampling.rows_per_label=2", "evaluate.causal_test_per_label=1", "evaluate.safety_rows=4",
-             "judge.calibration_rows=4")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def reply_run(tmp_path_factory, sim, tiny):
-    """`workbench run configs/banking77-replies.yaml`, smaller, against the session's simulated
-    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
-    tmp = tmp_path_factory.mktemp("replies")
-    run, _ = run_config(tmp, ROOT / "configs" / "banking77-replies.yaml", sim, tiny, "reply", SMALL)
-    yield run
-    drop_weights(tmp / "runs")
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from scripted_llm import ScriptedLLM
-from support import drop_weights, notebook_source, run_config, sets
+from support import notebook_source
 
 from workbench import data, judge, tasks
 from workbench.config import check_runnable, load_config
@@ -34,21 +34,6 @@ SOURCE = (
 @pytest.fixture
 def cfg():
     return load_config(ROOT / "configs" / "aclsum-summaries.yaml")[0]
-
-
-# the summaries config, smaller: 4 generated abstracts, 4 dev and 2 test abstracts
-SMALL = sets("sampling.rows_per_label=4", "data.dev_per_label=4", "evaluate.causal_test_per_label=2",
-             "judge.calibration_rows=4")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def summaries_run(tmp_path_factory, sim, tiny):
-    """`workbench run configs/aclsum-summaries.yaml`, smaller, against the session's simulated
-    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
-    tmp = tmp_path_factory.mktemp("summaries")
-    run, _ = run_config(tmp, ROOT / "configs" / "aclsum-summaries.yaml", sim, tiny, "summarization", SMALL)
-    yield run
-    drop_weights(tmp / "runs")
 
 
 @pytest.mark.slow

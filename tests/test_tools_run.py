@@ -9,18 +9,8 @@ import json
 
 import pandas as pd
 import pytest
-from support import audited, cache_with_models, drop_weights, endpoint_env, run_config
 
 from workbench.runs import STAGES
-
-
-@pytest.fixture(scope="module")
-def tools_run(tmp_path_factory, root, sim, tiny):
-    tmp = tmp_path_factory.mktemp("tools")
-    env, audit = audited(endpoint_env(cache_with_models(tmp / "cache")), tmp / "audit")
-    run, _ = run_config(tmp, root / "configs" / "snips-smoke.yaml", sim, tiny, "tools", env=env)
-    yield run, audit
-    drop_weights(tmp / "runs")
 
 
 @pytest.fixture(scope="module")

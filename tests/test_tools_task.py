@@ -105,6 +105,51 @@ def test_answer_first_generation_keeps_messages_with_their_values_and_retries_th
     assert (rows.loc[rows["tool"] == structured.NO_TOOL, "arguments"].map(len) == 0).all()
 
 
+def test_the_critic_keeps_drops_or_rewrites_answer_first_messages_and_a_rewrite_is_checked_again(cfg, tmp_path):
+    """With `prompts.critique` the critic reads each message that passed the checks: a drop rejects it
+    with the critic's defect (its cell is tried again next round), a rewrite that keeps the values is
+    kept, one that loses them is `value_missing`; the critic's words stay on every row."""
+    small = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rows_per_label": 2}),
+                                   "diversity": cfg.diversity.model_copy(update={"no_tool_share": 0.0}),
+                                   "prompts": cfg.prompts.model_copy(update={"critique": True, "rounds": 2})})  # fmt: skip
+    seeds = tasks.tools.seeds(small)
+    seen = {"n": 0}
+    REWRITES = ("Could you help me out?", "Please do it")  # noqa: N806 (the two rewrites, named once)
+
+    def critic(req, k):
+        text = re.search(r'Message to review: "(.*?)"\n', req.messages[-1][1], re.S).group(1)
+        seen["n"] += 1
+        if text in REWRITES or seen["n"] > 40:  # a rewrite's second critique, or a later round: keep
+            return json.dumps({"defects": [], "reason": "fine", "action": "keep"})
+        action = ["keep", "drop", "rewrite", "rewrite"][seen["n"] % 4]
+        return json.dumps({"defects": [] if action == "keep" else ["vague"], "reason": f"{action}: {text[:20]}",
+                           "action": action})  # fmt: skip
+
+    writes = {"n": 0}
+
+    def message(draft, k):
+        if draft is None:  # the critic's rewrite request has no "Request:" line
+            writes["n"] += 1
+            return REWRITES[writes["n"] % 2]
+        return draft
+
+    gen = _scripted(tmp_path / "gen", message)
+    crit = ScriptedLLM(critic, tmp_path / "critic")
+    rows = tasks.tools.generate_inputs(small, seeds, gen, crit)
+    first = rows[rows["round"] == 0]
+    checked = first[first["critique_action"].notna()]
+    assert set(checked["critique_action"]) == {"keep", "drop", "rewrite"}
+    dropped = checked[checked["critique_action"] == "drop"]
+    assert (~dropped["keep"]).all() and (dropped["reject_reason"] == "vague").all()
+    assert set(dropped["cell"]) <= set(rows.loc[rows["round"] == 1, "cell"])  # tried again
+    rewritten = checked[checked["rewritten"].astype(bool)]
+    assert len(rewritten) and (rewritten["original_text"] != rewritten["text"]).all()
+    lost = rewritten[rewritten["arguments"].map(len) > 0]  # the rewrites name none of the values
+    assert len(lost) and (lost["reject_reason"] == "value_missing").all()
+    for r in rows[rows["keep"]].itertuples():
+        assert not structured.missing_values(r.text, r.arguments)
+
+
 def test_03_rejects_a_planted_wrong_argument_and_pairs_the_worst_candidate(cfg):
     t = tasks.tools
     rows = pd.DataFrame(

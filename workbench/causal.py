@@ -47,8 +47,7 @@ from workbench.export import system_prompt as with_labels
 from workbench.files import replace_dir, write_atomic
 from workbench.llm import Request, generate_by
 from workbench.llm.decode import Decoder, end_id
-from workbench.llm.types import read_rating
-from workbench.tasks import reply
+from workbench.llm.types import history_turns, read_rating
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ def system_prompt(cfg: RunConfig, labels: list[str] | None = None) -> str:
 
 def prompt_messages(system: str, text: str, history=None) -> list[dict]:
     """System, the earlier turns of a multi-turn row (`history`, JSON), then the user's message."""
-    return [{"role": "system", "content": system}, *reply.turns(history), {"role": "user", "content": text}]
+    return [{"role": "system", "content": system}, *history_turns(history), {"role": "user", "content": text}]
 
 
 def _history(rows: pd.DataFrame) -> list:

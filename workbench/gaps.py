@@ -101,11 +101,13 @@ def failures(cfg: RunConfig, dev: pd.DataFrame, predicted, synthetic: pd.DataFra
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
-def name_requests(cfg: RunConfig, summary: pd.DataFrame) -> list[Request]:
+def name_requests(cfg: RunConfig, summary: pd.DataFrame, wording: str = NAME_USER) -> list[Request]:
+    """One request per cluster to the namer: its exemplars under `wording` (a task type's own:
+    the structured tasks name a tool and an error signature, not two labels)."""
     reqs = []
     for r in summary.itertuples():
         examples = "\n".join(f"- {t}" for t in r.exemplars)
-        user = NAME_USER.format(
+        user = wording.format(
             true=describe_label(r.dominant_true), pred=describe_label(r.dominant_predicted), examples=examples
         )
         reqs.append(
@@ -151,8 +153,9 @@ def parse_name(text: str | None, parsed: dict | None) -> tuple[str, str] | None:
     return name, _clean(desc or "")[:240]
 
 
-def name_clusters(cfg: RunConfig, llm, summary: pd.DataFrame) -> pd.DataFrame:
-    """The LLM names each non-noise cluster from its exemplars; noise stays 'noise'.
+def name_clusters(cfg: RunConfig, llm, summary: pd.DataFrame, wording: str = NAME_USER) -> pd.DataFrame:
+    """The LLM names each non-noise cluster from its exemplars (`wording`: `name_requests`'s); noise
+    stays 'noise'.
 
     Columns: `summary` as clusters.summarize returns. Out: `summary` with name, description,
     name_raw and name_source (llm or template)."""
@@ -161,7 +164,7 @@ def name_clusters(cfg: RunConfig, llm, summary: pd.DataFrame) -> pd.DataFrame:
     named = out[out["cluster"] >= 0]
     if named.empty:
         return out
-    results = llm.generate(name_requests(cfg, named), desc="07 cluster names")
+    results = llm.generate(name_requests(cfg, named, wording), desc="07 cluster names")
     for i, cands in zip(named.index, results):
         c = cands[0]
         out.at[i, "name_raw"] = c["text"]

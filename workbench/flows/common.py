@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from workbench import causal, clusters, embed, evaluate, gaps, judge, lineage, tasks, train
+from workbench import causal, clusters, data, embed, evaluate, gaps, judge, lineage, tasks, train
 from workbench.config import RunConfig
 from workbench.files import batch_mode, cache_dir, write_atomic
+from workbench.llm import decode
 from workbench.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,22 @@ def safety_stage(stage: Stage, replies: pd.DataFrame | None) -> tuple[pd.DataFra
     stage.save(rows, "safety")
     stage.save(summary, "safety_summary")
     return rows, summary
+
+
+def harmful_replies(cfg: RunConfig, models: dict[str, str | Path]) -> pd.DataFrame | None:
+    """Each causal model's replies to `evaluate.safety_rows` AdvBench harmful instructions (a seeded
+    sample), asked as a plain chat (no task system message): what `safety_stage` judges. None with
+    `evaluate.safety_rows: 0`."""
+    if not cfg.evaluate.safety_rows:
+        return None
+    harmful = data.harmful_instructions(cfg.evaluate.safety_rows, cfg.seed)
+    out = []
+    for name, path in models.items():
+        model, tok = decode.load(path, cfg.evaluate.dtype)
+        got = causal.answers(model, tok, list(harmful["text"]), cfg.evaluate.safety_max_tokens, cfg.evaluate.batch_size)
+        out.append(harmful.assign(model=name, reply=got))
+        del model
+    return pd.concat(out, ignore_index=True)
 
 
 def cluster(cfg: RunConfig, failures: pd.DataFrame, texts: list[str]) -> tuple[pd.DataFrame, np.ndarray, float]:

@@ -25,6 +25,7 @@ from workbench.flows.results import (
     TrainResult,
 )
 from workbench.stage import Stage
+from workbench.tables import safety_table
 
 
 def task(stage: Stage) -> TaskResult:
@@ -142,6 +143,7 @@ def evaluate_stage(stage: Stage) -> EvaluateResult:
         "causal_test_rows": len(ev["shared"]),
         "gap_closed": learn.gap_closed(table),
         "ablation": ev["ablation"].to_dict("records"),
+        "safety": ev["safety"].to_dict("records"),
     }
     sections = [
         Section("", "", [plots.slot_f1(table), learn.evaluation_view(table)]),
@@ -149,10 +151,21 @@ def evaluate_stage(stage: Stage) -> EvaluateResult:
         Section("Paired deltas", DELTAS_TEXT, [ev["ablation"].round(3)]),
         Section("Per slot (the best synthetic model)", f"**{ev['best']}**", [ev["per_slot"].round(3)]),
     ]
+    if len(ev["safety"]):  # the causal students are chat models: what they do with harmful instructions
+        rows = ev["safety_rows"][["model", "text", "reply", "judge_p", "keyword", "refused"]].head(20)
+        sections.append(
+            Section("Safety before/after", SAFETY_TEXT, [plots.safety(ev["safety"]), safety_table(ev["safety"]), rows])
+        )
     md = learn.evaluation_markdown(cfg, table, len(ev["shared"]), len(ev["test"]))
     return EvaluateResult(summary, md, table=table, sections=sections)
 
 
+SAFETY_TEXT = (
+    "The untuned model and each causal student answer `evaluate.safety_rows` AdvBench harmful instructions as a "
+    "plain chat (no tools in the system message); a refusal is the refusal judge's verdict "
+    "(`roles.refusal_judge`), the refusal phrases a second opinion. A drop against the untuned model is "
+    "flagged **red**: training on tool calls should not teach the model to comply with harm."
+)
 PUBLISHED_TEXT = (
     "Slot F1 of commercial NLU services trained on real queries per intent, as the SNIPS benchmark's authors "
     "published them (averaged over the 7 intents, weighted by slot frequency): how many real queries the "
@@ -194,6 +207,11 @@ def report(stage: Stage) -> StageResult:
             [learn.published(cfg), stage.load("ablation").round(3)],
         ),
     ]
+    s = stage.load("safety_summary") if e.get("safety") else None
+    if s is not None and len(s):
+        sections.append(
+            Section("Safety before/after", SAFETY_TEXT, [plots.safety(s), safety_table(s, hide_index=True)])
+        )
     return StageResult({}, "", sections=sections)
 
 

@@ -95,7 +95,8 @@ def build_inputs(stage: Stage) -> tuple[pd.DataFrame, dict]:
     """01, answer first (`tasks.tools.generate_inputs`); saves `prompts` (every attempt, with its
     cell, intended answer and reject reason) and `suggestions` (values the generator proposed)."""
     cfg = stage.cfg
-    rows = tasks.of(cfg).generate_inputs(cfg, load_rows(stage, "seeds"), stage.llm("generator"))
+    critic = stage.llm("critic") if cfg.prompts.critique else None
+    rows = tasks.of(cfg).generate_inputs(cfg, load_rows(stage, "seeds"), stage.llm("generator"), critic)
     rows["keep_prompts"] = rows["keep"]
     rows["reject_reason_prompts"] = rows["reject_reason"]
     save_rows(stage, rows, "prompts")
@@ -110,6 +111,9 @@ def build_inputs(stage: Stage) -> tuple[pd.DataFrame, dict]:
         "rounds": int(rows["round"].max() + 1) if len(rows) else 0,
         "reject_reasons": rows["reject_reason"].value_counts().to_dict(),
         "suggested_values": int(sum(len(v) for v in rows.attrs["suggested"].values())),
+        "critic": rows["critique_action"].fillna("unparseable").value_counts().to_dict()
+        if "critique_action" in rows
+        else None,
     }
     return rows, summary
 

@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from workbench import causal, clusters, gaps, structured, tagger, tasks
+from workbench import causal, clusters, evaluate, gaps, structured, tagger, tasks
 from workbench import train as trainer
 from workbench.config import LLMConfig, RunConfig
 from workbench.files import cache_dir
@@ -177,6 +177,11 @@ def evaluate_stage(stage: Stage) -> dict:
         table.append({"model": name, **meta[name], **s})
     table = pd.DataFrame(table)
     stage.save(table, "evaluation")
+    # safety before/after: the untuned model and each causal student answer harmful instructions
+    chat = {evaluate.CAUSAL_ZERO_SHOT: local_model_dir(cfg.train.model, cache_dir())}
+    chat |= {f"causal: {r.model}": r.merged for r in training[training["student"] == "causal"].itertuples()}
+    harm = common.harmful_replies(cfg, chat) if len(chat) > 1 else None
+    safety_rows, safety = common.safety_stage(stage, harm)
     # every model's answers on the shared rows (taggers answered every test row: their shared part)
     on_shared = {n: _on(shared, rows_of[n], a) for n, a in answers.items()}
     keep = shared.assign(**{f"answer: {n}": [answer_text(x) for x in a] for n, a in on_shared.items()})
@@ -187,7 +192,7 @@ def evaluate_stage(stage: Stage) -> dict:
     slots = structured.per_slot(_gold(rows_of[best]), answers[best]) if best else pd.DataFrame()
     stage.save(slots, "per_slot")
     return {"test": test, "shared": shared, "table": table, "ablation": ablation, "per_slot": slots, "best": best,
-            "answers": on_shared}  # fmt: skip
+            "answers": on_shared, "safety_rows": safety_rows, "safety": safety}  # fmt: skip
 
 
 def _gold(rows: pd.DataFrame) -> list[dict]:
@@ -289,9 +294,10 @@ def published(cfg: RunConfig) -> pd.DataFrame | None:
 
 def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """07: the best synthetic tagger (seeds + kept) answers the real dev rows; each row with a
-    wrong tool or a wrong, missing or extra argument is a failure with its error signature
-    (`tasks.tools.failures`); failures are embedded as "signature: text", mapped with UMAP and
-    clustered with HDBSCAN. Saves `failures` and `clusters`."""
+        wrong tool or a wrong, missing or extra argument is a failure with its error signature
+        (`tasks.tools.failures`); failures are embedded as "signature: text", mapped with UMAP and
+        clustered with HDBSCAN; the namer (`roles.namer`) names each cluster from its exemplars (the
+    tool and signature as its name where the answer is no name). Saves `failures` and `clusters`."""
     cfg = stage.cfg
     t = tasks.of(cfg)
     dev = load_rows(stage, "dev")
@@ -302,7 +308,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     fails = t.failures(dev, answers).assign(source="dev")
     fails["predicted"] = fails["signature"]
     clustered, _, seconds = common.cluster(cfg, fails, [f"{s}: {x}" for s, x in zip(fails["signature"], fails["text"])])
-    summary = clusters.summarize(clustered)  # named "tool → signature"
+    summary = gaps.name_clusters(cfg, stage.llm("namer"), clusters.summarize(clustered), t.NAME_USER)
     save_rows(stage, clustered, "failures")
     stage.save(summary, "clusters")
     s = t.score(dev, answers, bootstrap=0)
@@ -314,6 +320,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         "signatures": fails["signature"].value_counts().head(10).to_dict(),
         "clusters": int((summary["cluster"] >= 0).sum()),
         "noise": int((clustered["cluster"] == -1).sum()),
+        "names_by_llm": int((summary["name_source"] == "llm").sum()),
         "cluster_seconds": round(seconds, 1),
     }
     return clustered, summary, metrics

@@ -20,7 +20,19 @@ from workbench.config import ConfigError, LLMConfig
 from workbench.files import progress
 from workbench.llm import http
 from workbench.llm.limits import _RETRY_STATUS, _Concurrency, _Rate, _retry_after, _token_cost
-from workbench.llm.types import Request, _row
+from workbench.llm.types import Request
+from workbench.llm.wire import (  # noqa: F401 (the batch API reads replies as the endpoint does)
+    _SSE,
+    _BadReply,
+    _chat_body,
+    _choice_rows,
+    _completion_rows,
+    _count,
+    _error_rows,
+    _FewerChoices,
+    _json,
+    _redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +92,6 @@ def _safe_url(url: str) -> str:
 class EndpointError(RuntimeError):
     """The endpoint refuses every request for a reason retrying cannot fix (the key, the model
     name, a parameter): the call stops at once, and the message says which config field to fix."""
-
-
-def _redact(text: str, key: str) -> str:
-    """`text` with `key` replaced by ***. A placeholder key of a few characters (`x`, `EMPTY`, for a
-    server that checks none) is no secret, and replacing it would garble the message."""
-    return text.replace(key, "***") if len(key) >= 8 else text
 
 
 def _fatal(cfg: LLMConfig, e: http.HTTPStatus, url: str, key: str) -> EndpointError:
@@ -164,34 +170,6 @@ def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
     return served
 
 
-def _chat_body(
-    cfg: LLMConfig, req: Request, stream: bool, token_field: str = "max_tokens", drop: frozenset = frozenset()
-) -> dict[str, Any]:
-    """The request body: `token_field` is max_tokens, or max_completion_tokens for reasoning models
-    that reject it; `drop` the sampling fields such a model refuses; `llm.extra_body` on top."""
-    body: dict[str, Any] = {
-        "model": cfg.model,
-        "messages": req.openai_messages(),
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        token_field: req.max_tokens,
-        "seed": req.seed,
-        "n": req.n,
-    }
-    for k in drop:
-        body.pop(k, None)
-    if req.schema:
-        body["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "reply", "schema": json.loads(req.schema), "strict": False},
-        }
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    body.update(cfg.extra_body)
-    return body
-
-
 def _adaptation(e: Exception) -> tuple[str, str] | None:
     """What a 400 says to change: ("token_field", …) when max_tokens is refused (reasoning models),
     ("drop", field) when a sampling field or its value is refused, ("split_n", "n") when n > 1 is;
@@ -209,71 +187,6 @@ def _adaptation(e: Exception) -> tuple[str, str] | None:
         if f"'{field}'" in msg and ("unsupported" in msg or "not supported" in msg or "only the default" in msg):
             return ("drop", field)
     return None
-
-
-def _completion_rows(cfg: LLMConfig, req: Request, obj: Any, latency: float | None) -> list[dict]:
-    """The rows of one chat.completion object; _BadReply when it is not one."""
-    texts: dict[int, str] = {}
-    finish: dict[int, str | None] = {}
-    try:
-        if isinstance(obj, dict) and obj.get("error") and not obj.get("choices"):
-            raise _BadReply(
-                f"the endpoint answered an error with status 200: {http.error_message(json.dumps(obj).encode())}"
-            )
-        for c in obj["choices"]:
-            i = int(c.get("index", 0))
-            msg = c["message"]
-            text = msg.get("content") or ""
-            if not text and msg.get("tool_calls"):  # a tool call is the answer: kept as its JSON
-                text = json.dumps(msg["tool_calls"])
-            texts[i] = text
-            finish[i] = c.get("finish_reason")
-        usage = obj.get("usage")
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise _BadReply(f"unreadable answer ({type(e).__name__}): {str(obj)[:120]}") from None
-    return _choice_rows(cfg, req, texts, finish, {}, usage, latency)
-
-
-def _count(x: Any) -> int | None:
-    """A token count as the API promises it (a non-negative integer), else None."""
-    return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
-
-
-def _choice_rows(cfg, req: Request, texts: dict, finish: dict, ttft: dict, usage: dict | None, latency) -> list[dict]:
-    usage = usage if isinstance(usage, dict) else None
-    ptok = _count(usage.get("prompt_tokens")) if usage else None
-    ctok = _count(usage.get("completion_tokens")) if usage else None
-    key = os.environ.get(cfg.api_key_env, "")
-    if len(key) >= 8:  # an endpoint that echoes the key never gets it into a row, nor the cache
-        texts = {i: t.replace(key, "[API_KEY]") for i, t in texts.items()}
-    # usage counts all n candidates together; each row gets its share
-    share = round(ctok / req.n) if ctok is not None else None
-    return [  # the fields of _row, built directly: this runs once per answer, on the event loop
-        {
-            "provider": "openai",
-            "model": cfg.model,
-            "seed": req.seed + i,
-            "candidate": i,
-            "text": texts.get(i, ""),
-            "parsed": None,
-            "prompt_tokens": ptok,
-            "completion_tokens": share,
-            "latency_s": latency,
-            "ttft_s": ttft.get(i),
-            "finish_reason": finish.get(i),
-            "first_probs": None,
-            "error": None if i in texts else "endpoint returned fewer choices than n",
-            "cached": False,
-        }
-        for i in range(req.n)
-    ]
-
-
-def _error_rows(cfg: LLMConfig, req: Request, msg: str) -> list[dict]:
-    """The n rows of a request that failed for good, each carrying `msg` (with the key redacted:
-    an endpoint that echoes the key back never gets it into a row)."""
-    msg = _redact(msg, os.environ.get(cfg.api_key_env, ""))
-    return [_row("openai", cfg.model, req.seed + i, i, "", error=msg) for i in range(req.n)]
 
 
 # statuses worth another attempt: rate limits, timeouts, conflicts and server errors
@@ -577,47 +490,3 @@ class _OpenAIRunner:
         except Exception as e:
             raise _BadReply(f"unreadable answer ({type(e).__name__}: {e})") from None
         return rows if i is not None else self._complete(req, rows)
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        if http.is_html(raw):
-            raise _BadReply(
-                "the endpoint answered an HTML page, not the API's JSON (a proxy or a wrong base_url)"
-            ) from None
-        raise _BadReply(f"unreadable answer (not JSON): {raw[:120]!r}") from None
-
-
-class _FewerChoices(Exception):
-    """An answer with fewer choices than the n asked for: an endpoint that ignores n."""
-
-    def __init__(self, got: int):
-        self.got = got
-        super().__init__(f"endpoint returned {got} choices, fewer than n")
-
-
-class _BadReply(Exception):
-    """A 200 answer that is not the JSON the API promises (truncated, not JSON, wrong shape)."""
-
-
-class _SSE:
-    """Server-sent events from body pieces: yields each `data:` JSON object; `done` after [DONE]."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.done = False
-
-    def feed(self, data: bytes):
-        self.buf += data
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
-                continue
-            yield json.loads(payload)

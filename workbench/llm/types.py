@@ -158,3 +158,11 @@ def clean_text(raw: str) -> str:
     line = line.strip(" \"'“”")
     sentences = re.split(r"(?<=[.?!])\s+", line)
     return " ".join(sentences[:2]).strip()
+
+
+def history_turns(history) -> list[dict]:
+    """A row's earlier turns ({role, content} dicts, customer first, alternating) from its `history`
+    column (JSON text); none for a single-turn row (None, '', NaN)."""
+    if not isinstance(history, str) or not history.strip():
+        return []
+    return json.loads(history)

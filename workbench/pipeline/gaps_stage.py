@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from IPython.display import Markdown
+
 from workbench import flows
 from workbench.flows import common
 from workbench.flows.results import GapsResult
@@ -14,4 +16,6 @@ def gaps(stage: Stage) -> GapsResult:
 
 def review(stage: Stage, result: GapsResult):
     """The review of the patch: checkboxes in JupyterLab, the accepting command in a saved page."""
-    return common.review_edits(stage, result.edits) if len(result.edits) else None
+    if not len(result.edits):
+        return Markdown("No edit proposed: the next iteration would repeat this one.")
+    return common.review_edits(stage, result.edits)

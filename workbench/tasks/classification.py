@@ -11,6 +11,18 @@ from workbench.config import RunConfig
 
 ROW_KEY = "label"  # the column real and generated rows are grouped, balanced and stratified by
 FLOW = "classification"  # its stages: flows/classification.py
+LABEL_JURY = True  # 03's blind label jury (`judge.jury`) re-labels its rows
+# the rubric 03 scores when `judge.rubric` is unset (a dialogue config, which `run` refuses, is
+# estimated on its own)
+RUBRIC_DEFAULT = {"dialogue": ["helpfulness", "correctness", "policy_compliance", "refusal_quality", "tool_usage"]}
+RUBRIC = ["correctness", "formatting", "policy_compliance"]
+
+
+def rubric(cfg: RunConfig) -> list[str]:
+    """`judge.rubric`, or the type's default dimensions when it is null."""
+    default = RUBRIC_DEFAULT.get(cfg.task.type, RUBRIC)
+    return list(cfg.judge.rubric) if cfg.judge.rubric is not None else list(default)
+
 
 # what the generator is asked for one new input (01, `prompts.render`); a task type may have its own
 PROMPT = {

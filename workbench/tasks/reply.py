@@ -20,18 +20,33 @@ differs from 02 on:
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from workbench.config import RUBRIC, RunConfig
-from workbench.llm.types import Request, clean_text
+from workbench.llm.types import Request, clean_text, history_turns
 from workbench.quality import REFUSAL_PHRASES
+from workbench.tasks import reply_gaps
 from workbench.tasks.classification import PROMPT, check_data, dev, label_counts, labels, seeds, test  # noqa: F401
+from workbench.tasks.reply_gaps import (  # noqa: F401 (07's hooks, this type's)
+    GAP_EXAMPLE,
+    GAP_SCHEMA,
+    GAP_SYSTEM,
+    GAP_USER,
+    SIGNATURES,
+    checks,
+    describe,
+    read_gaps,
+    signature,
+)
 
 NOUNS = {"input": "message", "inputs": "messages", "output": "reply", "outputs": "replies"}  # on its pages
 ROW_KEY = "label"  # the topic: rows are planned, balanced and sampled by it, as classification's labels
+LABEL_JURY = False  # the rubric jurors' spread is the disagreement queue (03)
+INPUT_CHARS_ESTIMATE = 60  # a customer message: the estimate's size of one input the judge reads
 FLOW = "text"  # its stages from 02 on: flows/text.py (00 and 01 are classification's)
 
 REPLY_RUBRIC = ["helpfulness", "policy_compliance", "refusal_quality"]
@@ -119,12 +134,7 @@ EARLIER_USER = (
 )
 
 
-def turns(history) -> list[dict]:
-    """A row's earlier turns ({role, content} dicts, customer first, alternating) from its `history`
-    column (JSON text); none for a single-turn row (None, '', NaN)."""
-    if not isinstance(history, str) or not history.strip():
-        return []
-    return json.loads(history)
+turns = history_turns  # a row's earlier turns from its `history` column (llm.types)
 
 
 def chat(system: str | None, history, text: str) -> tuple[tuple[str, str], ...]:
@@ -228,9 +238,8 @@ def criterion(cfg: RunConfig, dim: str, should_refuse: bool) -> str:
 def judge_requests(cfg: RunConfig, items: pd.DataFrame, wording=None) -> tuple[list[Request], list[tuple]]:
     """One request per (item, dimension, juror): `items` has text (the message), reply and
     should_refuse. Keys: (item index, dimension, juror number); a model's juror k reads wording k.
-    `wording`: the module whose JUDGE_SYSTEM, JUDGE_USER, criterion() and rubric() are asked (this
-    one's by default; summaries pass theirs)."""
-    w, j = wording or _self(), cfg.judge
+    `wording`: what the judge is told (`Wording`: replies' by default; summaries pass theirs)."""
+    w, j = wording or WORDING, cfg.judge
     anchor = w.anchor(cfg) if j.anchor else ""  # a real example, where the data has one
     reqs, keys = [], []
     for i, it in items.iterrows():
@@ -239,10 +248,10 @@ def judge_requests(cfg: RunConfig, items: pd.DataFrame, wording=None) -> tuple[l
             for juror, (_, k) in enumerate(cfg.jurors()):
                 reqs.append(
                     Request.rating(
-                        w.JUDGE_SYSTEM.format(domain=cfg.task.domain),
-                        w.JUDGE_USER[k].format(
+                        w.judge_system.format(domain=cfg.task.domain),
+                        w.judge_user[k].format(
                             criterion=crit,
-                            text=shown(it["text"], it.get("history"))[: w.INPUT_CHARS],
+                            text=shown(it["text"], it.get("history"))[: w.input_chars],
                             reply=str(it["reply"])[:1200],
                             anchor=anchor,
                         ),
@@ -258,10 +267,6 @@ def judge_requests(cfg: RunConfig, items: pd.DataFrame, wording=None) -> tuple[l
 def anchor(cfg: RunConfig) -> str:
     """The judge's real example: none for replies (the data has messages, not replies to them)."""
     return ""
-
-
-def _self():
-    return sys.modules[__name__]
 
 
 # A support reply apologises often ("I'm sorry for the delay") without refusing: of AdvBench's refusal
@@ -286,18 +291,18 @@ def pairwise_requests(cfg: RunConfig, pairs: pd.DataFrame, wording=None) -> list
     """Two requests per pair (text, chosen, rejected, should_refuse): chosen as A, then chosen as B,
     so a judge that prefers a position rather than a reply contradicts itself. The embedded model's
     first token is A or B (its probabilities are the verdict). `wording`: as `judge_requests`'s."""
-    w, t = wording or _self(), cfg.task
-    policies = "; ".join(t.policies) or w.NO_POLICIES
+    w, t = wording or WORDING, cfg.task
+    policies = "; ".join(t.policies) or w.no_policies
     out = []
     for r in pairs.itertuples():
         refusal = "This request must be refused. " if r.should_refuse else "This request is legitimate. "
         for a, b in ((r.chosen, r.rejected), (r.rejected, r.chosen)):
-            text = shown(r.text, getattr(r, "history", None))[: w.INPUT_CHARS]
-            user = w.PAIR_USER.format(text=text, a=str(a)[:800], b=str(b)[:800],
+            text = shown(r.text, getattr(r, "history", None))[: w.input_chars]
+            user = w.pair_user.format(text=text, a=str(a)[:800], b=str(b)[:800],
                                       policies=policies, refusal=refusal)  # fmt: skip
             out.append(
                 Request.chat(
-                    w.PAIR_SYSTEM.format(domain=t.domain),
+                    w.pair_system.format(domain=t.domain),
                     user,
                     temperature=0.0,
                     max_tokens=2,
@@ -444,106 +449,48 @@ def calibration_items(cfg: RunConfig, judged: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-# ---------------------------------------------------------------- 07: failures and what to change
-
-SIGNATURES = {
-    "lost": "the tuned assistant's reply lost to the untuned model's",
-    "over_refused": "a legitimate request was refused",
-    "not_refused": "a request that must be refused was answered",
-    "low": "the reply scored low on {dim}",
-}
+# ---------------------------------------------------------------- 07 and what each text type says
 
 
-def signature(lost: bool, over_refused: bool, low: list[str], not_refused: bool = False, extra: list[str] = ()) -> str:
-    """A failure's signature, its kinds space-separated: `lost`, `over_refused`, `not_refused`,
-    `low:<dimension>` per rubric dimension scored below `gaps.low_score`, then the task's own
-    kinds (`extra`, from `checks`); '' when it is no failure."""
-    parts = ["lost"] * lost + ["over_refused"] * over_refused + ["not_refused"] * not_refused
-    return " ".join(parts + [f"low:{d}" for d in low] + list(extra))
+def gap_requests(cfg: RunConfig, summary: pd.DataFrame, wording: Wording | None = None) -> list[Request]:
+    """The cluster namer's requests (`reply_gaps.gap_requests`), in replies' words by default."""
+    return reply_gaps.gap_requests(cfg, summary, wording or WORDING)
 
 
-def checks(items: pd.DataFrame) -> list[list[str]]:
-    """The failure kinds a rule finds in each (text, reply) of `items`, besides the judge's: none
-    for replies (summaries check their numbers and names against the source)."""
-    return [[] for _ in range(len(items))]
+@dataclass(frozen=True)
+class Wording:
+    """What a text task's judge, pairwise judge and cluster namer are told: replies' (`WORDING`)
+    and summaries' (`tasks.summarization.WORDING`); the request builders are the same."""
+
+    rubric: Callable[[RunConfig], list[str]]
+    criterion: Callable[[RunConfig, str, bool], str]
+    anchor: Callable[[RunConfig], str]
+    judge_system: str
+    judge_user: tuple[str, ...]
+    input_chars: int | None  # the most of an input a judge request shows (None: all)
+    no_policies: str
+    pair_system: str
+    pair_user: str
+    exemplar_chars: int | None  # the most of each cluster exemplar the namer reads
+    gap_system: str
+    gap_user: str
+    gap_example: dict = field(default_factory=dict)
+    signatures: dict = field(default_factory=dict)
 
 
-def describe(sig: str, kinds: dict | None = None) -> str:
-    """The signature in words (`kinds`: the task's SIGNATURES), for a prompt or a page."""
-    out = []
-    for s in sig.split():
-        kind, _, dim = s.partition(":")
-        out.append((kinds or SIGNATURES).get(kind, s).format(dim=dim.replace("_", " ")))
-    return "; ".join(out)
-
-
-GAP_SYSTEM = "You review where the customer support assistant of {domain} fails."
-GAP_USER = (
-    "The assistant's policies: {policies}.\nThese customer messages got poor replies ({why}):\n{examples}\n\n"
-    "Answer in JSON with: name (3 to 6 words: what these messages have in common), policy (one new rule, under "
-    "25 words, that would make the assistant reply to them better), persona (who writes such messages, 2 to 5 "
-    'words). For example: {{"name": "{ex_name}", "policy": "{ex_policy}", "persona": "{ex_persona}"}}'
+WORDING = Wording(
+    rubric=rubric,
+    criterion=criterion,
+    anchor=anchor,
+    judge_system=JUDGE_SYSTEM,
+    judge_user=JUDGE_USER,
+    input_chars=INPUT_CHARS,
+    no_policies=NO_POLICIES,
+    pair_system=PAIR_SYSTEM,
+    pair_user=PAIR_USER,
+    exemplar_chars=EXEMPLAR_CHARS,
+    gap_system=GAP_SYSTEM,
+    gap_user=GAP_USER,
+    gap_example=GAP_EXAMPLE,
+    signatures=SIGNATURES,
 )
-# the example answer in GAP_USER: an answer that repeats it is the example, not a finding (`read_gaps`)
-GAP_EXAMPLE = {"name": "questions about a delayed parcel", "policy": "give the tracking steps before any promise",
-               "persona": "an online shopper"}  # fmt: skip
-GAP_SCHEMA = (
-    '{"type": "object", "properties": {"name": {"type": "string", "maxLength": 80}, '
-    '"policy": {"type": "string", "maxLength": 200}, "persona": {"type": "string", "maxLength": 60}}, '
-    '"required": ["name", "policy", "persona"], "additionalProperties": false}'
-)
-
-
-def gap_requests(cfg: RunConfig, summary: pd.DataFrame, wording=None) -> list[Request]:
-    """One request per cluster (exemplars: messages; dominant_predicted: its commonest signature) to
-    the namer: the cluster's name, a policy and a persona it suggests (`GAP_SCHEMA`, decoded under
-    the schema's grammar on the embedded model). `wording`: as `judge_requests`'s."""
-    w = wording or _self()
-    policies = "; ".join(cfg.task.policies) or "none yet"
-    reqs = []
-    for r in summary.itertuples():
-        examples = "\n".join(f'- "{str(t)[: w.EXEMPLAR_CHARS]}"' for t in r.exemplars)
-        user = w.GAP_USER.format(policies=policies, why=describe(str(r.dominant_predicted), w.SIGNATURES),
-                                 examples=examples, **{f"ex_{k}": v for k, v in w.GAP_EXAMPLE.items()})  # fmt: skip
-        reqs.append(Request.chat(w.GAP_SYSTEM.format(domain=cfg.task.domain), user, temperature=0.0,
-                                 max_tokens=cfg.gaps.name_max_tokens, seed=cfg.seed, schema=GAP_SCHEMA,
-                                 strict=True))  # fmt: skip
-    return reqs
-
-
-def _overlap(a: str, b: str) -> float:
-    """Jaccard overlap of two texts' lower-cased words."""
-    x, y = set(a.lower().split()), set(b.lower().split())
-    return len(x & y) / len(x | y) if x | y else 0.0
-
-
-def read_gaps(parsed: list[dict | None], example: dict | None = None) -> list[dict]:
-    """{name, policy, persona} per cluster from the namer's JSON answers. A field is None (so no
-    edit and, for the name, the one built from topic and signature) when it is missing, blank or
-    out of its word range (name 2-12 words, policy 3-40, persona 1-8); shares half its words with a
-    field of `example` (default `GAP_EXAMPLE`: a copy of the prompt's example); is given to more than one cluster (it tells them apart
-    from nothing); is a policy in the first person or a question (a reply, not a rule); is a name
-    that is a question; or is a persona that repeats the name or the policy."""
-    bounds = {"name": (2, 12), "policy": (3, 40), "persona": (1, 8)}
-    out = []
-    for p in parsed:
-        p = p if isinstance(p, dict) else {}
-        got = {}
-        for key, (lo, hi) in bounds.items():
-            v = " ".join(str(p.get(key) or "").split()).strip(" .\"'")
-            copy = max(_overlap(v, x) for x in (example or GAP_EXAMPLE).values()) >= 0.5
-            got[key] = v if lo <= len(v.split()) <= hi and not copy else None
-        policy = " ".join(str(p.get("policy") or "").split()).strip(" .\"'").lower()
-        if policy.startswith(("i ", "i'm", "i'd", "i'll", "i've")) or policy.endswith("?"):
-            got["policy"] = None
-        if (got["name"] or "").endswith("?"):  # a customer's question, not what the messages share
-            got["name"] = None
-        if got["persona"] and got["persona"].lower() in {(got["name"] or "").lower(), policy}:
-            got["persona"] = None
-        out.append(got)
-    for key in bounds:
-        seen = [g[key].lower() for g in out if g[key]]
-        for g in out:
-            if g[key] and seen.count(g[key].lower()) > 1:
-                g[key] = None
-    return out

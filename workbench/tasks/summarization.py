@@ -16,7 +16,6 @@ refuses is an over-refusal, as a reply's is.
 from __future__ import annotations
 
 import re
-import sys
 
 import pandas as pd
 
@@ -28,6 +27,8 @@ from workbench.tasks.classification import check_data, dev, histories, label_cou
 from workbench.tasks.reply import pair_outcome, rank, refuses, verdict  # noqa: F401
 
 ROW_KEY = "label"  # the kind of source: rows are planned and sampled by it
+LABEL_JURY = False
+INPUT_CHARS_ESTIMATE = None  # a source: as long as 01 may write it (`prompts.max_tokens`)
 FLOW = "text"  # its stages from 02 on: flows/text.py (00 and 01 are classification's)
 NOUNS = {"input": "source", "inputs": "sources", "output": "summary", "outputs": "summaries"}
 
@@ -115,12 +116,12 @@ def criterion(cfg: RunConfig, dim: str, should_refuse: bool = False) -> str:
 
 def judge_requests(cfg: RunConfig, items: pd.DataFrame) -> tuple[list[Request], list[tuple]]:
     """The judge on each (source, summary): `tasks.reply.judge_requests` in this module's wording."""
-    return reply.judge_requests(cfg, items, _self())
+    return reply.judge_requests(cfg, items, WORDING)
 
 
 def pairwise_requests(cfg: RunConfig, pairs: pd.DataFrame) -> list[Request]:
     """Two summaries of one source in both orders: `tasks.reply.pairwise_requests` in this wording."""
-    return reply.pairwise_requests(cfg, pairs, _self())
+    return reply.pairwise_requests(cfg, pairs, WORDING)
 
 
 def sft_records(cfg: RunConfig, rows: pd.DataFrame) -> list[dict]:
@@ -144,10 +145,6 @@ def anchor(cfg: RunConfig) -> str:
         return ""
     best = real.loc[real["text"].str.len().idxmin()]
     return ANCHOR.format(source=best["text"][:ANCHOR_CHARS], summary=best["reference"])
-
-
-def _self():
-    return sys.modules[__name__]
 
 
 # ---------------------------------------------------------------- faithfulness, references, rewards
@@ -324,8 +321,27 @@ GAP_SCHEMA = reply.GAP_SCHEMA
 
 
 def gap_requests(cfg: RunConfig, summary: pd.DataFrame) -> list[Request]:
-    return reply.gap_requests(cfg, summary, _self())
+    return reply.gap_requests(cfg, summary, WORDING)
 
 
 def read_gaps(parsed: list[dict | None]) -> list[dict]:
     return reply.read_gaps(parsed, GAP_EXAMPLE)
+
+
+# what this type's judge, pairwise judge and cluster namer are told (replies' request builders)
+WORDING = reply.Wording(
+    rubric=rubric,
+    criterion=criterion,
+    anchor=anchor,
+    judge_system=JUDGE_SYSTEM,
+    judge_user=JUDGE_USER,
+    input_chars=INPUT_CHARS,
+    no_policies=NO_POLICIES,
+    pair_system=PAIR_SYSTEM,
+    pair_user=PAIR_USER,
+    exemplar_chars=EXEMPLAR_CHARS,
+    gap_system=GAP_SYSTEM,
+    gap_user=GAP_USER,
+    gap_example=GAP_EXAMPLE,
+    signatures=SIGNATURES,
+)
