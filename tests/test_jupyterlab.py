@@ -33,8 +33,11 @@ def wait_for_output(page, text: str, quiet_s: float = QUIET_S) -> None:
     (its outputs change: progress bars, tables), however slow the machine; fail after `quiet_s`
     seconds without a change."""
     outputs = page.locator(".jp-OutputArea-output")
+    raised = page.locator(".jp-OutputArea-output", has_text=re.compile(r"^\w+(Error|Exception): ", re.M))
     last, seen = time.monotonic(), None
     while not page.locator(".jp-OutputArea-output", has_text=text).count():
+        if raised.count():  # a cell raised: the page will not get there
+            raise AssertionError(f"a cell raised before {text!r}:\n{raised.first.inner_text()[-2000:]}")
         now = outputs.all_inner_texts()
         if now != seen:
             last, seen = time.monotonic(), now
@@ -165,11 +168,17 @@ def test_the_form_round_trips_the_config_and_shows_the_diff_before_saving(lab, r
 
 def copy_of(run: Path, into: Path) -> Path:
     """A copy of a finished run whose saved notebooks name the copy (papermill's parameters), as if
-    the run had been made there."""
+    the run had been made there, their outputs cleared (what the page shows is then this session's)."""
+    import nbformat
+
     copy = into / run.parent.name / run.name
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("causal", "students"))
-    for nb in (copy / "notebooks").glob("*.ipynb"):
-        nb.write_text(nb.read_text().replace(json.dumps(str(run))[1:-1], json.dumps(str(copy))[1:-1]))
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("causal"))  # 07 reads the probes, not the LM
+    for path in (copy / "notebooks").glob("*.ipynb"):
+        nb = nbformat.reads(path.read_text().replace(json.dumps(str(run))[1:-1], json.dumps(str(copy))[1:-1]), 4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(nb, path)
     return copy
 
 
@@ -204,9 +213,12 @@ def test_02s_live_view_and_07s_review_in_jupyterlab(kind, request, tmp_path):
         expect(live).to_contain_text(f"{total} from cache")
         page.screenshot(path=str(tmp_path / "02_live.png"), full_page=False)
 
-        run_all(page, f"{where}/07_gaps.ipynb?token={token}")
+        page.close()  # 07 in a page of its own, the workspace reset: 02's tab is not restored beside it
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        run_all(page, f"{where}/07_gaps.ipynb?reset&token={token}")
         try:
-            wait_for_output(page, "took / estimated")
+            wait_for_output(page, "edits proposed")
+            page.get_by_role("button", name="Preview next config").wait_for(timeout=60_000)
         except Exception:
             page.screenshot(path=str(tmp_path / "07_timeout.png"), full_page=True)
             raise
