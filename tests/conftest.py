@@ -153,9 +153,9 @@ def extract_run(tmp_path_factory, sim, tiny):
     """`workbench run configs/snips-extract.yaml` at test size (BookRestaurant's slots as fields,
     a few rows, two training steps) against the simulated endpoint with the tiny model."""
     tmp = tmp_path_factory.mktemp("extract")
-    small = sets("data.dev_per_label=6", "data.test_per_label=12", "sampling.rows_per_label=6",
-                 "evaluate.causal_test_per_label=3", "train.sft.max_steps=2", "llm.dtype=float32",
-                 "train.lora.target_modules=[q_proj, v_proj]")  # fmt: skip
+    small = sets("data.dev_per_label=4", "data.test_per_label=8", "sampling.rows_per_label=4",
+                 "evaluate.causal_test_per_label=2", "evaluate.safety_rows=4", "judge.calibration_rows=4",
+                 "train.sft.max_steps=2", "llm.dtype=float32", "train.lora.target_modules=[q_proj, v_proj]")  # fmt: skip
     run, _ = run_config(tmp, ROOT / "configs" / "snips-extract.yaml", sim, tiny, "extraction", small)
     yield run
     drop_weights(tmp / "runs")

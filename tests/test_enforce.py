@@ -29,7 +29,7 @@ STAGE_MODULES = {
                    "tasks/reply.py", "tasks/reply_gaps.py"],
     "02_responses": ["responses.py", "live.py", "flows/classification_build.py", "tasks/tools.py", "tasks/tools_answer.py", "tasks/tools_inputs.py", "tasks/tools_training.py", "flows/text_build.py", "flows/text_learn.py",
                      "tasks/reply.py", "tasks/reply_gaps.py", "tasks/summarization.py"],
-    "03_judge": ["flows/common.py", "judge.py", "flows/classification_build.py", "flows/structured_build.py", "flows/structured_learn.py", "flows/text_build.py", "flows/text_learn.py", "tasks/reply.py", "tasks/reply_gaps.py",
+    "03_judge": ["flows/common.py", "flows/structured.py", "judge.py", "flows/classification_build.py", "flows/structured_build.py", "flows/structured_learn.py", "flows/text_build.py", "flows/text_learn.py", "tasks/reply.py", "tasks/reply_gaps.py",
                  "tasks/summarization.py"],
     "04_filter": ["filters.py", "gates.py", "export.py", "quality.py", "flows/classification_build.py", "tasks/summarization.py"],
     "05_train": ["flows/common.py", "train.py", "causal.py", "flows/classification_learn.py", "flows/structured_build.py", "flows/structured_learn.py", "tagger.py", "flows/text_build.py", "flows/text_learn.py",

@@ -358,3 +358,42 @@ def test_iterate_on_a_moved_run_and_on_a_busy_one(tmp_path):
             driver.iterate(moved, ["e1"])
     finally:
         lock.release()
+
+
+def test_index_pairs_the_exact_match_of_tool_call_answers_on_the_same_rows(tmp_path):
+    """Tool calls and extraction have no labels to pair: the iterations page pairs whether each
+    answer on the same test row is exactly right (06's test_answers), as accuracy is paired."""
+    import json
+
+    from workbench import lineage
+
+    gold = [("GetWeather", {"city": "Oslo"}), ("RateBook", {"rating_value": "5"}),
+            ("GetWeather", {"city": "Bergen"}), ("RateBook", {"object_name": "Dune"})]  # fmt: skip
+    wrong = {"tool": "GetWeather", "arguments": {"city": "Paris"}}
+    runs = {}
+    for name, right in (("001-a", [0, 1]), ("002-b", [0, 1, 2, 3])):
+        art = tmp_path / name / "artifacts"
+        art.mkdir(parents=True)
+        said = [json.dumps({"tool": t, "arguments": a} if i in right else wrong) for i, (t, a) in enumerate(gold)]
+        pd.DataFrame({"id": [f"t{i}" for i in range(4)], "text": "x", "tool": [t for t, _ in gold],
+                      "arguments": [json.dumps(a) for _, a in gold], "answer: causal: sft": said}).to_parquet(
+            art / "test_answers.parquet")  # fmt: skip
+        runs[name] = tmp_path / name
+    diff = lineage.eval_diff(runs["001-a"], runs["002-b"], bootstrap=200).set_index("model")
+    row = diff.loc["causal: sft"]
+    assert row["test_rows"] == 4 and row["before"] == 0.5 and row["after"] == 1.0 and row["change"] == 0.5
+
+
+def test_index_pairs_each_students_wins_against_the_untuned_model_on_the_same_inputs(tmp_path):
+    from workbench import lineage
+
+    for name, outcomes in (("001-a", ["rejected", "position", "rejected", "chosen"]),
+                           ("002-b", ["chosen", "chosen", "position", "chosen"])):  # fmt: skip
+        art = tmp_path / name / "artifacts"
+        art.mkdir(parents=True)
+        pd.DataFrame({"model": "sft", "row": [f"test-{i}" for i in range(4)], "outcome": outcomes}).to_parquet(
+            art / "wins.parquet"
+        )
+    row = lineage.win_diff(tmp_path / "001-a", tmp_path / "002-b", bootstrap=200).set_index("model").loc["sft"]
+    assert row["test_rows"] == 4 and row["before"] == 0.375 and row["after"] == 0.875 and row["change"] == 0.5
+    assert row["change_lo"] > 0 and row["verdict"] == "rose"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench import evaluate
+from workbench import evaluate, structured
 from workbench.config import _plain, _yaml
 from workbench.files import write_atomic
 from workbench.runs import ancestors
@@ -134,10 +134,29 @@ def data_diff(a: Path, b: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return stats, per.reset_index(drop=True)
 
 
+def _exact_answers(run: Path) -> dict[str, pd.DataFrame]:
+    """Tool calls and extraction: model → (id, label '1', pred '1' or '0'), whether its answer to
+    each shared test row (06's `test_answers`) is exactly right, so that `eval_diff` pairs the
+    exact-match share of two runs on the same rows as it pairs accuracy."""
+    t = _table(run, "test_answers")
+    if t is None:
+        return {}
+    gold = [{"tool": tool, "arguments": json.loads(a) if isinstance(a, str) else a}
+            for tool, a in zip(t["tool"], t["arguments"])]  # fmt: skip
+    out = {}
+    for col in (c for c in t.columns if c.startswith("answer: ")):
+        said = [json.loads(x) if isinstance(x, str) and x else None for x in t[col]]
+        said = [x if x is None or "tool" in x else {"tool": g["tool"], "arguments": x} for x, g in zip(said, gold)]
+        ok = ["1" if structured.exact(g, x) else "0" for g, x in zip(gold, said)]
+        out[col[len("answer: ") :]] = pd.DataFrame({"id": t["id"], "label": "1", "pred": ok})
+    return out
+
+
 def _predictions(run: Path) -> dict[str, pd.DataFrame]:
     """model → (id, label, pred) on the rows it was scored on: every test row for the probes where
-    06 saved them, the shared sample otherwise."""
-    out = {}
+    06 saved them, the shared sample otherwise; for tool calls and extraction, whether each answer
+    is exactly right (`_exact_answers`)."""
+    out = _exact_answers(run)
     for name in ("test_predictions", "test_predictions_all"):  # the second (every row) wins for probes
         t = _table(run, name)
         if t is None:
@@ -169,6 +188,35 @@ def eval_diff(a: Path, b: Path, bootstrap: int = 1000, seed: int = 0) -> pd.Data
         rows.append(row)
     cols = ["model", "test_rows", "before", "before_lo", "before_hi", "after", "after_lo", "after_hi"]
     return pd.DataFrame(rows, columns=[*cols, "change", "change_lo", "change_hi", "verdict"])
+
+
+WIN_SCORE = {"chosen": 1.0, "rejected": 0.0}  # 06's outcome of a student's reply against the untuned one; else a tie
+
+
+def win_diff(a: Path, b: Path, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Replies and summaries: each student's score against the untuned model (a win 1, a tie 0.5, a
+    loss 0; 06's `wins`) on the test inputs both runs answered, before and after, with the paired
+    change and its 95% bootstrap interval."""
+    cols = ["model", "test_rows", "before", "after", "change", "change_lo", "change_hi", "verdict"]
+    wa, wb = _table(a, "wins"), _table(b, "wins")
+    if wa is None or wb is None:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for model in [m for m in dict.fromkeys(wb["model"]) if m in set(wa["model"])]:
+        both = wa.loc[wa["model"] == model, ["row", "outcome"]].merge(
+            wb.loc[wb["model"] == model, ["row", "outcome"]], on="row", suffixes=("_a", "_b")
+        )
+        if both.empty:
+            continue
+        sa, sb = (both[f"outcome_{x}"].map(WIN_SCORE).fillna(0.5).to_numpy() for x in ("a", "b"))
+        d = sb - sa
+        lo = hi = float("nan")
+        if bootstrap:
+            idx = np.random.default_rng(seed).integers(0, len(d), (bootstrap, len(d)))
+            lo, hi = (float(x) for x in np.quantile(d[idx].mean(axis=1), [0.025, 0.975]))
+        verdict = "rose" if lo > 0 else "fell" if hi < 0 else "no change the CI can tell" if bootstrap else "not tested"
+        rows.append(dict(zip(cols, [model, len(both), sa.mean(), sb.mean(), d.mean(), lo, hi, verdict])))
+    return pd.DataFrame(rows, columns=cols)
 
 
 def per_label_diff(a: Path, b: Path, model: str = MAIN_MODEL) -> pd.DataFrame:
@@ -339,7 +387,12 @@ def write_index(task_dir: Path) -> Path:
         parts += [f"<h3>Kept rows per label (the {len(changed)} that changed)</h3>", _html_table(changed)]
         ev = _pct(eval_diff(a, run), ["before", "before_lo", "before_hi", "after", "after_lo", "after_hi",
                                       "change", "change_lo", "change_hi"])  # fmt: skip
-        parts += ["<h3>Evaluation on the real test split</h3>", _html_table(ev)]
+        parts += ["<h3>Evaluation on the real test split, paired on the same rows (accuracy; tool calls and "
+                  "extraction: exact match of the whole answer)</h3>", _html_table(ev)]  # fmt: skip
+        wins = win_diff(a, run)
+        if len(wins):  # replies and summaries: each student against the untuned model
+            parts += ["<h3>Win-rate against the untuned model, paired on the same test inputs</h3>",
+                      _html_table(_pct(wins, ["before", "after", "change", "change_lo", "change_hi"]))]  # fmt: skip
         pl = per_label_diff(a, run)
         pl = pl[pl["change"] != 0]
         parts += [f"<h3>Per-label accuracy, {MAIN_MODEL} (labels that changed)</h3>",

@@ -163,7 +163,7 @@ ENFORCED_BY: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...] | None]]
     "judge.pair_margin": ("03_judge", "DPO pairs", (), ALL),
     "judge.pairwise": ("03_judge", "DPO pairs confirmed in both orders", (), TEXT),
     "judge.calibration_rows": ("03_judge", "the judge's calibration: AUC on known-good and known-bad rows", (), ALL),
-    "judge.max_spread": ("03_judge", "disagreement queue", (), CLS),
+    "judge.max_spread": ("03_judge", "disagreement queue", (), ALL),
     "filter.near_dup_threshold": (
         "01_prompts, 04_filter",
         "dedup, contamination, near-duplicates",

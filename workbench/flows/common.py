@@ -201,9 +201,10 @@ def cluster(cfg: RunConfig, failures: pd.DataFrame, texts: list[str]) -> tuple[p
 
 
 def lineage_basic(stage: Stage, metric: str) -> list:
-    """99's comparison with the parent iteration where the type has no paired per-row comparison:
-    the parent line, the patch and the config diff, the data statistics, each model's `metric` in
-    both runs' evaluation tables with its change."""
+    """99's comparison with the parent iteration for tool calls and extraction: the parent line, the
+    patch and the config diff, the data statistics, each model's `metric` in both runs' evaluation
+    tables with its change, the exact match of each answer paired on the same test rows
+    (`lineage.eval_diff`) and which of the parent's failure clusters shrank or grew."""
     found = parent_of(stage)
     if found is None:
         return [Markdown("First iteration: no parent run.")]
@@ -212,4 +213,5 @@ def lineage_basic(stage: Stage, metric: str) -> list:
     before, after = pd.read_parquet(a / "artifacts" / "evaluation.parquet"), stage.load("evaluation")
     both = before[["model", metric]].merge(after[["model", metric]], on="model", suffixes=("_before", "_after"))
     both["change"] = both[f"{metric}_after"] - both[f"{metric}_before"]
-    return [*head, stats, both]
+    paired = lineage.eval_diff(a, b, stage.cfg.evaluate.bootstrap, stage.cfg.seed)
+    return [*head, stats, both, paired, lineage.cluster_diff(a, b)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from workbench import plots, tasks
+from workbench import judge, plots, tasks
 from workbench.flows import common
 from workbench.flows import structured_build as build
 from workbench.flows import structured_learn as learn
@@ -91,12 +91,14 @@ def candidates(stage: Stage) -> CandidatesResult:
 def judge_stage(stage: Stage) -> JudgeResult:
     judged, pairs, summary = build.judge_stage(stage)
     checked = judged[judged["keep_prompts"]]
+    answers = build.judged_candidates(stage)
+    queue = judge.disagreements(answers, stage.cfg.judge.max_spread, list(answers.columns))
     sections = [
         Section(
             "The judge on the answers",
             "Each candidate answer with its checked agreement and the judge's scores (0-1) and rationales, "
             "best first per row.",
-            [build.judged_candidates(stage).head(30)],
+            [answers.head(30)],
         ),
         Section(
             "Jury agreement per field",
@@ -112,6 +114,7 @@ def judge_stage(stage: Stage) -> JudgeResult:
         rejects=Rejects(checked, common.present(checked, cols)),
         sections=sections,
         pairs=pairs,
+        queue=queue,
     )
 
 
