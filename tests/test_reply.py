@@ -313,7 +313,8 @@ def test_a_jury_shows_its_alpha_and_queues_the_candidates_it_split_on(cfg):
     m = {"judged_candidates": 4, "messages": 3, "rubric": ["helpfulness", "policy_compliance"], "mean_score": 0.6,
          "judge_unparsed": 1, "kept": 2, "reasons": {}, "best_refuses_where_due": 1.0,
          "best_refuses_where_not_due": 0.0, "pairs": 1, "pairs_by_margin": 1, "pairwise": {}, "jurors": 2,
-         "krippendorff_alpha": {"helpfulness": 0.412, "policy_compliance": float("nan")}, "disagreements": 1}  # fmt: skip
+         "krippendorff_alpha": {"helpfulness": 0.412, "policy_compliance": float("nan")}, "disagreements": 1,
+         "nouns": reply.NOUNS}  # fmt: skip
     line = text_build.judge_markdown(m)
     assert "The 2 jurors agree with Krippendorff's alpha helpfulness 0.41, policy_compliance n/a" in line
     assert "1 candidates in the disagreement queue" in line

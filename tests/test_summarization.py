@@ -187,8 +187,8 @@ def test_02_to_04_and_06s_scores_with_a_scripted_generator_and_judge(cfg, tmp_pa
     cands, m2 = text_build.candidates(Stage("02_responses", c, tmp_path / "run"))
     assert len(cands) == 18 and cands["refuses"].sum() == 6 and m2["nouns"]["output"] == "summary"
     assert "candidate summaries" in text_build.candidates_markdown(
-        m2
-    ) and "must be refused" not in text_build.candidates_markdown(m2)
+        m2, summ.REFUSALS
+    ) and "must be refused" not in text_build.candidates_markdown(m2, summ.REFUSALS)
     assert all("at most 60 words" in r.messages[0][1] and r.n == 3 for r in gen.requests)
     judged, cands, pairs, m3 = text_build.judge_stage(Stage("03_judge", c, tmp_path / "run"))
     assert (judged["best_candidate"] == 0).all() and judged["keep_judge"].all()
@@ -199,7 +199,8 @@ def test_02_to_04_and_06s_scores_with_a_scripted_generator_and_judge(cfg, tmp_pa
     assert (rows.loc[rows["keep"], "text"].str.split().str.len() <= 60).all()
     sft = [json.loads(x) for x in (tmp_path / "run" / "artifacts" / "export" / "sft.jsonl").read_text().splitlines()]
     assert len(sft) == m4["kept"] > 0 and sft[0]["messages"][0]["content"] == summ.system_prompt(c)
-    assert "6 sources" in text_build.filter_markdown(m4) or "of 6 sources" in text_build.filter_markdown(m4)
+    line = text_build.filter_markdown(m4, summ.REFUSALS)
+    assert "6 sources" in line or "of 6 sources" in line
 
     # 06's scores: a reference written from the whole paper may name what the abstract does not, so
     # the third answer is a reference the rule finds faithful to its abstract

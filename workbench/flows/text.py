@@ -6,7 +6,7 @@ ROUGE-L where the type scores them, the replies side by side), in the type's wor
 
 from __future__ import annotations
 
-from workbench import plots
+from workbench import plots, tasks
 from workbench.flows import classification, common
 from workbench.flows import text_build as build
 from workbench.flows import text_learn as learn
@@ -39,7 +39,9 @@ def candidates(stage: Stage) -> CandidatesResult:
         Section("", "", [plots.histogram(cands, "completion_tokens", title, color=refusals)]),
         Section("", pages.text(cfg, "02_responses.candidates"), [build.view(cands, cols).head(30)]),
     ]
-    return CandidatesResult(summary, build.candidates_markdown(summary), candidates=cands, sections=sections)
+    return CandidatesResult(
+        summary, build.candidates_markdown(summary, tasks.of(cfg).REFUSALS), candidates=cands, sections=sections
+    )
 
 
 def judge_stage(stage: Stage) -> JudgeResult:
@@ -58,7 +60,7 @@ def judge_stage(stage: Stage) -> JudgeResult:
     checked = judged[judged["reject_reason_judge"].notna()]
     return JudgeResult(
         summary,
-        build.judge_markdown(summary),
+        build.judge_markdown(summary, tasks.of(cfg).REFUSALS),
         rows=judged,
         rejects=Rejects(judged, list(build.view(checked, cols)), by="reject_reason_judge"),
         sections=sections,
@@ -74,7 +76,7 @@ def filter_stage(stage: Stage) -> FilterResult:
     kept = build.view(rows[rows["keep"]], ["id", "label", "should_refuse", "message", "text", "best_score"])
     return FilterResult(
         summary,
-        build.filter_markdown(summary),
+        build.filter_markdown(summary, tasks.of(cfg).REFUSALS),
         rows=rows,
         rejects=Rejects(rows, list(build.view(rows, cols))),
         kept=kept.head(30),
@@ -149,7 +151,7 @@ def report(stage: Stage) -> StageResult:
             "",
             pages.text(cfg, "99_report.judge"),
             [
-                build.judge_markdown(stage.metrics().get("03_judge", {})),
+                build.judge_markdown(stage.metrics().get("03_judge", {}), tasks.of(cfg).REFUSALS),
                 verdict,
                 table3,
                 build.judged_view(stage.load("candidates_judged"), cfg).head(6),

@@ -26,7 +26,6 @@ from workbench.files import cache_dir
 from workbench.live import LiveView
 from workbench.llm import generate_each
 from workbench.stage import Stage
-from workbench.tasks import reply
 
 META = ["provider", "model", "seed", "prompt_tokens", "completion_tokens", "latency_s", "ttft_s", "finish_reason",
         "error", "cached"]  # fmt: skip
@@ -103,12 +102,13 @@ def _share(s: pd.Series) -> float | None:
     return float(s.astype(bool).mean()) if len(s) else None
 
 
-def candidates_markdown(m: dict) -> str:
+def candidates_markdown(m: dict, refusals: bool = True) -> str:
+    """02's line; `refusals`: whether the type's answers may be refusals (`tasks.<type>.REFUSALS`)."""
     due = "n/a" if m["refusals_where_due"] is None else f"{m['refusals_where_due']:.0%}"
     not_due = "n/a" if m["refusals_where_not_due"] is None else f"{m['refusals_where_not_due']:.0%}"
-    n = m.get("nouns", reply.NOUNS)
+    n = m["nouns"]
     head = f"**{m['candidates']} candidate {n['outputs']}** to {m['prompts']} {n['inputs']}"
-    if n != reply.NOUNS and not m["should_refuse"]:  # nothing to refuse: a refusal is a failure to answer
+    if not refusals and not m["should_refuse"]:  # nothing to refuse: a refusal is a failure to answer
         return f"{head} in {m['seconds']:.0f} s, {m['errors']} errors. By the refusal phrases, {not_due} refuse."
     return (
         f"{head} ({m['should_refuse']} must be refused) in {m['seconds']:.0f} s, {m['errors']} errors. By the "
@@ -242,15 +242,17 @@ def confirm_pairs(
     return pairs.drop(columns="id").assign(outcome=outcome, pair=[o == "chosen" for o in outcome])
 
 
-def judge_markdown(m: dict) -> str:
+def judge_markdown(m: dict, refusals: bool = True) -> str:
+    """03's line (from its recorded metrics); `refusals`: as `candidates_markdown`'s."""
+
     def pct(x):
         return "n/a" if x is None else f"{x:.0%}"
 
-    n = m.get("nouns", reply.NOUNS)
-    refusals = (
+    n = m["nouns"]
+    refused = (
         f"The best {n['output']} refuses {pct(m['best_refuses_where_due'])} of the {n['inputs']} that must be refused "
         f"and {pct(m['best_refuses_where_not_due'])} of the others. "
-        if n == reply.NOUNS
+        if refusals
         else f"The best {n['output']} refuses {pct(m['best_refuses_where_not_due'])} of them. "
     )
     alpha = m.get("krippendorff_alpha") or {}
@@ -265,7 +267,7 @@ def judge_markdown(m: dict) -> str:
         f"The judge scored **{m['judged_candidates']} candidate {n['outputs']}** to {m['messages']} {n['inputs']} on "
         f"{', '.join(m['rubric'])} (mean {m['mean_score'] if m['mean_score'] is None else round(m['mean_score'], 2)}, "
         f"{m['judge_unparsed']} judgments without a score). {jury}**{m['kept']} {n['inputs']} kept** with their best "
-        f"{n['output']}; rejects {m['reasons'] or 'none'}. {refusals}"
+        f"{n['output']}; rejects {m['reasons'] or 'none'}. {refused}"
         f"**{m['pairs']} DPO pairs**: best over worst by at least `judge.pair_margin` ({m['pairs_by_margin']}), "
         f"then asked in both orders: {m['pairwise'] or 'not asked'} (a `position` verdict follows the order, "
         f"not the {n['output']}: that pair is dropped)."
@@ -357,16 +359,17 @@ def filter_stage(stage: Stage) -> tuple[pd.DataFrame, dict]:
     return rows, summary
 
 
-def filter_markdown(m: dict) -> str:
-    n = m.get("nouns", reply.NOUNS)
-    refusals = (
+def filter_markdown(m: dict, refusals: bool = True) -> str:
+    """04's line; `refusals`: as `candidates_markdown`'s."""
+    n = m["nouns"]
+    refused = (
         f"Among the kept, {m['should_refuse_kept']} {n['inputs']} must be refused and {m['refusal_examples']} of "
         f"their {n['outputs']} refuse (the refusal examples). "
-        if n == reply.NOUNS or m["should_refuse_kept"]
+        if refusals or m["should_refuse_kept"]
         else ""
     )
     return (
         f"**{m['kept']} of {m['rows']} {n['inputs']} keep their best {n['output']}** for training "
         f"({m.get('carried_kept', 0)} of them carried from earlier iterations); rejects by reason: "
-        f"{m['reasons'] or 'none'}. {refusals}Exports: {m['sft_records']} SFT records, {m['dpo_pairs']} DPO pairs."
+        f"{m['reasons'] or 'none'}. {refused}Exports: {m['sft_records']} SFT records, {m['dpo_pairs']} DPO pairs."
     )

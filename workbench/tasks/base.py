@@ -50,6 +50,7 @@ class Exports(Protocol):
 
 class TextTask(TaskType, Exports, Protocol):
     NOUNS: dict[str, str]  # what its inputs and answers are called on its pages
+    REFUSALS: bool  # whether its answers may be refusals (where due, and over-refusals)
     REWRITE: str  # 04's optional rewrite, in the answer's voice
 
     def histories(self, cfg: RunConfig, rows: pd.DataFrame, llm, check=None) -> pd.DataFrame: ...

@@ -45,6 +45,7 @@ from workbench.tasks.reply_gaps import (  # noqa: F401 (07's hooks, this type's)
 
 NOUNS = {"input": "message", "inputs": "messages", "output": "reply", "outputs": "replies"}  # on its pages
 ROW_KEY = "label"  # the topic: rows are planned, balanced and sampled by it, as classification's labels
+REFUSALS = True  # its answers may be refusals: where due (task.must_refuse) and over-refusals
 LABEL_JURY = False  # the rubric jurors' spread is the disagreement queue (03)
 INPUT_CHARS_ESTIMATE = 60  # a customer message: the estimate's size of one input the judge reads
 FLOW = "text"  # its stages from 02 on: flows/text.py (00 and 01 are classification's)

@@ -27,6 +27,7 @@ from workbench.tasks.classification import check_data, dev, histories, label_cou
 from workbench.tasks.reply import pair_outcome, rank, refuses, verdict  # noqa: F401
 
 ROW_KEY = "label"  # the kind of source: rows are planned and sampled by it
+REFUSALS = False  # a summary is never due to refuse: a refusal is a failure to answer
 LABEL_JURY = False
 INPUT_CHARS_ESTIMATE = None  # a source: as long as 01 may write it (`prompts.max_tokens`)
 FLOW = "text"  # its stages from 02 on: flows/text.py (00 and 01 are classification's)
