@@ -166,12 +166,17 @@ REPLY_SMALL = sets("sampling.rows_per_label=2", "evaluate.causal_test_per_label=
                    "judge.calibration_rows=4")  # fmt: skip
 
 
+def text_run(factory, sim, tiny, name: str, kind: str, small: list[str]):
+    """`workbench run configs/<name>.yaml`, smaller (`small`), against the session's simulated
+    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
+    tmp = factory.mktemp(kind)
+    run, _ = run_config(tmp, ROOT / "configs" / f"{name}.yaml", sim, tiny, kind, small)
+    return tmp, run
+
+
 @pytest.fixture(scope="session")
 def reply_run(tmp_path_factory, sim, tiny):
-    """`workbench run configs/banking77-replies.yaml`, smaller, against the session's simulated
-    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
-    tmp = tmp_path_factory.mktemp("replies")
-    run, _ = run_config(tmp, ROOT / "configs" / "banking77-replies.yaml", sim, tiny, "reply", REPLY_SMALL)
+    tmp, run = text_run(tmp_path_factory, sim, tiny, "banking77-replies", "reply", REPLY_SMALL)
     yield run
     drop_weights(tmp / "runs")
 
@@ -183,9 +188,6 @@ SUMMARIES_SMALL = sets("sampling.rows_per_label=4", "data.dev_per_label=4", "eva
 
 @pytest.fixture(scope="session")
 def summaries_run(tmp_path_factory, sim, tiny):
-    """`workbench run configs/aclsum-summaries.yaml`, smaller, against the session's simulated
-    endpoint with the tiny model as judge, refusal judge, namer and student (support.endpoint_run)."""
-    tmp = tmp_path_factory.mktemp("summaries")
-    run, _ = run_config(tmp, ROOT / "configs" / "aclsum-summaries.yaml", sim, tiny, "summarization", SUMMARIES_SMALL)
+    tmp, run = text_run(tmp_path_factory, sim, tiny, "aclsum-summaries", "summarization", SUMMARIES_SMALL)
     yield run
     drop_weights(tmp / "runs")
