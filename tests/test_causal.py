@@ -290,7 +290,7 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
 
     from scripted_llm import ScriptedLLM
 
-    from workbench.flows import text_learn
+    from workbench.flows import text_build, text_learn
     from workbench.stage import Stage
 
     c, _ = load_config("configs/banking77-replies.yaml")
@@ -339,7 +339,7 @@ def test_reply_students_with_and_without_refusal_examples_and_grpo_on_the_judge(
     assert len(pairwise.requests) == 4 * 8 * 2  # students × messages × both orders
     assert set(safety["model"]) == {text_learn.BASE, *students} and (safety["prompts"] == 4).all()
     assert replies["refuses"].notna().all() and table["over_refusal"].between(0, 1).all()
-    md = text_learn.evaluation_markdown(table.reset_index(), safety)
+    md = text_learn.evaluation_markdown(table.reset_index(), safety, text_build.nouns(c))
     assert md.count("win-rate against the untuned model") == 4 and ".0 wins" not in md and "AdvBench" in md
 
     # 07: the last student (grpo) on real dev messages; a judge that scores every third reply 1 and

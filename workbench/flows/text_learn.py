@@ -23,7 +23,6 @@ from workbench.flows import common
 from workbench.flows.text_build import confirm_pairs, judge_items, nouns
 from workbench.llm import decode, local_model_dir
 from workbench.stage import Stage
-from workbench.tasks import reply
 
 # ---------------------------------------------------------------- 05_train
 
@@ -175,8 +174,8 @@ def evaluation_view(table: pd.DataFrame):
     return table.style.format(fmt, na_rep="").hide(axis="index")
 
 
-def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame, nouns: dict | None = None) -> str:
-    n = nouns or reply.NOUNS
+def evaluation_markdown(table: pd.DataFrame, safety: pd.DataFrame, nouns: dict) -> str:
+    n = nouns  # what the type calls its inputs and answers (`text_build.nouns`)
     students = table[table["model"] != BASE]
 
     def scores(r) -> str:  # a task's own scores (summaries: faithful, rouge_l), untuned → this model
@@ -326,7 +325,7 @@ def gaps_stage(stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 
 
 def gaps_markdown(m: dict) -> str:
-    n = m.get("nouns", reply.NOUNS)
+    n = m["nouns"]
     dev = (
         f"`{m['student']}` on **{m['dev_messages']} real dev {n['inputs']}: win-rate against the untuned model "
         f"{m['dev_win_rate']:.2f}, over-refusal {m['dev_over_refusal']:.0%}, mean judge score "
