@@ -1,11 +1,24 @@
 """Every field is enforced by a stage; a field nothing enforces is a load error; the field → gate
 table and the pre-run estimate; sampling contradictions; smart defaults."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from workbench import plan, tasks
-from workbench.config import ENFORCED_BY, ConfigError, RunConfig, dump_config, enforcer, leaf_fields, load_config
+from workbench import cli, plan, plan_structured, tasks
+from workbench.config import (
+    ENFORCED_BY,
+    ConfigError,
+    RunConfig,
+    dump_config,
+    enforcer,
+    leaf_fields,
+    load_config,
+    plan_counts,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path, text):
@@ -237,6 +250,52 @@ def test_a_reply_estimate_counts_every_judge_call_and_prices_each_role(tmp_path)
     assert est.loc["07_gaps", "llm_calls"] == 32 * 2 + 32 * 3 + round(32 / 3 / 2)
     assert est.loc["03_judge", "cost"] > 0 and pd.isna(est.loc["02_responses", "cost"])  # the judge's model is priced
     assert "not run on this machine yet" in est.loc["05_train", "time_basis"]  # classification's runs are no guide
+
+
+@pytest.mark.parametrize("config", ["smoke", "aclsum-summaries", "snips-smoke", "snips-extract"])
+def test_check_prints_an_estimate_for_every_type(config, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    assert cli.main(["check", str(ROOT / "configs" / f"{config}.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "pre-run estimate" in err and "no estimate" not in err, err[-800:]
+
+
+def test_a_structured_estimate_counts_suggestions_messages_answers_and_judgments(tmp_path):
+    """Tool calls, answer first: one suggestion request per argument, a message per cell with the
+    failed cells retried for `prompts.rounds`, `responses.candidates` answers per kept message, each
+    judged per rubric dimension and juror (and the calibration's good and bad answers), the safety
+    judge on the untuned model and each student, the cluster names; then measured seconds."""
+    cfg, _ = load_config(ROOT / "configs" / "snips-smoke.yaml")
+    t = tasks.of(cfg)
+    seeds = t.seeds(cfg)
+    planned = t.planned_requests(cfg, seeds)
+    args = {a for tool in cfg.task.tools for a in tool.parameters}
+    assert set(planned.loc[planned["part"] == "suggestion", "label"]) == args
+    cells = int((planned["part"] == "message").sum())
+    assert cells == sum(plan_counts(cfg, t.labels(cfg)).values()) + round(cells_no_tool(cfg, t))
+    est = plan.estimate(cfg, t.labels(cfg), t.label_counts(cfg), tmp_path, seeds).set_index("stage")
+    written = sum(cells * 0.5**r for r in range(cfg.prompts.rounds))  # 50% rejected until measured
+    assert est.loc["01_prompts", "llm_calls"] == round(len(args) + written)
+    kept = cells * (1 - 0.5**cfg.prompts.rounds)
+    assert est.loc["02_responses", "llm_calls"] == round(kept)
+    per_item = len(t.answer_rubric(cfg)) * len(cfg.jurors())
+    assert est.loc["03_judge", "llm_calls"] == round(
+        (kept * cfg.responses.candidates + 2 * cfg.judge.calibration_rows) * per_item
+    )
+    students = 1 + len(cfg.train.methods)
+    assert est.loc["06_evaluate", "llm_calls"] == students * cfg.evaluate.safety_rows
+    assert pd.isna(est.loc["01_prompts", "seconds"])  # an endpoint not measured yet: no guess
+    fresh = pd.DataFrame({"cached": [False] * 4, "completion_tokens": [10, 20, 30, 40]})
+    for key in plan_structured.KEYS.values():
+        plan.record_throughput(cfg, tmp_path, key, fresh, 2.0, generated=cells, kept=cells)  # none rejected
+    est = plan.estimate(cfg, t.labels(cfg), t.label_counts(cfg), tmp_path, seeds).set_index("stage")
+    assert est.loc["01_prompts", "llm_calls"] == len(args) + cells  # no retries when every message passed
+    assert est.loc["01_prompts", "llm_seconds"] == pytest.approx((len(args) + cells) * 2.0 / 4)
+    assert "generation: 4 calls took 2 s here" in est.loc["01_prompts", "time_basis"]
+
+
+def cells_no_tool(cfg: RunConfig, t) -> float:
+    return sum(plan_counts(cfg, t.labels(cfg)).values()) * cfg.diversity.no_tool_share
 
 
 def test_estimate_counts_calls_prices_and_uses_measured_throughput(tmp_path):

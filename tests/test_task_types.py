@@ -2,7 +2,7 @@
 checked for every shape at once: the run of each type's config at test size (the session's runs,
 against the simulated endpoint with the tiny model) ran every stage from notebooks/, marked rows
 without dropping any, exported SFT and DPO JSONL, a datasets folder and a card, and its pages show
-the reject pile's drop-down, 02's live stream and throughput, 03's calibration and disagreement
+00's pre-run estimate, the reject pile's drop-down, 02's live stream and throughput, 03's calibration and disagreement
 queue, 04's card, 05's students, 07's clusters with the review's command and 99's lineage.
 
 A type's own checks (refusals, slot scores, ROUGE-L, the label jury) stay in its module:
@@ -67,6 +67,10 @@ def features(run: Path, kind: str) -> None:
     assert (model["arrived_s"] >= 0).all()
     for stage in ("02_responses", "99_report"):
         assert "Candidates arriving" in page(run, stage), stage
+    # 00's pre-run estimate, one row per stage and the total; each page sets it beside the time taken
+    estimate = pd.read_parquet(art / "estimate.parquet")
+    assert list(estimate["stage"]) == [*STAGES, "total"] and estimate["llm_calls"].iloc[-1] > 0
+    assert "Pre-run estimate" in page(run, "00_task")
     # the reject pile's drop-down wherever a stage rejected something, every page free of errors
     for stage in STAGES:
         assert "Traceback" not in page(run, stage) and "Error" not in page(run, stage).split("</style>")[-1], stage

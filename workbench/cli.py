@@ -19,7 +19,7 @@ import signal
 import sys
 from pathlib import Path
 
-from workbench import data, init, plan, tasks
+from workbench import init, plan, tasks
 from workbench.causal import check_args
 from workbench.config import ConfigError, RunConfig, check_runnable, dump_config, load_config
 from workbench.driver import execute, iterate, validate_stages
@@ -178,16 +178,10 @@ def _check_trainers(cfg: RunConfig) -> None:
 def print_estimate(cfg: RunConfig) -> None:
     """The pre-run estimate, on stderr so `check`'s stdout stays a loadable YAML file."""
     try:
-        if tasks.of(cfg).FLOW == "structured":  # the estimate reckons 01's calls per label
-            print(
-                f"(no estimate: the pre-run estimate covers classification, replies and summaries, not {cfg.task.type})",
-                file=sys.stderr,
-            )
-            return
         check_runnable(cfg, ["00_task", "01_prompts", "02_responses", "03_judge", "04_filter"])
-        labels = data.labels(cfg)
-        seeds = data.seeds(cfg) if cfg.data.dataset or cfg.data.seeds_file else None
-        est = plan.estimate(cfg, labels, data.label_counts(cfg), cache_dir(), seeds)
+        t = tasks.of(cfg)  # the type's labels (a tool call's: its tools), seeds and real rows per label
+        seeds = t.seeds(cfg) if cfg.data.dataset or cfg.data.seeds_file else None
+        est = plan.estimate(cfg, t.labels(cfg), t.label_counts(cfg), cache_dir(), seeds)
     except ConfigError as e:
         print(f"(no estimate: {e})", file=sys.stderr)
         return

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench import critique, judge, prompts, responses, tasks
+from workbench import critique, judge, plan_structured, prompts, responses, tasks
 from workbench.causal import TRAINER_DEFAULTS
 from workbench.config import (
     STAGE_ORDER,
@@ -82,7 +82,7 @@ def _identity(cfg: RunConfig) -> str:
 
 
 # the role whose model answers each part's calls (and whose prices it costs)
-PART_ROLE = {"preview": "generator", "generation": "generator", "critic": "critic", "candidates": "generator",
+PART_ROLE = {"preview": "generator", "suggestions": "generator", "generation": "generator", "critic": "critic", "candidates": "generator",
              "rubric": "judge", "rewrite": "generator", "pairwise": "judge", "judge reward": "judge",
              "safety judge": "refusal_judge", "dev rubric": "judge", "dev pairwise": "judge",
              "cluster names": "namer", "earlier turns": "generator", "earlier replies": "generator"}  # fmt: skip
@@ -288,6 +288,34 @@ def estimate(
     n_gen = sum(counts.values())
     if seeds is None:
         seeds = pd.DataFrame({"id": [], "text": [], "label": []})
+    if tasks.of(cfg).FLOW == "structured":  # answer first: suggestions, then a message per cell
+        parts, n_gen, reject, share, cal, calibrating = _structured(cfg, seeds, cache_dir, llm)
+        known = _read(cache_dir)
+    else:
+        parts, n_gen, reject, share, cal, calibrating, known = _parts(cfg, labels, train_counts, cache_dir, seeds, llm)
+    return _table(cfg, parts, counts, n_gen, reject, share, cal, calibrating, known)
+
+
+def _structured(cfg: RunConfig, seeds: pd.DataFrame, cache_dir, llm) -> tuple:
+    """`estimate`'s parts for tool calls and extraction (`plan_structured`): 01's planned requests
+    (the suggestions, round 1's messages) calibrate the embedded model, and the share of the
+    suggestions already cached stands for the run's later calls."""
+    planned = tasks.of(cfg).planned_requests(cfg, seeds)
+    cal, calibrating = calibration(cfg, cache_dir, llm, planned)
+    known = _read(cache_dir)
+    m01 = _measured(cfg, known, plan_structured.KEYS["generation"]) or {}
+    reject = 1 - m01["kept"] / m01["generated"] if m01.get("generated") else REJECT_SHARE
+    sugg = list(planned.loc[planned["part"] == "suggestion", "request"])
+    share = llm.cached_count(sugg) / len(sugg) if llm is not None and sugg else 0.0
+    cells = int((planned["part"] == "message").sum())
+    return plan_structured.parts(cfg, planned, seeds, reject, share), cells, reject, share, cal, calibrating
+
+
+def _parts(cfg: RunConfig, labels, train_counts, cache_dir, seeds: pd.DataFrame, llm) -> tuple:
+    """`estimate`'s parts for classification, replies and summaries: 01's round 1 is
+    `prompts.generation_requests`, 00's preview its first rows per label."""
+    counts = plan_counts(cfg, labels, train_counts)
+    n_gen = sum(counts.values())
     plan = prompts.generation_requests(cfg, seeds, labels, train_counts)
     gen_chars = sum(len(c) for r in plan["request"] for _, c in r.messages) / max(len(plan), 1)
     cal, calibrating = calibration(cfg, cache_dir, llm, plan)
@@ -332,6 +360,19 @@ def estimate(
           if cfg.filter.rewrite else []),
         *(reply_parts(cfg, n_gen, len(labels), share) if text_task(cfg) else []),
     ]  # fmt: skip
+    return parts, n_gen, reject, share, cal, calibrating, known
+
+
+def _reference(cfg: RunConfig) -> bool:
+    """Whether `REFERENCE`'s runs stand for this type's stages: they are classification's; a reply's
+    or a tool call's training and evaluation are other work."""
+    return tasks.of(cfg).FLOW == "classification"
+
+
+def _table(cfg: RunConfig, parts: list[tuple], counts: dict, n_gen: int, reject: float, share: float,
+           cal: dict | None, calibrating: float, known: dict) -> pd.DataFrame:  # fmt: skip
+    """`estimate`'s table from the parts: per stage, calls, tokens, cost and seconds (measured
+    here, else this machine's calibration), and the seconds outside the LLM."""
     rows = []
     for name in STAGE_NAMES:
         row = dict(stage=name, llm_calls=0, prompt_tokens=0.0, completion_tokens=0.0, completion_tokens_max=0)
@@ -369,8 +410,7 @@ def estimate(
             llm_s += calibrating
             basis.append(f"calibration: {calibrating:.0f} s, just now")
         units = work_units(cfg, name, counts)
-        # the reference runs are classification's: a reply's training and evaluation are other work
-        other, how = _other_seconds(known, name, units, cal, _stage_key(cfg, name), reference=not text_task(cfg))
+        other, how = _other_seconds(known, name, units, cal, _stage_key(cfg, name), reference=_reference(cfg))
         row["cost"] = sum(c for c in costs if c == c) if any(c == c for c in costs) else math.nan
         row["llm_seconds"] = llm_s if row["llm_calls"] else 0.0
         row["other_seconds"] = other

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from IPython.display import Markdown
 
-from workbench import data, judge, plan, plots, prompts
+from workbench import data, judge, plots, prompts
 from workbench import form as config_form
-from workbench.files import cache_dir
 from workbench.flows import classification_build as build
 from workbench.flows import classification_learn as learn
 from workbench.flows import common
@@ -32,28 +31,16 @@ from workbench.tables import ablation_table, evaluation_table, safety_table
 
 # ---------------------------------------------------------------- 00-04
 
-ESTIMATE_TEXT = (
-    "Per stage: LLM calls and tokens (prompt tokens at about 4 characters each; completion tokens at the mean "
-    "measured on this machine, else the `max_tokens` cap), cost where `llm.price_*` are set, and seconds on this "
-    "machine: LLM seconds from the stage's last run here with this model, else from a calibration of the "
-    "embedded model measured once here (a few seconds); 01's calls already in the cache cost nothing, and its "
-    "top-up rounds are counted at the share of prompts its last run here rejected. Seconds outside the LLM "
-    "(loading, gates, training, figures) come from the stage's earlier runs here, scaled to this run's size; a "
-    "stage never run here shows —. Each stage's page ends with its estimate beside the time it took."
-)
-
 
 def task(stage: Stage) -> TaskResult:
     cfg = stage.cfg
     labels, seeds, summary = build.task(stage)
     counts = data.label_counts(cfg)
-    estimate = plan.estimate(cfg, labels, counts, cache_dir(), seeds, stage.llm())
-    stage.save(estimate, "estimate")
+    estimate = common.estimate_section(stage, labels, counts, seeds)
     preview = config_form.preview(cfg, seeds, labels, stage.llm(), per_label=3, train_counts=counts)
     stage.save(preview, "preview")
-    fmt = {"cost": "{:.4f}", "llm_seconds": "{:.0f}", "other_seconds": "{:.0f}", "seconds": "{:.0f}"}
     sections = [
-        Section("Pre-run estimate", ESTIMATE_TEXT, [estimate.style.format(fmt, na_rep="—")]),
+        estimate,
         Section(
             "Preview: 3 rows per label",
             "The first three rows of the generation plan for each label, generated now with the current "

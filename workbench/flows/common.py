@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from workbench import causal, clusters, data, embed, evaluate, gaps, judge, lineage, tasks, train
+from workbench import causal, clusters, data, embed, evaluate, gaps, judge, lineage, plan, tasks, train
 from workbench.config import RunConfig
 from workbench.files import batch_mode, cache_dir, write_atomic
+from workbench.flows.results import Section
 from workbench.llm import decode
 from workbench.stage import Stage
 
@@ -215,3 +216,23 @@ def lineage_basic(stage: Stage, metric: str) -> list:
     both["change"] = both[f"{metric}_after"] - both[f"{metric}_before"]
     paired = lineage.eval_diff(a, b, stage.cfg.evaluate.bootstrap, stage.cfg.seed)
     return [*head, stats, both, paired, lineage.cluster_diff(a, b)]
+
+
+ESTIMATE_TEXT = (
+    "Per stage: LLM calls and tokens (prompt tokens at about 4 characters each; completion tokens at the mean "
+    "measured on this machine, else the `max_tokens` cap), cost where `llm.price_*` are set, and seconds on this "
+    "machine: LLM seconds from the stage's last run here with this model, else from a calibration of the "
+    "embedded model measured once here (a few seconds); 01's calls already in the cache cost nothing, and its "
+    "later rounds (top-ups, retried cells) are counted at the share its last run here rejected. Seconds outside the LLM "
+    "(loading, gates, training, figures) come from the stage's earlier runs here, scaled to this run's size; a "
+    "stage never run here shows —. Each stage's page ends with its estimate beside the time it took."
+)
+
+
+def estimate_section(stage: Stage, labels: list[str], counts: dict, seeds: pd.DataFrame) -> Section:
+    """00's pre-run estimate (`plan.estimate`, with the generator for this machine's calibration),
+    saved as `estimate` (each page's `stage.finish()` sets it beside the time taken), as a section."""
+    estimate = plan.estimate(stage.cfg, labels, counts, cache_dir(), seeds, stage.llm())
+    stage.save(estimate, "estimate")
+    fmt = {"cost": "{:.4f}", "llm_seconds": "{:.0f}", "other_seconds": "{:.0f}", "seconds": "{:.0f}"}
+    return Section("Pre-run estimate", ESTIMATE_TEXT, [estimate.style.format(fmt, na_rep="—")])

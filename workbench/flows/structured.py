@@ -31,9 +31,11 @@ from workbench.tables import safety_table
 def task(stage: Stage) -> TaskResult:
     cfg = stage.cfg
     table, seeds, summary = build.task(stage)
-    schema = json.dumps(tasks.of(cfg).schema(cfg), indent=1)
+    t = tasks.of(cfg)
+    schema = json.dumps(t.schema(cfg), indent=1)
     sections = [
         Section("Tools and arguments", "", [table]),
+        common.estimate_section(stage, list(table["tool"]), t.label_counts(cfg), seeds),
         Section(
             "The answer's JSON schema",
             "What every answer must validate against: the embedded model decodes under it (llguidance masks "

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench import embed, export, filters, judge, structured, tasks
+from workbench import embed, export, filters, judge, plan, plan_structured, structured, tasks
 from workbench.config import RunConfig
 from workbench.files import cache_dir
 from workbench.live import LiveView
@@ -97,6 +97,15 @@ def build_inputs(stage: Stage) -> tuple[pd.DataFrame, dict]:
     cfg = stage.cfg
     critic = stage.llm("critic") if cfg.prompts.critique else None
     rows = tasks.of(cfg).generate_inputs(cfg, load_rows(stage, "seeds"), stage.llm("generator"), critic)
+    seconds, sugg = rows.attrs.pop("seconds"), pd.DataFrame(rows.attrs.pop("suggestion_calls"))
+    keys = plan_structured.KEYS
+    plan.record_throughput(cfg, cache_dir(), keys["suggestions"], sugg, seconds["suggestions"])
+    plan.record_throughput(cfg, cache_dir(), keys["generation"], rows, seconds["messages"], generated=len(rows),
+                           kept=int(rows["keep"].sum()))  # fmt: skip
+    if "critique_raw" in rows:
+        crit = rows[rows["critique_raw"].notna()]
+        crit = crit.assign(cached=crit["critique_cached"], completion_tokens=crit["critique_tokens"])
+        plan.record_throughput(cfg, cache_dir(), "01_critic", crit, seconds["critique"])
     rows["keep_prompts"] = rows["keep"]
     rows["reject_reason_prompts"] = rows["reject_reason"]
     save_rows(stage, rows, "prompts")
@@ -154,6 +163,9 @@ def candidates(stage: Stage) -> tuple[pd.DataFrame, dict]:
     view.close()
     seconds = time.perf_counter() - t0
     save_rows(stage, cands, "candidates")
+    if len(cands):  # per request: its candidates' tokens, cached when all were
+        calls = cands.groupby("row").agg(cached=("cached", "all"), completion_tokens=("completion_tokens", "sum"))
+        plan.record_throughput(cfg, cache_dir(), plan_structured.KEYS["candidates"], calls, seconds)
     tokens = cands["completion_tokens"].fillna(0).sum() if len(cands) else 0
     summary = {
         "prompts": int(rows["keep"].sum()),
@@ -194,7 +206,9 @@ def judge_answers(stage: Stage, rows: pd.DataFrame, cands: pd.DataFrame) -> tupl
     cfg = stage.cfg
     t = tasks.of(cfg)
     reqs, keys = t.answer_judge_requests(cfg, rows, cands, load_rows(stage, "seeds"), judge.SCHEMA)
+    t0 = time.perf_counter()
     judgments = judge.run_judgments(cfg, stage.jury(), reqs, keys, "03 judge on the answers")
+    plan.record_throughput(cfg, cache_dir(), plan_structured.KEYS["rubric"], judgments, time.perf_counter() - t0)
     item = judgments.pop("item")
     judgments.insert(0, "row", cands.loc[item, "row"].to_numpy())
     judgments.insert(1, "candidate", cands.loc[item, "candidate"].to_numpy())

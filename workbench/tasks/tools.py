@@ -29,6 +29,7 @@ from workbench.tasks.tools_inputs import (  # noqa: F401 (01's hooks, this type'
     draft,
     generate_inputs,
     parse_suggestions,
+    planned_requests,
     value_pool,
 )
 from workbench.tasks.tools_training import (  # noqa: F401 (05's hooks, this type's)

@@ -6,6 +6,7 @@ seed with them, and the message is checked against the intended answer (`value_m
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -217,11 +218,12 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm, critic=None) -> pd
     rng = np.random.default_rng(cfg.seed)
     pool = value_pool(cfg, seeds)
     asks = suggestion_requests(cfg, pool)
+    t0 = time.perf_counter()
     replies = llm.generate(list(asks.values()), desc="01 value suggestions")
+    seconds = {"suggestions": time.perf_counter() - t0, "messages": 0.0, "critique": 0.0}
     suggested = {k: parse_suggestions(r[0]["text"], pool.get(k)) for k, r in zip(asks, replies)}
     values = {k: list(dict.fromkeys(pool.get(k, []) + suggested.get(k, []))) for k in set(pool) | set(suggested)}
     cells = plan_cells(cfg, seeds, rng)
-    by_id = seeds.set_index("id")
     rows: list[dict] = []
     todo = list(range(len(cells)))
     for rnd in range(cfg.prompts.rounds):
@@ -229,21 +231,12 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm, critic=None) -> pd
             break
         reqs, made = [], []
         for c in todo:
-            cell = cells[c]
-            tpl = by_id.loc[cell["template"]] if cell["template"] is not None else None
-            chosen = {}
-            for a in cell["present"]:
-                old = str(tpl["arguments"][a]) if tpl is not None else ""
-                options = [v for v in values.get(a, []) if structured.norm(v) != structured.norm(old)] or [old]
-                chosen[a] = str(rng.choice(options))
-            text = draft(tpl, chosen) if tpl is not None else None
-            shots = seeds.sample(
-                min(cfg.prompts.examples_per_call, len(seeds)), random_state=int(rng.integers(1 << 31))
-            )
-            shown = shots if tpl is None else by_id.loc[[cell["template"]]].reset_index()
-            reqs.append(input_request(cfg, cell, chosen, text, shots, seed=cfg.seed * 100_003 + rnd * 10_007 + c))
+            req, chosen, text, shown = cell_request(cfg, cells[c], c, rnd, values, seeds, rng)
+            reqs.append(req)
             made.append((c, chosen, text, shown))
+        t0 = time.perf_counter()
         outs = llm.generate(reqs, desc=f"01 answer-first requests, round {rnd + 1}")
+        seconds["messages"] += time.perf_counter() - t0
         failed = []
         for (c, chosen, text, shown), out in zip(made, outs):
             r = out[0]
@@ -274,12 +267,52 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm, critic=None) -> pd
                 }
             )
         if critic is not None:
+            t0 = time.perf_counter()
             failed += criticise(cfg, rows[-len(made) :], [m[3] for m in made], critic, llm)
+            seconds["critique"] += time.perf_counter() - t0
         todo = sorted(set(failed))
     out = pd.DataFrame(rows)
     out.attrs["suggested"] = suggested
     out.attrs["unfilled"] = len(todo)
+    # how long each kind of call took, and the suggestions' calls: the estimate's measurements
+    out.attrs["seconds"] = seconds
+    out.attrs["suggestion_calls"] = [{"cached": bool(r[0].get("cached")), "completion_tokens": r[0].get("completion_tokens")}
+                                     for r in replies]  # fmt: skip
     return out
+
+
+def cell_request(
+    cfg: RunConfig, cell: dict, c: int, rnd: int, values: dict[str, list[str]], seeds: pd.DataFrame, rng
+) -> tuple[Request, dict[str, str], str | None, pd.DataFrame]:
+    """The generator's request for cell `c` in round `rnd`: each argument the cell's template has
+    drawn from `values` (another value than the template's own where there is one), the template
+    with them swapped in (`draft`), and `prompts.examples_per_call` seeds shown. Returns the
+    request, the values drawn, the draft and the real rows the message is checked against."""
+    by_id = seeds.set_index("id")
+    tpl = by_id.loc[cell["template"]] if cell["template"] is not None else None
+    chosen = {}
+    for a in cell["present"]:
+        old = str(tpl["arguments"][a]) if tpl is not None else ""
+        options = [v for v in values.get(a, []) if structured.norm(v) != structured.norm(old)] or [old]
+        chosen[a] = str(rng.choice(options))
+    text = draft(tpl, chosen) if tpl is not None else None
+    shots = seeds.sample(min(cfg.prompts.examples_per_call, len(seeds)), random_state=int(rng.integers(1 << 31)))
+    shown = shots if tpl is None else by_id.loc[[cell["template"]]].reset_index()
+    req = input_request(cfg, cell, chosen, text, shots, seed=cfg.seed * 100_003 + rnd * 10_007 + c)
+    return req, chosen, text, shown
+
+
+def planned_requests(cfg: RunConfig, seeds: pd.DataFrame) -> pd.DataFrame:
+    """01's requests as far as they are known before it runs (the pre-run estimate's): one value
+    suggestion per argument, and round 1's message per cell drawn from the seeds' and the config's
+    values (the run draws from the suggestions too: other words, the same size). Columns: part
+    (suggestion or message), label (the argument or the cell's tool), request."""
+    rng = np.random.default_rng(cfg.seed)
+    pool = value_pool(cfg, seeds)
+    rows = [("suggestion", k, r) for k, r in suggestion_requests(cfg, pool).items()]
+    for c, cell in enumerate(plan_cells(cfg, seeds, rng)):
+        rows.append(("message", cell["tool"], cell_request(cfg, cell, c, 0, pool, seeds, rng)[0]))
+    return pd.DataFrame(rows, columns=["part", "label", "request"])
 
 
 def criticise(cfg: RunConfig, batch: list[dict], shown: list[pd.DataFrame], critic, writer) -> list[int]:
