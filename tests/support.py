@@ -103,9 +103,9 @@ def shared_simserver():
 
 # The tiny model's roles: a juror beside the endpoint (its ratings, repeated digits, do not parse,
 # so the endpoint's keep the rows; its label votes go through the grammar), the critic, the refusal
-# judge and the namer. Structured tasks have none of the last three (config/enforce.py refuses
-# them), and the tools run's judge is the endpoint alone: test_tools_run checks that every
-# judgment parses.
+# judge and the namer. The structured runs keep the endpoint in every role (its answers to the
+# critic's, namer's and refusal judge's requests are what those paths read), and the tools run's
+# judge is the endpoint alone: test_tools_run checks that every judgment parses.
 TINY_ROLES = ["roles.judge=[llm, tiny]", "roles.critic=tiny", "roles.refusal_judge=tiny", "roles.namer=tiny"]
 STRUCTURED = ("tools", "extraction")
 

@@ -292,8 +292,8 @@ def test_another_server_with_the_same_model_name_is_not_answered_from_the_cache(
 @pytest.mark.slow
 def test_the_smoke_generation_stages_run_against_transformers_serve(tmp_path):
     """`transformers serve` (it ships with transformers) serves the embedded model on 127.0.0.1; the
-    smoke config's stages 00-02 run against it, on 1 row per label and without the critic (it
-    answers one request at a time). It ignores n (it logs so), so 02's candidates go one request
+    smoke config's stages 00-02 run against it, on 1 row per label, one round, two candidates and
+    without the critic (it answers one request at a time). It ignores n (it logs so), so 02's candidates go one request
     each. The real model: the server's contract with a real chat model's answers is what is tested."""
     from workbench.llm import local_model_dir
 
@@ -314,7 +314,8 @@ def test_the_smoke_generation_stages_run_against_transformers_serve(tmp_path):
                "--runs-dir", str(tmp_path / "runs"), "--stages", ",".join(stages),
                "--set", "llm.provider=openai", "--set", f"llm.base_url=http://127.0.0.1:{port}/v1",
                "--set", f"llm.model={model}", "--set", "llm.api_key_env=SERVE_KEY", "--set", "llm.max_concurrency=2",
-               "--set", "sampling.rows_per_label=1", "--set", "prompts.critique=false"]  # fmt: skip
+               "--set", "sampling.rows_per_label=1", "--set", "prompts.critique=false", "--set", "prompts.rounds=1",
+               "--set", "responses.candidates=2"]  # fmt: skip
         code, output = run_bounded(cmd, env, tmp_path / "run.log", watch=(tmp_path / "runs", tmp_path / "serve.log"))
     finally:
         server.terminate()
