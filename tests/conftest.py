@@ -151,21 +151,23 @@ def tools_run(tmp_path_factory, sim, tiny):
 @pytest.fixture(scope="session")
 def extract_run(tmp_path_factory, sim, tiny):
     """`workbench run configs/snips-extract.yaml` at test size (BookRestaurant's slots as fields,
-    a few rows, two training steps, the all-rows reference tagger on 60 real rows as the SNIPS
-    smoke config has it) against the simulated endpoint with the tiny model."""
+    a few rows, the all-rows reference tagger on 60 real rows as the SNIPS smoke config has it)
+    against the simulated endpoint. Its students are the taggers: the structured flow's causal
+    student, safety before/after included, is the tools run's (the same code, other wording)."""
     tmp = tmp_path_factory.mktemp("extract")
     small = sets("data.dev_per_label=4", "data.test_per_label=8", "sampling.rows_per_label=4",
                  "evaluate.causal_test_per_label=2", "evaluate.safety_rows=4", "judge.calibration_rows=4",
-                 "train.sft.max_steps=2", "llm.dtype=float32", "train.lora.target_modules=[q_proj, v_proj]",
+                 "train.students=[probe]", "evaluate.safety_rows=0", "llm.dtype=float32",
                  "train.reference_rows=60")  # fmt: skip
     run, _ = run_config(tmp, ROOT / "configs" / "snips-extract.yaml", sim, tiny, "extraction", small)
     yield run
     drop_weights(tmp / "runs")
 
 
-# the replies config, smaller: 2 messages per topic, 2 dev and 1 test message per topic, 4 AdvBench instructions
+# the replies config, smaller: 2 messages per topic, 2 dev and 1 test message per topic, 4 AdvBench instructions,
+# SFT and DPO (GRPO on the judge's reward is test_causal's reply students' test)
 REPLY_SMALL = sets("sampling.rows_per_label=2", "data.dev_per_label=2", "evaluate.causal_test_per_label=1",
-                   "evaluate.safety_rows=4", "judge.calibration_rows=4")  # fmt: skip
+                   "evaluate.safety_rows=4", "judge.calibration_rows=4", "train.methods=[sft, dpo]")  # fmt: skip
 
 
 def text_run(factory, sim, tiny, name: str, kind: str, small: list[str]):

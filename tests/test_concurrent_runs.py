@@ -1,7 +1,7 @@
 """Two runs of one config started at the same moment, in two processes, sharing one cache: each
 gets its own run folder, both finish with the same data, and the cache stays whole (a third run
 is answered from it entirely). The smoke config against the session's simulated endpoint, the tiny
-model judging (so both processes write local and endpoint answers to the cache)."""
+model criticising in 01 (so both processes write local and endpoint answers to the cache), 00-02."""
 
 import json
 import sqlite3
@@ -13,7 +13,7 @@ import pytest
 from support import cache_with_models, endpoint_env, endpoint_run, run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = "00_task,01_prompts,02_responses,03_judge"
+STAGES = "00_task,01_prompts,02_responses"
 
 
 @pytest.mark.slow
@@ -39,7 +39,7 @@ def test_two_runs_of_one_config_at_once_get_their_own_folders_and_leave_the_cach
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
     # same config and seed: the same prompts and judgments in both
-    for name in ("prompts", "judged"):
+    for name in ("prompts", "responses"):
         a, b = (pd.read_parquet(m / "artifacts" / f"{name}.parquet") for m in made)
         assert a["text"].tolist() == b["text"].tolist()
     # a third run is answered from the cache alone: every call the two made is in it, readable
@@ -47,6 +47,6 @@ def test_two_runs_of_one_config_at_once_get_their_own_folders_and_leave_the_cach
     assert code == 0, output[-3000:]
     last = sorted((runs / "smoke").glob("[0-9]*-*"))[-1]
     metrics = json.loads((last / "metrics.json").read_text())
-    for stage in ("01_prompts", "02_responses", "03_judge"):
+    for stage in ("01_prompts", "02_responses"):
         calls = metrics[stage]["llm"]
         assert calls["calls"] > 0 and calls["cached"] == calls["calls"], (stage, calls)

@@ -246,7 +246,7 @@ def test_init_llm_settings_come_from_set(tmp_path):
 @pytest.mark.slow
 def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path, sim, tiny):
     """The done-means: the embedded model's weak draft is carried by repair and defaults, and the
-    written config runs end to end (small sizes, through --set). The draft is the embedded model's
+    written config runs (small sizes, through --set; 00-02, and every stage accepts it). The draft is the embedded model's
     own: how init copes with a weak model's answers is what is tested. The run goes through the
     session's simulated endpoint with the tiny model, as the smoke run does (support.endpoint_run)."""
     labels = "card_arrival,lost_or_stolen_card,exchange_rate"
@@ -276,12 +276,14 @@ def test_embedded_model_drafts_a_banking_config_that_runs(tmp_path, sim, tiny):
         "data.test_per_label=10",
         "gaps.min_cluster_size=2",
         "gaps.umap_neighbors=3",
-        "train.students=[probe]",  # the causal student's path is the smoke run's; this test is about the draft
     )
-    run, _ = run_config(tmp_path, out, sim, tiny, more=small)
+    # the drafted config runs: 00-02 here (generation from the draft's labels and seeds); every stage
+    # 00-99 accepts it (check_runnable), and the whole chain on a config of this shape is the smoke run's
+    check_runnable(cfg)
+    run, _ = run_config(tmp_path, out, sim, tiny, more=[*small, "--stages", "00_task,01_prompts,02_responses"])
     prov = json.loads((run / "provenance.json").read_text())
-    assert prov["status"] == "finished"
-    assert "Field → gate" in (run / "report.html").read_text()
+    assert prov["status"] == "partial" and prov["stages"]["02_responses"]["status"] == "done"
+    assert "Field → gate" in (run / "report" / "00_task.html").read_text()
 
 
 def test_a_reply_draft_has_topics_policies_and_refusals_and_runs_every_stage(tmp_path):
