@@ -147,6 +147,39 @@ def test_seeds_jsonl_with_a_broken_line(tmp_path, capsys):
     assert "seeds.jsonl:2: not JSON" in err
 
 
+@pytest.mark.parametrize(
+    "body, said",
+    [
+        (b'text,label\n"my card has not come,card_arrival\nI lost my card,lost_or_stolen_card\nwhere is it",card_arrival\n',
+         "seeds.csv:2: this row's quoted text runs to line 4 over what reads as rows"),
+        (b"label,text\ncard_arrival,Hi, where is my new card?\n",
+         "seeds.csv:2: 3 fields where the header ['label', 'text'] has 2: a comma in the text?"),
+        (b'text,label\nfine,card_arrival\n"never closed,card_arrival\nmore,lost_or_stolen_card\n',
+         "seeds.csv:3: the CSV cannot be read from this line on (unexpected end of data)"),
+        (b'text,label\n"a text\nover two lines",card_arrival\n"a bad one,lost_or_stolen_card\n',
+         "seeds.csv:4: the CSV cannot be read"),
+    ],
+    ids=["a quote closing rows later", "an unquoted comma", "an unclosed quote at the end", "after a multi-line text"],
+)  # fmt: skip
+def test_seeds_csv_quoting_errors_name_the_line_where_the_row_starts(tmp_path, capsys, body, said):
+    err = run_check(tmp_path, capsys, _with_seeds(tmp_path, body))
+    assert said in err
+
+
+@pytest.mark.parametrize("suffix", [".JSONL", ".json", ".ndjson"])
+def test_a_seeds_file_of_json_lines_is_read_as_such_whatever_its_suffix_case(tmp_path, suffix):
+    from workbench.data import read_rows
+
+    path = tmp_path / f"seeds{suffix}"
+    path.write_text('{"text": "where is my card", "label": "card_arrival"}\n')
+    assert read_rows(path)[["text", "label"]].values.tolist() == [["where is my card", "card_arrival"]]
+
+
+def test_a_seeds_file_of_another_kind_is_refused_by_its_suffix(tmp_path, capsys):
+    err = run_check(tmp_path, capsys, _with_seeds(tmp_path, b"text,label\nwhere is my card,card_arrival\n", ".xlsx"))
+    assert "seeds.xlsx: a file named .xlsx is neither CSV" in err
+
+
 # ---------------------------------------------------------------- the endpoint
 
 
@@ -441,3 +474,152 @@ def test_the_card_and_the_system_prompt_keep_text_as_text():
     assert "<script>" not in card and "&lt;script&gt;" in card
     with pytest.raises(Exception, match="label"):
         RunConfig.model_validate({"task": {"labels": ["a\nb", "c"]}})
+
+
+# ---------------------------------------------------------------- values checked where they enter
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [("sampling.rows_per_label", "true"), ("judge.jurors", "false"), ("data.test_per_label", "true"),
+     ("filter.near_dup_threshold", "true"), ("diversity.difficulty", "{easy: true, hard: 1}")],
+)  # fmt: skip
+def test_a_boolean_is_not_read_as_a_number(tmp_path, capsys, where, value):
+    """pydantic's lax mode reads true as 1: `rows_per_label: true` would run 1 row per label."""
+    err = run_check(tmp_path, capsys, config(tmp_path), "--set", f"{where}={value}")
+    assert where in err and "expected a number, got the boolean" in err
+
+
+def test_an_alias_bomb_is_refused_before_anything_reads_it(tmp_path, capsys):
+    bomb = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    p = config(tmp_path, 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + bomb + SMOKE)
+    err = cli_error(["check", str(p)], capsys)
+    assert f"{p}: its aliases" in err and "expand to more than 100,000 values" in err
+
+
+@pytest.mark.parametrize("label", ["card_arrival\u200b", "card_\u200darrival", "\ufeffcard_arrival", "card_arrival "])
+def test_labels_with_invisible_characters_are_refused(tmp_path, capsys, label):
+    p = config(tmp_path, replace=("labels: [card_arrival,", f"labels: [{json.dumps(label)},"))
+    err = run_check(tmp_path, capsys, p)
+    assert "task.labels" in err and ("invisible character" in err or "starts or ends with a space" in err)
+
+
+def test_two_spellings_of_one_label_are_one_label():
+    """NFC: é written as one character and as e + a combining accent are the same label."""
+    with pytest.raises(ValueError, match="duplicate labels"):
+        RunConfig.model_validate({"task": {"labels": ["caf\u00e9", "cafe\u0301"]}})
+    assert RunConfig.model_validate({"task": {"labels": ["cafe\u0301", "tea"]}}).task.label_names()[0] == "caf\u00e9"
+
+
+@pytest.mark.parametrize("key", ["model", "messages", "n", "stream", "temperature", "response_format"])
+def test_extra_body_cannot_replace_what_the_workbench_sets(tmp_path, capsys, key):
+    p = config(tmp_path)
+    err = run_check(tmp_path, capsys, p, "--set", "llm.provider=openai", "--set", "llm.base_url=http://127.0.0.1:9/v1",
+                    "--set", f"llm.extra_body={{{key}: x}}")  # fmt: skip
+    assert "llm.extra_body" in err and f"'{key}': the workbench sets it" in err
+
+
+def test_extra_body_is_part_of_the_cache_key(tmp_path):
+    base = {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    plain, routed = (
+        LLM(LLMConfig(**base), tmp_path),
+        LLM(LLMConfig(**base, extra_body={"provider": {"order": ["a"]}}), tmp_path),
+    )
+    other = LLM(LLMConfig(**base, extra_body={"provider": {"order": ["b"]}}), tmp_path)
+    assert len({plain.identity, routed.identity, other.identity}) == 3
+
+
+def test_the_same_model_twice_in_the_jury_is_refused(tmp_path, capsys):
+    p = config(tmp_path)
+    err = run_check(tmp_path, capsys, p, "--set", "models.twin={provider: local, dtype: float32}",
+                    "--set", "llm.dtype=float32", "--set", "roles.judge=[llm, twin]")  # fmt: skip
+    assert "roles.judge: llm and twin are the same model" in err
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [("llm.base_url", "https://x.example/v1?key=sk-live-123"), ("llm.base_url", "https://x.example/v1?code=abc"),
+     ("llm.query", "{api-key: sk-live-123}"), ("llm.query", "{access_token: abc}")],
+)  # fmt: skip
+def test_a_literal_key_in_a_query_string_is_refused(tmp_path, capsys, where, value):
+    p = config(tmp_path)
+    err = run_check(tmp_path, capsys, p, "--set", "llm.provider=openai", "--set", f"{where}={value}",
+                    *(["--set", "llm.base_url=https://x.example/v1"] if where == "llm.query" else []))  # fmt: skip
+    assert where in err and "holds a literal value" in err and "${MY_VAR}" in err
+    assert "sk-live-123" not in err.split("input_value")[0]
+
+
+def test_a_query_key_from_the_environment_is_sent_and_never_written(tmp_path, monkeypatch):
+    from workbench.llm import endpoint
+
+    monkeypatch.setenv("QKEY", "sk-live-123")
+    cfg = LLMConfig(provider="openai", base_url="https://x.example/v1?key=${QKEY}", query={"api-key": "${QKEY}"})
+    assert endpoint._url(cfg, cfg.base_url, "base_url") == "https://x.example/v1?key=sk-live-123"
+    assert endpoint._query(cfg) == {"api-key": "sk-live-123"}
+    assert "sk-live-123" not in RunConfig(llm=cfg).model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "sets, said",
+    [(["data.seed=4294967296"], "data.seed"), (["seed=-1"], "seed"),
+     (["quality.language=zz"], "'zz' is not a language the language check (langdetect) knows"),
+     (["llm.provider=openai", "llm.base_url=http://127.0.0.1:9/v1", "llm.dtype=int8"], "dtype: int8 quantizes the embedded model"),
+     (["task.type=reply", "task.must_refuse=[]", "diversity.refusal_share=0.2"], "task.must_refuse is empty")],
+    ids=["seed too large", "seed negative", "unknown language", "int8 on an endpoint", "refusals without a list"],
+)  # fmt: skip
+def test_values_out_of_what_a_stage_can_use_are_refused_at_check(tmp_path, capsys, sets, said):
+    err = run_check(tmp_path, capsys, config(tmp_path), *[a for s in sets for a in ("--set", s)])
+    assert said in err
+
+
+def test_check_on_a_folder_names_its_configs(tmp_path, capsys):
+    config(tmp_path)
+    err = cli_error(["check", str(tmp_path)], capsys)
+    assert f"{tmp_path}: a folder, not a config file; name one of its configs: ['c.yaml']" in err
+
+
+@pytest.mark.parametrize(
+    "edit, said",
+    [({"kind": "phrasing", "label": "card_arrival", "value": "where is my card"}, "value must be a list of texts"),
+     ({"kind": "more_rows", "label": "card_arrival", "value": "abc"}, "value must be a whole number of rows"),
+     ({"kind": "more_rows", "label": "card_arrival", "value": True}, "value must be a whole number of rows"),
+     ({"kind": "definition", "label": "card_arrival", "value": ["a", "b"]}, "value must be one sentence"),
+     ({"kind": "refusals", "label": "x", "value": 3}, "value must be a share between 0 and 1")],
+    ids=["phrasing as a string", "more_rows as text", "more_rows as a boolean", "definition as a list", "refusals above 1"],
+)  # fmt: skip
+def test_a_hand_edited_patch_is_read_against_each_kinds_value(tmp_path, edit, said):
+    from workbench import gaps
+
+    path = tmp_path / "patch.yaml"
+    path.write_text("edits:\n- " + json.dumps({"id": "e1", **edit}) + "\n")
+    with pytest.raises(ValueError, match=said) as e:
+        gaps.load_patch(path)
+    assert f"{path}: edit e1 ({edit['kind']})" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "row, said",
+    [({"text": "Invoice 42 from ACME", "fields": {"vendorr": "ACME"}}, "fields ['vendorr'] are not declared"),
+     ({"text": "Invoice 42 from ACME", "fields": {"vendor": "ACME", "total": "Paris"}}, "total = 'Paris' is not of its declared type number")],
+    ids=["an undeclared field", "a value not of its type"],
+)  # fmt: skip
+def test_every_row_of_a_structured_dataset_is_checked_not_only_the_seeds(tmp_path, capsys, row, said):
+    good = [
+        {"text": f"Invoice {i} from ACME for {i}.50", "fields": {"vendor": "ACME", "total": f"{i}.50"}}
+        for i in range(30)
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in [*good, row]) + "\n")
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in good) + "\n")
+    text = (f"task:\n  name: invoices\n  type: extraction\n  description: Extract invoice fields\n"
+            f"  fields:\n    - vendor\n    - {{name: total, type: number}}\n"
+            f"data:\n  dataset: {tmp_path}\n  seeds_per_label: 2\n  dev_per_label: 2\n")  # fmt: skip
+    err = cli_error(["check", str(config(tmp_path, text))], capsys)
+    assert said in err and "train split, line 31" in err
+
+
+def test_a_named_models_error_names_its_own_section(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WB_JUDGE_KEY", raising=False)
+    p = config(tmp_path)
+    err = run_check(tmp_path, capsys, p, "--set", "models.j={provider: openai, base_url: 'http://127.0.0.1:9/v1', "
+                    "api_key_env: WB_JUDGE_KEY}", "--set", "roles.judge=[llm, j]")  # fmt: skip
+    assert "models.j.api_key_env: environment variable WB_JUDGE_KEY is not set" in err and "llm.api_key_env" not in err

@@ -45,6 +45,7 @@ def test_smoke_run_leaves_every_artifact(smoke_run):
     runs_dir, stdout = smoke_run.runs_dir, smoke_run.output
     [run] = runs_in(runs_dir / "smoke")
     assert f"run folder: {run}" in stdout and f"report:     {run / 'report.html'}" in stdout
+    assert "IPKernelApp" not in stdout and "without encryption" not in stdout  # quiet: no kernel transport warning
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["status"] == "finished" and prov["finished"]
     assert [s for s, v in prov["stages"].items() if v["status"] == "done"] == [

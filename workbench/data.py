@@ -35,6 +35,20 @@ def dataset_dir(cfg: RunConfig) -> Path:
     return d
 
 
+def dataset_labels(dataset: str) -> list[str]:
+    """The labels of a dataset's train split (a folder under data/, or a path), sorted: `init`'s
+    label set when it is given a dataset without labels."""
+    p = Path(dataset)
+    folder = p if p.is_absolute() or p.parts[0] in (".", "..") or p.is_dir() else DATA_DIR / p
+    train = folder / "train.csv"
+    if not train.is_file():
+        raise ConfigError(f"{train} not found; expected a folder with train.csv and test.csv (text and a label column)")
+    labels = sorted(read_rows(train)["label"].unique())
+    if len(labels) < 2:
+        raise ConfigError(f"{train} has {len(labels)} label(s) {labels}; a task needs at least 2")
+    return labels
+
+
 ONE_KIND = "document"  # the label of every row of a file with text and reference columns only
 
 
@@ -60,6 +74,58 @@ def _label_key(path: Path, columns: list[str], label_key: str | None, where: str
     )
 
 
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # a .json file of rows is one object per line
+
+
+def _csv_rows(path: Path, f, label_key: str | None) -> tuple[list[tuple[int, int, str, str]], str]:
+    """(line, number, text, label) of each record of a CSV file (tab-separated for .tsv): the line it
+    starts on (a quoted text may run over several), for messages; its number (the header is 1, the
+    first record 2), for its id, which stays what it always was. Refuses, at the right line: a quote not
+    closed where it should be (a record running over what reads as further rows, or to the end of
+    the file), and a record with more or fewer fields than the header (an unquoted comma in the text)."""
+    reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",", strict=True)
+    start, records = 1, []
+    try:
+        header = next(reader, None)
+        while True:
+            start = reader.line_num + 1
+            rec = next(reader, None)
+            if rec is None:
+                break
+            records.append((start, reader.line_num, rec))
+    except csv.Error as e:
+        raise ConfigError(
+            f"{path}:{start}: the CSV cannot be read from this line on ({e}): a quote opened here is not closed where "
+            'the text ends; close it (a quote inside a text is written twice: "")'
+        ) from None
+    if header is None or "text" not in header:
+        raise ConfigError(f"{path}:1: expected a header with a text column and a label column; found {header}")
+    label_key = _label_key(path, list(header), label_key, f"{path}:1")
+    one = label_key == ONE_KIND and ONE_KIND not in header
+    at = {name: i for i, name in enumerate(header)}
+    rows = []
+    for first, last, rec in records:
+        if rec == []:
+            continue  # a blank line
+        if len(rec) != len(header):
+            raise ConfigError(
+                f"{path}:{first}: {len(rec)} fields where the header {header} has {len(header)}"
+                + (': a comma in the text? quote the text ("Hi, where is my card?")' if len(rec) > len(header) else "")
+            )
+        text, label = rec[at["text"]], ONE_KIND if one else rec[at[label_key]]
+        rows.append((first, len(rows) + 2, text, label, last))
+    labels = {row[3].strip() for row in rows}
+    for first, _, text, _, last in rows:
+        inner = [ln for ln in text.splitlines()[:-1] if ln.rsplit(",", 1)[-1].strip().strip('"') in labels]
+        if last > first and inner:
+            raise ConfigError(
+                f"{path}:{first}: this row's quoted text runs to line {last} over what reads as rows ({inner[0]!r}): "
+                f"a quote opened on line {first} is closed only on line {last}; close it where the text ends"
+            )
+    return [row[:4] for row in rows], label_key
+
+
 def read_rows(path: Path, label_key: str | None = None) -> pd.DataFrame:
     """Rows of a CSV or JSONL file (a text column and a label column: see _label_key), as id, text,
     label. A UTF-8 BOM (spreadsheets' "CSV UTF-8") is allowed. Errors name the file and line."""
@@ -69,7 +135,7 @@ def read_rows(path: Path, label_key: str | None = None) -> pd.DataFrame:
     rows = []
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            if path.suffix == ".jsonl":
+            if path.suffix.lower() in JSONL_SUFFIXES:
                 key = label_key
                 for line, raw in enumerate(f, start=1):
                     if not raw.strip():
@@ -94,25 +160,22 @@ def read_rows(path: Path, label_key: str | None = None) -> pd.DataFrame:
                         raise ConfigError(
                             f"{path}:{line}: {key} must be a string; got {type(label).__name__} {label!r:.60}"
                         )
-                    rows.append((line, text, str(label)))
+                    rows.append((line, line, text, str(label)))
                 label_key = key or "label"
+            elif path.suffix.lower() in CSV_SUFFIXES:
+                rows, label_key = _csv_rows(path, f, label_key)
             else:
-                reader = csv.DictReader(f)
-                if reader.fieldnames is None or "text" not in reader.fieldnames:
-                    raise ConfigError(
-                        f"{path}:1: expected a header with a text column and a label column; found {reader.fieldnames}"
-                    )
-                label_key = _label_key(path, list(reader.fieldnames), label_key, f"{path}:1")
-                one = label_key == ONE_KIND and ONE_KIND not in reader.fieldnames
-                rows = [(line, r.get("text") or "", ONE_KIND if one else r.get(label_key) or "")
-                        for line, r in enumerate(reader, start=2)]  # fmt: skip
+                raise ConfigError(
+                    f"{path}: a file named {path.suffix or 'without a suffix'} is neither CSV ({', '.join(CSV_SUFFIXES)}) "
+                    f"nor JSON lines ({', '.join(JSONL_SUFFIXES)}): rename it to what it holds"
+                )
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from e
-    for line, text, label in rows:
+    for line, _, text, label in rows:
         if not text.strip() or not label.strip():
             raise ConfigError(f"{path}:{line}: empty text or {label_key}")
     return pd.DataFrame(
-        [(f"{path.stem}-{line}", t.strip(), lab.strip(), line) for line, t, lab in rows],
+        [(f"{path.stem}-{number}", t.strip(), lab.strip(), line) for line, number, t, lab in rows],
         columns=["id", "text", "label", "line"],
     )
 

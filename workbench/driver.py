@@ -11,11 +11,15 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import papermill
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 
 from workbench import gaps, lineage, tasks
 from workbench.config import load_config
@@ -137,8 +141,26 @@ def execute(run: Path, stages: list[str] | None = None, lock: RunLock | None = N
         lock.release()
 
 
+class QuietKernelManager(AsyncKernelManager):
+    """A stage's kernel on Unix sockets in Jupyter's runtime folder, named for the kernel (so two
+    runs in one folder never share one), rather than on TCP ports of 127.0.0.1: nothing else on
+    the machine can connect, and ipykernel has no reason to warn on every stage that the
+    connection is unencrypted."""
+
+    def __init__(self, **kw: Any) -> None:
+        if os.name == "posix":
+            folder = jupyter_runtime_dir()
+            if len(folder) > 80:  # a socket's path has at most 107 bytes
+                folder = tempfile.gettempdir()
+            os.makedirs(folder, exist_ok=True)
+            kw.setdefault("transport", "ipc")
+            kw.setdefault("ip", os.path.join(folder, f"kernel-{uuid.uuid4().hex[:12]}-ipc"))
+        super().__init__(**kw)
+
+
 def papermill_execute(src: str, out: str, **kw: Any) -> Any:
-    """papermill.execute_notebook (a seam for tests)."""
+    """papermill.execute_notebook (a seam for tests), the kernel on Unix sockets (QuietKernelManager)."""
+    kw.setdefault("kernel_manager_class", QuietKernelManager)
     return papermill.execute_notebook(src, out, **kw)
 
 

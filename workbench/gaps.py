@@ -34,13 +34,14 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from workbench.config import ConfigError, RunConfig, _yaml, load_config
+from workbench.config import ConfigError, RunConfig, _yaml, check_expansion, load_config
 from workbench.data import describe_label
 from workbench.llm import Request
 
@@ -60,6 +61,33 @@ PATHS = {
     "refusals": "diversity.refusal_share",
 }
 KINDS = tuple(PATHS)
+
+
+def _texts(v: Any) -> bool:
+    return (
+        isinstance(v, list) and bool(v) and all(isinstance(x, str | int | float) and not isinstance(x, bool) for x in v)
+    )
+
+
+# what each kind's value is: a hand-edited patch is read against it (a string where a list is due
+# would be taken letter by letter)
+VALUE_OF = {
+    "more_rows": (
+        "a whole number of rows, at least 1",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    ),
+    "contrast": ("a list of texts", _texts),
+    "phrasing": ("a list of texts", _texts),
+    "values": ("a list of values", _texts),
+    "definition": ("one sentence (a string)", lambda v: isinstance(v, str) and bool(v.strip())),
+    "policy": ("a line of text", lambda v: isinstance(v, str) and bool(v.strip())),
+    "persona": ("a line of text", lambda v: isinstance(v, str) and bool(v.strip())),
+    "edge_case": ("a line of text", lambda v: isinstance(v, str) and bool(v.strip())),
+    "refusals": (
+        "a share between 0 and 1",
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1,
+    ),
+}
 REFUSAL_STEP, REFUSAL_MAX = 0.1, 0.5  # a `refusals` edit raises diversity.refusal_share by a step, to a cap
 EDGE_CASE_SHARE = 0.1  # an `edge_case` edit turns on diversity.edge_case_share at this share when it is 0
 
@@ -305,6 +333,7 @@ def load_patch(path: str | Path) -> list[dict]:
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or getattr(e, "context", None) or type(e).__name__
         raise ConfigError(f"{path}{line}: YAML syntax error: {problem}; fix the file or run 07_gaps again") from None
+    check_expansion(doc, str(path))
     edits = doc.get("edits") if isinstance(doc, dict) else None
     if not isinstance(edits, list):
         raise ConfigError(f"{path}: expected 'edits:' with a list of edits")
@@ -312,6 +341,9 @@ def load_patch(path: str | Path) -> list[dict]:
     for n, e in enumerate(edits, 1):
         if not isinstance(e, dict) or e.get("kind") not in KINDS or not e.get("id") or not e.get("label"):
             raise ConfigError(f"{path}: edit {n} needs id, kind (one of {list(KINDS)}), label, value; got {e!r}")
+        want, ok = VALUE_OF[e["kind"]]
+        if not ok(e.get("value")):
+            raise ConfigError(f"{path}: edit {e['id']} ({e['kind']}): value must be {want}; got {e.get('value')!r}")
         out.append(json.loads(json.dumps(e)))  # plain dicts and lists
     return out
 

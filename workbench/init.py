@@ -32,7 +32,7 @@ from workbench.config import (
     parse_overrides,
     task_kind,
 )
-from workbench.data import DATA_DIR, describe_label, read_rows, seeds_from_file
+from workbench.data import DATA_DIR, dataset_labels, describe_label, read_rows, seeds_from_file
 from workbench.embed import embed
 from workbench.files import cache_dir as default_cache
 from workbench.files import write_atomic
@@ -217,6 +217,11 @@ def draft(
     if seeds_file is not None:
         seeds = seeds_from_file(seeds_file, label_list)
         label_list = label_list or sorted(seeds["label"].unique())
+    if not label_list and dataset is not None and not _is_structured(dataset):
+        try:
+            label_list = dataset_labels(dataset)  # every label of its train split
+        except ConfigError as e:
+            raise InitError(f"--dataset: {e}") from None
     llm_cfg = _llm_config(llm_overrides)
     llm = llm or LLM(llm_cfg, cache_dir or default_cache())
     notes: list[str] = []
@@ -303,7 +308,8 @@ def draft(
         "style": style,
     }
     if kind in ("classification", "reply"):  # a reply task's topics are labels: 01 plans messages per topic
-        task["labels"] = _labels(label_list, good, bad, notes, llm, domain, seed)
+        source = "--labels" if labels else "--seeds" if seeds is not None else "--dataset's train split"
+        task["labels"] = _labels(label_list, good, bad, notes, llm, domain, seed, source)
     if kind in ("reply", "summarization"):  # a summary's policies are its rules, in the summarizer's instructions
         task["policies"] = take("policies", [], "none (the judge then checks the domain's usual care)") or []
     if kind == "reply":
@@ -394,18 +400,18 @@ def _domain(description: str) -> str:
     return " ".join(words[1:]) if len(words) > 2 else description
 
 
-def _labels(label_list, good, bad, notes, llm: LLM, domain: str, seed: int) -> list[dict]:
+def _labels(label_list, good, bad, notes, llm: LLM, domain: str, seed: int, source: str) -> list[dict]:
     drafted = {x.name: x.definition for x in good.get("labels", [])}
     if label_list is None:
         if "labels" not in good:
             raise InitError(
                 f"no labels: the LLM's draft gave none that validate ({bad.get('labels', 'missing')}); "
-                "pass --labels a,b,c or --seeds FILE"
+                "pass --labels a,b,c, --seeds FILE or --dataset FOLDER"
             )
         label_list = list(drafted)
         notes.append(f"task.labels: {len(label_list)} labels from the LLM's draft")
     else:
-        notes.append(f"task.labels: {len(label_list)} labels from --labels/--seeds")
+        notes.append(f"task.labels: {len(label_list)} labels from {source}")
     missing = [x for x in label_list if x not in drafted]
     if missing:  # one short call per label the draft did not define
         reqs = [

@@ -92,7 +92,7 @@ def render(cfg: RunConfig, label: str, examples: list[str], cell: dict, note: st
     if cell.get("edge_case"):
         extra.append(f"Edge case: {cell['edge_case']}.")
     if cell.get("refusal"):
-        what = "; ".join(t.must_refuse) or "fraud, someone else's account or card, getting round security checks"
+        what = "; ".join(t.must_refuse)  # the config refuses refusal cells without the list
         extra.append(f"Make it a request {t.domain} must refuse ({what}), still about this topic.")
     if note:
         extra.append(note)

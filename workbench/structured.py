@@ -362,7 +362,45 @@ def _split(cfg, split: str) -> pd.DataFrame:
         rows = rows[rows["tool"].isin(names)]
     else:  # extraction: one schema, named as tools_of names it
         rows = rows.assign(tool=next(iter(tools_of(cfg))))
+    check_rows(cfg, rows, f"data.dataset {cfg.data.dataset!r}, {split} split")
     return rows.drop(columns="line").reset_index(drop=True)
+
+
+_TYPE_OK = {
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool)) or bool(re.fullmatch(r"[-+]?\d+", str(v).strip()))
+    ),
+    "number": lambda v: (
+        (isinstance(v, int | float) and not isinstance(v, bool))
+        or bool(re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", str(v).strip()))
+    ),
+    "boolean": lambda v: isinstance(v, bool) or str(v).strip().lower() in ("true", "false"),
+    "date": lambda v: bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(v).strip())),
+}
+
+
+def check_rows(cfg, rows: pd.DataFrame, where: str) -> None:
+    """Every row of a split (not only the ones sampled) against the declared tools or fields: no
+    argument the config does not declare, each value of its declared type. Errors name the file's
+    line (`line`), the argument, what was found and what was declared."""
+    declared = tools_of(cfg)
+    for r in rows.itertuples():
+        if r.tool == NO_TOOL:
+            continue
+        types = declared.get(r.tool, {})
+        extra = sorted(set(r.arguments) - set(types))
+        if extra:
+            raise ConfigError(
+                f"{where}, line {r.line} ({r.id}): {'fields' if cfg.task.type == 'extraction' else r.tool + ' arguments'} "
+                f"{extra} are not declared (declared: {sorted(types)}); declare them in the config or fix the row"
+            )
+        for name, value in r.arguments.items():
+            ok = _TYPE_OK.get(types[name])
+            if ok is not None and not ok(value):
+                raise ConfigError(
+                    f"{where}, line {r.line} ({r.id}): {name} = {value!r:.60} is not of its declared type "
+                    f"{types[name]}; declare it as string, or fix the row"
+                )
 
 
 def train_samples(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:

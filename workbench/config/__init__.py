@@ -23,6 +23,7 @@ from workbench.config.files import (  # noqa: F401
     _plain,
     _set_dotted,
     _yaml,
+    check_expansion,
     dump_config,
     load_config,
     parse_overrides,

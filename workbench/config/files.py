@@ -29,6 +29,28 @@ def _yaml() -> YAML:
     return y
 
 
+MAX_VALUES = 100_000  # values a YAML file may hold once its aliases are expanded
+
+
+def check_expansion(doc: Any, source: str, limit: int = MAX_VALUES) -> None:
+    """Refuse a document whose aliases expand to more than `limit` values (a few hundred bytes of
+    nested aliases, a "billion laughs", would otherwise hang every reader of the config). The walk
+    counts each value as often as an alias repeats it, and stops at the limit."""
+    todo, seen = [doc], 0
+    while todo:
+        node = todo.pop()
+        seen += 1
+        if seen > limit:
+            raise ConfigError(
+                f"{source}: its aliases (&anchor, *alias) expand to more than {limit:,} values; a config needs a few "
+                "hundred: write the repeated parts out, or fewer of them"
+            )
+        if isinstance(node, dict):
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+
+
 def _line_of(doc: Any, loc: tuple) -> int | None:
     """1-based line of the deepest key of `loc` that exists in the YAML document."""
     node, line = doc, None
@@ -128,6 +150,9 @@ def parse_overrides(pairs: list[str] | None) -> list[tuple[str, Any]]:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, CommentedMap]:
     """Read and validate a YAML config. Returns the model and the comment-keeping document."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(q.name for q in path.glob("*.y*ml"))
+        raise ConfigError(f"{path}: a folder, not a config file; name one of its configs: {found[:8] or 'it has none'}")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -140,6 +165,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         mark = e.problem_mark or e.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: YAML syntax error: {e.problem or e.context}") from e
+    check_expansion(doc, str(path))
     if doc is None or (isinstance(doc, CommentedMap) and not doc):
         raise ConfigError(
             f"{path}: the config is empty; it needs at least a task section (task: name, description, labels). "

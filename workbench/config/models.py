@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from workbench.config.task import _Section
 
@@ -23,7 +23,42 @@ def _check_url(url: str | None, field: str) -> str | None:
         )
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ValueError(f"{field} {url!r}: expected http(s)://host[:port]/path")
+    _check_query(dict(parse_qsl(u.query, keep_blank_values=True)), f"{field}'s query string")
     return url
+
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # ${VAR}: read from the environment when a request is sent
+# query parameter names that carry a credential (Azure's `api-key`, Google's `key`, signed URLs' `sig`, …)
+SECRET_PARAM = re.compile(r"(?i)^(.*[-_])?(key|apikey|token|secret|password|passwd|sig|signature|auth|code)$")
+
+
+def _check_query(query: dict[str, str], where: str) -> None:
+    """A credential in a query string is written into the run's config.yaml and provenance.json:
+    refuse a literal value of a parameter named like one (key, api-key, token, sig, …); `${VAR}`
+    is read from the environment when a request is sent, and only the reference is written."""
+    for name, value in query.items():
+        if SECRET_PARAM.match(name) and value and not ENV_REF.fullmatch(value.strip()):
+            raise ValueError(
+                f"{where}: {name}= holds a literal value, which every file the run writes would keep; write "
+                f"{name}=${{MY_VAR}} and export MY_VAR, as llm.headers and llm.api_key_env do"
+            )
+
+
+# the body fields each request carries (llm/wire.py), and where each is set: `extra_body` may not
+# replace them (a request to another model with other messages would be recorded and cached as this one)
+WORKBENCH_BODY = {
+    "model": "llm.model",
+    "messages": "the stage's prompt",
+    "n": "responses.candidates",
+    "stream": "llm.stream",
+    "stream_options": "llm.stream",
+    "temperature": "each stage's temperature field",
+    "top_p": "each stage's top_p field",
+    "max_tokens": "each stage's max_tokens field",
+    "max_completion_tokens": "each stage's max_tokens field",
+    "seed": "the run's seed",
+    "response_format": "the answer's JSON schema",
+}
 
 
 class LLMConfig(_Section):
@@ -53,7 +88,8 @@ class LLMConfig(_Section):
     query: dict[str, str] = Field(
         {},
         description="Query parameters on every request (openai), e.g. {api-version: 2024-06-01} for Azure OpenAI; "
-        "a query string in base_url is kept too.",
+        "a query string in base_url is kept too. ${VAR} in a value is read from the environment: a key-like "
+        "parameter (key, api-key, token, sig, …) must be one, so no file of a run holds the key.",
     )
     extra_body: dict[str, Any] = Field(
         {}, description="Fields added to every request body (openai), e.g. {reasoning_effort: low} or provider routing."
@@ -117,6 +153,22 @@ class LLMConfig(_Section):
     price_input_per_1m: float | None = Field(None, ge=0, description="Price per million prompt tokens (estimate).")
     price_output_per_1m: float | None = Field(None, ge=0, description="Price per million completion tokens (estimate).")
 
+    _where: str = PrivateAttr("llm")  # where the config names this model: llm, or models.<name>
+
+    @property
+    def where(self) -> str:
+        """The config's name for this model's section (`llm` or `models.<name>`), for messages."""
+        return self._where
+
+    @model_validator(mode="after")
+    def _int8_is_local(self):
+        if self.dtype == "int8" and self.provider != "local":
+            raise ValueError(
+                "dtype: int8 quantizes the embedded model (provider: local); an endpoint's server picks its own "
+                "precision, so it would be ignored: remove it, or quantize on the server"
+            )
+        return self
+
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, v):
@@ -126,6 +178,21 @@ class LLMConfig(_Section):
     @classmethod
     def _replicas(cls, v):
         return [_check_url(u, f"replicas[{i}]") for i, u in enumerate(v)]
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v):
+        _check_query(v, "query")
+        return v
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body(cls, v):
+        for k in v:
+            if k in WORKBENCH_BODY:
+                raise ValueError(f"{k!r}: the workbench sets it on every request ({WORKBENCH_BODY[k]}); extra_body adds "
+                                 "fields, it does not replace these")  # fmt: skip
+        return v
 
     @field_validator("headers")
     @classmethod

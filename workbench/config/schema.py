@@ -43,12 +43,28 @@ class SamplingConfig(_Section):
         return v
 
 
+# the ISO 639-1 codes langdetect has a profile for (its zh-cn and zh-tw are not two-letter codes)
+LANGUAGES = ("af ar bg bn ca cs cy da de el en es et fa fi fr gu he hi hr hu id it ja kn ko lt lv mk ml mr ne nl no "
+             "pa pl pt ro ru sk sl so sq sv sw ta te th tl tr uk ur vi").split()  # fmt: skip
+
+
 class QualityConfig(_Section):
     min_chars: int = Field(10, ge=0, description="Rows shorter than this are rejected as too_short.")
     max_chars: int = Field(300, ge=1, description="Rows longer than this are rejected as too_long.")
     language: str | None = Field(
         "en", pattern=r"^[a-z]{2}$", description="ISO 639-1 code rows must be written in; null = any."
     )
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, v):
+        if v is not None and v not in LANGUAGES:
+            raise ValueError(
+                f"{v!r} is not a language the language check (langdetect) knows, so every row would fail it; "
+                f"one of {', '.join(LANGUAGES)}, or null for any"
+            )
+        return v
+
     profanity: Literal["reject", "allow"] = Field("reject", description="reject: rows with profanity are rejected.")
     pii: Literal["redact", "reject", "allow"] = Field(
         "redact", description="Emails, phone, card and IBAN numbers, IP addresses: redact, reject the row, or allow."
@@ -300,7 +316,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="STAGE 05: the student.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="STAGE 06: evaluation.")
     gaps: GapsConfig = Field(default_factory=GapsConfig, description="STAGE 07: failure clusters.")
-    seed: int = Field(0, description="Seed for every sampled LLM call and split in the run.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed for every sampled LLM call and split in the run.")
 
     _reasons: dict[str, str] = PrivateAttr(default_factory=dict)  # why each by-type default was chosen
     # fields left null and filled in by task type: written back as null, so a change of task.type
@@ -351,6 +367,11 @@ class RunConfig(_Section):
             raise ValueError("sampling: set rows_per_label or total_rows, not both")
         if self.diversity.edge_case_share > 0 and not self.task.edge_cases:
             raise ValueError("diversity.edge_case_share > 0 but task.edge_cases is empty: list the edge cases")
+        if self.diversity.refusal_share > 0 and not self.task.must_refuse:
+            raise ValueError(
+                "diversity.refusal_share > 0 but task.must_refuse is empty: list what the assistant must refuse, or set "
+                "the share to 0 (nothing stands in for the list)"
+            )
         self._check_roles()
         names = self.task.label_names()
         if self.task.type == "tools" and self.task.tools:  # the sampling plan's "labels" are the tools
@@ -360,6 +381,8 @@ class RunConfig(_Section):
         return self
 
     def _check_roles(self) -> None:
+        for name, model in self.models.items():
+            model._where = f"models.{name}"  # its messages name it where the config does
         for name in self.models:
             if name == "llm" or not re.fullmatch(_MODEL_NAME, name):
                 raise ValueError(f"models: {name!r} cannot name a model: use letters, digits, _ and -, not 'llm'")
@@ -375,6 +398,19 @@ class RunConfig(_Section):
         if twice:
             raise ValueError(
                 f"roles.judge names {twice} twice: a model's jurors are judge.jurors, not repeats in roles.judge"
+            )
+        same: dict[tuple, list[str]] = {}
+        for name in self.roles.judge:
+            m = self.model_named(name)
+            key = (m.provider, m.model, m.dtype if m.provider == "local" else (m.base_url or "").rstrip("/"),
+                   repr(sorted(m.extra_body.items())))  # fmt: skip
+            same.setdefault(key, []).append(name)
+        twins = [names for names in same.values() if len(names) > 1]
+        if twins:
+            raise ValueError(
+                f"roles.judge: {' and '.join(twins[0])} are the same model ({self.model_named(twins[0][0]).model} at the "
+                "same place): their jurors would send the same requests and get the same cached answers, which "
+                "inflates the agreement; name one of them, and more jurors of it with judge.jurors"
             )
         if self.judge.temperature == 0 and self.judge.jurors > JUDGE_WORDINGS:
             raise ValueError(

@@ -6,17 +6,63 @@ ConfigError and the section base class live here, at the bottom of the config pa
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+import unicodedata
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message says what, where and how to fix it."""
 
 
+def visible_name(v: str) -> str:
+    """A label or value name as one reads it: NFC-normalised (two spellings of é are one label), and
+    refused when it holds a character nobody sees (a zero-width space, a joiner, a direction mark,
+    a byte-order mark: Unicode's format characters) or starts or ends with a space."""
+    for i, ch in enumerate(v):
+        if unicodedata.category(ch) == "Cf":
+            raise ValueError(
+                f"{v!r} holds an invisible character {unicodedata.name(ch, hex(ord(ch)))} (U+{ord(ch):04X}) at "
+                f"position {i}: two labels that look the same would be two labels; remove it"
+            )
+    if v != v.strip():
+        raise ValueError(f"{v!r} starts or ends with a space")
+    return unicodedata.normalize("NFC", v)
+
+
+def _members(annotation: Any) -> tuple:
+    """The types a (possibly optional or union) annotation admits."""
+    return get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+
+
+def _bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether `value` puts a boolean where `annotation` wants a number, at its top or inside a list or
+    dict: pydantic's lax mode reads `true` as 1, so `rows_per_label: true` would run as 1 row."""
+    members = _members(annotation)
+    if isinstance(value, bool):
+        numbers = any(m in (int, float) for m in members)
+        return numbers and not any(m in (bool, Any) for m in members)
+    for m in members:
+        origin, args = get_origin(m), get_args(m)
+        if origin in (list, tuple, set, frozenset) and isinstance(value, list | tuple) and args:
+            return any(_bool_for_number(args[0], v) for v in value)
+        if origin is dict and isinstance(value, dict) and len(args) == 2:
+            return any(_bool_for_number(args[1], v) for v in value.values())
+    return False
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is not None and _bool_for_number(field.annotation, v):
+            raise ValueError(f"expected a number, got the boolean {v!r} (true/false is not read as 1/0)")
+        return v
 
 
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -103,6 +149,11 @@ class LabelSpec(_Section):
     def _shorthand(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
 
+    @field_validator("name")
+    @classmethod
+    def _visible(cls, v: str) -> str:
+        return visible_name(v)
+
 
 class FieldSpec(_Section):
     name: str = Field(pattern=_NAME, description="Field name in the extracted object.")
@@ -152,6 +203,11 @@ class Share(_Section):
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _visible(cls, v: str) -> str:
+        return visible_name(v)
 
 
 def _unique(items: list, what: str) -> list:
@@ -278,4 +334,4 @@ class DataConfig(_Section):
     test_per_label: int | None = Field(
         None, ge=1, description="Cap on real test rows per label for 06_evaluate; null means all."
     )
-    seed: int = Field(0, description="Seed for choosing seeds, dev and test samples.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed for choosing seeds, dev and test samples.")

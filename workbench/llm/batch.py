@@ -12,7 +12,16 @@ from typing import Any
 from workbench.config import LLMConfig
 from workbench.files import progress, write_atomic
 from workbench.llm import http
-from workbench.llm.endpoint import _BadReply, _chat_body, _completion_rows, _endpoint_key, _error_rows, _headers
+from workbench.llm.endpoint import (
+    _BadReply,
+    _chat_body,
+    _completion_rows,
+    _endpoint_key,
+    _error_rows,
+    _headers,
+    _query,
+    _url,
+)
 from workbench.llm.limits import _RETRY_STATUS
 from workbench.llm.types import Request
 
@@ -39,12 +48,12 @@ class _BatchRunner:
         key = _endpoint_key(cfg)
         extra = {k: v for k, v in _headers(cfg, key).items() if k.lower() != "authorization"}
         self.client = openai.OpenAI(
-            base_url=cfg.base_url,
+            base_url=_url(cfg, cfg.base_url, "base_url"),
             api_key=key,
             max_retries=cfg.max_retries,
             timeout=cfg.timeout_s,
             default_headers=extra or None,
-            default_query=dict(cfg.query) or None,
+            default_query=_query(cfg) or None,
         )
         self.dir = cache_dir / "batches"
 

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from workbench.config import ConfigError, LLMConfig
+from workbench.config.models import ENV_REF
 from workbench.files import progress
 from workbench.llm import http
 from workbench.llm.limits import _RETRY_STATUS, _Concurrency, _Rate, _retry_after, _token_cost
@@ -51,12 +52,26 @@ def _endpoint_key(cfg: LLMConfig) -> str:
     key = os.environ.get(cfg.api_key_env)
     if not key:
         raise ConfigError(
-            f"llm.api_key_env: environment variable {cfg.api_key_env} is not set; export it with the "
+            f"{cfg.where}.api_key_env: environment variable {cfg.api_key_env} is not set; export it with the "
             "endpoint's key (any non-empty value for servers that need none)"
         )
     if not cfg.base_url:
-        raise ConfigError("llm.base_url: required when llm.provider is 'openai' (e.g. http://localhost:8000/v1)")
+        raise ConfigError(
+            f"{cfg.where}.base_url: required when its provider is 'openai' (e.g. http://localhost:8000/v1)"
+        )
     return key
+
+
+def _env(value: str, field: str) -> str:
+    """`value` with each ${VAR} read from the environment (the config and the run's files keep the
+    reference, never the secret)."""
+
+    def env(m: re.Match) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(f"{field}: environment variable {m.group(1)} is not set")
+        return os.environ[m.group(1)]
+
+    return ENV_REF.sub(env, value)
 
 
 def _headers(cfg: LLMConfig, key: str) -> dict[str, str]:
@@ -64,24 +79,29 @@ def _headers(cfg: LLMConfig, key: str) -> dict[str, str]:
     read from the environment."""
     out = {cfg.api_key_header: f"Bearer {key}" if cfg.api_key_header.lower() == "authorization" else key}
     for name, value in cfg.headers.items():
-
-        def env(m: re.Match, name: str = name) -> str:
-            if m.group(1) not in os.environ:
-                raise ConfigError(f"llm.headers.{name}: environment variable {m.group(1)} is not set")
-            return os.environ[m.group(1)]
-
-        value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", env, value)
+        value = _env(value, f"{cfg.where}.headers.{name}")
         if any(c in value for c in "\r\n\0"):
-            raise ConfigError(f"llm.headers.{name}: the value contains a line break or NUL")
+            raise ConfigError(f"{cfg.where}.headers.{name}: the value contains a line break or NUL")
         out[name] = value
     return out
 
 
+def _query(cfg: LLMConfig) -> dict[str, str]:
+    """`llm.query` with each ${VAR} read from the environment."""
+    return {k: _env(v, f"{cfg.where}.query.{k}") for k, v in cfg.query.items()}
+
+
+def _url(cfg: LLMConfig, url: str, field: str) -> str:
+    """`url` (the model's `field`) with each ${VAR} of its query string read from the environment."""
+    base, _, query = url.partition("?")
+    return f"{base}?{_env(query, f'{cfg.where}.{field}')}" if query else url
+
+
 def _pool(cfg: LLMConfig, url: str, key: str, field: str, timeout_s: float | None = None) -> http.Pool:
     try:
-        return http.Pool(url, _headers(cfg, key), timeout_s=timeout_s, query=cfg.query)
+        return http.Pool(_url(cfg, url, field), _headers(cfg, key), timeout_s=timeout_s, query=_query(cfg))
     except ValueError as e:
-        raise ConfigError(f"llm.{field}: {e}") from None
+        raise ConfigError(f"{cfg.where}.{field}: {e}") from None
 
 
 def _safe_url(url: str) -> str:
@@ -99,22 +119,22 @@ def _fatal(cfg: LLMConfig, e: http.HTTPStatus, url: str, key: str) -> EndpointEr
     url = _safe_url(url)
     if 300 <= e.status < 400:
         return EndpointError(
-            f"llm.base_url: {url} redirects ({msg}); redirects are not followed (a POST would be re-sent "
+            f"{cfg.where}.base_url: {url} redirects ({msg}); redirects are not followed (a POST would be re-sent "
             "elsewhere with the key): set base_url to the address it names"
         )
     if http.is_html(e.body):
         return EndpointError(
-            f"llm.base_url: {url} answered {msg}; check base_url (the API's address, usually ending in /v1) and any "
+            f"{cfg.where}.base_url: {url} answered {msg}; check base_url (the API's address, usually ending in /v1) and any "
             "proxy between here and the endpoint (HTTPS_PROXY, NO_PROXY)"
         )
     if e.status in (401, 403):
         return EndpointError(
-            f"llm.api_key_env: {url} refused the key in ${cfg.api_key_env} ({msg}); export the endpoint's key in "
+            f"{cfg.where}.api_key_env: {url} refused the key in ${cfg.api_key_env} ({msg}); export the endpoint's key in "
             f"{cfg.api_key_env}, or name the variable that holds it in llm.api_key_env"
         )
     if e.status == 404:
         return EndpointError(
-            f"llm.model / llm.base_url: {url} answered {msg} for model {cfg.model!r}; check the model name the "
+            f"{cfg.where}.model / {cfg.where}.base_url: {url} answered {msg} for model {cfg.model!r}; check the model name the "
             "server serves (GET /v1/models lists them) and that base_url ends with the API's prefix (e.g. /v1)"
         )
     return EndpointError(
@@ -144,7 +164,7 @@ def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
             raw = _run_async(probe())
         except http.Transport as e:
             raise ConfigError(
-                f"llm.{name}: cannot reach {url} ({_redact(str(e), key)}); is the server running, and is the URL "
+                f"{cfg.where}.{name}: cannot reach {url} ({_redact(str(e), key)}); is the server running, and is the URL "
                 "right (scheme, host, port, /v1)?"
             ) from None
         except http.HTTPStatus as e:
@@ -154,7 +174,7 @@ def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
             raise ConfigError(str(_fatal(cfg, e, url, key))) from None
         if http.is_html(raw):
             raise ConfigError(
-                f"llm.{name}: {url}/models answered an HTML page, not the API's JSON; check base_url (usually ending "
+                f"{cfg.where}.{name}: {url}/models answered an HTML page, not the API's JSON; check base_url (usually ending "
                 "in /v1) and any proxy in between (HTTPS_PROXY, NO_PROXY)"
             )
         try:
@@ -164,7 +184,7 @@ def preflight(cfg: LLMConfig, timeout_s: float = 10.0) -> list[str]:
             continue
         if cfg.model not in ids:
             raise ConfigError(
-                f"llm.model: {cfg.model!r} is not served by {url}; it serves {', '.join(ids[:20]) or 'nothing'}"
+                f"{cfg.where}.model: {cfg.model!r} is not served by {url}; it serves {', '.join(ids[:20]) or 'nothing'}"
             )
         served = served or ids
     return served

@@ -21,6 +21,7 @@ are not cached. Unparseable JSON is data: the raw text is kept and `parsed` is N
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import logging
 import time
@@ -57,10 +58,15 @@ class LLM:
     def identity(self) -> str:
         """The model as the cache sees it: the local model's dtype (resolved: `auto` is whatever this
         machine runs) changes its answers; for an endpoint, which server answers (another server
-        with a model of the same name is another model), without its query string."""
+        with a model of the same name is another model), without its query string; `llm.extra_body`
+        (hashed) where it is set."""
         if self.cfg.provider == "local":
             return f"{self.cfg.model}@{local_identity(self.cfg.dtype)}"
-        return f"{self.cfg.model}@{_safe_url(self.cfg.base_url or '').rstrip('/')}"
+        ident = f"{self.cfg.model}@{_safe_url(self.cfg.base_url or '').rstrip('/')}"
+        if self.cfg.extra_body:  # fields added to every body change the answers: another entry
+            body = json.dumps(self.cfg.extra_body, sort_keys=True, default=str)
+            ident += "+" + hashlib.sha256(body.encode()).hexdigest()[:16]
+        return ident
 
     def cached_count(self, requests: list[Request]) -> int:
         """How many of `requests` the cache answers (no call made)."""

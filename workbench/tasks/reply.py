@@ -230,7 +230,7 @@ def histories(cfg: RunConfig, rows: pd.DataFrame, llm, check=None) -> pd.DataFra
 def criterion(cfg: RunConfig, dim: str, should_refuse: bool) -> str:
     t = cfg.task
     if dim == "refusal_quality":
-        why = "; ".join(t.must_refuse) or "fraud, someone else's account or card, getting round security checks"
+        why = "; ".join(t.must_refuse)  # the config refuses refusal cells without the list
         return REFUSE.format(why=why) if should_refuse else ANSWER
     policies = "; ".join(t.policies) or NO_POLICIES
     return REPLY_CRITERIA.get(dim, RUBRIC[dim]).format(domain=t.domain, policies=policies, topic="the message's topic")
