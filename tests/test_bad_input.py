@@ -611,7 +611,7 @@ def test_every_row_of_a_structured_dataset_is_checked_not_only_the_seeds(tmp_pat
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in [*good, row]) + "\n")
     (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in good) + "\n")
     text = (f"task:\n  name: invoices\n  type: extraction\n  description: Extract invoice fields\n"
-            f"  fields:\n    - vendor\n    - {{name: total, type: number}}\n"
+            f"  fields:\n    - {{name: vendor}}\n    - {{name: total, type: number}}\n"
             f"data:\n  dataset: {tmp_path}\n  seeds_per_label: 2\n  dev_per_label: 2\n")  # fmt: skip
     err = cli_error(["check", str(config(tmp_path, text))], capsys)
     assert said in err and "train split, line 31" in err

@@ -302,3 +302,19 @@ def test_a_reply_draft_has_topics_policies_and_refusals_and_runs_every_stage(tmp
                       llm=scripted(tmp_path, [draft_reply(type="reply")] * 3))  # fmt: skip
     assert bare.cfg.task.must_refuse == [] and bare.cfg.diversity.refusal_share == 0.0
     assert any(n.startswith("must_refuse: draft missing") for n in bare.notes)
+
+
+def test_a_dataset_given_without_labels_gives_every_label_of_its_train_split(tmp_path):
+    """A user's own folder (text and intent columns): its labels are the task's, not the LLM's guess."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = "text,intent\n" + "".join(f"please {w} my trip number {i},{w}_trip\n" for w in ("book", "move", "drop")
+                                     for i in range(6))  # fmt: skip
+    (folder / "train.csv").write_text(rows)
+    (folder / "test.csv").write_text(rows)
+    llm = scripted(tmp_path, [draft_reply(labels=[{"name": "urgent", "definition": "x" * 5}])])
+    res = init.draft("Sort the requests people send to a travel assistant into intents", dataset=str(folder), llm=llm)
+    assert res.cfg.task.label_names() == ["book_trip", "drop_trip", "move_trip"]
+    assert "task.labels: 3 labels from --dataset's train split" in res.notes
+    cfg, _ = load_config(init.write(res, tmp_path / "t.yaml"))
+    assert cfg.task.label_names() == ["book_trip", "drop_trip", "move_trip"] and cfg.data.dataset == str(folder)

@@ -219,9 +219,10 @@ def draft(
         label_list = label_list or sorted(seeds["label"].unique())
     if not label_list and dataset is not None and not _is_structured(dataset):
         try:
-            label_list = dataset_labels(dataset)  # every label of its train split
+            found = dataset_labels(dataset)  # every label of its train split
         except ConfigError as e:
             raise InitError(f"--dataset: {e}") from None
+        label_list = found if len(found) > 1 else None  # one kind of row (summaries' sources): no label set
     llm_cfg = _llm_config(llm_overrides)
     llm = llm or LLM(llm_cfg, cache_dir or default_cache())
     notes: list[str] = []

@@ -8,6 +8,7 @@ import io
 import re
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -15,6 +16,7 @@ from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import MarkedYAMLError
 
 from workbench.config.enforce import _get, enforcer, leaf_fields
+from workbench.config.models import SECRET_PARAM
 from workbench.config.schema import RunConfig
 from workbench.config.task import ConfigError, LabelSpec, Share, TaskConfig, task_kind
 from workbench.files import project_dir
@@ -121,7 +123,19 @@ def _describe(err: dict, doc: Any, source: str, overrides: dict[tuple, str]) -> 
         )
     if err["type"] == "value_error" and isinstance(received, dict):  # a whole section: the message says it
         return f"{where}: field '{dotted}': {err['msg'].removeprefix('Value error, ')}"
-    return f"{where}: field '{dotted}': {err['msg']} (received {received!r})"
+    return f"{where}: field '{dotted}': {err['msg']} (received {_unsecret(received)!r})"
+
+
+def _unsecret(value: Any) -> Any:
+    """`value` as an error may echo it: a key-like query parameter's value (key=, token=, sig=, …) in
+    a URL or a query mapping shown as ***."""
+    if isinstance(value, str) and "?" in value:
+        base, _, query = value.partition("?")
+        parts = [(k, "***" if SECRET_PARAM.match(k) else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        return base + "?" + "&".join(f"{k}={v}" for k, v in parts)
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and SECRET_PARAM.match(k) else v for k, v in value.items()}
+    return value
 
 
 def _set_dotted(doc: CommentedMap, dotted: str, value: Any) -> tuple:
