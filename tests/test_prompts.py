@@ -252,12 +252,15 @@ def test_the_domain_gate_scores_with_minilm(tmp_path):
 
 def test_refusal_worthy_prompts_follow_the_configured_share():
     cfg = RunConfig.model_validate(
-        {"task": {"labels": LABELS}, "sampling": {"rows_per_label": 10}, "diversity": {"refusal_share": 0.3}}
-    )
+        {"task": {"labels": LABELS, "must_refuse": ["access to someone else's account"]},
+         "sampling": {"rows_per_label": 10}, "diversity": {"refusal_share": 0.3}}
+    )  # fmt: skip
     plan = prompts.generation_requests(cfg, SEEDS, LABELS)
     assert plan.groupby("label")["refusal"].sum().to_dict() == {"card_arrival": 3, "exchange_rate": 3}
     users = [r.messages[-1][1] for r in plan["request"]]
-    assert [("must refuse" in u) for u in users] == list(plan["refusal"])
+    assert [("must refuse (access to someone else's account)" in u) for u in users] == list(plan["refusal"])
+    with pytest.raises(ValueError, match="task.must_refuse is empty"):  # nothing stands in for the list
+        RunConfig.model_validate({"task": {"labels": LABELS}, "diversity": {"refusal_share": 0.3}})
 
 
 def test_with_the_critic_off_no_critique_is_asked_and_the_columns_are_there(tmp_path):
