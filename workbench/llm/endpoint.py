@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 from workbench.config import ConfigError, LLMConfig
-from workbench.config.models import ENV_REF
 from workbench.files import progress
 from workbench.llm import http
 from workbench.llm.limits import _RETRY_STATUS, _Concurrency, _Rate, _retry_after, _token_cost
@@ -31,8 +30,11 @@ from workbench.llm.wire import (  # noqa: F401 (the batch API reads replies as t
     _count,
     _error_rows,
     _FewerChoices,
+    _headers,
     _json,
+    _query,
     _redact,
+    _url,
 )
 
 log = logging.getLogger(__name__)
@@ -60,41 +62,6 @@ def _endpoint_key(cfg: LLMConfig) -> str:
             f"{cfg.where}.base_url: required when its provider is 'openai' (e.g. http://localhost:8000/v1)"
         )
     return key
-
-
-def _env(value: str, field: str) -> str:
-    """`value` with each ${VAR} read from the environment (the config and the run's files keep the
-    reference, never the secret)."""
-
-    def env(m: re.Match) -> str:
-        if m.group(1) not in os.environ:
-            raise ConfigError(f"{field}: environment variable {m.group(1)} is not set")
-        return os.environ[m.group(1)]
-
-    return ENV_REF.sub(env, value)
-
-
-def _headers(cfg: LLMConfig, key: str) -> dict[str, str]:
-    """The key in `api_key_header` (Bearer for Authorization), then `llm.headers` with each ${VAR}
-    read from the environment."""
-    out = {cfg.api_key_header: f"Bearer {key}" if cfg.api_key_header.lower() == "authorization" else key}
-    for name, value in cfg.headers.items():
-        value = _env(value, f"{cfg.where}.headers.{name}")
-        if any(c in value for c in "\r\n\0"):
-            raise ConfigError(f"{cfg.where}.headers.{name}: the value contains a line break or NUL")
-        out[name] = value
-    return out
-
-
-def _query(cfg: LLMConfig) -> dict[str, str]:
-    """`llm.query` with each ${VAR} read from the environment."""
-    return {k: _env(v, f"{cfg.where}.query.{k}") for k, v in cfg.query.items()}
-
-
-def _url(cfg: LLMConfig, url: str, field: str) -> str:
-    """`url` (the model's `field`) with each ${VAR} of its query string read from the environment."""
-    base, _, query = url.partition("?")
-    return f"{base}?{_env(query, f'{cfg.where}.{field}')}" if query else url
 
 
 def _pool(cfg: LLMConfig, url: str, key: str, field: str, timeout_s: float | None = None) -> http.Pool:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any
 
-from workbench.config import LLMConfig
+from workbench.config import ConfigError, LLMConfig
+from workbench.config.models import ENV_REF
 from workbench.llm import http
 from workbench.llm.types import Request, _row
 
@@ -157,3 +159,41 @@ def _redact(text: str, key: str) -> str:
     """`text` with `key` replaced by ***. A placeholder key of a few characters (`x`, `EMPTY`, for a
     server that checks none) is no secret, and replacing it would garble the message."""
     return text.replace(key, "***") if len(key) >= 8 else text
+
+
+# ---------------------------------------------------------------- headers and query, ${VAR} read when sent
+
+
+def _env(value: str, field: str) -> str:
+    """`value` with each ${VAR} read from the environment (the config and the run's files keep the
+    reference, never the secret)."""
+
+    def env(m: re.Match) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(f"{field}: environment variable {m.group(1)} is not set")
+        return os.environ[m.group(1)]
+
+    return ENV_REF.sub(env, value)
+
+
+def _headers(cfg: LLMConfig, key: str) -> dict[str, str]:
+    """The key in `api_key_header` (Bearer for Authorization), then `llm.headers` with each ${VAR}
+    read from the environment."""
+    out = {cfg.api_key_header: f"Bearer {key}" if cfg.api_key_header.lower() == "authorization" else key}
+    for name, value in cfg.headers.items():
+        value = _env(value, f"{cfg.where}.headers.{name}")
+        if any(c in value for c in "\r\n\0"):
+            raise ConfigError(f"{cfg.where}.headers.{name}: the value contains a line break or NUL")
+        out[name] = value
+    return out
+
+
+def _query(cfg: LLMConfig) -> dict[str, str]:
+    """`llm.query` with each ${VAR} read from the environment."""
+    return {k: _env(v, f"{cfg.where}.query.{k}") for k, v in cfg.query.items()}
+
+
+def _url(cfg: LLMConfig, url: str, field: str) -> str:
+    """`url` (the model's `field`) with each ${VAR} of its query string read from the environment."""
+    base, _, query = url.partition("?")
+    return f"{base}?{_env(query, f'{cfg.where}.{field}')}" if query else url
