@@ -385,6 +385,12 @@ def test_non_ascii_descriptions_and_typing_by_the_leading_verb():
     from workbench import init
 
     assert init.check_description("Классифицировать сообщения клиентов банка по намерению")
+    # scripts written without spaces: a word per two characters, not one "word" for the sentence
+    assert init.check_description("サポートチケットを緊急度で分類する") and init.check_description(
+        "客服工单按紧急程度分类"
+    )
+    with pytest.raises(init.InitError, match="1 word"):
+        init.check_description("分類")
     kind, _, leading = init.guess_type("Classify what people ask a virtual assistant into intents", None)
     assert (kind, leading) == ("classification", True)
     kind, _, leading = init.guess_type("For a shop's chatbot, sort the messages by topic", ["a", "b"])

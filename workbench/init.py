@@ -89,9 +89,15 @@ class Result:
     unparseable: int = 0
 
 
+UNSPACED = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+
+
 def check_description(description: str) -> str:
     d = " ".join((description or "").split())
-    words = re.findall(r"[^\W\d_]{2,}", d)  # letters of any script: "Классифицировать сообщения …" is 3 words
+    # letters of any script: "Классифицировать сообщения …" is 3 words; scripts written without spaces
+    # (Chinese, Japanese, Thai, Lao, Khmer, Burmese) count a word per two characters
+    unspaced = UNSPACED.findall(d)
+    words = re.findall(r"[^\W\d_]{2,}", UNSPACED.sub(" ", d)) + [""] * (len(unspaced) // 2)
     if len(words) < 3:
         raise InitError(
             f"task description: got {description!r} ({len(words)} word{'s' * (len(words) != 1)}); expected a "
