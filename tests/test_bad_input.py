@@ -369,7 +369,11 @@ def test_stages_given_empty_and_check_with_failing_data(tmp_path, capsys):
     assert "data.dataset: folder" in err and "no_such_dataset" in err
 
 
-@pytest.mark.parametrize("content", ['{"status": "runn', "", "[1, 2]"])
+@pytest.mark.parametrize(
+    "content",
+    ['{"status": "runn', "", "[1, 2]", '{"stages": []}', '{"stages": {"00_task": "done"}}', '{"attempts": [1]}',
+     '{"status": 3}', '{"parent": ["a"]}'],
+)  # fmt: skip
 def test_a_broken_provenance_names_its_file_and_stops_nothing_else(tmp_path, capsys, content):
     run = tmp_path / "runs" / "smoke" / "001-20261127-000000"
     run.mkdir(parents=True)

@@ -113,4 +113,27 @@ def read_json(path: Path) -> dict:
         raise UnreadableFile(f"{path}: not readable as JSON (truncated or edited by hand?): {e}") from None
     if not isinstance(obj, dict):
         raise UnreadableFile(f"{path}: expected a JSON object, found a {type(obj).__name__}")
+    if path.name == "provenance.json":
+        _check_provenance(obj, path)
     return obj
+
+
+# the fields of a run's provenance.json its readers walk into, and what each must be
+_PROVENANCE = {"stages": (dict, "an object of stage: {status, …}"), "attempts": (list, "a list of {started, …}"),
+               "status": (str, "a word"), "parent": (str, "a run folder's path, or null"),
+               "patch": (dict, "an object with the accepted edits, or null")}  # fmt: skip
+
+
+def _check_provenance(obj: dict, path: Path) -> None:
+    """A hand-edited provenance.json whose fields are not what the workbench wrote is named, field by
+    field, rather than failing later as an AttributeError deep in a reader."""
+    for key, (kind, want) in _PROVENANCE.items():
+        value = obj.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise UnreadableFile(f"{path}: {key} is {json.dumps(value)[:60]}; expected {want} (edited by hand?)")
+    for name, stage in (obj.get("stages") or {}).items():
+        if not isinstance(stage, dict):
+            raise UnreadableFile(f"{path}: stages.{name} is {json.dumps(stage)[:60]}; expected {{status, …}}")
+    for i, attempt in enumerate(obj.get("attempts") or []):
+        if not isinstance(attempt, dict):
+            raise UnreadableFile(f"{path}: attempts[{i}] is {json.dumps(attempt)[:60]}; expected {{started, …}}")
