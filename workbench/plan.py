@@ -120,6 +120,14 @@ def _update(cache_dir: str | Path, key: str, value: Any) -> None:
     write_atomic(_throughput_file(cache_dir), json.dumps(data, indent=2))  # its temporary file is per process
 
 
+def record_critic(cfg: RunConfig, cache_dir: str | Path, rows: pd.DataFrame, seconds: float) -> None:
+    """`record_throughput` of 01's critic, from the rows it reviewed (their critique_cached and
+    critique_tokens columns)."""
+    crit = rows[rows["critique_raw"].notna()]
+    crit = crit.assign(cached=crit["critique_cached"], completion_tokens=crit["critique_tokens"])
+    record_throughput(cfg, cache_dir, "01_critic", crit, seconds)
+
+
 def record_throughput(
     cfg: RunConfig, cache_dir: str | Path, stage: str, rows: pd.DataFrame, seconds: float, **extra: Any
 ) -> None:
@@ -285,12 +293,10 @@ def estimate(
     nothing. Seconds outside the LLM (loading, gates, training, figures): from the stage's earlier
     runs here (`record_stage`), scaled to this run's size."""
     counts = plan_counts(cfg, labels, train_counts)
-    n_gen = sum(counts.values())
     if seeds is None:
         seeds = pd.DataFrame({"id": [], "text": [], "label": []})
     if tasks.of(cfg).FLOW == "structured":  # answer first: suggestions, then a message per cell
-        parts, n_gen, reject, share, cal, calibrating = _structured(cfg, seeds, cache_dir, llm)
-        known = _read(cache_dir)
+        parts, n_gen, reject, share, cal, calibrating, known = _structured(cfg, seeds, cache_dir, llm)
     else:
         parts, n_gen, reject, share, cal, calibrating, known = _parts(cfg, labels, train_counts, cache_dir, seeds, llm)
     return _table(cfg, parts, counts, n_gen, reject, share, cal, calibrating, known)
@@ -308,7 +314,7 @@ def _structured(cfg: RunConfig, seeds: pd.DataFrame, cache_dir, llm) -> tuple:
     sugg = list(planned.loc[planned["part"] == "suggestion", "request"])
     share = llm.cached_count(sugg) / len(sugg) if llm is not None and sugg else 0.0
     cells = int((planned["part"] == "message").sum())
-    return plan_structured.parts(cfg, planned, seeds, reject, share), cells, reject, share, cal, calibrating
+    return plan_structured.parts(cfg, planned, seeds, reject, share), cells, reject, share, cal, calibrating, known
 
 
 def _parts(cfg: RunConfig, labels, train_counts, cache_dir, seeds: pd.DataFrame, llm) -> tuple:

@@ -90,9 +90,7 @@ def build_prompts(stage: Stage, llm: LLM | None = None) -> tuple[pd.DataFrame, d
         kept=int(rows["keep_prompts"].sum()),
     )
     if cfg.prompts.critique:
-        crit = rows[rows["critique_raw"].notna()]
-        crit = crit.assign(cached=crit["critique_cached"], completion_tokens=crit["critique_tokens"])
-        plan.record_throughput(cfg, cache_dir(), "01_critic", crit, rows.attrs["seconds"]["critique"])
+        plan.record_critic(cfg, cache_dir(), rows, rows.attrs["seconds"]["critique"])
     fresh = rows[~rows["cached"]]
     short = prompts.shortfall(rows)
     contaminated = rows["contaminated_split"].value_counts().to_dict() if "contaminated_split" in rows else {}

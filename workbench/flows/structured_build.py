@@ -103,9 +103,7 @@ def build_inputs(stage: Stage) -> tuple[pd.DataFrame, dict]:
     plan.record_throughput(cfg, cache_dir(), keys["generation"], rows, seconds["messages"], generated=len(rows),
                            kept=int(rows["keep"].sum()))  # fmt: skip
     if "critique_raw" in rows:
-        crit = rows[rows["critique_raw"].notna()]
-        crit = crit.assign(cached=crit["critique_cached"], completion_tokens=crit["critique_tokens"])
-        plan.record_throughput(cfg, cache_dir(), "01_critic", crit, seconds["critique"])
+        plan.record_critic(cfg, cache_dir(), rows, seconds["critique"])
     rows["keep_prompts"] = rows["keep"]
     rows["reject_reason_prompts"] = rows["reject_reason"]
     save_rows(stage, rows, "prompts")

@@ -224,6 +224,7 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm, critic=None) -> pd
     suggested = {k: parse_suggestions(r[0]["text"], pool.get(k)) for k, r in zip(asks, replies)}
     values = {k: list(dict.fromkeys(pool.get(k, []) + suggested.get(k, []))) for k in set(pool) | set(suggested)}
     cells = plan_cells(cfg, seeds, rng)
+    by_id = seeds.set_index("id")
     rows: list[dict] = []
     todo = list(range(len(cells)))
     for rnd in range(cfg.prompts.rounds):
@@ -231,7 +232,7 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm, critic=None) -> pd
             break
         reqs, made = [], []
         for c in todo:
-            req, chosen, text, shown = cell_request(cfg, cells[c], c, rnd, values, seeds, rng)
+            req, chosen, text, shown = cell_request(cfg, cells[c], c, rnd, values, seeds, by_id, rng)
             reqs.append(req)
             made.append((c, chosen, text, shown))
         t0 = time.perf_counter()
@@ -282,13 +283,20 @@ def generate_inputs(cfg: RunConfig, seeds: pd.DataFrame, llm, critic=None) -> pd
 
 
 def cell_request(
-    cfg: RunConfig, cell: dict, c: int, rnd: int, values: dict[str, list[str]], seeds: pd.DataFrame, rng
+    cfg: RunConfig,
+    cell: dict,
+    c: int,
+    rnd: int,
+    values: dict[str, list[str]],
+    seeds: pd.DataFrame,
+    by_id: pd.DataFrame,
+    rng,
 ) -> tuple[Request, dict[str, str], str | None, pd.DataFrame]:
     """The generator's request for cell `c` in round `rnd`: each argument the cell's template has
     drawn from `values` (another value than the template's own where there is one), the template
     with them swapped in (`draft`), and `prompts.examples_per_call` seeds shown. Returns the
-    request, the values drawn, the draft and the real rows the message is checked against."""
-    by_id = seeds.set_index("id")
+    request, the values drawn, the draft and the real rows the message is checked against.
+    `by_id`: the seeds indexed by id, made once by the caller."""
     tpl = by_id.loc[cell["template"]] if cell["template"] is not None else None
     chosen = {}
     for a in cell["present"]:
@@ -309,9 +317,10 @@ def planned_requests(cfg: RunConfig, seeds: pd.DataFrame) -> pd.DataFrame:
     (suggestion or message), label (the argument or the cell's tool), request."""
     rng = np.random.default_rng(cfg.seed)
     pool = value_pool(cfg, seeds)
+    by_id = seeds.set_index("id")
     rows = [("suggestion", k, r) for k, r in suggestion_requests(cfg, pool).items()]
     for c, cell in enumerate(plan_cells(cfg, seeds, rng)):
-        rows.append(("message", cell["tool"], cell_request(cfg, cell, c, 0, pool, seeds, rng)[0]))
+        rows.append(("message", cell["tool"], cell_request(cfg, cell, c, 0, pool, seeds, by_id, rng)[0]))
     return pd.DataFrame(rows, columns=["part", "label", "request"])
 
 
